@@ -1,0 +1,387 @@
+//! The deployment's own certificate authority and node certificates.
+//!
+//! A deployment keeps one directory of PEM files:
+//! - `ca.pem`, `ca.key`: the private CA (`cascade certs init`);
+//! - `NAME.pem`, `NAME.key`: one pair per node (`cascade certs issue`), whose only subject
+//!   alternative name is the node's DNS name from the topology.
+//!
+//! Key files are written with mode 0600 and [`Identity::load`] refuses a key that others can
+//! read. [`Identity::server_config`] and [`Identity::client_config`] build the rustls configs for
+//! mutual TLS 1.3 with the ring provider, trusting only the deployment CA. Which *name* a peer
+//! may have is the caller's decision: see [`peer_has_name`].
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The CA's subject; node certificates name it as their issuer.
+const CA_COMMON_NAME: &str = "Cascade deployment CA";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("a CA already exists at {0} (use --force to replace it; every node certificate must then be issued again)")]
+    CaExists(PathBuf),
+    #[error("no CA at {0}: run `cascade certs init --dir {1}` first")]
+    NoCa(PathBuf, PathBuf),
+    #[error("{path}: not a valid PEM {what}: {reason}")]
+    BadPem {
+        path: PathBuf,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("{0}: private key is readable by group or others (mode {1:o}); run `chmod 600 {0}`")]
+    KeyExposed(PathBuf, u32),
+    #[error("{0:?} is not a valid node name (DNS label)")]
+    BadName(String),
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("TLS verifier: {0}")]
+    Verifier(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
+    move |source| CertError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The crypto provider every TLS config of Cascade uses (one provider for the whole build).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_COMMON_NAME);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+/// Creates `dir/ca.pem` and `dir/ca.key`. Refuses to replace an existing CA unless `force`.
+pub fn init_ca(dir: &Path, force: bool) -> Result<(), CertError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let cert_path = dir.join("ca.pem");
+    let key_path = dir.join("ca.key");
+    if !force && (cert_path.exists() || key_path.exists()) {
+        return Err(CertError::CaExists(cert_path));
+    }
+    let key = KeyPair::generate()?;
+    let cert = ca_params().self_signed(&key)?;
+    write_private(&key_path, key.serialize_pem().as_bytes())?;
+    write_atomic(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    Ok(())
+}
+
+/// What [`issue`] did for one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Issued {
+    Created(String),
+    AlreadyPresent(String),
+}
+
+/// Issues `dir/NAME.pem` + `dir/NAME.key` for each name that lacks them, signed by the CA in
+/// `dir`. Existing pairs are kept.
+pub fn issue<S: AsRef<str>>(dir: &Path, names: &[S]) -> Result<Vec<Issued>, CertError> {
+    let ca_key_path = dir.join("ca.key");
+    if !ca_key_path.exists() || !dir.join("ca.pem").exists() {
+        return Err(CertError::NoCa(dir.join("ca.pem"), dir.to_owned()));
+    }
+    let ca_key_pem = fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| CertError::BadPem {
+        path: ca_key_path.clone(),
+        what: "private key",
+        reason: e.to_string(),
+    })?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    let mut out = Vec::new();
+    for name in names {
+        let name = name.as_ref();
+        if !cascade_topology::is_dns_label(name) {
+            return Err(CertError::BadName(name.to_owned()));
+        }
+        let cert_path = dir.join(format!("{name}.pem"));
+        let key_path = dir.join(format!("{name}.key"));
+        if cert_path.exists() && key_path.exists() {
+            out.push(Issued::AlreadyPresent(name.to_owned()));
+            continue;
+        }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![name.to_owned()])?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &issuer)?;
+        write_private(&key_path, key.serialize_pem().as_bytes())?;
+        write_atomic(&cert_path, cert.pem().as_bytes(), 0o644)?;
+        out.push(Issued::Created(name.to_owned()));
+    }
+    Ok(out)
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), CertError> {
+    write_atomic(path, data, 0o600)
+}
+
+/// Writes `data` to a temporary file created with `mode`, then renames it over `path`.
+fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CertError> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// A node's certificate chain and key plus the deployment CA it trusts.
+#[derive(Debug)]
+pub struct Identity {
+    pub name: String,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: Arc<RootCertStore>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            name: self.name.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            roots: self.roots.clone(),
+        }
+    }
+}
+
+impl Identity {
+    /// Loads `dir/ca.pem`, `dir/NAME.pem` and `dir/NAME.key`; refuses a key readable by others.
+    pub fn load(dir: &Path, name: &str) -> Result<Self, CertError> {
+        let ca_path = dir.join("ca.pem");
+        let cert_path = dir.join(format!("{name}.pem"));
+        let key_path = dir.join(format!("{name}.key"));
+        let ca = read_certs(&ca_path)?;
+        let chain = read_certs(&cert_path)?;
+        let meta = fs::metadata(&key_path).map_err(io_err(&key_path))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(CertError::KeyExposed(key_path, mode));
+        }
+        let key = PrivateKeyDer::from_pem_file(&key_path)
+            .map_err(|e| pem_err(&key_path, "private key", e))?;
+        let mut roots = RootCertStore::empty();
+        for c in ca {
+            roots.add(c).map_err(|e| CertError::BadPem {
+                path: ca_path.clone(),
+                what: "CA certificate",
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(Identity {
+            name: name.to_owned(),
+            chain,
+            key,
+            roots: Arc::new(roots),
+        })
+    }
+
+    /// A server config that requires a client certificate from the deployment CA.
+    pub fn server_config(&self, alpn: &[u8]) -> Result<rustls::ServerConfig, CertError> {
+        let provider = provider();
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| CertError::Verifier(e.to_string()))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        Ok(cfg)
+    }
+
+    /// A client config that presents this identity and trusts only the deployment CA. The
+    /// server name passed when connecting is what the server's certificate must carry.
+    pub fn client_config(&self, alpn: &[u8]) -> Result<rustls::ClientConfig, CertError> {
+        let provider = provider();
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| CertError::Verifier(e.to_string()))?;
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_webpki_verifier(verifier)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        Ok(cfg)
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    if !path.exists() {
+        return Err(CertError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "certificate file not found"),
+        });
+    }
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_err(path, "certificate", e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(path, "certificate", e))?;
+    if certs.is_empty() {
+        return Err(CertError::BadPem {
+            path: path.to_owned(),
+            what: "certificate",
+            reason: "no certificate in file".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn pem_err(path: &Path, what: &'static str, e: rustls_pki_types::pem::Error) -> CertError {
+    match e {
+        rustls_pki_types::pem::Error::Io(source) => CertError::Io {
+            path: path.to_owned(),
+            source,
+        },
+        other => CertError::BadPem {
+            path: path.to_owned(),
+            what,
+            reason: format!("{other:?}"),
+        },
+    }
+}
+
+/// Whether `cert` (already verified against the CA by the TLS handshake) is valid for `name`.
+pub fn peer_has_name(cert: &CertificateDer<'_>, name: &str) -> bool {
+    let Ok(ee) = webpki_end_entity(cert) else {
+        return false;
+    };
+    let Ok(server_name) = rustls_pki_types::ServerName::try_from(name) else {
+        return false;
+    };
+    ee.verify_is_valid_for_subject_name(&server_name).is_ok()
+}
+
+fn webpki_end_entity<'a>(
+    cert: &'a CertificateDer<'a>,
+) -> Result<webpki::EndEntityCert<'a>, webpki::Error> {
+    webpki::EndEntityCert::try_from(cert)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_refuses_overwrite_without_force() {
+        let d = tempfile::tempdir().unwrap();
+        init_ca(d.path(), false).unwrap();
+        let before = fs::read(d.path().join("ca.pem")).unwrap();
+        assert!(matches!(
+            init_ca(d.path(), false),
+            Err(CertError::CaExists(_))
+        ));
+        assert_eq!(before, fs::read(d.path().join("ca.pem")).unwrap());
+        init_ca(d.path(), true).unwrap();
+        assert_ne!(before, fs::read(d.path().join("ca.pem")).unwrap());
+        let mode = fs::metadata(d.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn issue_creates_missing_pairs_only() {
+        let d = tempfile::tempdir().unwrap();
+        init_ca(d.path(), false).unwrap();
+        let got = issue(d.path(), &["web-1", "web-2"]).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Issued::Created("web-1".into()),
+                Issued::Created("web-2".into())
+            ]
+        );
+        let got = issue(d.path(), &["web-1"]).unwrap();
+        assert_eq!(got, vec![Issued::AlreadyPresent("web-1".into())]);
+        let mode = fs::metadata(d.path().join("web-1.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        let id = Identity::load(d.path(), "web-1").unwrap();
+        assert!(peer_has_name(&id.chain[0], "web-1"));
+        assert!(!peer_has_name(&id.chain[0], "web-2"));
+        assert!(matches!(
+            issue(d.path(), &["Bad_Name"]),
+            Err(CertError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn issue_without_ca_names_the_fix() {
+        let d = tempfile::tempdir().unwrap();
+        let e = issue(d.path(), &["a"]).unwrap_err().to_string();
+        assert!(e.contains("cascade certs init"), "{e}");
+    }
+
+    #[test]
+    fn exposed_key_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        init_ca(d.path(), false).unwrap();
+        issue(d.path(), &["n"]).unwrap();
+        let key = d.path().join("n.key");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Identity::load(d.path(), "n").unwrap_err().to_string();
+        assert!(e.contains("n.key") && e.contains("readable"), "{e}");
+    }
+
+    #[test]
+    fn missing_certificate_names_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        init_ca(d.path(), false).unwrap();
+        let e = Identity::load(d.path(), "ghost").unwrap_err().to_string();
+        assert!(e.contains("ghost.pem"), "{e}");
+    }
+}

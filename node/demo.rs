@@ -1,0 +1,327 @@
+//! `cascade demo`: a self-contained run of a real 7-node tree on 127.0.0.1.
+//!
+//! It makes a throwaway CA, a topology (origin → 2 relays → 2 leaves each), one config file
+//! per node (so `--keep DIR` leaves a deployment one can run by hand), sample content; starts
+//! the nodes in this process over real QUIC and TLS; publishes; changes, renames and deletes
+//! files; publishes again; and checks with MD5 that every node's `dir` equals the origin's.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use cascade_topology::{Role, Topology};
+
+use crate::config::NodeConfig;
+use crate::node::RunningNode;
+use crate::scan::fingerprint;
+
+const RELAYS: usize = 2;
+const LEAVES_PER_RELAY: usize = 2;
+const BIG_FILE: usize = 4 * 1024 * 1024;
+
+/// A demo deployment on disk: topology, certs, and per-node configs under `base`.
+pub struct Deployment {
+    pub base: PathBuf,
+    pub topology: Topology,
+    pub configs: Vec<NodeConfig>,
+}
+
+/// Free UDP ports on 127.0.0.1 (bound then released; good enough for a local demo).
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let socks: Vec<UdpSocket> = (0..n)
+        .map(|_| UdpSocket::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .context("cannot find a free UDP port on 127.0.0.1")?;
+    socks.iter().map(|s| Ok(s.local_addr()?.port())).collect()
+}
+
+/// Writes a topology with `relays` relays under the origin and `leaves` leaves under each
+/// relay, all listening on 127.0.0.1, plus CA, certificates and one config file per node.
+pub fn deploy(base: &Path, relays: usize, leaves: usize) -> Result<Deployment> {
+    let ports = free_ports(1 + relays)?;
+    let addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
+    let mut topo = String::new();
+    writeln!(
+        topo,
+        "[[node]]\nname = \"origin\"\nlisten = \"{}\"\n",
+        addr(0)
+    )?;
+    for r in 1..=relays {
+        writeln!(
+            topo,
+            "[[node]]\nname = \"relay-{r}\"\nparent = \"origin\"\nlisten = \"{}\"\n",
+            addr(r)
+        )?;
+        for l in 1..=leaves {
+            writeln!(
+                topo,
+                "[[node]]\nname = \"leaf-{r}-{l}\"\nparent = \"relay-{r}\"\n"
+            )?;
+        }
+    }
+    fs::create_dir_all(base)?;
+    let topo_path = base.join("topology.toml");
+    fs::write(&topo_path, &topo)?;
+    let topology = Topology::load(&topo_path)?;
+    let certs = base.join("certs");
+    cascade_certs::init_ca(&certs, true)?;
+    let names: Vec<String> = topology.nodes().iter().map(|n| n.name.clone()).collect();
+    cascade_certs::issue(&certs, &names)?;
+    let mut configs = Vec::new();
+    for n in topology.nodes() {
+        let home = base.join(&n.name);
+        fs::create_dir_all(home.join("dir"))?;
+        let toml = format!(
+            "name = \"{}\"\ntopology = \"../topology.toml\"\ncerts = \"../certs\"\ndir = \"dir\"\ndata = \"data\"\n",
+            n.name
+        );
+        let file = home.join("node.toml");
+        fs::write(&file, toml)?;
+        configs.push(NodeConfig::load(Some(&file), [], &Default::default())?);
+    }
+    Ok(Deployment {
+        base: base.to_owned(),
+        topology,
+        configs,
+    })
+}
+
+fn write(root: &Path, rel: &str, body: &[u8]) -> Result<()> {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().expect("joined paths have a parent"))?;
+    fs::write(&p, body).with_context(|| p.display().to_string())
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so the big file does not compress away.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn sample_site(dir: &Path) -> Result<()> {
+    write(dir, "index.html", b"<h1>Cascade demo</h1>\n")?;
+    write(dir, "css/site.css", b"body { font-family: sans-serif }\n")?;
+    write(dir, "js/app.js", b"console.log('v1');\n")?;
+    write(dir, "empty.txt", b"")?;
+    write(dir, "docs/guide/deep/nested/page.html", b"<p>deep</p>\n")?;
+    write(
+        dir,
+        "docs/with space/ünïcödé name.txt",
+        "grüße\n".as_bytes(),
+    )?;
+    write(dir, "poc/CVE-2026-0001.yaml", b"id: demo\n")?;
+    write(dir, "assets/video.bin", &noise(BIG_FILE, 42))?;
+    fs::create_dir_all(dir.join("uploads/empty-dir"))?;
+    std::os::unix::fs::symlink("index.html", dir.join("home.html"))?;
+    Ok(())
+}
+
+fn change_site(dir: &Path) -> Result<()> {
+    write(dir, "js/app.js", b"console.log('v2');\n")?;
+    fs::rename(
+        dir.join("assets/video.bin"),
+        dir.join("assets/renamed-video.bin"),
+    )?;
+    fs::remove_file(dir.join("poc/CVE-2026-0001.yaml"))?;
+    write(dir, "poc/CVE-2026-0002.yaml", b"id: demo-2\n")?;
+    fs::remove_file(dir.join("empty.txt"))?;
+    write(dir, "empty.txt/now-a-directory.txt", b"type change\n")?;
+    Ok(())
+}
+
+/// Waits until every node of the topology reports `version` applied; returns the time taken.
+async fn converge(
+    origin: &RunningNode,
+    topology: &Topology,
+    version: u64,
+    limit: Duration,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let statuses = origin.statuses();
+        let lagging: Vec<_> = topology
+            .nodes()
+            .iter()
+            .filter(|n| {
+                !statuses
+                    .iter()
+                    .any(|s| s.name == n.name && s.applied >= Some(version))
+            })
+            .map(|n| n.name.clone())
+            .collect();
+        if lagging.is_empty() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            bail!(
+                "release {version} did not reach {} within {limit:?}",
+                lagging.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Compares every node's `dir` with the origin's by MD5; prints one line per node.
+fn verify(dep: &Deployment) -> Result<bool> {
+    let origin_dir = dep.configs[0].dir.clone().expect("demo nodes have a dir");
+    let want = fingerprint(&origin_dir)?;
+    let mut ok = true;
+    for cfg in &dep.configs[1..] {
+        let got = fingerprint(cfg.dir.as_ref().expect("demo nodes have a dir"))?;
+        let same = got.root_digest() == want.root_digest();
+        let files_ok = want.files().all(|(e, _, md5)| {
+            got.get(&e.path)
+                .is_some_and(|(g, _)| matches!(g.kind, crate::manifest::EntryKind::File { md5: m, .. } if m == md5))
+        });
+        println!(
+            "  {:<10} {} ({} files, tree digest {})",
+            cfg.name,
+            if same && files_ok {
+                "identical to origin, MD5 verified"
+            } else {
+                "DIFFERS from origin"
+            },
+            got.file_count(),
+            got.root_digest()
+        );
+        ok &= same && files_ok;
+    }
+    Ok(ok)
+}
+
+fn traffic(nodes: &[RunningNode]) -> String {
+    let statuses = nodes[0].statuses();
+    let mut out = String::new();
+    for s in statuses {
+        let _ = writeln!(
+            out,
+            "  {:<10} fetched {:>2} bodies, {:>8} bytes; served {:>9} bytes in total",
+            s.name, s.fetched_files, s.fetched_bytes, s.sent_bytes
+        );
+    }
+    out
+}
+
+/// Runs the demo; `keep` keeps its files there. Returns whether every check passed.
+pub async fn run(keep: Option<&Path>) -> Result<bool> {
+    let tmp;
+    let base = match keep {
+        Some(dir) => {
+            if dir.exists() && fs::read_dir(dir)?.next().is_some() {
+                bail!("{}: --keep needs an empty or new directory", dir.display());
+            }
+            dir.to_owned()
+        }
+        None => {
+            tmp = tempfile::Builder::new().prefix("cascade-demo-").tempdir()?;
+            tmp.path().to_owned()
+        }
+    };
+    let total = Instant::now();
+    let dep = deploy(&base, RELAYS, LEAVES_PER_RELAY)?;
+    println!("Cascade demo in {}\n\nTopology:", base.display());
+    print!("{}", dep.topology.render_tree());
+
+    let origin_dir = dep.configs[0].dir.clone().expect("demo nodes have a dir");
+    sample_site(&origin_dir)?;
+    let mut nodes = Vec::new();
+    for cfg in &dep.configs {
+        nodes.push(RunningNode::start(cfg.clone()).await?);
+    }
+    let mut ok = true;
+
+    let t = Instant::now();
+    let v1 = nodes[0].publish().await?;
+    let scan1 = t.elapsed();
+    let took = converge(
+        &nodes[0],
+        &dep.topology,
+        v1.version,
+        Duration::from_secs(60),
+    )
+    .await?;
+    println!(
+        "\nRelease {}: {} files, {} bytes (scan {:.0} ms); all {} nodes hold it {:.0} ms after publish",
+        v1.version,
+        v1.files,
+        v1.bytes,
+        scan1.as_secs_f64() * 1e3,
+        nodes.len(),
+        took.as_secs_f64() * 1e3
+    );
+    print!("{}", traffic(&nodes));
+    ok &= verify(&dep)?;
+
+    change_site(&origin_dir)?;
+    println!("\nChanged js/app.js, renamed assets/video.bin, replaced a PoC file, turned empty.txt into a directory");
+    let t = Instant::now();
+    let v2 = nodes[0].publish().await?;
+    let scan2 = t.elapsed();
+    let took = converge(
+        &nodes[0],
+        &dep.topology,
+        v2.version,
+        Duration::from_secs(60),
+    )
+    .await?;
+    println!(
+        "Release {}: {} files, {} bytes (scan {:.0} ms); all {} nodes hold it {:.0} ms after publish",
+        v2.version,
+        v2.files,
+        v2.bytes,
+        scan2.as_secs_f64() * 1e3,
+        nodes.len(),
+        took.as_secs_f64() * 1e3
+    );
+    print!("{}", traffic(&nodes));
+    let big_resent = nodes[0]
+        .statuses()
+        .iter()
+        .any(|s| s.fetched_bytes >= BIG_FILE as u64);
+    if big_resent {
+        println!("  FAILED: the renamed {BIG_FILE}-byte file was sent again");
+    } else {
+        println!(
+            "  the renamed {BIG_FILE}-byte file was not sent again (its MD5 was already held)"
+        );
+    }
+    ok &= !big_resent;
+    ok &= verify(&dep)?;
+
+    for n in nodes {
+        n.shutdown().await;
+    }
+    let leaves = dep
+        .topology
+        .nodes()
+        .iter()
+        .filter(|n| n.role == Role::Leaf)
+        .count();
+    println!(
+        "\n{}: {} leaves and {} relays match the origin; demo took {:.2} s",
+        if ok { "PASS" } else { "FAIL" },
+        leaves,
+        RELAYS,
+        total.elapsed().as_secs_f64()
+    );
+    if keep.is_some() {
+        println!(
+            "Files kept in {}; run a node by hand with `cascade node --config {}/origin/node.toml`",
+            base.display(),
+            base.display()
+        );
+    }
+    Ok(ok)
+}

@@ -1,0 +1,217 @@
+//! The downstream half: accept this node's children, offer them every release it holds, serve
+//! bodies from the store, and collect their reports.
+//!
+//! A connection is accepted only if its certificate (already verified against the deployment
+//! CA) carries the name the child claims in its `Hello`, and that name is one of this node's
+//! children in the topology. A child reports only for itself and its own subtree.
+
+use std::collections::{HashMap, HashSet};
+use std::io::SeekFrom;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::task::JoinSet;
+use tracing::{info, warn, Instrument};
+
+use crate::link::{self, LinkError};
+use crate::node::Shared;
+use crate::store::IO_BUF;
+use crate::wire::{BodyRequest, ErrorCode, Up};
+
+/// Time a new connection has to send its `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts children until the endpoint closes.
+pub async fn run(shared: Arc<Shared>, endpoint: Endpoint) {
+    let links: Arc<Mutex<HashMap<String, Connection>>> = Arc::default();
+    let mut conns = JoinSet::new();
+    while let Some(incoming) = endpoint.accept().await {
+        conns.spawn(handle(shared.clone(), incoming, links.clone()));
+        while conns.try_join_next().is_some() {}
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    incoming: Incoming,
+    links: Arc<Mutex<HashMap<String, Connection>>>,
+) {
+    let addr = incoming.remote_address();
+    let span = tracing::info_span!("down", node = %shared.name, peer = %addr);
+    async move {
+        let conn = match incoming.await {
+            Ok(c) => c,
+            Err(e) => return warn!("refused connection from {addr}: TLS handshake failed: {e}"),
+        };
+        let (send, mut recv) = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return warn!("connection from {addr} closed before hello: {e}"),
+            Err(_) => return link::close(&conn, ErrorCode::Protocol, "no hello"),
+        };
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, link::recv::<_, Up>(&mut recv)).await;
+        let (name, have) = match hello {
+            Ok(Ok(Some(Up::Hello { name, have }))) => (name, have),
+            Ok(Err(e)) => {
+                warn!("refused {addr}: bad hello: {e}");
+                return link::close(&conn, ErrorCode::Protocol, "bad hello");
+            }
+            _ => {
+                warn!("refused {addr}: no hello");
+                return link::close(&conn, ErrorCode::Protocol, "expected hello");
+            }
+        };
+        if let Err(reason) = admit(&shared, &conn, &name) {
+            warn!("refused {addr}: {reason}");
+            return link::close(&conn, ErrorCode::NotAllowed, &reason);
+        }
+        if let Some(old) = links
+            .lock()
+            .expect("links lock")
+            .insert(name.clone(), conn.clone())
+        {
+            link::close(&old, ErrorCode::Replaced, "replaced by a new connection");
+        }
+        info!(child = %name, have = ?have, "child connected");
+        let result = serve_child(&shared, &conn, &name, have, send, recv)
+            .instrument(tracing::info_span!("child", child = %name))
+            .await;
+        match result {
+            Ok(()) => info!(child = %name, "child disconnected"),
+            Err(e) => info!(child = %name, "child link ended: {e}"),
+        }
+        let mut links = links.lock().expect("links lock");
+        if links
+            .get(&name)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            links.remove(&name);
+            shared.board.send_modify(|b| {
+                if let Some(s) = b.get_mut(&name) {
+                    s.connected = false;
+                }
+            });
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Checks that `name` is one of our children and that the certificate was issued for it.
+fn admit(shared: &Shared, conn: &Connection, name: &str) -> Result<(), String> {
+    let me = shared
+        .topology
+        .node(&shared.name)
+        .map_err(|e| e.to_string())?;
+    if !me.children.iter().any(|c| c == name) {
+        return Err(format!(
+            "{name:?} is not a child of {:?} in the topology",
+            shared.name
+        ));
+    }
+    let cert = link::peer_certificate(conn).ok_or("no client certificate")?;
+    if !cascade_certs::peer_has_name(&cert, name) {
+        return Err(format!("certificate is not issued for {name:?}"));
+    }
+    Ok(())
+}
+
+async fn serve_child(
+    shared: &Arc<Shared>,
+    conn: &Connection,
+    name: &str,
+    have: Option<u64>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), LinkError> {
+    let mut subtree: HashSet<String> = shared.topology.descendants(name).into_iter().collect();
+    subtree.insert(name.to_owned());
+    let offers = async {
+        let mut held = shared.held.subscribe();
+        let mut sent = have;
+        loop {
+            let current = held.borrow_and_update().clone();
+            if let Some(h) = current {
+                if sent.is_none_or(|v| h.release.version > v) {
+                    link::send_frame(&mut send, &h.offer_frame).await?;
+                    info!(version = h.release.version, "offered release");
+                    sent = Some(h.release.version);
+                }
+            }
+            if held.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    let reports = async {
+        while let Some(msg) = link::recv::<_, Up>(&mut recv).await? {
+            match msg {
+                Up::Status(list) => shared.board.send_modify(|b| {
+                    for s in list.into_iter().filter(|s| subtree.contains(&s.name)) {
+                        b.insert(s.name.clone(), s);
+                    }
+                }),
+                Up::Hello { .. } => return Err(LinkError::Refused("second hello".into())),
+            }
+        }
+        Ok(())
+    };
+    let bodies = async {
+        let mut streams = JoinSet::new();
+        loop {
+            let (s, r) = conn.accept_bi().await?;
+            streams.spawn(serve_body(shared.clone(), s, r));
+            while streams.try_join_next().is_some() {}
+        }
+    };
+    let r = tokio::select! {
+        r = offers => r,
+        r = reports => r,
+        r = bodies => r,
+    };
+    if let Err(LinkError::Wire(e)) = &r {
+        link::close(conn, ErrorCode::Protocol, &e.to_string());
+    }
+    r
+}
+
+async fn serve_body(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream) {
+    let req = match link::recv::<_, BodyRequest>(&mut recv).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => return warn!("bad body request: {e}"),
+    };
+    if let Err(e) = send_body(&shared, &mut send, req).await {
+        warn!(md5 = %req.md5, "serving body: {e}");
+        let _ = send.reset(VarInt::from_u32(ErrorCode::NotFound.code()));
+    }
+}
+
+async fn send_body(
+    shared: &Shared,
+    send: &mut SendStream,
+    req: BodyRequest,
+) -> Result<(), LinkError> {
+    let path = shared.store.path(&req.md5);
+    let mut file = tokio::fs::File::open(&path).await.map_err(LinkError::Io)?;
+    if req.offset > 0 {
+        file.seek(SeekFrom::Start(req.offset))
+            .await
+            .map_err(LinkError::Io)?;
+    }
+    let mut buf = vec![0u8; IO_BUF];
+    loop {
+        let n = file.read(&mut buf).await.map_err(LinkError::Io)?;
+        if n == 0 {
+            break;
+        }
+        send.write_all(&buf[..n])
+            .await
+            .map_err(|e| LinkError::Io(e.into()))?;
+        shared.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    send.finish()?;
+    Ok(())
+}

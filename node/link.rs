@@ -1,0 +1,177 @@
+//! QUIC plumbing: endpoints with mutual TLS, and moving frames over streams.
+//!
+//! Nothing here decides anything; it carries bytes for [`crate::upstream`] and
+//! [`crate::downstream`], and turns the peer's certificate into a checked node name.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cascade_certs::{CertError, Identity};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, TransportConfig, VarInt};
+use rustls_pki_types::CertificateDer;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::wire::{self, ErrorCode, WireError, HEADER_LEN};
+
+/// A link with no traffic (not even keep-alives) for this long is dead.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+const KEEP_ALIVE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connect to {peer} at {addr}: {reason}")]
+    Connect {
+        peer: String,
+        addr: SocketAddr,
+        reason: String,
+    },
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream: {0}")]
+    Io(std::io::Error),
+    #[error("stream: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error("stream closed")]
+    Closed(#[from] quinn::ClosedStream),
+    #[error("protocol violation: {0}")]
+    Wire(#[from] WireError),
+    #[error("peer refused: {0}")]
+    Refused(String),
+}
+
+fn transport() -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .expect("15 s fits a QUIC idle timeout"),
+    ));
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    // Windows sized for ~100 ms RTT at a few hundred Mbit/s; defaults cap a stream far lower.
+    t.stream_receive_window(VarInt::from_u32(16 * 1024 * 1024));
+    t.receive_window(VarInt::from_u32(64 * 1024 * 1024));
+    t.send_window(64 * 1024 * 1024);
+    t.max_concurrent_bidi_streams(VarInt::from_u32(256));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t
+}
+
+/// A server config for a node that has children.
+pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, LinkError> {
+    let tls = id.server_config(wire::ALPN)?;
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| CertError::Verifier(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport()));
+    Ok(cfg)
+}
+
+/// A client config for dialling a parent.
+pub fn client_config(id: &Identity) -> Result<quinn::ClientConfig, LinkError> {
+    let tls = id.client_config(wire::ALPN)?;
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| CertError::Verifier(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport()));
+    Ok(cfg)
+}
+
+/// Binds the node's endpoint: a server on `listen` if it has children, else a client socket.
+pub fn endpoint(
+    id: &Identity,
+    listen: Option<SocketAddr>,
+    parent: Option<SocketAddr>,
+) -> Result<Endpoint, LinkError> {
+    let mut ep = match listen {
+        Some(addr) => Endpoint::server(server_config(id)?, addr)
+            .map_err(|source| LinkError::Bind { addr, source })?,
+        None => {
+            let addr: SocketAddr = match parent {
+                Some(SocketAddr::V6(_)) => "[::]:0".parse().expect("valid literal"),
+                _ => "0.0.0.0:0".parse().expect("valid literal"),
+            };
+            Endpoint::client(addr).map_err(|source| LinkError::Bind { addr, source })?
+        }
+    };
+    ep.set_default_client_config(client_config(id)?);
+    Ok(ep)
+}
+
+/// Dials `peer` at `addr`; the TLS handshake checks its certificate carries `peer`.
+pub async fn connect(ep: &Endpoint, addr: SocketAddr, peer: &str) -> Result<Connection, LinkError> {
+    let err = |reason: String| LinkError::Connect {
+        peer: peer.to_owned(),
+        addr,
+        reason,
+    };
+    let connecting = ep.connect(addr, peer).map_err(|e| err(e.to_string()))?;
+    connecting.await.map_err(|e| err(e.to_string()))
+}
+
+/// The peer's leaf certificate, as verified against the CA by the handshake.
+pub fn peer_certificate(conn: &Connection) -> Option<CertificateDer<'static>> {
+    let any = conn.peer_identity()?;
+    let chain = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.into_iter().next()
+}
+
+/// Closes a connection with a code from [`ErrorCode`] and a reason for the peer's log.
+pub fn close(conn: &Connection, code: ErrorCode, reason: &str) {
+    conn.close(VarInt::from_u32(code.code()), reason.as_bytes());
+}
+
+/// Closes every connection of an endpoint.
+pub fn close_endpoint(ep: &Endpoint, code: ErrorCode) {
+    ep.close(VarInt::from_u32(code.code()), b"shutting down");
+}
+
+/// Writes an already encoded frame.
+pub async fn send_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), LinkError> {
+    w.write_all(frame).await.map_err(LinkError::Io)
+}
+
+/// Writes one message as a frame to any byte stream (QUIC stream or admin socket).
+pub async fn send<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), LinkError> {
+    w.write_all(&wire::encode(msg)).await.map_err(LinkError::Io)
+}
+
+/// Reads one frame and decodes it; `Ok(None)` at a clean end of stream before any byte.
+/// The length is checked against [`wire::MAX_FRAME`] before the payload is allocated.
+pub async fn recv<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+) -> Result<Option<T>, LinkError> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        let n = r.read(&mut header[got..]).await.map_err(LinkError::Io)?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(WireError::Truncated.into())
+            };
+        }
+        got += n;
+    }
+    let len = wire::frame_len(header)?;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => LinkError::Wire(WireError::Truncated),
+            _ => LinkError::Io(e),
+        })?;
+    Ok(Some(wire::decode(&payload)?))
+}

@@ -1,0 +1,432 @@
+//! Manifests: the complete description of a release's tree, with a hash tree over directories.
+//!
+//! Entries are kept in *component order* (paths compared component by component), which is a
+//! depth-first pre-order: a directory comes right before everything below it, so a subtree is
+//! one contiguous run and can be skipped whole when its digest matches.
+//!
+//! A [`Manifest`] can only be built from entries that pass [`Manifest::from_entries`]; decoding
+//! one from the wire goes through the same check, so a hostile manifest (absolute paths, `..`,
+//! NUL, repeated paths, an entry under a file or symlink) is refused as a whole. Directory
+//! digests are never trusted from the wire: the receiver recomputes them.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::fmt;
+
+use md5::{Digest, Md5 as Md5Hasher};
+use serde::{Deserialize, Serialize};
+
+/// An MD5 digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Md5(pub [u8; 16]);
+
+impl Md5 {
+    /// The MD5 of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        Md5(Md5Hasher::digest(data).into())
+    }
+
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Display for Md5 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl fmt::Debug for Md5 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Md5({})", self.hex())
+    }
+}
+
+/// What an entry is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// `mtime` is seconds since the Unix epoch, kept so that servers agree on Last-Modified.
+    File {
+        size: u64,
+        md5: Md5,
+        mtime: i64,
+    },
+    Dir,
+    Symlink {
+        target: String,
+    },
+}
+
+/// One path of the tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative path, components separated by `/`.
+    pub path: String,
+    /// Permission bits (`0o7777` at most).
+    pub mode: u32,
+    pub kind: EntryKind,
+}
+
+impl Entry {
+    /// The last component of the path.
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+
+    /// The parent directory's path (`""` for the top level).
+    pub fn parent(&self) -> &str {
+        self.path.rsplit_once('/').map_or("", |(p, _)| p)
+    }
+}
+
+/// Why a set of entries is not a valid manifest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("unsafe path {0:?}: must be relative, without empty, '.' or '..' components or NUL")]
+    UnsafePath(String),
+    #[error("path {0:?} appears more than once")]
+    Duplicate(String),
+    #[error("entries out of order at {0:?}")]
+    Unordered(String),
+    #[error("{0:?} is inside {1:?}, which is not a directory in the manifest")]
+    NoParentDir(String, String),
+    #[error("symlink {0:?} has an empty target or one containing NUL")]
+    BadTarget(String),
+    #[error("{0:?} has invalid mode {1:o}")]
+    BadMode(String, u32),
+}
+
+/// A validated, ordered list of entries with a digest per entry and for the whole tree.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Manifest {
+    entries: Vec<Entry>,
+    /// Per entry: a file's or symlink's own hash, a directory's subtree digest.
+    digests: Vec<Md5>,
+    root: Md5,
+}
+
+impl fmt::Debug for Manifest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manifest")
+            .field("entries", &self.entries.len())
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+/// Orders paths component by component (depth-first pre-order).
+pub fn path_order(a: &str, b: &str) -> Ordering {
+    a.split('/').cmp(b.split('/'))
+}
+
+fn safe_path(p: &str) -> bool {
+    !p.is_empty()
+        && !p.contains('\0')
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+impl Manifest {
+    /// Validates entries (sorting them first) and computes the hash tree.
+    pub fn from_entries(mut entries: Vec<Entry>) -> Result<Self, ManifestError> {
+        entries.sort_by(|a, b| path_order(&a.path, &b.path));
+        Self::from_sorted(entries)
+    }
+
+    /// Validates entries that must already be in component order (as they come off the wire).
+    fn from_sorted(entries: Vec<Entry>) -> Result<Self, ManifestError> {
+        let mut kinds: HashMap<&str, bool> = HashMap::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            if !safe_path(&e.path) {
+                return Err(ManifestError::UnsafePath(e.path.clone()));
+            }
+            if e.mode > 0o7777 {
+                return Err(ManifestError::BadMode(e.path.clone(), e.mode));
+            }
+            if let EntryKind::Symlink { target } = &e.kind {
+                if target.is_empty() || target.contains('\0') {
+                    return Err(ManifestError::BadTarget(e.path.clone()));
+                }
+            }
+            if i > 0 {
+                match path_order(&entries[i - 1].path, &e.path) {
+                    Ordering::Less => {}
+                    Ordering::Equal => return Err(ManifestError::Duplicate(e.path.clone())),
+                    Ordering::Greater => return Err(ManifestError::Unordered(e.path.clone())),
+                }
+            }
+            let parent = e.parent();
+            if !parent.is_empty() && kinds.get(parent) != Some(&true) {
+                return Err(ManifestError::NoParentDir(
+                    e.path.clone(),
+                    parent.to_owned(),
+                ));
+            }
+            kinds.insert(&e.path, matches!(e.kind, EntryKind::Dir));
+        }
+        let (digests, root) = hash_tree(&entries);
+        Ok(Manifest {
+            entries,
+            digests,
+            root,
+        })
+    }
+
+    /// An empty tree.
+    pub fn empty() -> Self {
+        Self::from_sorted(Vec::new()).expect("an empty manifest is valid")
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The digest of the whole tree: equal digests mean identical trees.
+    pub fn root_digest(&self) -> Md5 {
+        self.root
+    }
+
+    /// The entry at `path` and its digest.
+    pub fn get(&self, path: &str) -> Option<(&Entry, Md5)> {
+        self.entries
+            .binary_search_by(|e| path_order(&e.path, path))
+            .ok()
+            .map(|i| (&self.entries[i], self.digests[i]))
+    }
+
+    pub fn file_count(&self) -> u64 {
+        self.files().count() as u64
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.files().map(|(_, size, _)| size).sum()
+    }
+
+    /// Every file entry as (entry, size, md5).
+    pub fn files(&self) -> impl Iterator<Item = (&Entry, u64, Md5)> {
+        self.entries.iter().filter_map(|e| match e.kind {
+            EntryKind::File { size, md5, .. } => Some((e, size, md5)),
+            _ => None,
+        })
+    }
+
+    /// Files of `self` that lie in subtrees differing from `old`: whole subtrees whose digest
+    /// equals the one at the same path in `old` are skipped without being walked.
+    pub fn changed_files<'a>(&'a self, old: &Manifest) -> Vec<(&'a Entry, u64, Md5)> {
+        let mut out = Vec::new();
+        if self.root == old.root {
+            return out;
+        }
+        let mut i = 0;
+        while i < self.entries.len() {
+            let e = &self.entries[i];
+            let same = old
+                .get(&e.path)
+                .is_some_and(|(oe, od)| od == self.digests[i] && oe.kind == e.kind);
+            match &e.kind {
+                EntryKind::Dir if same => i = self.subtree_end(i),
+                EntryKind::File { size, md5, .. } => {
+                    if !same {
+                        out.push((e, *size, *md5));
+                    }
+                    i += 1;
+                }
+                _ => i += 1,
+            }
+        }
+        out
+    }
+
+    /// Index just past the subtree rooted at directory entry `i`.
+    fn subtree_end(&self, i: usize) -> usize {
+        let prefix = format!("{}/", self.entries[i].path);
+        let rest = &self.entries[i + 1..];
+        i + 1 + rest.partition_point(|e| e.path.starts_with(&prefix))
+    }
+}
+
+/// Computes per-entry digests and the root digest, bottom-up over the pre-order list.
+fn hash_tree(entries: &[Entry]) -> (Vec<Md5>, Md5) {
+    let mut digests = vec![Md5([0; 16]); entries.len()];
+    // Per directory path: the serialized (name, digest) of its children, in reverse order.
+    let mut children: HashMap<&str, Vec<u8>> = HashMap::new();
+    for (i, e) in entries.iter().enumerate().rev() {
+        let mut h = Md5Hasher::new();
+        h.update(e.mode.to_le_bytes());
+        match &e.kind {
+            EntryKind::File { size, md5, mtime } => {
+                h.update(b"f");
+                h.update(size.to_le_bytes());
+                h.update(md5.0);
+                h.update(mtime.to_le_bytes());
+            }
+            EntryKind::Symlink { target } => {
+                h.update(b"l");
+                h.update(target.as_bytes());
+            }
+            EntryKind::Dir => {
+                h.update(b"d");
+                h.update(children.remove(e.path.as_str()).unwrap_or_default());
+            }
+        }
+        digests[i] = Md5(h.finalize().into());
+        let acc = children.entry(e.parent()).or_default();
+        acc.extend((e.name().len() as u64).to_le_bytes());
+        acc.extend(e.name().as_bytes());
+        acc.extend(digests[i].0);
+    }
+    let root = Md5::of(&children.remove("").unwrap_or_default());
+    (digests, root)
+}
+
+impl Serialize for Manifest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.entries.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Manifest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let entries = Vec::<Entry>::deserialize(d)?;
+        Manifest::from_sorted(entries).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, body: &[u8]) -> Entry {
+        Entry {
+            path: path.into(),
+            mode: 0o644,
+            kind: EntryKind::File {
+                size: body.len() as u64,
+                md5: Md5::of(body),
+                mtime: 1_700_000_000,
+            },
+        }
+    }
+
+    fn dir(path: &str) -> Entry {
+        Entry {
+            path: path.into(),
+            mode: 0o755,
+            kind: EntryKind::Dir,
+        }
+    }
+
+    fn tree(extra: &[u8]) -> Manifest {
+        Manifest::from_entries(vec![
+            dir("a"),
+            file("a/1", b"one"),
+            dir("a/deep"),
+            file("a/deep/2", b"two"),
+            file("a-b", b"sibling"),
+            dir("z"),
+            file("z/3", extra),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn component_order_keeps_subtrees_contiguous() {
+        let m = tree(b"three");
+        let paths: Vec<_> = m.entries().iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["a", "a/1", "a/deep", "a/deep/2", "a-b", "z", "z/3"]);
+    }
+
+    #[test]
+    fn digests_follow_content() {
+        let a = tree(b"three");
+        let b = tree(b"three");
+        let c = tree(b"THREE");
+        assert_eq!(a.root_digest(), b.root_digest());
+        assert_ne!(a.root_digest(), c.root_digest());
+        assert_eq!(a.get("a").unwrap().1, c.get("a").unwrap().1);
+        assert_ne!(a.get("z").unwrap().1, c.get("z").unwrap().1);
+        // A rename changes the tree digest.
+        let mut renamed = a.entries().to_vec();
+        renamed[1].path = "a/0".into();
+        assert_ne!(
+            Manifest::from_entries(renamed).unwrap().root_digest(),
+            a.root_digest()
+        );
+        // A mode change does too.
+        let mut chmod = a.entries().to_vec();
+        chmod[1].mode = 0o600;
+        assert_ne!(
+            Manifest::from_entries(chmod).unwrap().root_digest(),
+            a.root_digest()
+        );
+    }
+
+    #[test]
+    fn changed_files_skips_equal_subtrees() {
+        let old = tree(b"three");
+        let new = tree(b"THREE");
+        let changed: Vec<_> = new
+            .changed_files(&old)
+            .iter()
+            .map(|(e, ..)| e.path.clone())
+            .collect();
+        assert_eq!(changed, ["z/3"]);
+        assert!(new.changed_files(&new).is_empty());
+        assert_eq!(new.changed_files(&Manifest::empty()).len(), 4);
+    }
+
+    #[test]
+    fn hostile_entries_are_refused() {
+        let bad = |entries: Vec<Entry>| Manifest::from_entries(entries).unwrap_err();
+        for p in [
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a/",
+            "",
+            "nul\0byte",
+        ] {
+            assert!(
+                matches!(bad(vec![file(p, b"")]), ManifestError::UnsafePath(_)),
+                "{p:?}"
+            );
+        }
+        assert!(matches!(
+            bad(vec![file("x", b""), file("x", b"1")]),
+            ManifestError::Duplicate(_)
+        ));
+        assert!(matches!(
+            bad(vec![file("x", b""), file("x/y", b"")]),
+            ManifestError::NoParentDir(..)
+        ));
+        assert!(matches!(
+            bad(vec![file("x/y", b"")]),
+            ManifestError::NoParentDir(..)
+        ));
+        let link = Entry {
+            path: "l".into(),
+            mode: 0o777,
+            kind: EntryKind::Symlink { target: "/".into() },
+        };
+        assert!(matches!(
+            bad(vec![link, file("l/y", b"")]),
+            ManifestError::NoParentDir(..)
+        ));
+        let mut m = file("x", b"");
+        m.mode = 0o10000;
+        assert!(matches!(bad(vec![m]), ManifestError::BadMode(..)));
+    }
+
+    #[test]
+    fn wire_order_is_enforced() {
+        let entries = vec![file("b", b""), file("a", b"")];
+        let bytes = crate::wire::encode(&entries);
+        let err = crate::wire::decode_frame::<Manifest>(&bytes).unwrap_err();
+        assert!(err.to_string().contains("out of order"), "{err}");
+        let m = tree(b"x");
+        let back: Manifest = crate::wire::decode_frame(&crate::wire::encode(&m)).unwrap();
+        assert_eq!(back, m);
+    }
+}

@@ -1,0 +1,394 @@
+//! A running node: loads its identity, store and last release, binds its endpoint, and runs
+//! the halves its place in the tree calls for (upstream if it has a parent, downstream if it
+//! listens, the publisher on the origin), plus the local admin socket.
+//!
+//! Every task is owned by [`RunningNode`]; dropping it aborts them, and
+//! [`RunningNode::shutdown`] closes links cleanly first.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use cascade_certs::Identity;
+use cascade_topology::{Role, Topology};
+use quinn::Endpoint;
+use tokio::sync::{watch, Mutex};
+use tokio::task::JoinSet;
+
+use crate::config::NodeConfig;
+use crate::link::{self, LinkError};
+use crate::manifest::Manifest;
+use crate::scan::{scan, ScanError};
+use crate::status::{Board, NodeState, NodeStatus};
+use crate::store::{Store, StoreError};
+use crate::wire::{self, Down, ErrorCode, PublishSummary, Release};
+use crate::{admin, downstream, upstream};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Topology(#[from] cascade_topology::TopologyError),
+    #[error("node {name:?} is not in topology {topology}")]
+    NotInTopology { name: String, topology: PathBuf },
+    #[error("node {0:?} is the {1} and needs `dir` (the directory to {2}) in its config")]
+    NeedsDir(String, Role, &'static str),
+    #[error("certificates for node {name:?}: {source}")]
+    Certs {
+        name: String,
+        source: cascade_certs::CertError,
+    },
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: saved release is unreadable ({reason}); move it away to fetch the release again"
+    )]
+    State { path: PathBuf, reason: String },
+    #[error("another node is already running with data dir {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("node {0:?} is a {1}; only the origin can publish")]
+    NotOrigin(String, Role),
+    #[error("publish failed: {0}")]
+    Scan(#[from] ScanError),
+}
+
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
+    move |source| NodeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A release this node holds completely, with its offer frame encoded once for all children.
+#[derive(Debug)]
+pub struct Held {
+    pub release: Release,
+    pub offer_frame: Vec<u8>,
+}
+
+impl Held {
+    pub fn new(release: Release) -> Arc<Self> {
+        let down = Down::Offer(release);
+        let offer_frame = wire::encode(&down);
+        let Down::Offer(release) = down;
+        Arc::new(Held {
+            release,
+            offer_frame,
+        })
+    }
+}
+
+/// State shared by the halves of one node.
+#[derive(Debug)]
+pub struct Shared {
+    pub name: String,
+    pub role: Role,
+    pub topology: Topology,
+    pub store: Store,
+    pub dir: Option<PathBuf>,
+    pub data: PathBuf,
+    /// The newest release held completely (verified, applied); what children are offered.
+    pub held: watch::Sender<Option<Arc<Held>>>,
+    /// This node's and its subtree's statuses.
+    pub board: watch::Sender<Board>,
+    /// Body bytes served to children since start.
+    pub sent_bytes: AtomicU64,
+    publish_lock: Mutex<()>,
+}
+
+impl Shared {
+    /// Updates this node's own entry on the board.
+    pub fn set_own(&self, f: impl FnOnce(&mut NodeStatus)) {
+        self.board.send_modify(|b| {
+            let own = b
+                .entry(self.name.clone())
+                .or_insert_with(|| NodeStatus::new(&self.name));
+            f(own);
+            own.sent_bytes = self.sent_bytes.load(Ordering::Relaxed);
+        });
+    }
+
+    pub fn held_release(&self) -> Option<Arc<Held>> {
+        self.held.borrow().clone()
+    }
+
+    /// Records `release` as held: persisted first, then offered to children.
+    pub fn hold(&self, release: Release) -> Result<(), NodeError> {
+        save_release(&self.data, &release)?;
+        let version = release.version;
+        self.held.send_replace(Some(Held::new(release)));
+        self.set_own(|s| {
+            s.applied = Some(version);
+            s.state = NodeState::Idle;
+        });
+        Ok(())
+    }
+
+    /// Scans `dir` and cuts a new release if anything changed (origin only).
+    pub async fn publish(self: &Arc<Self>) -> Result<PublishSummary, NodeError> {
+        if self.role != Role::Origin {
+            return Err(NodeError::NotOrigin(self.name.clone(), self.role));
+        }
+        let _guard = self.publish_lock.lock().await;
+        let me = self.clone();
+        let manifest = tokio::task::spawn_blocking(move || {
+            let dir = me
+                .dir
+                .as_ref()
+                .expect("the origin always has a dir (checked at start)");
+            scan(dir, &me.store)
+        })
+        .await
+        .expect("scan task does not panic")?;
+        let prev = self.held_release();
+        let summary = |version, changed| PublishSummary {
+            version,
+            changed,
+            files: manifest.file_count(),
+            bytes: manifest.total_bytes(),
+        };
+        if let Some(p) = &prev {
+            if p.release.manifest.root_digest() == manifest.root_digest() {
+                return Ok(summary(p.release.version, false));
+            }
+        }
+        let version = prev.map_or(1, |p| p.release.version + 1);
+        let out = summary(version, true);
+        tracing::info!(
+            version,
+            files = out.files,
+            bytes = out.bytes,
+            "published release"
+        );
+        self.hold(Release { version, manifest })?;
+        Ok(out)
+    }
+
+    /// The node's own status followed by its subtree's.
+    pub fn statuses(&self) -> Vec<NodeStatus> {
+        self.set_own(|_| {});
+        self.board.borrow().values().cloned().collect()
+    }
+}
+
+fn release_path(data: &Path) -> PathBuf {
+    data.join("release.bin")
+}
+
+fn save_release(data: &Path, release: &Release) -> Result<(), NodeError> {
+    let path = release_path(data);
+    let tmp = data.join("release.bin.tmp");
+    let mut f = fs::File::create(&tmp).map_err(io_at(&tmp))?;
+    f.write_all(&wire::encode(release))
+        .and_then(|()| f.sync_all())
+        .map_err(io_at(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_at(&path))
+}
+
+fn load_release(data: &Path) -> Result<Option<Release>, NodeError> {
+    let path = release_path(data);
+    match fs::read(&path) {
+        Ok(bytes) => wire::decode_frame(&bytes)
+            .map(Some)
+            .map_err(|e| NodeError::State {
+                path,
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(NodeError::Io { path, source: e }),
+    }
+}
+
+/// A started node. Dropping it aborts its tasks; prefer [`RunningNode::shutdown`].
+pub struct RunningNode {
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    tasks: JoinSet<()>,
+}
+
+impl RunningNode {
+    /// Starts the node described by `cfg`: every check that can fail happens before any task
+    /// is spawned, so a bad config returns one clear error.
+    pub async fn start(cfg: NodeConfig) -> Result<Self, NodeError> {
+        let topology = Topology::load(&cfg.topology)?;
+        let me = topology
+            .node(&cfg.name)
+            .map_err(|_| NodeError::NotInTopology {
+                name: cfg.name.clone(),
+                topology: cfg.topology.clone(),
+            })?
+            .clone();
+        match (me.role, &cfg.dir) {
+            (Role::Origin, None) => return Err(NodeError::NeedsDir(me.name, me.role, "publish")),
+            (Role::Leaf, None) => {
+                return Err(NodeError::NeedsDir(me.name, me.role, "keep in sync"))
+            }
+            _ => {}
+        }
+        let identity =
+            Identity::load(&cfg.certs, &cfg.name).map_err(|source| NodeError::Certs {
+                name: cfg.name.clone(),
+                source,
+            })?;
+        fs::create_dir_all(&cfg.data).map_err(io_at(&cfg.data))?;
+        fs::set_permissions(&cfg.data, fs::Permissions::from_mode(0o700))
+            .map_err(io_at(&cfg.data))?;
+        let lock = lock_data_dir(&cfg.data)?;
+        let store = Store::open(&cfg.data)?;
+        let release = load_release(&cfg.data)?;
+        if let (Some(dir), Role::Origin) = (&cfg.dir, me.role) {
+            if !dir.is_dir() {
+                return Err(NodeError::Io {
+                    path: dir.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "directory to publish does not exist",
+                    ),
+                });
+            }
+        }
+        let parent_addr = match &me.parent {
+            Some(p) => topology.node(p)?.listen,
+            None => None,
+        };
+        let listen = if me.children.is_empty() {
+            None
+        } else {
+            me.listen
+        };
+        let endpoint = link::endpoint(&identity, listen, parent_addr)?;
+        let admin = admin::bind(&cfg.data)?;
+
+        let mut own = NodeStatus::new(&me.name);
+        own.applied = release.as_ref().map(|r| r.version);
+        own.connected = me.role == Role::Origin;
+        let shared = Arc::new(Shared {
+            name: me.name.clone(),
+            role: me.role,
+            topology,
+            store,
+            dir: cfg.dir.clone(),
+            data: cfg.data.clone(),
+            held: watch::Sender::new(release.map(Held::new)),
+            board: watch::Sender::new(Board::from([(me.name.clone(), own)])),
+            sent_bytes: AtomicU64::new(0),
+            publish_lock: Mutex::new(()),
+        });
+
+        tracing::info!(
+            node = %me.name,
+            role = %me.role,
+            parent = me.parent.as_deref().unwrap_or("-"),
+            children = %if me.children.is_empty() { "-".to_owned() } else { me.children.join(",") },
+            listen = %listen.map_or("-".to_owned(), |l| l.to_string()),
+            release = ?shared.held_release().map(|h| h.release.version),
+            "node started"
+        );
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(admin::serve(shared.clone(), admin, lock));
+        if listen.is_some() {
+            tasks.spawn(downstream::run(shared.clone(), endpoint.clone()));
+        }
+        if let (Some(parent), Some(addr)) = (me.parent.clone(), parent_addr) {
+            tasks.spawn(upstream::run(
+                shared.clone(),
+                endpoint.clone(),
+                parent,
+                addr,
+            ));
+        }
+        Ok(RunningNode {
+            shared,
+            endpoint,
+            tasks,
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The UDP address the node's endpoint is bound to.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+
+    /// Publishes (origin only); see [`Shared::publish`].
+    pub async fn publish(&self) -> Result<PublishSummary, NodeError> {
+        self.shared.publish().await
+    }
+
+    /// The node's own status and its subtree's.
+    pub fn statuses(&self) -> Vec<NodeStatus> {
+        self.shared.statuses()
+    }
+
+    /// The release this node holds, if any.
+    pub fn release(&self) -> Option<Manifest> {
+        self.shared
+            .held_release()
+            .map(|h| h.release.manifest.clone())
+    }
+
+    /// Closes every link with a shutdown code and stops every task.
+    pub async fn shutdown(mut self) {
+        link::close_endpoint(&self.endpoint, ErrorCode::Shutdown);
+        self.tasks.shutdown().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle())
+            .await;
+        let _ = fs::remove_file(admin::socket_path(&self.shared.data));
+        tracing::info!(node = %self.shared.name, "node stopped");
+    }
+}
+
+/// Holds an exclusive lock file in `data` for the life of the node.
+pub struct DataLock {
+    path: PathBuf,
+}
+
+impl Drop for DataLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn lock_data_dir(data: &Path) -> Result<DataLock, NodeError> {
+    let path = data.join("node.pid");
+    for _ in 0..2 {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                let _ = write!(f, "{}", std::process::id());
+                return Ok(DataLock { path });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let pid = fs::read_to_string(&path).unwrap_or_default();
+                let alive = pid
+                    .trim()
+                    .parse::<u32>()
+                    .is_ok_and(|p| Path::new(&format!("/proc/{p}")).exists());
+                if alive && pid.trim() != std::process::id().to_string() {
+                    return Err(NodeError::AlreadyRunning(data.to_owned()));
+                }
+                // A stale lock from a killed process.
+                let _ = fs::remove_file(&path);
+            }
+            Err(e) => return Err(NodeError::Io { path, source: e }),
+        }
+    }
+    Err(NodeError::AlreadyRunning(data.to_owned()))
+}

@@ -1,0 +1,84 @@
+//! What each node reports about itself; reports flow up the tree to the origin.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// One node's state as its parent (and eventually the origin) sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    /// Version of the last release applied completely.
+    pub applied: Option<u64>,
+    pub state: NodeState,
+    /// Body bytes fetched from the parent for the most recent release.
+    pub fetched_bytes: u64,
+    /// Bodies fetched from the parent for the most recent release.
+    pub fetched_files: u64,
+    /// Whether the link to this node's parent is up (as last known).
+    pub connected: bool,
+    /// Body bytes this node has served to its children since it started.
+    pub sent_bytes: u64,
+}
+
+/// What a node is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    Idle,
+    Fetching {
+        version: u64,
+        done_bytes: u64,
+        total_bytes: u64,
+    },
+    Applying {
+        version: u64,
+    },
+    Failed {
+        version: u64,
+        error: String,
+    },
+}
+
+impl NodeStatus {
+    pub fn new(name: &str) -> Self {
+        NodeStatus {
+            name: name.to_owned(),
+            applied: None,
+            state: NodeState::Idle,
+            fetched_bytes: 0,
+            fetched_files: 0,
+            connected: false,
+            sent_bytes: 0,
+        }
+    }
+}
+
+impl fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.applied {
+            Some(v) => write!(f, "{}: applied v{v}", self.name)?,
+            None => write!(f, "{}: no release", self.name)?,
+        }
+        match &self.state {
+            NodeState::Idle => {}
+            NodeState::Fetching {
+                version,
+                done_bytes,
+                total_bytes,
+            } => write!(
+                f,
+                ", fetching v{version} ({done_bytes}/{total_bytes} bytes)"
+            )?,
+            NodeState::Applying { version } => write!(f, ", applying v{version}")?,
+            NodeState::Failed { version, error } => write!(f, ", FAILED v{version}: {error}")?,
+        }
+        if !self.connected {
+            f.write_str(", disconnected")?;
+        }
+        Ok(())
+    }
+}
+
+/// Statuses of a node and its subtree, by name.
+pub type Board = BTreeMap<String, NodeStatus>;

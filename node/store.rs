@@ -1,0 +1,213 @@
+//! The content-addressed store: verified file bodies kept by MD5 in the node's data dir.
+//!
+//! Layout under `DATA/store`: `objects/ab/abcdef…` (the MD5 in hex, fanned out by its first
+//! byte) and `tmp/` for bodies being received. A body becomes visible under its MD5 only after
+//! its size and MD5 were checked ([`BodyWriter::finish`]), so anything in `objects/` is
+//! verified; a crash leaves at most garbage in `tmp/`, which [`Store::open`] clears.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use md5::{Digest, Md5 as Md5Hasher};
+
+use crate::manifest::Md5;
+
+/// I/O buffer for reading and hashing bodies.
+pub const IO_BUF: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("body {expected} failed verification: got {got_size} bytes with MD5 {got}, expected {size} bytes")]
+    Mismatch {
+        expected: Md5,
+        size: u64,
+        got: Md5,
+        got_size: u64,
+    },
+}
+
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Verified bodies by MD5.
+#[derive(Debug)]
+pub struct Store {
+    objects: PathBuf,
+    tmp: PathBuf,
+    next_tmp: AtomicU64,
+}
+
+impl Store {
+    /// Opens (creating) the store under `data/store` and removes leftover temporary files.
+    pub fn open(data: &Path) -> Result<Self, StoreError> {
+        let root = data.join("store");
+        let objects = root.join("objects");
+        let tmp = root.join("tmp");
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&objects).map_err(io_at(&objects))?;
+        fs::create_dir_all(&tmp).map_err(io_at(&tmp))?;
+        let store = Store {
+            objects,
+            tmp,
+            next_tmp: AtomicU64::new(0),
+        };
+        // The empty body is always held, so empty files never travel.
+        let empty = Md5::of(b"");
+        if !store.has(&empty) {
+            store.writer(empty, 0)?.finish()?;
+        }
+        Ok(store)
+    }
+
+    /// Where the body with this MD5 lives (whether or not it is held).
+    pub fn path(&self, md5: &Md5) -> PathBuf {
+        let hex = md5.hex();
+        self.objects.join(&hex[..2]).join(hex)
+    }
+
+    pub fn has(&self, md5: &Md5) -> bool {
+        self.path(md5).is_file()
+    }
+
+    /// Opens a held body for reading.
+    pub fn open_body(&self, md5: &Md5) -> Result<File, StoreError> {
+        let p = self.path(md5);
+        File::open(&p).map_err(io_at(&p))
+    }
+
+    /// Starts receiving a body that must have `size` bytes and MD5 `md5`.
+    pub fn writer(&self, md5: Md5, size: u64) -> Result<BodyWriter<'_>, StoreError> {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .tmp
+            .join(format!("{}.{}.{n}", md5.hex(), std::process::id()));
+        let file = File::create(&tmp).map_err(io_at(&tmp))?;
+        Ok(BodyWriter {
+            store: self,
+            file,
+            tmp,
+            md5,
+            size,
+            written: 0,
+            hasher: Md5Hasher::new(),
+        })
+    }
+
+    /// Copies a local file into the store, verifying it still has `md5` (the origin's publish).
+    pub fn import(&self, src: &Path, md5: Md5, size: u64) -> Result<(), StoreError> {
+        if self.has(&md5) {
+            return Ok(());
+        }
+        let mut input = File::open(src).map_err(io_at(src))?;
+        let mut w = self.writer(md5, size)?;
+        let mut buf = vec![0u8; IO_BUF];
+        loop {
+            let n = input.read(&mut buf).map_err(io_at(src))?;
+            if n == 0 {
+                break;
+            }
+            w.write(&buf[..n])?;
+        }
+        w.finish()
+    }
+}
+
+/// A body being received: written to a temporary file and hashed as it goes.
+pub struct BodyWriter<'a> {
+    store: &'a Store,
+    file: File,
+    tmp: PathBuf,
+    md5: Md5,
+    size: u64,
+    written: u64,
+    hasher: Md5Hasher,
+}
+
+impl BodyWriter<'_> {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.hasher.update(data);
+        self.written += data.len() as u64;
+        self.file.write_all(data).map_err(io_at(&self.tmp))
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Checks size and MD5, then moves the body under its name. A mismatch deletes it.
+    pub fn finish(self) -> Result<(), StoreError> {
+        let got = Md5(self.hasher.clone().finalize().into());
+        if got != self.md5 || self.written != self.size {
+            let _ = fs::remove_file(&self.tmp);
+            return Err(StoreError::Mismatch {
+                expected: self.md5,
+                size: self.size,
+                got,
+                got_size: self.written,
+            });
+        }
+        self.file.sync_data().map_err(io_at(&self.tmp))?;
+        let dest = self.store.path(&self.md5);
+        let parent = dest.parent().expect("object paths have a fan-out parent");
+        fs::create_dir_all(parent).map_err(io_at(parent))?;
+        fs::rename(&self.tmp, &dest).map_err(io_at(&dest))
+    }
+}
+
+impl Drop for BodyWriter<'_> {
+    fn drop(&mut self) {
+        // After a successful finish the temp path no longer exists; otherwise clean up.
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// MD5 and size of a file, read in large blocks.
+pub fn hash_file(path: &Path) -> Result<(Md5, u64), StoreError> {
+    let mut f = File::open(path).map_err(io_at(path))?;
+    let mut h = Md5Hasher::new();
+    let mut buf = vec![0u8; IO_BUF];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(io_at(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((Md5(h.finalize().into()), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verified_bodies_only() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        assert!(s.has(&Md5::of(b"")));
+        let md5 = Md5::of(b"hello");
+        let mut w = s.writer(md5, 5).unwrap();
+        w.write(b"hellO").unwrap();
+        assert!(matches!(w.finish(), Err(StoreError::Mismatch { .. })));
+        assert!(!s.has(&md5));
+        let mut w = s.writer(md5, 5).unwrap();
+        w.write(b"hel").unwrap();
+        w.write(b"lo").unwrap();
+        w.finish().unwrap();
+        assert!(s.has(&md5));
+        assert_eq!(fs::read(s.path(&md5)).unwrap(), b"hello");
+        // An abandoned writer leaves nothing behind.
+        drop(s.writer(Md5::of(b"x"), 1).unwrap());
+        assert_eq!(fs::read_dir(d.path().join("store/tmp")).unwrap().count(), 0);
+    }
+}

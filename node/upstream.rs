@@ -1,0 +1,308 @@
+//! The upstream half: dial the parent, take its offers, fetch what is missing, verify, apply,
+//! hold, and report the subtree's state back up.
+//!
+//! One session per connection; a lost link is re-dialled with capped exponential backoff and
+//! the new session starts with the same `Hello { have }`, so catch-up is the ordinary path.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::{Connection, Endpoint};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn, Instrument};
+
+use crate::apply::{apply, ApplyError};
+use crate::link::{self, LinkError};
+use crate::manifest::{Manifest, Md5};
+use crate::node::{NodeError, Shared};
+use crate::status::NodeState;
+use crate::store::StoreError;
+use crate::wire::{BodyRequest, Down, Release, Up};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Bodies fetched at once over parallel streams.
+const PARALLEL_BODIES: usize = 16;
+/// Attempts per body before the release is reported as failed (and retried later).
+const BODY_ATTEMPTS: u32 = 3;
+const READ_BUF: usize = 256 * 1024;
+/// How long status changes are gathered before one report goes up.
+const REPORT_DEBOUNCE: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("body {md5} sent by the parent is {got}+ bytes, expected {size}")]
+    TooLong { md5: Md5, size: u64, got: u64 },
+}
+
+/// Runs the link to the parent until the task is aborted.
+pub async fn run(shared: Arc<Shared>, endpoint: Endpoint, parent: String, addr: SocketAddr) {
+    let span = tracing::info_span!("up", node = %shared.name, parent = %parent);
+    async move {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let started = Instant::now();
+            match session(&shared, &endpoint, &parent, addr).await {
+                Ok(()) => info!("parent closed the link"),
+                Err(e) => warn!("link to parent {parent} at {addr}: {e}"),
+            }
+            shared.set_own(|s| s.connected = false);
+            if started.elapsed() > BACKOFF_MAX {
+                backoff = BACKOFF_MIN;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn session(
+    shared: &Arc<Shared>,
+    endpoint: &Endpoint,
+    parent: &str,
+    addr: SocketAddr,
+) -> Result<(), SyncError> {
+    let conn = link::connect(endpoint, addr, parent).await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(LinkError::from)?;
+    let have = shared.held_release().map(|h| h.release.version);
+    link::send(
+        &mut send,
+        &Up::Hello {
+            name: shared.name.clone(),
+            have,
+        },
+    )
+    .await?;
+    info!(have = ?have, "connected to parent");
+    shared.set_own(|s| s.connected = true);
+
+    let (offers_tx, offers) = watch::channel::<Option<Arc<Release>>>(None);
+    let reader = async {
+        while let Some(msg) = link::recv::<_, Down>(&mut recv).await? {
+            match msg {
+                Down::Offer(release) => {
+                    info!(version = release.version, "offered {release}");
+                    offers_tx.send_replace(Some(Arc::new(release)));
+                }
+            }
+        }
+        Ok::<(), SyncError>(())
+    };
+    let reporter = async {
+        let mut board = shared.board.subscribe();
+        loop {
+            let statuses: Vec<_> = board.borrow_and_update().values().cloned().collect();
+            link::send(&mut send, &Up::Status(statuses)).await?;
+            board
+                .changed()
+                .await
+                .map_err(|_| LinkError::Refused("node stopping".into()))?;
+            tokio::time::sleep(REPORT_DEBOUNCE).await;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), SyncError>(())
+    };
+    let result = tokio::select! {
+        r = reader => r,
+        r = reporter => r,
+        r = follow_offers(shared, &conn, offers) => r,
+    };
+    let _ = send.shutdown().await;
+    result
+}
+
+/// Applies the newest offer whenever it is newer than what this node holds; a failed sync is
+/// reported and retried after a pause (or at once if a newer offer arrives).
+async fn follow_offers(
+    shared: &Arc<Shared>,
+    conn: &Connection,
+    mut offers: watch::Receiver<Option<Arc<Release>>>,
+) -> Result<(), SyncError> {
+    loop {
+        let offer = offers.borrow_and_update().clone();
+        let held = shared.held_release().map(|h| h.release.version);
+        let Some(release) = offer.filter(|r| held.is_none_or(|h| r.version > h)) else {
+            offers
+                .changed()
+                .await
+                .map_err(|_| LinkError::Refused("link closed".into()))?;
+            continue;
+        };
+        let span = tracing::info_span!("sync", version = release.version);
+        match sync(shared, conn, &release).instrument(span).await {
+            Ok(()) => {}
+            Err(SyncError::Link(e)) => return Err(e.into()),
+            Err(e) => {
+                warn!(version = release.version, "release failed: {e}; retrying");
+                shared.set_own(|s| {
+                    s.state = NodeState::Failed {
+                        version: release.version,
+                        error: e.to_string(),
+                    }
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    r = offers.changed() => r.map_err(|_| LinkError::Refused("link closed".into()))?,
+                }
+            }
+        }
+    }
+}
+
+/// Fetches every body of `release` the store lacks, verifies each, applies, and holds it.
+async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Result<(), SyncError> {
+    let started = Instant::now();
+    let version = release.version;
+    let old = shared.held_release();
+    let empty = Manifest::empty();
+    let old_manifest = old.as_ref().map_or(&empty, |h| &h.release.manifest);
+    let mut seen = HashSet::new();
+    let wanted: Vec<(Md5, u64)> = release
+        .manifest
+        .changed_files(old_manifest)
+        .into_iter()
+        .filter(|(_, _, md5)| seen.insert(*md5) && !shared.store.has(md5))
+        .map(|(_, size, md5)| (md5, size))
+        .collect();
+    let total: u64 = wanted.iter().map(|(_, s)| s).sum();
+    let files = wanted.len() as u64;
+    info!(files, bytes = total, "fetching");
+    let done = Arc::new(AtomicU64::new(0));
+    shared.set_own(|s| {
+        s.state = NodeState::Fetching {
+            version,
+            done_bytes: 0,
+            total_bytes: total,
+        }
+    });
+
+    let mut queue = wanted.into_iter();
+    let mut running = JoinSet::new();
+    loop {
+        while running.len() < PARALLEL_BODIES {
+            let Some((md5, size)) = queue.next() else {
+                break;
+            };
+            let (shared, conn, done) = (shared.clone(), conn.clone(), done.clone());
+            running.spawn(async move { fetch_verified(&shared, &conn, md5, size, &done).await });
+        }
+        let Some(res) = running.join_next().await else {
+            break;
+        };
+        res.expect("fetch tasks do not panic")?;
+        let now = done.load(Ordering::Relaxed);
+        shared.set_own(|s| {
+            s.state = NodeState::Fetching {
+                version,
+                done_bytes: now,
+                total_bytes: total,
+            }
+        });
+    }
+
+    shared.set_own(|s| s.state = NodeState::Applying { version });
+    if let Some(dir) = shared.dir.clone() {
+        let (me, rel) = (shared.clone(), release.clone());
+        let old = old.clone();
+        let stats = tokio::task::spawn_blocking(move || {
+            apply(
+                &dir,
+                &rel.manifest,
+                old.as_ref().map(|h| &h.release.manifest),
+                &me.store,
+            )
+        })
+        .await
+        .expect("apply does not panic")?;
+        info!(
+            written = stats.written,
+            unchanged = stats.unchanged,
+            deleted = stats.deleted,
+            "applied to {}",
+            shared
+                .dir
+                .as_ref()
+                .map_or(String::new(), |d| d.display().to_string())
+        );
+    }
+    shared.hold(release.clone())?;
+    shared.set_own(|s| {
+        s.fetched_bytes = total;
+        s.fetched_files = files;
+    });
+    info!(
+        files,
+        bytes = total,
+        ms = started.elapsed().as_millis() as u64,
+        "release {version} held"
+    );
+    Ok(())
+}
+
+/// Fetches one body, retrying when its MD5 does not match; never stores a bad body.
+async fn fetch_verified(
+    shared: &Shared,
+    conn: &Connection,
+    md5: Md5,
+    size: u64,
+    done: &AtomicU64,
+) -> Result<(), SyncError> {
+    let mut attempt = 1;
+    loop {
+        match fetch_body(shared, conn, md5, size, done).await {
+            Ok(()) => return Ok(()),
+            Err(
+                e @ (SyncError::Store(StoreError::Mismatch { .. }) | SyncError::TooLong { .. }),
+            ) => {
+                warn!(%md5, attempt, "discarded corrupt body: {e}");
+                if attempt >= BODY_ATTEMPTS {
+                    return Err(e);
+                }
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn fetch_body(
+    shared: &Shared,
+    conn: &Connection,
+    md5: Md5,
+    size: u64,
+    done: &AtomicU64,
+) -> Result<(), SyncError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(LinkError::from)?;
+    link::send(&mut send, &BodyRequest { md5, offset: 0 }).await?;
+    send.finish().map_err(LinkError::from)?;
+    let mut w = shared.store.writer(md5, size)?;
+    let mut buf = vec![0u8; READ_BUF];
+    while let Some(n) = recv.read(&mut buf).await.map_err(LinkError::from)? {
+        if w.written() + n as u64 > size {
+            return Err(SyncError::TooLong {
+                md5,
+                size,
+                got: w.written() + n as u64,
+            });
+        }
+        w.write(&buf[..n])?;
+        done.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    w.finish()?;
+    Ok(())
+}

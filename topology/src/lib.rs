@@ -1,0 +1,579 @@
+//! The deployment's topology: which nodes exist, who is whose parent, where parents listen.
+//!
+//! A topology file is TOML with one `[[node]]` table per node:
+//!
+//! ```toml
+//! [[node]]
+//! name = "origin"
+//! listen = "10.0.0.1:7400"   # required for every node that has children
+//!
+//! [[node]]
+//! name = "web-1"
+//! parent = "origin"
+//! ```
+//!
+//! [`Topology::parse`] turns such text into a validated tree ("parse, don't validate"): once
+//! a `Topology` exists it has exactly one root, no cycle, no unknown parent, unique names that
+//! are DNS labels, unique listen addresses, and a `listen` address on every node that has
+//! children. The node's [`Role`] follows from its place in the tree.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use petgraph::algo::toposort;
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// What went wrong while reading a topology; each variant names the node or line at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("cannot read topology {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("topology syntax error: {0}")]
+    Syntax(String),
+    #[error("topology has no nodes")]
+    Empty,
+    #[error("line {line}: node name {name:?} is not a valid DNS label (1-63 of a-z, 0-9, '-', not starting or ending with '-')")]
+    BadName { name: String, line: usize },
+    #[error("line {line}: duplicate node name {name:?} (first defined on line {first})")]
+    DuplicateName {
+        name: String,
+        line: usize,
+        first: usize,
+    },
+    #[error("line {line}: node {node:?} names unknown parent {parent:?}")]
+    UnknownParent {
+        node: String,
+        parent: String,
+        line: usize,
+    },
+    #[error("line {line}: node {node:?} is its own parent")]
+    SelfParent { node: String, line: usize },
+    #[error("topology has no root: every node has a parent")]
+    NoRoot,
+    #[error("topology has more than one root (a node without parent): {0}")]
+    ManyRoots(String),
+    #[error("topology has a cycle through nodes: {0}")]
+    Cycle(String),
+    #[error("line {line}: node {node:?} has children ({children}) but no listen address")]
+    MissingListen {
+        node: String,
+        children: String,
+        line: usize,
+    },
+    #[error("line {line}: node {node:?} listens on {addr}, already used by node {other:?}")]
+    DuplicateListen {
+        node: String,
+        other: String,
+        addr: SocketAddr,
+        line: usize,
+    },
+    #[error("no node named {0:?} in the topology")]
+    UnknownNode(String),
+}
+
+/// A node's role, derived from its position in the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The root: publishes releases.
+    Origin,
+    /// Has a parent and children: verifies, stores and forwards.
+    Relay,
+    /// Has a parent and no children: keeps the served directory.
+    Leaf,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Origin => "origin",
+            Role::Relay => "relay",
+            Role::Leaf => "leaf",
+        })
+    }
+}
+
+/// One node of a validated topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub parent: Option<String>,
+    pub listen: Option<SocketAddr>,
+    /// Children in the order they appear in the file.
+    pub children: Vec<String>,
+    pub depth: usize,
+    pub role: Role,
+    /// 1-based line of the node's `name` key in the file.
+    pub line: usize,
+}
+
+/// A validated tree of nodes.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Nodes in file order.
+    nodes: Vec<Node>,
+    by_name: HashMap<String, usize>,
+    root: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    node: Vec<RawNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Spanned<String>,
+    parent: Option<String>,
+    listen: Option<SocketAddr>,
+}
+
+impl Topology {
+    /// Reads and validates a topology file.
+    pub fn load(path: &Path) -> Result<Self, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates topology text.
+    pub fn parse(text: &str) -> Result<Self, TopologyError> {
+        let raw: RawFile =
+            toml::from_str(text).map_err(|e| TopologyError::Syntax(syntax(text, &e)))?;
+        if raw.node.is_empty() {
+            return Err(TopologyError::Empty);
+        }
+        let line_of = |span: std::ops::Range<usize>| line_at(text, span.start);
+
+        let mut by_name = HashMap::new();
+        for (i, n) in raw.node.iter().enumerate() {
+            let name = n.name.get_ref();
+            let line = line_of(n.name.span());
+            if !is_dns_label(name) {
+                return Err(TopologyError::BadName {
+                    name: name.clone(),
+                    line,
+                });
+            }
+            if let Some(&first) = by_name.get(name) {
+                let first_node: &RawNode = &raw.node[first];
+                return Err(TopologyError::DuplicateName {
+                    name: name.clone(),
+                    line,
+                    first: line_of(first_node.name.span()),
+                });
+            }
+            by_name.insert(name.clone(), i);
+        }
+
+        let mut graph = DiGraph::<usize, ()>::new();
+        let idx: Vec<NodeIndex> = (0..raw.node.len()).map(|i| graph.add_node(i)).collect();
+        let mut roots = Vec::new();
+        for (i, n) in raw.node.iter().enumerate() {
+            let line = line_of(n.name.span());
+            match &n.parent {
+                None => roots.push(i),
+                Some(p) if p == n.name.get_ref() => {
+                    return Err(TopologyError::SelfParent {
+                        node: p.clone(),
+                        line,
+                    })
+                }
+                Some(p) => {
+                    let &pi = by_name.get(p).ok_or_else(|| TopologyError::UnknownParent {
+                        node: n.name.get_ref().clone(),
+                        parent: p.clone(),
+                        line,
+                    })?;
+                    graph.add_edge(idx[pi], idx[i], ());
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err(TopologyError::NoRoot);
+        }
+        if let Err(cycle) = toposort(&graph, None) {
+            // Report the whole cycle, walking parents from the node toposort tripped on.
+            let start = graph[cycle.node_id()];
+            let mut names = vec![raw.node[start].name.get_ref().clone()];
+            let mut cur = start;
+            while let Some(p) = raw.node[cur].parent.as_ref().and_then(|p| by_name.get(p)) {
+                if *p == start {
+                    break;
+                }
+                names.push(raw.node[*p].name.get_ref().clone());
+                cur = *p;
+                if names.len() > raw.node.len() {
+                    break;
+                }
+            }
+            names.push(raw.node[start].name.get_ref().clone());
+            return Err(TopologyError::Cycle(names.join(" -> ")));
+        }
+        let root = match roots.as_slice() {
+            [r] => *r,
+            many => {
+                let names: Vec<_> = many
+                    .iter()
+                    .map(|&i| raw.node[i].name.get_ref().as_str())
+                    .collect();
+                return Err(TopologyError::ManyRoots(names.join(", ")));
+            }
+        };
+
+        let mut children: Vec<Vec<String>> = vec![Vec::new(); raw.node.len()];
+        for n in &raw.node {
+            if let Some(p) = &n.parent {
+                children[by_name[p]].push(n.name.get_ref().clone());
+            }
+        }
+        let mut listens: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+        for (i, n) in raw.node.iter().enumerate() {
+            let line = line_of(n.name.span());
+            if !children[i].is_empty() && n.listen.is_none() {
+                return Err(TopologyError::MissingListen {
+                    node: n.name.get_ref().clone(),
+                    children: children[i].join(", "),
+                    line,
+                });
+            }
+            if let Some(addr) = n.listen {
+                if let Some(&other) = listens.get(&addr) {
+                    return Err(TopologyError::DuplicateListen {
+                        node: n.name.get_ref().clone(),
+                        other: raw.node[other].name.get_ref().clone(),
+                        addr,
+                        line,
+                    });
+                }
+                listens.insert(addr, i);
+            }
+        }
+
+        // No cycle and one root: every node reaches the root, so depth is well defined.
+        let mut depth = vec![usize::MAX; raw.node.len()];
+        depth[root] = 0;
+        let order = toposort(&graph, None).map_err(|_| TopologyError::NoRoot)?;
+        for ni in order {
+            let i = graph[ni];
+            if let Some(p) = &raw.node[i].parent {
+                depth[i] = depth[by_name[p]] + 1;
+            }
+        }
+
+        let nodes = raw
+            .node
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let line = line_of(n.name.span());
+                let kids = std::mem::take(&mut children[i]);
+                let role = if n.parent.is_none() {
+                    Role::Origin
+                } else if kids.is_empty() {
+                    Role::Leaf
+                } else {
+                    Role::Relay
+                };
+                Node {
+                    name: n.name.into_inner(),
+                    parent: n.parent,
+                    listen: n.listen,
+                    children: kids,
+                    depth: depth[i],
+                    role,
+                    line,
+                }
+            })
+            .collect();
+        Ok(Topology {
+            nodes,
+            by_name,
+            root,
+        })
+    }
+
+    /// The node called `name`, or an error naming it.
+    pub fn node(&self, name: &str) -> Result<&Node, TopologyError> {
+        self.by_name
+            .get(name)
+            .map(|&i| &self.nodes[i])
+            .ok_or_else(|| TopologyError::UnknownNode(name.to_owned()))
+    }
+
+    /// The origin (root) node.
+    pub fn origin(&self) -> &Node {
+        &self.nodes[self.root]
+    }
+
+    /// All nodes, in file order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Names of every node strictly below `name`, depth-first.
+    pub fn descendants(&self, name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack: Vec<&str> = match self.by_name.get(name) {
+            Some(&i) => self.nodes[i]
+                .children
+                .iter()
+                .rev()
+                .map(String::as_str)
+                .collect(),
+            None => return out,
+        };
+        while let Some(n) = stack.pop() {
+            out.push(n.to_owned());
+            let node = &self.nodes[self.by_name[n]];
+            stack.extend(node.children.iter().rev().map(String::as_str));
+        }
+        out
+    }
+
+    /// Renders the tree, one node per line with role, depth and listen address.
+    pub fn render_tree(&self) -> String {
+        let mut out = String::new();
+        self.render(&mut out, self.root, "", "");
+        out
+    }
+
+    fn render(&self, out: &mut String, i: usize, first: &str, rest: &str) {
+        let n = &self.nodes[i];
+        out.push_str(first);
+        out.push_str(&format!("{} ({}, depth {})", n.name, n.role, n.depth));
+        if let Some(l) = n.listen {
+            out.push_str(&format!(" listen {l}"));
+        }
+        out.push('\n');
+        let last = n.children.len().saturating_sub(1);
+        for (k, c) in n.children.iter().enumerate() {
+            let ci = self.by_name[c];
+            if k == last {
+                self.render(out, ci, &format!("{rest}└── "), &format!("{rest}    "));
+            } else {
+                self.render(out, ci, &format!("{rest}├── "), &format!("{rest}│   "));
+            }
+        }
+    }
+}
+
+/// RFC 1123 label: 1-63 chars of lowercase a-z, 0-9 and '-', not starting or ending with '-'.
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&c| c == b'\n')
+        .count()
+        + 1
+}
+
+fn syntax(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_owned();
+    match e.span() {
+        Some(span) => {
+            let line = line_at(text, span.start);
+            let line_start = text[..span.start.min(text.len())]
+                .rfind('\n')
+                .map_or(0, |p| p + 1);
+            let col = text[line_start..span.start.min(text.len())].chars().count() + 1;
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TREE: &str = r#"
+[[node]]
+name = "origin"
+listen = "127.0.0.1:7400"
+
+[[node]]
+name = "relay-a"
+parent = "origin"
+listen = "127.0.0.1:7401"
+
+[[node]]
+name = "relay-b"
+parent = "origin"
+listen = "127.0.0.1:7402"
+
+[[node]]
+name = "web-1"
+parent = "relay-a"
+
+[[node]]
+name = "web-2"
+parent = "relay-b"
+"#;
+
+    fn err(text: &str) -> String {
+        Topology::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn valid_three_level_tree() {
+        let t = Topology::parse(TREE).unwrap();
+        assert_eq!(t.origin().name, "origin");
+        let roles: Vec<_> = t
+            .nodes()
+            .iter()
+            .map(|n| (n.name.as_str(), n.role, n.depth))
+            .collect();
+        assert_eq!(
+            roles,
+            vec![
+                ("origin", Role::Origin, 0),
+                ("relay-a", Role::Relay, 1),
+                ("relay-b", Role::Relay, 1),
+                ("web-1", Role::Leaf, 2),
+                ("web-2", Role::Leaf, 2),
+            ]
+        );
+        assert_eq!(t.node("relay-a").unwrap().children, vec!["web-1"]);
+        assert_eq!(
+            t.descendants("origin"),
+            vec!["relay-a", "web-1", "relay-b", "web-2"]
+        );
+        let tree = t.render_tree();
+        assert!(
+            tree.starts_with("origin (origin, depth 0) listen 127.0.0.1:7400\n"),
+            "{tree}"
+        );
+        assert!(tree.contains("├── relay-a (relay, depth 1)"), "{tree}");
+        assert!(tree.contains("│   └── web-1 (leaf, depth 2)"), "{tree}");
+        assert!(tree.contains("    └── web-2 (leaf, depth 2)"), "{tree}");
+    }
+
+    #[test]
+    fn single_origin_is_valid() {
+        let t = Topology::parse("[[node]]\nname = \"solo\"\n").unwrap();
+        assert_eq!(t.origin().role, Role::Origin);
+    }
+
+    #[test]
+    fn no_root() {
+        let e = err("[[node]]\nname = \"a\"\nparent = \"b\"\nlisten = \"127.0.0.1:1\"\n[[node]]\nname = \"b\"\nparent = \"a\"\nlisten = \"127.0.0.1:2\"\n");
+        assert!(e.contains("no root"), "{e}");
+    }
+
+    #[test]
+    fn two_roots() {
+        let e = err("[[node]]\nname = \"a\"\n[[node]]\nname = \"b\"\n");
+        assert!(
+            e.contains("more than one root") && e.contains("a, b"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cycle_below_root() {
+        let e = err(
+            "[[node]]\nname = \"o\"\n[[node]]\nname = \"a\"\nparent = \"b\"\nlisten = \"127.0.0.1:1\"\n[[node]]\nname = \"b\"\nparent = \"a\"\nlisten = \"127.0.0.1:2\"\n",
+        );
+        assert!(
+            e.contains("cycle") && e.contains('a') && e.contains('b'),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn self_parent() {
+        let e = err("[[node]]\nname = \"o\"\n[[node]]\nname = \"a\"\nparent = \"a\"\n");
+        assert!(e.contains("line 4") && e.contains("its own parent"), "{e}");
+    }
+
+    #[test]
+    fn unknown_parent() {
+        let e = err("[[node]]\nname = \"o\"\nlisten = \"127.0.0.1:1\"\n[[node]]\nname = \"a\"\nparent = \"nope\"\n");
+        assert!(
+            e.contains("line 5") && e.contains("\"a\"") && e.contains("\"nope\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_name() {
+        let e = err("[[node]]\nname = \"o\"\nlisten = \"127.0.0.1:1\"\n[[node]]\nname = \"o\"\nparent = \"o\"\n");
+        assert!(
+            e.contains("duplicate node name \"o\"") && e.contains("line 5") && e.contains("line 2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_listen() {
+        let e = err(&TREE.replace("127.0.0.1:7402", "127.0.0.1:7401"));
+        assert!(
+            e.contains("relay-b") && e.contains("relay-a") && e.contains("127.0.0.1:7401"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn parent_without_listen() {
+        let e = err(&TREE.replace("listen = \"127.0.0.1:7401\"\n", ""));
+        assert!(
+            e.contains("\"relay-a\"") && e.contains("no listen address") && e.contains("web-1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_dns_label() {
+        for bad in ["Web_1", "-a", "a-", "", "a.b", &"x".repeat(64)] {
+            let e = err(&format!("[[node]]\nname = \"{bad}\"\n"));
+            assert!(
+                e.contains("not a valid DNS label") && e.contains("line 2"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(is_dns_label("web-1") && is_dns_label(&"x".repeat(63)));
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let e = err("[[node]]\nname = \"o\"\nlisten = 127.0.0.1\n");
+        assert!(
+            e.contains("syntax error") && e.contains("line 3, column"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_listen_address_and_unknown_key() {
+        let e = err("[[node]]\nname = \"o\"\nlisten = \"nowhere\"\n");
+        assert!(e.contains("line 3"), "{e}");
+        let e = err("[[node]]\nname = \"o\"\nparnet = \"x\"\n");
+        assert!(e.contains("parnet") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn empty_file() {
+        assert!(err("").contains("no nodes"));
+    }
+}
