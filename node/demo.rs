@@ -300,7 +300,8 @@ pub async fn run(keep: Option<&Path>) -> Result<bool> {
     ok &= !big_resent;
     ok &= verify(&dep)?;
 
-    for n in nodes {
+    // Leaves first, so no node sees its parent vanish.
+    for n in nodes.into_iter().rev() {
         n.shutdown().await;
     }
     let leaves = dep

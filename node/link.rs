@@ -20,6 +20,8 @@ use crate::wire::{self, ErrorCode, WireError, HEADER_LEN};
 /// A link with no traffic (not even keep-alives) for this long is dead.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 const KEEP_ALIVE: Duration = Duration::from_secs(3);
+/// How long a dial may take before the parent counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -114,7 +116,13 @@ pub async fn connect(ep: &Endpoint, addr: SocketAddr, peer: &str) -> Result<Conn
         reason,
     };
     let connecting = ep.connect(addr, peer).map_err(|e| err(e.to_string()))?;
-    connecting.await.map_err(|e| err(e.to_string()))
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(r) => r.map_err(|e| err(e.to_string())),
+        Err(_) => Err(err(format!(
+            "no answer within {} s (unreachable or not running)",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 /// The peer's leaf certificate, as verified against the CA by the handshake.

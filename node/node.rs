@@ -294,6 +294,39 @@ impl RunningNode {
             "node started"
         );
 
+        // A node stopped mid-apply, or whose dir was changed while it was down, is repaired
+        // before it serves: the held release is applied again (unchanged files cost a stat).
+        if let (Some(dir), Some(held), false) =
+            (&shared.dir, shared.held_release(), me.role == Role::Origin)
+        {
+            let (dir, me2) = (dir.clone(), shared.clone());
+            let manifest = held.release.manifest.clone();
+            let repaired = tokio::task::spawn_blocking(move || {
+                crate::apply::apply(&dir, &manifest, Some(&manifest), &me2.store)
+            })
+            .await
+            .expect("apply does not panic");
+            match repaired {
+                Ok(stats) if stats.written + stats.deleted > 0 => {
+                    tracing::info!(
+                        written = stats.written,
+                        deleted = stats.deleted,
+                        "repaired dir to the held release"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // Fetch the release again from the parent (only missing bodies travel).
+                    tracing::warn!(
+                        "cannot restore dir to held release {}: {e}; fetching it again",
+                        held.release.version
+                    );
+                    shared.held.send_replace(None);
+                    shared.set_own(|s| s.applied = None);
+                }
+            }
+        }
+
         let mut tasks = JoinSet::new();
         tasks.spawn(admin::serve(shared.clone(), admin, lock));
         if listen.is_some() {

@@ -123,7 +123,18 @@ async fn session(
         r = follow_offers(shared, &conn, offers) => r,
     };
     let _ = send.shutdown().await;
-    result
+    // Prefer the parent's own reason (e.g. "not a child", shutting down) over a stream error.
+    match (result, conn.close_reason()) {
+        (Err(_), Some(quinn::ConnectionError::ApplicationClosed(c))) => {
+            Err(LinkError::Refused(format!(
+                "parent closed the link: {} (code {})",
+                String::from_utf8_lossy(&c.reason),
+                c.error_code
+            ))
+            .into())
+        }
+        (r, _) => r,
+    }
 }
 
 /// Applies the newest offer whenever it is newer than what this node holds; a failed sync is

@@ -244,13 +244,15 @@ mod tests {
         }
     }
 
-    fn all_messages() -> (
+    type Samples = (
         Vec<Up>,
         Vec<Down>,
         Vec<BodyRequest>,
         Vec<AdminRequest>,
         Vec<AdminResponse>,
-    ) {
+    );
+
+    fn all_messages() -> Samples {
         let status = NodeStatus {
             name: "web-1".into(),
             applied: Some(3),

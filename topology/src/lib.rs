@@ -389,7 +389,13 @@ fn line_at(text: &str, offset: usize) -> usize {
 }
 
 fn syntax(text: &str, e: &toml::de::Error) -> String {
-    let msg = e.message().trim().to_owned();
+    let msg = e
+        .message()
+        .trim()
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ");
     match e.span() {
         Some(span) => {
             let line = line_at(text, span.start);

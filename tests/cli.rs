@@ -1,0 +1,191 @@
+//! The command-line contract: exit codes and one clear line for each user error.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use common::{cascade, text, Cluster};
+
+/// A failed command printed exactly one `error:` line, naming `what`, and no panic.
+fn one_clear_error(out: &std::process::Output, what: &str) {
+    let t = text(out);
+    assert!(!out.status.success(), "expected failure: {t}");
+    assert!(
+        !t.contains("panicked") && !t.contains("RUST_BACKTRACE"),
+        "{t}"
+    );
+    let errors: Vec<_> = t.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{t}");
+    assert!(errors[0].contains(what), "expected {what:?} in {t}");
+}
+
+#[test]
+fn topology_check_prints_the_tree_or_names_the_fault() {
+    let d = tempfile::tempdir().unwrap();
+    let good = d.path().join("good.toml");
+    fs::write(
+        &good,
+        "[[node]]\nname = \"origin\"\nlisten = \"10.0.0.1:7400\"\n\n[[node]]\nname = \"relay-east\"\nparent = \"origin\"\nlisten = \"10.0.1.1:7400\"\n\n[[node]]\nname = \"web-1\"\nparent = \"relay-east\"\n",
+    )
+    .unwrap();
+    let out = cascade(&["topology", "check", good.to_str().unwrap()]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("origin (origin, depth 0)") && t.contains("relay-east (relay, depth 1)"),
+        "{t}"
+    );
+    assert!(t.contains("└── web-1 (leaf, depth 2)"), "{t}");
+
+    let cases = [
+        ("[[node]]\nname = \"a\"\n[[node]]\nname = \"b\"\n", "more than one root"),
+        ("[[node]]\nname = \"o\"\nlisten = \"1.2.3.4:1\"\n[[node]]\nname = \"x\"\nparent = \"ghost\"\n", "unknown parent \"ghost\""),
+        ("[[node]]\nname = \"o\"\n[[node]]\nname = \"x\"\nparent = \"o\"\n", "no listen address"),
+        ("[[node]]\nname = \"o\"\nlisten = 127.0.0.1:1\n[[node]]\n", "line 3, column"),
+        ("[[node]]\nname = \"Bad_Name\"\n", "not a valid DNS label"),
+    ];
+    for (i, (body, what)) in cases.iter().enumerate() {
+        let f = d.path().join(format!("bad{i}.toml"));
+        fs::write(&f, body).unwrap();
+        one_clear_error(&cascade(&["topology", "check", f.to_str().unwrap()]), what);
+    }
+    one_clear_error(
+        &cascade(&["topology", "check", "/nonexistent/topo.toml"]),
+        "/nonexistent/topo.toml",
+    );
+}
+
+#[test]
+fn certs_init_and_issue() {
+    let d = tempfile::tempdir().unwrap();
+    let certs = d.path().join("certs");
+    let c = certs.to_str().unwrap();
+    assert!(cascade(&["certs", "init", "--dir", c]).status.success());
+    let mode = fs::metadata(certs.join("ca.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    one_clear_error(&cascade(&["certs", "init", "--dir", c]), "already exists");
+    assert!(cascade(&["certs", "init", "--dir", c, "--force"])
+        .status
+        .success());
+
+    let topo = d.path().join("t.toml");
+    fs::write(&topo, "[[node]]\nname = \"origin\"\nlisten = \"127.0.0.1:9\"\n[[node]]\nname = \"web-1\"\nparent = \"origin\"\n").unwrap();
+    let out = cascade(&[
+        "certs",
+        "issue",
+        "--dir",
+        c,
+        "--topology",
+        topo.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    for n in ["origin", "web-1"] {
+        assert!(certs.join(format!("{n}.pem")).exists());
+        let mode = fs::metadata(certs.join(format!("{n}.key")))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let out = cascade(&["certs", "issue", "--dir", c, "web-1", "web-2"]);
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("kept existing") && t.contains("issued"),
+        "{t}"
+    );
+}
+
+#[test]
+fn node_start_errors_are_one_clear_line() {
+    let c = Cluster::new(1, 1);
+    let cfg = c.config("leaf-1-1");
+    let cfg = cfg.to_str().unwrap();
+
+    one_clear_error(
+        &cascade(&["node", "--config", "/nonexistent/node.toml"]),
+        "/nonexistent/node.toml",
+    );
+
+    // Missing certificate: names the file.
+    fs::rename(
+        c.dep.base.join("certs/leaf-1-1.pem"),
+        c.dep.base.join("certs/moved.pem"),
+    )
+    .unwrap();
+    one_clear_error(&cascade(&["node", "--config", cfg]), "leaf-1-1.pem");
+    fs::rename(
+        c.dep.base.join("certs/moved.pem"),
+        c.dep.base.join("certs/leaf-1-1.pem"),
+    )
+    .unwrap();
+
+    // A key others can read is refused.
+    let key = c.dep.base.join("certs/leaf-1-1.key");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    one_clear_error(&cascade(&["node", "--config", cfg]), "leaf-1-1.key");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+
+    // A name that is not in the topology.
+    one_clear_error(
+        &cascade(&["node", "--config", cfg, "--name", "nobody"]),
+        "\"nobody\" is not in topology",
+    );
+
+    // Port in use: the origin's listen address is taken.
+    let addr = c.dep.topology.origin().listen.unwrap();
+    let _taken = std::net::UdpSocket::bind(addr).unwrap();
+    let origin = c.config("origin");
+    one_clear_error(
+        &cascade(&["node", "--config", origin.to_str().unwrap()]),
+        &addr.to_string(),
+    );
+}
+
+#[test]
+fn publish_without_a_running_origin_or_from_a_leaf() {
+    let mut c = Cluster::new(1, 1);
+    one_clear_error(&c.publish(&[]), "admin.sock");
+    c.start("leaf-1-1");
+    let leaf = c.config("leaf-1-1");
+    one_clear_error(
+        &cascade(&["publish", "--config", leaf.to_str().unwrap()]),
+        "only the origin can publish",
+    );
+    // The admin socket is private to the node's user.
+    let mode = fs::metadata(c.data("leaf-1-1").join("admin.sock"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn unreachable_parent_is_reported_and_retried_until_it_appears() {
+    let mut c = Cluster::new(1, 1);
+    c.start("leaf-1-1");
+    c.wait(
+        "the leaf to report its parent unreachable",
+        std::time::Duration::from_secs(20),
+        || c.log("leaf-1-1").contains("link to parent relay-1"),
+    );
+    c.start("relay-1");
+    c.start("origin");
+    common::write(&c.dir("origin"), "hello.txt", b"hi");
+    c.publish_wait();
+    c.assert_same_as_origin("leaf-1-1");
+}
+
+#[test]
+fn demo_exits_zero() {
+    let out = cascade(&["demo"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("PASS") && !t.contains("DIFFERS"), "{t}");
+}

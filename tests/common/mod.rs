@@ -1,0 +1,258 @@
+//! Test helpers shared by the end-to-end tests: a deployment in a temp dir whose nodes run as
+//! separate processes of the built `cascade` binary, over real QUIC on 127.0.0.1. Every process
+//! is killed when the [`Cluster`] is dropped.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use cascade::admin;
+use cascade::demo::{deploy, Deployment};
+use cascade::manifest::Manifest;
+use cascade::scan::fingerprint;
+use cascade::status::NodeStatus;
+use cascade::wire::{AdminRequest, AdminResponse};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cascade");
+
+/// Boundary sizes, named once: empty, one byte, around the I/O buffer, several MiB.
+pub const SIZES: &[usize] = &[
+    0,
+    1,
+    256 * 1024 - 1,
+    256 * 1024,
+    256 * 1024 + 1,
+    5 * 1024 * 1024 + 3,
+];
+
+pub fn cascade(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cascade")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+pub struct Cluster {
+    pub tmp: tempfile::TempDir,
+    pub dep: Deployment,
+    procs: HashMap<String, Child>,
+}
+
+impl Cluster {
+    /// A deployment of origin → `relays` relays → `leaves` leaves each; nothing started.
+    pub fn new(relays: usize, leaves: usize) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dep = deploy(tmp.path(), relays, leaves).unwrap();
+        Cluster {
+            tmp,
+            dep,
+            procs: HashMap::new(),
+        }
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.dep
+            .topology
+            .nodes()
+            .iter()
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    pub fn config(&self, name: &str) -> PathBuf {
+        self.dep.base.join(name).join("node.toml")
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        self.dep.base.join(name).join("dir")
+    }
+
+    pub fn data(&self, name: &str) -> PathBuf {
+        self.dep.base.join(name).join("data")
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        fs::read_to_string(self.dep.base.join(name).join("node.log")).unwrap_or_default()
+    }
+
+    pub fn start(&mut self, name: &str) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dep.base.join(name).join("node.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["node", "--config"])
+            .arg(self.config(name))
+            .args(["--log", "debug"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.procs.insert(name.to_owned(), child);
+        // Wait for the admin socket, so the node is up before the test goes on.
+        self.wait(
+            &format!("{name} admin socket"),
+            Duration::from_secs(20),
+            || admin::socket_path(&self.data(name)).exists(),
+        );
+    }
+
+    pub fn start_all(&mut self) {
+        for n in self.names() {
+            self.start(&n);
+        }
+    }
+
+    /// Stops a node with SIGTERM (clean shutdown) and waits for it to exit.
+    pub fn stop(&mut self, name: &str) {
+        if let Some(mut c) = self.procs.remove(name) {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let status = c.wait().unwrap();
+            assert!(
+                status.success(),
+                "{name} exited with {status}: {}",
+                self.log(name)
+            );
+        }
+    }
+
+    /// Kills a node with SIGKILL.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(mut c) = self.procs.remove(name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn publish(&self, extra: &[&str]) -> Output {
+        let cfg = self.config("origin");
+        let mut args = vec!["publish", "--config", cfg.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        cascade(&args)
+    }
+
+    /// `publish --wait`, asserting success.
+    pub fn publish_wait(&self) -> String {
+        let out = self.publish(&["--wait", "--timeout", "60"]);
+        let t = text(&out);
+        assert!(
+            out.status.success(),
+            "publish failed: {t}\n{}",
+            self.all_logs()
+        );
+        t
+    }
+
+    pub fn statuses(&self, name: &str) -> Vec<NodeStatus> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        match rt
+            .block_on(admin::request(&self.data(name), &AdminRequest::Status))
+            .unwrap()
+        {
+            AdminResponse::Status { nodes, .. } => nodes,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    pub fn status_of(&self, asked: &str, about: &str) -> Option<NodeStatus> {
+        self.statuses(asked).into_iter().find(|s| s.name == about)
+    }
+
+    /// Polls `cond` every 50 ms until true or `limit` passes (then panics with the logs).
+    pub fn wait(&self, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            if start.elapsed() > limit {
+                panic!("timed out waiting for {what}\n{}", self.all_logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn all_logs(&self) -> String {
+        self.names()
+            .iter()
+            .map(|n| format!("==== {n} ====\n{}", tail(&self.log(n), 60)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Asserts `name`'s dir is identical to the origin's: `diff -r` and MD5 of every file.
+    pub fn assert_same_as_origin(&self, name: &str) {
+        assert_same_dirs(&self.dir("origin"), &self.dir(name));
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut c) in self.procs.drain() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<_> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `diff -r --no-dereference` plus a full MD5 fingerprint comparison (content, types, modes,
+/// mtimes, symlink targets).
+pub fn assert_same_dirs(a: &Path, b: &Path) {
+    let diff = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "diff -r {} {}:\n{}",
+        a.display(),
+        b.display(),
+        text(&diff)
+    );
+    let (fa, fb) = (fingerprint(a).unwrap(), fingerprint(b).unwrap());
+    assert_eq!(
+        describe(&fa),
+        describe(&fb),
+        "{} vs {}",
+        a.display(),
+        b.display()
+    );
+    assert_eq!(fa.root_digest(), fb.root_digest());
+}
+
+fn describe(m: &Manifest) -> Vec<String> {
+    m.entries()
+        .iter()
+        .map(|e| format!("{} {:o} {:?}", e.path, e.mode, e.kind))
+        .collect()
+}
+
+pub fn write(root: &Path, rel: &str, body: &[u8]) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, body).unwrap();
+}

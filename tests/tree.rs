@@ -1,0 +1,179 @@
+//! End-to-end: a 7-node, 3-level tree of separate `cascade node` processes over real QUIC and
+//! TLS on 127.0.0.1, with real files; publishing through `cascade publish --wait`.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use cascade::demo::noise;
+use common::{text, write, Cluster, SIZES};
+
+const BIG: usize = 5 * 1024 * 1024 + 3;
+
+/// Content with every awkward case: empty files and dirs, nesting, spaces, non-ASCII names,
+/// a symlink, modes, the boundary sizes and a file of several MiB.
+fn awkward_tree(c: &Cluster) {
+    let d = c.dir("origin");
+    write(&d, "index.html", b"<h1>hi</h1>");
+    write(&d, "empty", b"");
+    fs::create_dir_all(d.join("empty-dir")).unwrap();
+    fs::create_dir_all(d.join("a/b/c/d/empty-too")).unwrap();
+    write(&d, "a/b/c/d/deep.txt", b"deep");
+    write(&d, "with space/naïve ünïcödé 文件.txt", "grüße".as_bytes());
+    write(&d, "big.bin", &noise(BIG, 7));
+    for (i, &n) in SIZES.iter().enumerate() {
+        write(&d, &format!("sizes/{n}.bin"), &noise(n, i as u64 + 100));
+    }
+    write(&d, "script.sh", b"#!/bin/sh\necho hi\n");
+    fs::set_permissions(d.join("script.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("index.html", d.join("home.html")).unwrap();
+    std::os::unix::fs::symlink("a/b", d.join("dir-link")).unwrap();
+}
+
+#[test]
+fn tree_converges_through_publishes_changes_renames_and_type_changes() {
+    let mut c = Cluster::new(2, 2);
+    c.start_all();
+    awkward_tree(&c);
+    let out = c.publish_wait();
+    assert!(out.contains("published release 1"), "{out}");
+    assert!(out.contains("all 7 nodes hold release 1"), "{out}");
+    for n in c.names() {
+        c.assert_same_as_origin(&n);
+    }
+
+    // Publishing again with nothing changed cuts no release.
+    let out = c.publish_wait();
+    assert!(out.contains("nothing changed: release 1"), "{out}");
+
+    // Change, rename, delete, file -> directory, directory -> file, symlink retarget.
+    let d = c.dir("origin");
+    write(&d, "index.html", b"<h1>v2</h1>");
+    fs::create_dir_all(d.join("moved")).unwrap();
+    fs::rename(d.join("big.bin"), d.join("moved/big renamed.bin")).unwrap();
+    fs::remove_file(d.join("sizes/1.bin")).unwrap();
+    fs::remove_file(d.join("empty")).unwrap();
+    write(&d, "empty/now-a-dir.txt", b"x");
+    fs::remove_dir_all(d.join("a/b/c")).unwrap();
+    write(&d, "a/b/c", b"now a file");
+    fs::remove_file(d.join("home.html")).unwrap();
+    std::os::unix::fs::symlink("script.sh", d.join("home.html")).unwrap();
+    let out = c.publish_wait();
+    assert!(out.contains("all 7 nodes hold release 2"), "{out}");
+    for n in c.names() {
+        c.assert_same_as_origin(&n);
+    }
+
+    // The renamed multi-MiB file was not sent again: no node fetched anything near its size.
+    let statuses = c.statuses("origin");
+    assert_eq!(statuses.len(), 7, "{statuses:?}");
+    for s in &statuses {
+        assert!(
+            s.fetched_bytes < 1024,
+            "{} fetched {} bytes for release 2",
+            s.name,
+            s.fetched_bytes
+        );
+        assert_eq!(s.applied, Some(2));
+    }
+    // The origin sent one copy per direct child, not one per node.
+    let origin = statuses.iter().find(|s| s.name == "origin").unwrap();
+    let total: u64 = SIZES.iter().sum::<usize>() as u64 + BIG as u64;
+    assert!(
+        origin.sent_bytes < 3 * total,
+        "origin sent {} bytes for two children",
+        origin.sent_bytes
+    );
+}
+
+#[test]
+fn stopped_leaf_catches_up_after_restart() {
+    let mut c = Cluster::new(2, 2);
+    c.start_all();
+    write(&c.dir("origin"), "v1.txt", b"one");
+    c.publish_wait();
+
+    c.stop("leaf-1-1");
+    write(&c.dir("origin"), "v2.txt", &noise(300_000, 2));
+    // The timeout names the node that lags and its last known state.
+    let out = c.publish(&["--wait", "--timeout", "3"]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("1 of 7 nodes lack release 2") && t.contains("leaf-1-1: applied v1"),
+        "{t}"
+    );
+
+    c.start("leaf-1-1");
+    let out = c.publish_wait();
+    assert!(
+        out.contains("nothing changed: release 2") && out.contains("all 7 nodes hold release 2"),
+        "{out}"
+    );
+    c.assert_same_as_origin("leaf-1-1");
+}
+
+#[test]
+fn relay_serves_a_restarted_leaf_while_the_origin_is_down() {
+    let mut c = Cluster::new(2, 2);
+    c.start_all();
+    write(&c.dir("origin"), "v1.txt", b"one");
+    c.publish_wait();
+
+    c.stop("leaf-2-1");
+    write(&c.dir("origin"), "v2/data.bin", &noise(1_000_000, 3));
+    let _ = c.publish(&[]);
+    c.wait("relay-2 to hold release 2", Duration::from_secs(30), || {
+        c.status_of("relay-2", "relay-2").and_then(|s| s.applied) == Some(2)
+    });
+    c.stop("origin");
+    c.start("leaf-2-1");
+    c.wait(
+        "leaf-2-1 to hold release 2 from its relay",
+        Duration::from_secs(30),
+        || c.status_of("leaf-2-1", "leaf-2-1").and_then(|s| s.applied) == Some(2),
+    );
+    c.assert_same_as_origin("leaf-2-1");
+}
+
+#[test]
+fn restarted_node_keeps_verified_bodies_and_repairs_its_dir() {
+    let mut c = Cluster::new(1, 1);
+    c.start_all();
+    write(&c.dir("origin"), "payload.bin", &noise(2_000_000, 4));
+    write(&c.dir("origin"), "index.html", b"home");
+    c.publish_wait();
+
+    // The leaf loses its record of the applied release and its dir is tampered with while down;
+    // its store of verified bodies survives.
+    c.stop("leaf-1-1");
+    fs::remove_file(c.data("leaf-1-1").join("release.bin")).unwrap();
+    write(&c.dir("leaf-1-1"), "index.html", b"defaced");
+    write(&c.dir("leaf-1-1"), "extra.txt", b"not in the release");
+    c.start("leaf-1-1");
+    c.wait(
+        "leaf-1-1 to hold release 1 again",
+        Duration::from_secs(30),
+        || c.status_of("leaf-1-1", "leaf-1-1").and_then(|s| s.applied) == Some(1),
+    );
+    let s = c.status_of("leaf-1-1", "leaf-1-1").unwrap();
+    assert_eq!(
+        (s.fetched_files, s.fetched_bytes),
+        (0, 0),
+        "bodies were fetched again: {s:?}"
+    );
+    c.assert_same_as_origin("leaf-1-1");
+
+    // With its record intact, a restart alone restores a tampered dir.
+    c.stop("leaf-1-1");
+    write(&c.dir("leaf-1-1"), "index.html", b"defaced again");
+    c.start("leaf-1-1");
+    c.wait(
+        "leaf-1-1 to repair its dir",
+        Duration::from_secs(30),
+        || fs::read(c.dir("leaf-1-1").join("index.html")).unwrap_or_default() == b"home",
+    );
+    c.assert_same_as_origin("leaf-1-1");
+}
