@@ -121,11 +121,26 @@ impl Shared {
         self.held.borrow().clone()
     }
 
-    /// Records `release` as held: persisted first, then offered to children.
+    /// Records `release` as held: persisted first, then offered to children. Bodies that
+    /// neither this release nor the previous one uses are removed from the store (the previous
+    /// one's stay for children still fetching it). Callers hold releases one at a time.
     pub fn hold(&self, release: Release) -> Result<(), NodeError> {
         save_release(&self.data, &release)?;
         let version = release.version;
-        self.held.send_replace(Some(Held::new(release)));
+        let previous = self.held.send_replace(Some(Held::new(release)));
+        let held = self.held_release().expect("just set");
+        let keep = held
+            .release
+            .manifest
+            .files()
+            .chain(previous.iter().flat_map(|p| p.release.manifest.files()))
+            .map(|(_, _, md5)| md5)
+            .collect();
+        match self.store.retain(&keep) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "store garbage collected"),
+            Err(e) => tracing::warn!("store garbage collection: {e}"),
+        }
         self.set_own(|s| {
             s.applied = Some(version);
             s.state = NodeState::Idle;
@@ -161,7 +176,12 @@ impl Shared {
                 return Ok(summary(p.release.version, false));
             }
         }
-        let version = prev.map_or(1, |p| p.release.version + 1);
+        // Above anything a node reports, so a rebuilt origin never offers an "older" version.
+        let reported = self.board.borrow().values().filter_map(|s| s.applied).max();
+        let version = prev
+            .map(|p| p.release.version)
+            .max(reported)
+            .map_or(1, |v| v + 1);
         let out = summary(version, true);
         tracing::info!(
             version,

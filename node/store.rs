@@ -120,6 +120,27 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Deletes every held body whose MD5 is not in `keep`; returns how many were removed.
+    pub fn retain(&self, keep: &std::collections::HashSet<Md5>) -> Result<u64, StoreError> {
+        let keep_hex: std::collections::HashSet<String> = keep.iter().map(Md5::hex).collect();
+        let empty = Md5::of(b"").hex();
+        let mut removed = 0;
+        for fan in fs::read_dir(&self.objects).map_err(io_at(&self.objects))? {
+            let fan = fan.map_err(io_at(&self.objects))?.path();
+            for obj in fs::read_dir(&fan).map_err(io_at(&fan))? {
+                let obj = obj.map_err(io_at(&fan))?;
+                let name = obj.file_name().to_string_lossy().into_owned();
+                if name != empty && !keep_hex.contains(&name) {
+                    fs::remove_file(obj.path()).map_err(io_at(&obj.path()))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
 /// A body being received: written to a temporary file and hashed as it goes.
 pub struct BodyWriter<'a> {
     store: &'a Store,
@@ -206,6 +227,22 @@ mod tests {
         w.finish().unwrap();
         assert!(s.has(&md5));
         assert_eq!(fs::read(s.path(&md5)).unwrap(), b"hello");
+        // Garbage collection keeps what is asked for (and the empty body).
+        s.import(
+            &d.path()
+                .join("store/objects")
+                .join(&md5.hex()[..2])
+                .join(md5.hex()),
+            md5,
+            5,
+        )
+        .unwrap();
+        let other = Md5::of(b"other");
+        let mut w = s.writer(other, 5).unwrap();
+        w.write(b"other").unwrap();
+        w.finish().unwrap();
+        assert_eq!(s.retain(&[md5].into_iter().collect()).unwrap(), 1);
+        assert!(s.has(&md5) && !s.has(&other) && s.has(&Md5::of(b"")));
         // An abandoned writer leaves nothing behind.
         drop(s.writer(Md5::of(b"x"), 1).unwrap());
         assert_eq!(fs::read_dir(d.path().join("store/tmp")).unwrap().count(), 0);

@@ -44,6 +44,8 @@ pub enum SyncError {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error("parent did not serve body {0} (code {1})")]
+    NotServed(Md5, u64),
     #[error("body {md5} sent by the parent is {got}+ bytes, expected {size}")]
     TooLong { md5: Md5, size: u64, got: u64 },
 }
@@ -303,7 +305,15 @@ async fn fetch_body(
     send.finish().map_err(LinkError::from)?;
     let mut w = shared.store.writer(md5, size)?;
     let mut buf = vec![0u8; READ_BUF];
-    while let Some(n) = recv.read(&mut buf).await.map_err(LinkError::from)? {
+    loop {
+        let n = match recv.read(&mut buf).await {
+            Ok(Some(n)) => n,
+            Ok(None) => break,
+            Err(quinn::ReadError::Reset(code)) => {
+                return Err(SyncError::NotServed(md5, code.into_inner()))
+            }
+            Err(e) => return Err(LinkError::from(e).into()),
+        };
         if w.written() + n as u64 > size {
             return Err(SyncError::TooLong {
                 md5,

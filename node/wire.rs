@@ -336,7 +336,7 @@ mod tests {
             name: "ab".into(),
             have: Some(300),
         });
-        assert_eq!(hello, vec![0, 0, 0, 7, 0, 2, b'a', b'b', 1, 251, 44, 1]);
+        assert_eq!(hello, vec![0, 0, 0, 8, 0, 2, b'a', b'b', 1, 251, 44, 1]);
         let req = encode(&BodyRequest {
             md5: Md5([1; 16]),
             offset: 0,
@@ -367,7 +367,11 @@ mod tests {
 
     #[test]
     fn random_frames_never_panic() {
-        // A small deterministic xorshift fuzz; the long run lives behind CASCADE_FUZZ_ITERS.
+        // A small deterministic xorshift fuzz; CASCADE_FUZZ_ITERS sets a longer run.
+        let iters: usize = std::env::var("CASCADE_FUZZ_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move || {
             x ^= x << 13;
@@ -381,7 +385,7 @@ mod tests {
             .map(encode)
             .chain(down.iter().map(encode))
             .collect();
-        for i in 0..20_000 {
+        for i in 0..iters {
             let mut buf = seeds[i % seeds.len()][HEADER_LEN..].to_vec();
             let flips = 1 + next() % 4;
             for _ in 0..flips {

@@ -177,3 +177,55 @@ fn restarted_node_keeps_verified_bodies_and_repairs_its_dir() {
     );
     c.assert_same_as_origin("leaf-1-1");
 }
+
+#[test]
+fn corrupt_body_from_a_relay_is_detected_never_applied_and_refetched() {
+    let mut c = Cluster::new(1, 1);
+    c.start("origin");
+    c.start("relay-1");
+    let body = noise(700_000, 9);
+    write(&c.dir("origin"), "good.txt", b"fine");
+    write(&c.dir("origin"), "target.bin", &body);
+    let _ = c.publish(&[]);
+    c.wait("relay-1 to hold release 1", Duration::from_secs(30), || {
+        c.status_of("relay-1", "relay-1").and_then(|s| s.applied) == Some(1)
+    });
+
+    // Flip one byte of the body in the relay's store (same size, wrong MD5).
+    let md5 = cascade::manifest::Md5::of(&body).hex();
+    let object = c
+        .data("relay-1")
+        .join("store/objects")
+        .join(&md5[..2])
+        .join(&md5);
+    let mut bad = body.clone();
+    bad[123_456] ^= 0x01;
+    fs::write(&object, &bad).unwrap();
+
+    c.start("leaf-1-1");
+    c.wait("leaf-1-1 to report the corruption", Duration::from_secs(30), || {
+        matches!(
+            c.status_of("origin", "leaf-1-1").map(|s| s.state),
+            Some(cascade::status::NodeState::Failed { ref error, .. }) if error.contains("failed verification")
+        )
+    });
+    assert!(
+        c.log("leaf-1-1").contains("discarded corrupt body"),
+        "{}",
+        c.log("leaf-1-1")
+    );
+    assert!(
+        !c.dir("leaf-1-1").join("target.bin").exists(),
+        "a corrupt body was applied"
+    );
+    assert_eq!(c.status_of("leaf-1-1", "leaf-1-1").unwrap().applied, None);
+
+    // Once the relay has good bytes again, the leaf's retry converges.
+    fs::write(&object, &body).unwrap();
+    c.wait(
+        "leaf-1-1 to hold release 1",
+        Duration::from_secs(30),
+        || c.status_of("leaf-1-1", "leaf-1-1").and_then(|s| s.applied) == Some(1),
+    );
+    c.assert_same_as_origin("leaf-1-1");
+}
