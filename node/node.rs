@@ -310,7 +310,7 @@ impl RunningNode {
             parent = me.parent.as_deref().unwrap_or("-"),
             children = %if me.children.is_empty() { "-".to_owned() } else { me.children.join(",") },
             listen = %listen.map_or("-".to_owned(), |l| l.to_string()),
-            release = ?shared.held_release().map(|h| h.release.version),
+            release = %shared.held_release().map_or("none".to_owned(), |h| h.release.version.to_string()),
             "node started"
         );
 

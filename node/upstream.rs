@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quinn::{Connection, Endpoint};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn, Instrument};
@@ -31,8 +30,8 @@ const PARALLEL_BODIES: usize = 16;
 /// Attempts per body before the release is reported as failed (and retried later).
 const BODY_ATTEMPTS: u32 = 3;
 const READ_BUF: usize = 256 * 1024;
-/// How long status changes are gathered before one report goes up.
-const REPORT_DEBOUNCE: Duration = Duration::from_millis(50);
+/// Least time between two status reports to the parent.
+const REPORT_INTERVAL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -105,26 +104,12 @@ async fn session(
         }
         Ok::<(), SyncError>(())
     };
-    let reporter = async {
-        let mut board = shared.board.subscribe();
-        loop {
-            let statuses: Vec<_> = board.borrow_and_update().values().cloned().collect();
-            link::send(&mut send, &Up::Status(statuses)).await?;
-            board
-                .changed()
-                .await
-                .map_err(|_| LinkError::Refused("node stopping".into()))?;
-            tokio::time::sleep(REPORT_DEBOUNCE).await;
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), SyncError>(())
-    };
     let result = tokio::select! {
         r = reader => r,
-        r = reporter => r,
+        r = report_up(shared, &mut send) => r,
         r = follow_offers(shared, &conn, offers) => r,
     };
-    let _ = send.shutdown().await;
+    let _ = send.finish();
     // Prefer the parent's own reason (e.g. "not a child", shutting down) over a stream error.
     match (result, conn.close_reason()) {
         (Err(_), Some(quinn::ConnectionError::ApplicationClosed(c))) => {
@@ -136,6 +121,21 @@ async fn session(
             .into())
         }
         (r, _) => r,
+    }
+}
+
+/// Sends the subtree's statuses to the parent now and after every change. The first change
+/// after a quiet spell goes up at once; bursts are rate-limited to one report per interval.
+async fn report_up(shared: &Shared, send: &mut quinn::SendStream) -> Result<(), SyncError> {
+    let mut board = shared.board.subscribe();
+    loop {
+        let statuses: Vec<_> = board.borrow_and_update().values().cloned().collect();
+        link::send(send, &Up::Status(statuses)).await?;
+        tokio::time::sleep(REPORT_INTERVAL).await;
+        board
+            .changed()
+            .await
+            .map_err(|_| LinkError::Refused("node stopping".into()))?;
     }
 }
 

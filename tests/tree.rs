@@ -136,6 +136,16 @@ fn relay_serves_a_restarted_leaf_while_the_origin_is_down() {
         || c.status_of("leaf-2-1", "leaf-2-1").and_then(|s| s.applied) == Some(2),
     );
     c.assert_same_as_origin("leaf-2-1");
+
+    // The origin comes back with its release history: the next version is 3.
+    c.start("origin");
+    write(&c.dir("origin"), "v3.txt", b"three");
+    let out = c.publish_wait();
+    assert!(
+        out.contains("published release 3") && out.contains("all 7 nodes hold release 3"),
+        "{out}"
+    );
+    c.assert_same_as_origin("leaf-2-1");
 }
 
 #[test]
