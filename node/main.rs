@@ -133,10 +133,25 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, skipping causes a message already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if !line.contains(&msg) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&msg);
+        }
+    }
+    line
 }
 
 fn init_logging(level: &str) -> Result<()> {
