@@ -125,16 +125,10 @@ fn relay_serves_a_restarted_leaf_while_the_origin_is_down() {
     c.stop("leaf-2-1");
     write(&c.dir("origin"), "v2/data.bin", &noise(1_000_000, 3));
     let _ = c.publish(&[]);
-    c.wait("relay-2 to hold release 2", Duration::from_secs(30), || {
-        c.status_of("relay-2", "relay-2").and_then(|s| s.applied) == Some(2)
-    });
+    c.wait_holds("relay-2", 2);
     c.stop("origin");
     c.start("leaf-2-1");
-    c.wait(
-        "leaf-2-1 to hold release 2 from its relay",
-        Duration::from_secs(30),
-        || c.status_of("leaf-2-1", "leaf-2-1").and_then(|s| s.applied) == Some(2),
-    );
+    c.wait_holds("leaf-2-1", 2);
     c.assert_same_as_origin("leaf-2-1");
 
     // The origin comes back with its release history: the next version is 3.
@@ -163,11 +157,7 @@ fn restarted_node_keeps_verified_bodies_and_repairs_its_dir() {
     write(&c.dir("leaf-1-1"), "index.html", b"defaced");
     write(&c.dir("leaf-1-1"), "extra.txt", b"not in the release");
     c.start("leaf-1-1");
-    c.wait(
-        "leaf-1-1 to hold release 1 again",
-        Duration::from_secs(30),
-        || c.status_of("leaf-1-1", "leaf-1-1").and_then(|s| s.applied) == Some(1),
-    );
+    c.wait_holds("leaf-1-1", 1);
     let s = c.status_of("leaf-1-1", "leaf-1-1").unwrap();
     assert_eq!(
         (s.fetched_files, s.fetched_bytes),
@@ -197,9 +187,7 @@ fn corrupt_body_from_a_relay_is_detected_never_applied_and_refetched() {
     write(&c.dir("origin"), "good.txt", b"fine");
     write(&c.dir("origin"), "target.bin", &body);
     let _ = c.publish(&[]);
-    c.wait("relay-1 to hold release 1", Duration::from_secs(30), || {
-        c.status_of("relay-1", "relay-1").and_then(|s| s.applied) == Some(1)
-    });
+    c.wait_holds("relay-1", 1);
 
     // Flip one byte of the body in the relay's store (same size, wrong MD5).
     let md5 = cascade::manifest::Md5::of(&body).hex();
@@ -232,10 +220,6 @@ fn corrupt_body_from_a_relay_is_detected_never_applied_and_refetched() {
 
     // Once the relay has good bytes again, the leaf's retry converges.
     fs::write(&object, &body).unwrap();
-    c.wait(
-        "leaf-1-1 to hold release 1",
-        Duration::from_secs(30),
-        || c.status_of("leaf-1-1", "leaf-1-1").and_then(|s| s.applied) == Some(1),
-    );
+    c.wait_holds("leaf-1-1", 1);
     c.assert_same_as_origin("leaf-1-1");
 }

@@ -178,6 +178,15 @@ impl Cluster {
         self.statuses(asked).into_iter().find(|s| s.name == about)
     }
 
+    /// Waits until `name` itself reports holding release `version` (asked over its own socket).
+    pub fn wait_holds(&self, name: &str, version: u64) {
+        self.wait(
+            &format!("{name} to hold release {version}"),
+            Duration::from_secs(30),
+            || self.status_of(name, name).and_then(|s| s.applied) == Some(version),
+        );
+    }
+
     /// Polls `cond` every 50 ms until true or `limit` passes (then panics with the logs).
     pub fn wait(&self, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
         let start = Instant::now();
