@@ -36,6 +36,8 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ApplyError + '_ {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyStats {
     pub written: u64,
+    /// Files hard-linked from the previous release directory (atomic mode).
+    pub linked: u64,
     pub unchanged: u64,
     pub deleted: u64,
 }
@@ -59,6 +61,18 @@ pub fn apply(
     manifest: &Manifest,
     old: Option<&Manifest>,
     store: &Store,
+) -> Result<ApplyStats, ApplyError> {
+    apply_linking(dir, manifest, old, store, None)
+}
+
+/// Like [`apply`]; a file that `link_from` (the tree of `old`) holds identically (same MD5,
+/// size, mode and mtime) is hard-linked from there instead of copied from the store.
+fn apply_linking(
+    dir: &Path,
+    manifest: &Manifest,
+    old: Option<&Manifest>,
+    store: &Store,
+    link_from: Option<&Path>,
 ) -> Result<ApplyStats, ApplyError> {
     fs::create_dir_all(dir).map_err(io_at(dir))?;
     let mut stats = ApplyStats::default();
@@ -91,15 +105,21 @@ pub fn apply(
                     stats.unchanged += 1;
                     continue;
                 }
-                if !store.has(md5) {
-                    return Err(ApplyError::MissingBody(md5.hex(), e.path.clone()));
-                }
                 let tmp = tmp_name(path.parent().unwrap_or(dir));
-                let src = store.path(md5);
-                fs::copy(&src, &tmp).map_err(io_at(&tmp))?;
-                finish_file(&tmp, e, *mtime)?;
+                let linked = same_as_old
+                    && link_from
+                        .is_some_and(|from| fs::hard_link(from.join(&e.path), &tmp).is_ok());
+                if linked {
+                    stats.linked += 1;
+                } else {
+                    if !store.has(md5) {
+                        return Err(ApplyError::MissingBody(md5.hex(), e.path.clone()));
+                    }
+                    fs::copy(store.path(md5), &tmp).map_err(io_at(&tmp))?;
+                    finish_file(&tmp, e, *mtime)?;
+                    stats.written += 1;
+                }
                 replace(&tmp, &path, current.as_ref())?;
-                stats.written += 1;
             }
             EntryKind::Symlink { target } => {
                 if let Some(m) = &current {
@@ -193,6 +213,126 @@ fn delete_extraneous(dir: &Path, rel: &str, manifest: &Manifest) -> Result<u64, 
     Ok(deleted)
 }
 
+/// How a node's `dir` follows releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// Files are replaced one by one in `dir` (each atomically), like `rsync -a --delete`.
+    InPlace,
+    /// `dir` is a symlink to a complete release directory under `DATA/releases`, swapped with
+    /// one rename; the newest `keep` release directories are kept.
+    Atomic { keep: usize },
+}
+
+/// Applies releases to one node's `dir` in its configured mode.
+#[derive(Debug, Clone)]
+pub struct Applier {
+    pub dir: PathBuf,
+    pub mode: ApplyMode,
+    /// `DATA/releases`, where atomic mode builds release directories.
+    pub releases: PathBuf,
+}
+
+impl Applier {
+    /// The directory release `version` is built in (atomic mode).
+    pub fn release_dir(&self, version: u64) -> PathBuf {
+        self.releases.join(format!("v{version}"))
+    }
+
+    /// Makes `dir` show `new` (version `version`); `old` is the release it showed before.
+    pub fn apply(
+        &self,
+        version: u64,
+        new: &Manifest,
+        old: Option<(u64, &Manifest)>,
+        store: &Store,
+    ) -> Result<ApplyStats, ApplyError> {
+        match self.mode {
+            ApplyMode::InPlace => apply(&self.dir, new, old.map(|(_, m)| m), store),
+            ApplyMode::Atomic { keep } => {
+                let target = self.release_dir(version);
+                let from = old
+                    .map(|(v, _)| self.release_dir(v))
+                    .filter(|p| p.is_dir() && *p != target);
+                let base = if from.is_some() {
+                    old.map(|(_, m)| m)
+                } else {
+                    None
+                };
+                let stats = apply_linking(&target, new, base, store, from.as_deref())?;
+                self.switch_to(&target)?;
+                self.prune(keep, version);
+                Ok(stats)
+            }
+        }
+    }
+
+    /// Re-applies the held release in place over what is on disk (repair after a restart).
+    pub fn repair(
+        &self,
+        version: u64,
+        manifest: &Manifest,
+        store: &Store,
+    ) -> Result<ApplyStats, ApplyError> {
+        match self.mode {
+            ApplyMode::InPlace => apply(&self.dir, manifest, Some(manifest), store),
+            ApplyMode::Atomic { .. } => {
+                let target = self.release_dir(version);
+                let stats = apply(&target, manifest, Some(manifest), store)?;
+                self.switch_to(&target)?;
+                Ok(stats)
+            }
+        }
+    }
+
+    /// Points `dir` at `target` with one rename of a fresh symlink over it.
+    fn switch_to(&self, target: &Path) -> Result<(), ApplyError> {
+        if fs::read_link(&self.dir).is_ok_and(|t| t == target) {
+            return Ok(());
+        }
+        let parent = self.dir.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(parent).map_err(io_at(parent))?;
+        if fs::symlink_metadata(&self.dir).is_ok_and(|m| m.is_dir()) {
+            // First switch of a plain directory: move it aside (kept for the operator).
+            let aside = self
+                .releases
+                .join(format!("pre-atomic-{}", std::process::id()));
+            tracing::warn!(dir = %self.dir.display(), aside = %aside.display(), "moving the existing directory aside to make dir a release symlink");
+            fs::rename(&self.dir, &aside).map_err(io_at(&self.dir))?;
+        }
+        let link = tmp_name(parent);
+        std::os::unix::fs::symlink(target, &link).map_err(io_at(&link))?;
+        fs::rename(&link, &self.dir).map_err(io_at(&self.dir))
+    }
+
+    /// Removes release directories beyond the newest `keep` (never `current`).
+    fn prune(&self, keep: usize, current: u64) {
+        let Ok(list) = fs::read_dir(&self.releases) else {
+            return;
+        };
+        let mut versions: Vec<u64> = list
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix('v')?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        versions.sort_unstable_by(|a, b| b.cmp(a));
+        for v in versions
+            .into_iter()
+            .filter(|&v| v != current)
+            .skip(keep.saturating_sub(1))
+        {
+            let p = self.release_dir(v);
+            if let Err(e) = fs::remove_dir_all(&p) {
+                tracing::warn!(path = %p.display(), "cannot prune old release: {e}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +415,64 @@ mod tests {
         sync(&src, &dst, &store, None);
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
         assert!(fs::symlink_metadata(dst.join("sub")).unwrap().is_dir());
+    }
+
+    #[test]
+    fn atomic_mode_swaps_a_symlink_links_unchanged_files_and_prunes() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        let store = Store::open(&t.path().join("data")).unwrap();
+        let applier = Applier {
+            dir: t.path().join("www"),
+            mode: ApplyMode::Atomic { keep: 2 },
+            releases: t.path().join("data/releases"),
+        };
+        // The served dir starts as a plain directory with unrelated content.
+        write(&applier.dir.join("old.txt"), "before cascade");
+        write(&src.join("same.txt"), "unchanged");
+        write(&src.join("page.html"), "v1");
+        let m1 = scan(&src, &store).unwrap();
+        applier.apply(1, &m1, None, &store).unwrap();
+        assert_eq!(fs::read_link(&applier.dir).unwrap(), applier.release_dir(1));
+        assert_eq!(
+            scan(&applier.dir, &store).unwrap().root_digest(),
+            m1.root_digest()
+        );
+
+        let mut prev = (1, m1);
+        for v in 2..=4u64 {
+            write(&src.join("page.html"), &format!("v{v}"));
+            let m = scan(&src, &store).unwrap();
+            let stats = applier
+                .apply(v, &m, Some((prev.0, &prev.1)), &store)
+                .unwrap();
+            assert_eq!((stats.written, stats.linked), (1, 1), "{stats:?}");
+            assert_eq!(fs::read_link(&applier.dir).unwrap(), applier.release_dir(v));
+            assert_eq!(
+                fs::read_to_string(applier.dir.join("page.html")).unwrap(),
+                format!("v{v}")
+            );
+            // The previous release directory is untouched by building the new one.
+            assert_eq!(
+                fs::read_to_string(applier.release_dir(v - 1).join("page.html")).unwrap(),
+                format!("v{}", v - 1)
+            );
+            prev = (v, m);
+        }
+        let mut left: Vec<_> = fs::read_dir(&applier.releases)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left[..2],
+            [
+                "pre-atomic-".to_owned() + &std::process::id().to_string(),
+                "v3".into()
+            ][..]
+        );
+        assert_eq!(left[2], "v4");
+        assert_eq!(left.len(), 3);
     }
 
     #[test]

@@ -9,6 +9,8 @@ use figment::value::magic::RelativePathBuf;
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::apply::ApplyMode;
+
 /// Everything a node needs to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -24,10 +26,21 @@ pub struct NodeConfig {
     pub data: PathBuf,
     /// Log level: error, warn, info, debug or trace.
     pub log: String,
+    /// How `dir` follows releases: `in-place` (default) or `atomic`.
+    pub apply: ApplyMode,
 }
 
 /// Every config key (also the `CASCADE_<KEY>` variables and `--<key>` flags).
-pub const KEYS: &[&str] = &["name", "topology", "certs", "dir", "data", "log"];
+pub const KEYS: &[&str] = &[
+    "name",
+    "topology",
+    "certs",
+    "dir",
+    "data",
+    "log",
+    "apply",
+    "keep_releases",
+];
 
 /// Keys as they appear in the file, the environment and flags.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -39,6 +52,8 @@ struct RawConfig {
     dir: Option<RelativePathBuf>,
     data: Option<RelativePathBuf>,
     log: Option<String>,
+    apply: Option<String>,
+    keep_releases: Option<usize>,
 }
 
 /// Values given as command-line flags (they win over file and environment).
@@ -56,6 +71,10 @@ pub struct Overrides {
     pub data: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apply: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_releases: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +135,27 @@ impl NodeConfig {
             dir: raw.dir.map(|d| d.relative()),
             data: raw.data.ok_or_else(|| missing("data"))?.relative(),
             log: raw.log.unwrap_or_else(|| "info".to_owned()),
+            apply: match (raw.apply.as_deref(), raw.keep_releases) {
+                (None | Some("in-place"), None) => ApplyMode::InPlace,
+                (None | Some("in-place"), Some(_)) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "{origin}: keep_releases only applies with apply = \"atomic\""
+                    )))
+                }
+                (Some("atomic"), keep) => match keep.unwrap_or(2) {
+                    0 => {
+                        return Err(ConfigError::Invalid(format!(
+                            "{origin}: keep_releases must be at least 1"
+                        )))
+                    }
+                    keep => ApplyMode::Atomic { keep },
+                },
+                (Some(other), _) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "{origin}: apply = {other:?} is not \"in-place\" or \"atomic\""
+                    )))
+                }
+            },
         })
     }
 }
@@ -186,5 +226,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bad.toml"), "{e}");
+        let base = "name = \"a\"\ntopology = \"t\"\ncerts = \"c\"\ndata = \"d\"\n";
+        let load = |extra: &str| {
+            std::fs::write(&file, format!("{base}{extra}")).unwrap();
+            NodeConfig::load(Some(&file), [], &Overrides::default())
+        };
+        let e = load("apply = \"sometimes\"\n").unwrap_err().to_string();
+        assert!(e.contains("sometimes") && e.contains("bad.toml"), "{e}");
+        let e = load("apply = \"atomic\"\nkeep_releases = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 1"), "{e}");
+        let e = load("keep_releases = 3\n").unwrap_err().to_string();
+        assert!(e.contains("only applies"), "{e}");
+        assert_eq!(
+            load("apply = \"atomic\"\nkeep_releases = 5\n")
+                .unwrap()
+                .apply,
+            ApplyMode::Atomic { keep: 5 }
+        );
     }
 }

@@ -108,6 +108,12 @@ struct ConfigArgs {
     /// error, warn, info, debug or trace.
     #[arg(long)]
     log: Option<String>,
+    /// in-place (default) or atomic.
+    #[arg(long)]
+    apply: Option<String>,
+    /// With apply = atomic: release directories to keep (default 2).
+    #[arg(long, alias = "keep_releases")]
+    keep_releases: Option<usize>,
 }
 
 impl ConfigArgs {
@@ -119,6 +125,8 @@ impl ConfigArgs {
             dir: self.dir.clone(),
             data: self.data.clone(),
             log: self.log.clone(),
+            apply: self.apply.clone(),
+            keep_releases: self.keep_releases,
         };
         Ok(NodeConfig::load(
             self.config.as_deref(),

@@ -18,6 +18,7 @@ use quinn::Endpoint;
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinSet;
 
+use crate::apply::Applier;
 use crate::config::NodeConfig;
 use crate::link::{self, LinkError};
 use crate::manifest::Manifest;
@@ -57,6 +58,8 @@ pub enum NodeError {
     AlreadyRunning(PathBuf),
     #[error("node {0:?} is a {1}; only the origin can publish")]
     NotOrigin(String, Role),
+    #[error("apply failed: {0}")]
+    Apply(String),
     #[error("publish failed: {0}")]
     Scan(#[from] ScanError),
 }
@@ -95,6 +98,8 @@ pub struct Shared {
     pub topology: Topology,
     pub store: Store,
     pub dir: Option<PathBuf>,
+    /// How releases reach `dir` (none on a relay without `dir`).
+    pub applier: Option<Applier>,
     pub data: PathBuf,
     /// The newest release held completely (verified, applied); what children are offered.
     pub held: watch::Sender<Option<Arc<Held>>>,
@@ -125,7 +130,7 @@ impl Shared {
     /// neither this release nor the previous one uses are removed from the store (the previous
     /// one's stay for children still fetching it). Callers hold releases one at a time.
     pub fn hold(&self, release: Release) -> Result<(), NodeError> {
-        save_release(&self.data, &release)?;
+        save_release(&release_path(&self.data), &release)?;
         let version = release.version;
         let previous = self.held.send_replace(Some(Held::new(release)));
         let held = self.held_release().expect("just set");
@@ -145,6 +150,45 @@ impl Shared {
             s.applied = Some(version);
             s.state = NodeState::Idle;
         });
+        Ok(())
+    }
+
+    /// Applies `release` to `dir` (if this node has one) and holds it. The release is recorded
+    /// as pending first, so a node killed mid-apply finishes it when restarted.
+    pub async fn apply_and_hold(self: &Arc<Self>, release: Release) -> Result<(), NodeError> {
+        if let Some(applier) = self.applier.clone() {
+            save_release(&pending_path(&self.data), &release)?;
+            let me = self.clone();
+            let (release, stats) = tokio::task::spawn_blocking(move || {
+                let old = me.held_release();
+                let stats = applier.apply(
+                    release.version,
+                    &release.manifest,
+                    old.as_ref()
+                        .map(|h| (h.release.version, &h.release.manifest)),
+                    &me.store,
+                );
+                (release, stats)
+            })
+            .await
+            .expect("apply does not panic");
+            let stats = stats.map_err(|e| NodeError::Apply(e.to_string()))?;
+            tracing::info!(
+                written = stats.written,
+                linked = stats.linked,
+                unchanged = stats.unchanged,
+                deleted = stats.deleted,
+                "applied release {} to {}",
+                release.version,
+                self.dir
+                    .as_ref()
+                    .map_or(String::new(), |d| d.display().to_string())
+            );
+            self.hold(release)?;
+            let _ = fs::remove_file(pending_path(&self.data));
+        } else {
+            self.hold(release)?;
+        }
         Ok(())
     }
 
@@ -200,31 +244,38 @@ impl Shared {
     }
 }
 
+/// The release this node holds completely.
 fn release_path(data: &Path) -> PathBuf {
     data.join("release.bin")
 }
 
-fn save_release(data: &Path, release: &Release) -> Result<(), NodeError> {
-    let path = release_path(data);
-    let tmp = data.join("release.bin.tmp");
+/// The release being applied; present only while an apply may be incomplete.
+fn pending_path(data: &Path) -> PathBuf {
+    data.join("pending.bin")
+}
+
+fn save_release(path: &Path, release: &Release) -> Result<(), NodeError> {
+    let tmp = path.with_extension("bin.tmp");
     let mut f = fs::File::create(&tmp).map_err(io_at(&tmp))?;
     f.write_all(&wire::encode(release))
         .and_then(|()| f.sync_all())
         .map_err(io_at(&tmp))?;
-    fs::rename(&tmp, &path).map_err(io_at(&path))
+    fs::rename(&tmp, path).map_err(io_at(path))
 }
 
-fn load_release(data: &Path) -> Result<Option<Release>, NodeError> {
-    let path = release_path(data);
-    match fs::read(&path) {
+fn load_release(path: &Path) -> Result<Option<Release>, NodeError> {
+    match fs::read(path) {
         Ok(bytes) => wire::decode_frame(&bytes)
             .map(Some)
             .map_err(|e| NodeError::State {
-                path,
+                path: path.to_owned(),
                 reason: e.to_string(),
             }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(NodeError::Io { path, source: e }),
+        Err(e) => Err(NodeError::Io {
+            path: path.to_owned(),
+            source: e,
+        }),
     }
 }
 
@@ -264,7 +315,8 @@ impl RunningNode {
             .map_err(io_at(&cfg.data))?;
         let lock = lock_data_dir(&cfg.data)?;
         let store = Store::open(&cfg.data)?;
-        let release = load_release(&cfg.data)?;
+        let release = load_release(&release_path(&cfg.data))?;
+        let pending = load_release(&pending_path(&cfg.data))?;
         if let (Some(dir), Role::Origin) = (&cfg.dir, me.role) {
             if !dir.is_dir() {
                 return Err(NodeError::Io {
@@ -297,6 +349,15 @@ impl RunningNode {
             topology,
             store,
             dir: cfg.dir.clone(),
+            applier: cfg
+                .dir
+                .clone()
+                .filter(|_| me.role != Role::Origin)
+                .map(|dir| Applier {
+                    dir,
+                    mode: cfg.apply,
+                    releases: cfg.data.join("releases"),
+                }),
             data: cfg.data.clone(),
             held: watch::Sender::new(release.map(Held::new)),
             board: watch::Sender::new(Board::from([(me.name.clone(), own)])),
@@ -314,38 +375,7 @@ impl RunningNode {
             "node started"
         );
 
-        // A node stopped mid-apply, or whose dir was changed while it was down, is repaired
-        // before it serves: the held release is applied again (unchanged files cost a stat).
-        if let (Some(dir), Some(held), false) =
-            (&shared.dir, shared.held_release(), me.role == Role::Origin)
-        {
-            let (dir, me2) = (dir.clone(), shared.clone());
-            let manifest = held.release.manifest.clone();
-            let repaired = tokio::task::spawn_blocking(move || {
-                crate::apply::apply(&dir, &manifest, Some(&manifest), &me2.store)
-            })
-            .await
-            .expect("apply does not panic");
-            match repaired {
-                Ok(stats) if stats.written + stats.deleted > 0 => {
-                    tracing::info!(
-                        written = stats.written,
-                        deleted = stats.deleted,
-                        "repaired dir to the held release"
-                    )
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    // Fetch the release again from the parent (only missing bodies travel).
-                    tracing::warn!(
-                        "cannot restore dir to held release {}: {e}; fetching it again",
-                        held.release.version
-                    );
-                    shared.held.send_replace(None);
-                    shared.set_own(|s| s.applied = None);
-                }
-            }
-        }
+        recover(&shared, pending).await;
 
         let mut tasks = JoinSet::new();
         tasks.spawn(admin::serve(shared.clone(), admin, lock));
@@ -401,6 +431,59 @@ impl RunningNode {
             .await;
         let _ = fs::remove_file(admin::socket_path(&self.shared.data));
         tracing::info!(node = %self.shared.name, "node stopped");
+    }
+}
+
+/// Brings `dir` back to a complete release after a restart: a release whose apply was
+/// interrupted is finished (roll forward) if all its bodies are held; otherwise the held
+/// release is applied again, which also undoes changes made to `dir` while the node was down.
+/// If even that is impossible, the node forgets its release and fetches it again.
+async fn recover(shared: &Arc<Shared>, pending: Option<Release>) {
+    let Some(applier) = shared.applier.clone() else {
+        return;
+    };
+    if let Some(p) = pending {
+        let complete = p.manifest.files().all(|(_, _, md5)| shared.store.has(&md5));
+        let version = p.version;
+        if complete
+            && shared
+                .held_release()
+                .is_none_or(|h| h.release.version < version)
+        {
+            match shared.apply_and_hold(p).await {
+                Ok(()) => {
+                    return tracing::info!(
+                        version,
+                        "finished the apply interrupted by the last stop"
+                    )
+                }
+                Err(e) => tracing::warn!(version, "cannot finish the interrupted apply: {e}"),
+            }
+        }
+        let _ = fs::remove_file(pending_path(&shared.data));
+    }
+    let Some(held) = shared.held_release() else {
+        return;
+    };
+    let me = shared.clone();
+    let repaired = tokio::task::spawn_blocking(move || {
+        applier.repair(held.release.version, &held.release.manifest, &me.store)
+    })
+    .await
+    .expect("apply does not panic");
+    match repaired {
+        Ok(stats) if stats.written + stats.deleted > 0 => tracing::info!(
+            written = stats.written,
+            deleted = stats.deleted,
+            "repaired dir to the held release"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            // Fetch the release again from the parent (only missing bodies travel).
+            tracing::warn!("cannot restore dir to the held release: {e}; fetching it again");
+            shared.held.send_replace(None);
+            shared.set_own(|s| s.applied = None);
+        }
     }
 }
 

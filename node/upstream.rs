@@ -15,7 +15,6 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn, Instrument};
 
-use crate::apply::{apply, ApplyError};
 use crate::link::{self, LinkError};
 use crate::manifest::{Manifest, Md5};
 use crate::node::{NodeError, Shared};
@@ -39,8 +38,6 @@ pub enum SyncError {
     Link(#[from] LinkError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
     #[error(transparent)]
     Node(#[from] NodeError),
     #[error("parent did not serve body {0} (code {1})")]
@@ -229,31 +226,7 @@ async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Res
     }
 
     shared.set_own(|s| s.state = NodeState::Applying { version });
-    if let Some(dir) = shared.dir.clone() {
-        let (me, rel) = (shared.clone(), release.clone());
-        let old = old.clone();
-        let stats = tokio::task::spawn_blocking(move || {
-            apply(
-                &dir,
-                &rel.manifest,
-                old.as_ref().map(|h| &h.release.manifest),
-                &me.store,
-            )
-        })
-        .await
-        .expect("apply does not panic")?;
-        info!(
-            written = stats.written,
-            unchanged = stats.unchanged,
-            deleted = stats.deleted,
-            "applied to {}",
-            shared
-                .dir
-                .as_ref()
-                .map_or(String::new(), |d| d.display().to_string())
-        );
-    }
-    shared.hold(release.clone())?;
+    shared.apply_and_hold(release.clone()).await?;
     shared.set_own(|s| {
         s.fetched_bytes = total;
         s.fetched_files = files;

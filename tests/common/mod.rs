@@ -103,11 +103,12 @@ impl Cluster {
             .spawn()
             .unwrap();
         self.procs.insert(name.to_owned(), child);
-        // Wait for the admin socket, so the node is up before the test goes on.
+        // Wait for an answer on the admin socket, so the node is up before the test goes on
+        // (a socket file left by a killed process does not count).
         self.wait(
-            &format!("{name} admin socket"),
+            &format!("{name} to answer"),
             Duration::from_secs(20),
-            || admin::socket_path(&self.data(name)).exists(),
+            || self.try_statuses(name).is_some(),
         );
     }
 
@@ -160,22 +161,28 @@ impl Cluster {
         t
     }
 
-    pub fn statuses(&self, name: &str) -> Vec<NodeStatus> {
+    /// The node's statuses, or `None` if it does not answer (not running, starting up).
+    pub fn try_statuses(&self, name: &str) -> Option<Vec<NodeStatus>> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        match rt
-            .block_on(admin::request(&self.data(name), &AdminRequest::Status))
-            .unwrap()
-        {
-            AdminResponse::Status { nodes, .. } => nodes,
-            other => panic!("unexpected {other:?}"),
+        match rt.block_on(admin::request(&self.data(name), &AdminRequest::Status)) {
+            Ok(AdminResponse::Status { nodes, .. }) => Some(nodes),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => None,
         }
     }
 
+    pub fn statuses(&self, name: &str) -> Vec<NodeStatus> {
+        self.try_statuses(name)
+            .unwrap_or_else(|| panic!("{name} does not answer\n{}", self.all_logs()))
+    }
+
     pub fn status_of(&self, asked: &str, about: &str) -> Option<NodeStatus> {
-        self.statuses(asked).into_iter().find(|s| s.name == about)
+        self.try_statuses(asked)?
+            .into_iter()
+            .find(|s| s.name == about)
     }
 
     /// Waits until `name` itself reports holding release `version` (asked over its own socket).
@@ -229,10 +236,11 @@ fn tail(s: &str, n: usize) -> String {
 /// `diff -r --no-dereference` plus a full MD5 fingerprint comparison (content, types, modes,
 /// mtimes, symlink targets).
 pub fn assert_same_dirs(a: &Path, b: &Path) {
+    // Trailing slashes: follow `dir` itself when it is a symlink (atomic mode), nothing below.
     let diff = Command::new("diff")
         .args(["-r", "--no-dereference"])
-        .arg(a)
-        .arg(b)
+        .arg(format!("{}/", a.display()))
+        .arg(format!("{}/", b.display()))
         .output()
         .unwrap();
     assert!(

@@ -1,0 +1,130 @@
+//! Faults injected for real into separate node processes: SIGKILL mid-apply in both apply
+//! modes. What a reader of `dir` sees is checked by MD5 of every file.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cascade::demo::noise;
+use cascade::scan::fingerprint;
+use common::{assert_same_dirs, write, Cluster};
+
+const FILES: usize = 1500;
+
+/// Rewrites every small file (so the apply has many files to replace) with `round` in it.
+fn round_of_changes(origin: &Path, round: usize) {
+    for i in 0..FILES {
+        write(
+            origin,
+            &format!("d{}/f{i}.txt", i % 30),
+            format!("round {round} file {i}\n").as_bytes(),
+        );
+    }
+    write(origin, "big.bin", &noise(3 * 1024 * 1024, round as u64));
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let _ = fs::remove_dir_all(to);
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a {} {}", from.display(), to.display());
+}
+
+/// Kills the leaf while an apply is in progress (its `pending.bin` exists), then checks what
+/// its `dir` shows before and after the restart. Returns whether a kill landed mid-apply.
+fn kill_leaf_mid_apply(c: &mut Cluster, version: u64, atomic: bool) -> bool {
+    let origin = c.dir("origin");
+    let before = c.tmp.path().join(format!("before-v{version}"));
+    copy_tree(&origin, &before);
+    round_of_changes(&origin, version as usize);
+    let _ = c.publish(&[]);
+    let pending = c.data("leaf-1-1").join("pending.bin");
+    let start = Instant::now();
+    let mut landed = false;
+    while start.elapsed() < Duration::from_secs(30) {
+        if pending.exists() {
+            c.kill("leaf-1-1");
+            landed = pending.exists();
+            break;
+        }
+        if c.status_of("leaf-1-1", "leaf-1-1").and_then(|s| s.applied) == Some(version) {
+            c.kill("leaf-1-1");
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    if atomic {
+        // Killed at any moment, the served dir is exactly one complete release.
+        let now = fingerprint(&c.dir("leaf-1-1")).unwrap().root_digest();
+        let old = fingerprint(&before).unwrap().root_digest();
+        let new = fingerprint(&origin).unwrap().root_digest();
+        assert!(
+            now == old || now == new,
+            "atomic dir shows a mix of releases"
+        );
+        if landed {
+            assert_eq!(
+                now, old,
+                "killed before the switch, the old release must be served"
+            );
+        }
+    }
+    c.start("leaf-1-1");
+    c.wait_holds("leaf-1-1", version);
+    assert_same_dirs(&origin, &c.dir("leaf-1-1"));
+    landed
+}
+
+fn kill_mid_apply(atomic: bool) {
+    let mut c = Cluster::new(1, 1);
+    if atomic {
+        let cfg = c.config("leaf-1-1");
+        let mut text = fs::read_to_string(&cfg).unwrap();
+        text.push_str("apply = \"atomic\"\nkeep_releases = 2\n");
+        fs::write(&cfg, text).unwrap();
+    }
+    c.start_all();
+    round_of_changes(&c.dir("origin"), 1);
+    c.publish_wait();
+    let mut landed = 0;
+    for version in 2..=6 {
+        landed += kill_leaf_mid_apply(&mut c, version, atomic) as u32;
+        if landed >= 2 {
+            break;
+        }
+    }
+    assert!(landed >= 1, "no kill landed during an apply in 5 tries");
+    if atomic {
+        let link = fs::read_link(c.dir("leaf-1-1")).unwrap();
+        assert!(
+            link.starts_with(c.data("leaf-1-1").join("releases")),
+            "{}",
+            link.display()
+        );
+        let kept = fs::read_dir(c.data("leaf-1-1").join("releases"))
+            .unwrap()
+            .count();
+        assert!(
+            kept <= 3,
+            "{kept} release dirs kept (keep_releases = 2, plus the moved-aside dir)"
+        );
+    }
+}
+
+#[test]
+fn sigkill_mid_apply_in_place_rolls_forward_on_restart() {
+    kill_mid_apply(false);
+}
+
+#[test]
+fn sigkill_mid_apply_atomic_serves_old_or_new_never_a_mix() {
+    kill_mid_apply(true);
+}
