@@ -3,6 +3,7 @@
 //! the file are relative to the file; elsewhere to the working directory.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::magic::RelativePathBuf;
@@ -28,6 +29,10 @@ pub struct NodeConfig {
     pub log: String,
     /// How `dir` follows releases: `in-place` (default) or `atomic`.
     pub apply: ApplyMode,
+    /// How long the parent may be unreachable before a backup parent is used.
+    pub failover_after: Duration,
+    /// A link silent for this long (not even keep-alives) is dead.
+    pub link_timeout: Duration,
 }
 
 /// Every config key (also the `CASCADE_<KEY>` variables and `--<key>` flags).
@@ -54,6 +59,8 @@ struct RawConfig {
     log: Option<String>,
     apply: Option<String>,
     keep_releases: Option<usize>,
+    failover_after: Option<f64>,
+    link_timeout: Option<f64>,
 }
 
 /// Values given as command-line flags (they win over file and environment).
@@ -75,6 +82,10 @@ pub struct Overrides {
     pub apply: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_releases: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover_after: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_timeout: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +139,17 @@ impl NodeConfig {
             key,
             upper: key.to_uppercase(),
         };
+        let seconds = |key: &str, v: Option<f64>, default: f64| match v.unwrap_or(default) {
+            s if s.is_finite() && (0.5..=86_400.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
+            s => Err(ConfigError::Invalid(format!(
+                "{origin}: {key} = {s} is not a number of seconds between 0.5 and 86400"
+            ))),
+        };
+        let failover_after = seconds("failover_after", raw.failover_after, 10.0)?;
+        let link_timeout = seconds("link_timeout", raw.link_timeout, 15.0)?;
         Ok(NodeConfig {
+            failover_after,
+            link_timeout,
             name: raw.name.ok_or_else(|| missing("name"))?,
             topology: raw.topology.ok_or_else(|| missing("topology"))?.relative(),
             certs: raw.certs.ok_or_else(|| missing("certs"))?.relative(),

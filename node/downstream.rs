@@ -18,6 +18,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::link::{self, LinkError};
 use crate::node::Shared;
+use crate::status::merge;
 use crate::store::IO_BUF;
 use crate::wire::{BodyRequest, ErrorCode, Up};
 
@@ -48,7 +49,10 @@ async fn handle(
         };
         let (send, mut recv) = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return warn!("connection from {addr} closed before hello: {e}"),
+            // Probes (a child checking its own parent is back) close here on purpose.
+            Ok(Err(e)) => {
+                return tracing::debug!("connection from {addr} closed before hello: {e}")
+            }
             Err(_) => return link::close(&conn, ErrorCode::Protocol, "no hello"),
         };
         let hello = tokio::time::timeout(HELLO_TIMEOUT, link::recv::<_, Up>(&mut recv)).await;
@@ -101,13 +105,9 @@ async fn handle(
 
 /// Checks that `name` is one of our children and that the certificate was issued for it.
 fn admit(shared: &Shared, conn: &Connection, name: &str) -> Result<(), String> {
-    let me = shared
-        .topology
-        .node(&shared.name)
-        .map_err(|e| e.to_string())?;
-    if !me.children.iter().any(|c| c == name) {
+    if !shared.topology.may_attach(name, &shared.name) {
         return Err(format!(
-            "{name:?} is not a child of {:?} in the topology",
+            "{name:?} is not a child of {:?} in the topology (nor names it as a backup parent)",
             shared.name
         ));
     }
@@ -126,7 +126,8 @@ async fn serve_child(
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), LinkError> {
-    let mut subtree: HashSet<String> = shared.topology.descendants(name).into_iter().collect();
+    // Reports may come for any node that can attach through this child (backups included).
+    let mut subtree: HashSet<String> = shared.topology.reachable_below(name).into_iter().collect();
     subtree.insert(name.to_owned());
     let offers = async {
         let mut held = shared.held.subscribe();
@@ -148,11 +149,11 @@ async fn serve_child(
     let reports = async {
         while let Some(msg) = link::recv::<_, Up>(&mut recv).await? {
             match msg {
-                Up::Status(list) => shared.board.send_modify(|b| {
-                    for s in list.into_iter().filter(|s| subtree.contains(&s.name)) {
-                        b.insert(s.name.clone(), s);
-                    }
-                }),
+                Up::Status(list) => {
+                    shared.board.send_if_modified(|b| {
+                        merge(b, list.into_iter().filter(|s| subtree.contains(&s.name)))
+                    });
+                }
                 Up::Hello { .. } => return Err(LinkError::Refused("second hello".into())),
             }
         }

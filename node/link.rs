@@ -17,9 +17,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::wire::{self, ErrorCode, WireError, HEADER_LEN};
 
-/// A link with no traffic (not even keep-alives) for this long is dead.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
-const KEEP_ALIVE: Duration = Duration::from_secs(3);
 /// How long a dial may take before the parent counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -52,14 +49,13 @@ pub enum LinkError {
     Refused(String),
 }
 
-fn transport() -> TransportConfig {
+/// Transport settings; a link silent for `idle` is dead (keep-alives go out five times as often).
+fn transport(idle: Duration) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_idle_timeout(Some(
-        IDLE_TIMEOUT
-            .try_into()
-            .expect("15 s fits a QUIC idle timeout"),
+        idle.try_into().expect("config caps link_timeout at a day"),
     ));
-    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.keep_alive_interval(Some(idle / 5));
     // Windows sized for ~100 ms RTT at a few hundred Mbit/s; defaults cap a stream far lower.
     t.stream_receive_window(VarInt::from_u32(16 * 1024 * 1024));
     t.receive_window(VarInt::from_u32(64 * 1024 * 1024));
@@ -70,20 +66,20 @@ fn transport() -> TransportConfig {
 }
 
 /// A server config for a node that has children.
-pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, LinkError> {
+pub fn server_config(id: &Identity, idle: Duration) -> Result<quinn::ServerConfig, LinkError> {
     let tls = id.server_config(wire::ALPN)?;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| CertError::Verifier(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport()));
+    cfg.transport_config(Arc::new(transport(idle)));
     Ok(cfg)
 }
 
 /// A client config for dialling a parent.
-pub fn client_config(id: &Identity) -> Result<quinn::ClientConfig, LinkError> {
+pub fn client_config(id: &Identity, idle: Duration) -> Result<quinn::ClientConfig, LinkError> {
     let tls = id.client_config(wire::ALPN)?;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| CertError::Verifier(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport()));
+    cfg.transport_config(Arc::new(transport(idle)));
     Ok(cfg)
 }
 
@@ -92,9 +88,10 @@ pub fn endpoint(
     id: &Identity,
     listen: Option<SocketAddr>,
     parent: Option<SocketAddr>,
+    idle: Duration,
 ) -> Result<Endpoint, LinkError> {
     let mut ep = match listen {
-        Some(addr) => Endpoint::server(server_config(id)?, addr)
+        Some(addr) => Endpoint::server(server_config(id, idle)?, addr)
             .map_err(|source| LinkError::Bind { addr, source })?,
         None => {
             let addr: SocketAddr = match parent {
@@ -104,7 +101,7 @@ pub fn endpoint(
             Endpoint::client(addr).map_err(|source| LinkError::Bind { addr, source })?
         }
     };
-    ep.set_default_client_config(client_config(id)?);
+    ep.set_default_client_config(client_config(id, idle)?);
     Ok(ep)
 }
 

@@ -114,6 +114,12 @@ struct ConfigArgs {
     /// With apply = atomic: release directories to keep (default 2).
     #[arg(long, alias = "keep_releases")]
     keep_releases: Option<usize>,
+    /// Seconds the parent may be unreachable before a backup parent is used (default 10).
+    #[arg(long, alias = "failover_after")]
+    failover_after: Option<f64>,
+    /// Seconds of silence after which a link is dead (default 15).
+    #[arg(long, alias = "link_timeout")]
+    link_timeout: Option<f64>,
 }
 
 impl ConfigArgs {
@@ -127,6 +133,8 @@ impl ConfigArgs {
             log: self.log.clone(),
             apply: self.apply.clone(),
             keep_releases: self.keep_releases,
+            failover_after: self.failover_after,
+            link_timeout: self.link_timeout,
         };
         Ok(NodeConfig::load(
             self.config.as_deref(),
@@ -169,6 +177,7 @@ fn init_logging(level: &str) -> Result<()> {
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     Ok(())

@@ -23,7 +23,7 @@ use crate::config::NodeConfig;
 use crate::link::{self, LinkError};
 use crate::manifest::Manifest;
 use crate::scan::{scan, ScanError};
-use crate::status::{Board, NodeState, NodeStatus};
+use crate::status::{now_ms, Board, NodeState, NodeStatus};
 use crate::store::{Store, StoreError};
 use crate::wire::{self, Down, ErrorCode, PublishSummary, Release};
 use crate::{admin, downstream, upstream};
@@ -111,14 +111,20 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Updates this node's own entry on the board.
+    /// Updates this node's own entry on the board (watchers wake only if it changed).
     pub fn set_own(&self, f: impl FnOnce(&mut NodeStatus)) {
-        self.board.send_modify(|b| {
+        self.board.send_if_modified(|b| {
             let own = b
                 .entry(self.name.clone())
                 .or_insert_with(|| NodeStatus::new(&self.name));
+            let before = own.clone();
             f(own);
             own.sent_bytes = self.sent_bytes.load(Ordering::Relaxed);
+            let changed = *own != before;
+            if changed {
+                own.updated_ms = now_ms();
+            }
+            changed
         });
     }
 
@@ -328,16 +334,29 @@ impl RunningNode {
                 });
             }
         }
-        let parent_addr = match &me.parent {
-            Some(p) => topology.node(p)?.listen,
-            None => None,
-        };
-        let listen = if me.children.is_empty() {
+        // The parent first, then the backups, each with its listen address.
+        let parents: Vec<(String, std::net::SocketAddr)> = me
+            .parent
+            .iter()
+            .chain(&me.backup_parents)
+            .filter_map(|p| Some((p.clone(), topology.node(p).ok()?.listen?)))
+            .collect();
+        // A node listens if it has children or serves as someone's backup parent.
+        let adopts = topology
+            .nodes()
+            .iter()
+            .any(|n| n.backup_parents.contains(&me.name));
+        let listen = if me.children.is_empty() && !adopts {
             None
         } else {
             me.listen
         };
-        let endpoint = link::endpoint(&identity, listen, parent_addr)?;
+        let endpoint = link::endpoint(
+            &identity,
+            listen,
+            parents.first().map(|p| p.1),
+            cfg.link_timeout,
+        )?;
         let admin = admin::bind(&cfg.data)?;
 
         let mut own = NodeStatus::new(&me.name);
@@ -382,12 +401,12 @@ impl RunningNode {
         if listen.is_some() {
             tasks.spawn(downstream::run(shared.clone(), endpoint.clone()));
         }
-        if let (Some(parent), Some(addr)) = (me.parent.clone(), parent_addr) {
+        if !parents.is_empty() {
             tasks.spawn(upstream::run(
                 shared.clone(),
                 endpoint.clone(),
-                parent,
-                addr,
+                parents,
+                cfg.failover_after,
             ));
         }
         Ok(RunningNode {

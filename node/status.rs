@@ -20,6 +20,9 @@ pub struct NodeStatus {
     pub connected: bool,
     /// Body bytes this node has served to its children since it started.
     pub sent_bytes: u64,
+    /// When the node last changed this status (ms since the Unix epoch, the node's clock).
+    /// Reports of one node reaching the origin by two paths (after a failover) keep the newer.
+    pub updated_ms: u64,
 }
 
 /// What a node is doing.
@@ -50,6 +53,7 @@ impl NodeStatus {
             fetched_files: 0,
             connected: false,
             sent_bytes: 0,
+            updated_ms: 0,
         }
     }
 }
@@ -82,3 +86,49 @@ impl fmt::Display for NodeStatus {
 
 /// Statuses of a node and its subtree, by name.
 pub type Board = BTreeMap<String, NodeStatus>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Merges reported statuses into `board`, keeping the newer copy of each node's status.
+/// Returns whether anything changed.
+pub fn merge(board: &mut Board, reports: impl IntoIterator<Item = NodeStatus>) -> bool {
+    let mut changed = false;
+    for s in reports {
+        match board.get(&s.name) {
+            Some(old) if old.updated_ms > s.updated_ms || *old == s => {}
+            _ => {
+                board.insert(s.name.clone(), s);
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_keeps_the_newer_report() {
+        let mut board = Board::new();
+        let mut fresh = NodeStatus::new("web-1");
+        fresh.applied = Some(3);
+        fresh.updated_ms = 200;
+        let mut stale = fresh.clone();
+        stale.applied = Some(2);
+        stale.updated_ms = 100;
+        assert!(merge(&mut board, [fresh.clone()]));
+        assert!(!merge(&mut board, [stale]));
+        assert!(!merge(&mut board, [fresh.clone()]));
+        assert_eq!(board["web-1"].applied, Some(3));
+        // The same report with only the link state changed by a parent is taken.
+        fresh.connected = true;
+        assert!(merge(&mut board, [fresh]));
+    }
+}

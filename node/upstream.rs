@@ -20,10 +20,12 @@ use crate::manifest::{Manifest, Md5};
 use crate::node::{NodeError, Shared};
 use crate::status::NodeState;
 use crate::store::StoreError;
-use crate::wire::{BodyRequest, Down, Release, Up};
+use crate::wire::{BodyRequest, Down, ErrorCode, Release, Up};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often the parent is probed while attached to a backup.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Bodies fetched at once over parallel streams.
 const PARALLEL_BODIES: usize = 16;
 /// Attempts per body before the release is reported as failed (and retried later).
@@ -46,18 +48,39 @@ pub enum SyncError {
     TooLong { md5: Md5, size: u64, got: u64 },
 }
 
-/// Runs the link to the parent until the task is aborted.
-pub async fn run(shared: Arc<Shared>, endpoint: Endpoint, parent: String, addr: SocketAddr) {
-    let span = tracing::info_span!("up", node = %shared.name, parent = %parent);
+/// Runs the link upward until the task is aborted. `parents` is the parent followed by the
+/// backup parents. While the parent has been unreachable for `failover_after`, the first
+/// reachable backup is used; the parent is probed meanwhile and taken back once it answers.
+pub async fn run(
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    parents: Vec<(String, SocketAddr)>,
+    failover_after: Duration,
+) {
+    let span = tracing::info_span!("up", node = %shared.name);
     async move {
+        let Some((primary, backups)) = parents.split_first() else {
+            return;
+        };
         let mut backoff = BACKOFF_MIN;
+        let mut down_since: Option<Instant> = None;
         loop {
             let started = Instant::now();
-            match session(&shared, &endpoint, &parent, addr).await {
-                Ok(()) => info!("parent closed the link"),
-                Err(e) => warn!("link to parent {parent} at {addr}: {e}"),
+            match link::connect(&endpoint, primary.1, &primary.0).await {
+                Ok(conn) => {
+                    down_since = None;
+                    attached(&shared, &conn, &primary.0).await;
+                    down_since.get_or_insert_with(Instant::now);
+                }
+                Err(e) => {
+                    warn!("{e}");
+                    down_since.get_or_insert(started);
+                }
             }
             shared.set_own(|s| s.connected = false);
+            if down_since.is_some_and(|t| t.elapsed() >= failover_after) && !backups.is_empty() {
+                via_backup(&shared, &endpoint, primary, backups, failover_after).await;
+            }
             if started.elapsed() > BACKOFF_MAX {
                 backoff = BACKOFF_MIN;
             }
@@ -69,13 +92,60 @@ pub async fn run(shared: Arc<Shared>, endpoint: Endpoint, parent: String, addr: 
     .await
 }
 
-async fn session(
+/// Attaches to the first reachable backup and stays until that link ends or the primary
+/// parent answers again.
+async fn via_backup(
     shared: &Arc<Shared>,
     endpoint: &Endpoint,
-    parent: &str,
-    addr: SocketAddr,
-) -> Result<(), SyncError> {
-    let conn = link::connect(endpoint, addr, parent).await?;
+    primary: &(String, SocketAddr),
+    backups: &[(String, SocketAddr)],
+    down_for: Duration,
+) {
+    for (name, addr) in backups {
+        let conn = match link::connect(endpoint, *addr, name).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("backup parent: {e}");
+                continue;
+            }
+        };
+        warn!(
+            "parent {} unreachable for more than {:.1} s: failing over to backup parent {name}",
+            primary.0,
+            down_for.as_secs_f64()
+        );
+        tokio::select! {
+            () = attached(shared, &conn, name) => {}
+            () = wait_until_reachable(endpoint, primary) => {
+                info!("parent {} is reachable again: leaving backup parent {name}", primary.0);
+                link::close(&conn, ErrorCode::Ok, "returning to own parent");
+            }
+        }
+        return;
+    }
+}
+
+/// Returns once `peer` completes a handshake (the probe connection is closed at once).
+async fn wait_until_reachable(endpoint: &Endpoint, peer: &(String, SocketAddr)) {
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        if let Ok(conn) = link::connect(endpoint, peer.1, &peer.0).await {
+            link::close(&conn, ErrorCode::Ok, "probe");
+            return;
+        }
+    }
+}
+
+/// Runs one session over an established link and logs how it ended.
+async fn attached(shared: &Arc<Shared>, conn: &Connection, parent: &str) {
+    let span = tracing::info_span!("link", parent = %parent);
+    match session(shared, conn).instrument(span).await {
+        Ok(()) => info!("parent {parent} closed the link"),
+        Err(e) => warn!("link to parent {parent}: {e}"),
+    }
+}
+
+async fn session(shared: &Arc<Shared>, conn: &Connection) -> Result<(), SyncError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(LinkError::from)?;
     let have = shared.held_release().map(|h| h.release.version);
     link::send(
@@ -104,7 +174,7 @@ async fn session(
     let result = tokio::select! {
         r = reader => r,
         r = report_up(shared, &mut send) => r,
-        r = follow_offers(shared, &conn, offers) => r,
+        r = follow_offers(shared, conn, offers) => r,
     };
     let _ = send.finish();
     // Prefer the parent's own reason (e.g. "not a child", shutting down) over a stream error.

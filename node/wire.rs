@@ -265,6 +265,7 @@ mod tests {
             fetched_files: 1,
             connected: true,
             sent_bytes: 9,
+            updated_ms: 1_700_000_000_000,
         };
         (
             vec![

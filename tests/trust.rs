@@ -37,7 +37,13 @@ async fn origin() -> Origin {
 }
 
 fn client(id: &Identity) -> quinn::Endpoint {
-    link::endpoint(id, None, Some("127.0.0.1:1".parse().unwrap())).unwrap()
+    link::endpoint(
+        id,
+        None,
+        Some("127.0.0.1:1".parse().unwrap()),
+        Duration::from_secs(15),
+    )
+    .unwrap()
 }
 
 /// Says hello as `claim` and returns what the parent answers: an offer or the close reason.

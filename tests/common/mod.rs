@@ -87,6 +87,27 @@ impl Cluster {
         fs::read_to_string(self.dep.base.join(name).join("node.log")).unwrap_or_default()
     }
 
+    /// Appends `lines` (TOML) to a node's config file.
+    pub fn configure(&self, name: &str, lines: &str) {
+        let path = self.config(name);
+        let mut text = fs::read_to_string(&path).unwrap();
+        text.push_str(lines);
+        fs::write(path, text).unwrap();
+    }
+
+    /// Adds `backup_parents` to a node in the topology file.
+    pub fn add_backups(&self, name: &str, backups: &[&str]) {
+        let path = self.dep.base.join("topology.toml");
+        let text = fs::read_to_string(&path).unwrap();
+        let marker = format!("name = \"{name}\"\n");
+        let list: Vec<String> = backups.iter().map(|b| format!("\"{b}\"")).collect();
+        let text = text.replace(
+            &marker,
+            &format!("{marker}backup_parents = [{}]\n", list.join(", ")),
+        );
+        fs::write(path, text).unwrap();
+    }
+
     pub fn start(&mut self, name: &str) {
         let log = fs::OpenOptions::new()
             .create(true)
@@ -132,6 +153,17 @@ impl Cluster {
                 self.log(name)
             );
         }
+    }
+
+    /// Sends a signal (e.g. "STOP", "CONT") to a running node.
+    pub fn signal(&self, name: &str, sig: &str) {
+        let pid = self.procs[name].id().to_string();
+        assert!(Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid)
+            .status()
+            .unwrap()
+            .success());
     }
 
     /// Kills a node with SIGKILL.

@@ -74,6 +74,19 @@ pub enum TopologyError {
         addr: SocketAddr,
         line: usize,
     },
+    #[error("line {line}: node {node:?} names unknown backup parent {backup:?}")]
+    UnknownBackup {
+        node: String,
+        backup: String,
+        line: usize,
+    },
+    #[error("line {line}: node {node:?} cannot use {backup:?} as a backup parent: {why}")]
+    BadBackup {
+        node: String,
+        backup: String,
+        why: &'static str,
+        line: usize,
+    },
     #[error("no node named {0:?} in the topology")]
     UnknownNode(String),
 }
@@ -105,6 +118,8 @@ pub struct Node {
     pub name: String,
     pub parent: Option<String>,
     pub listen: Option<SocketAddr>,
+    /// Nodes to attach to, in order, while `parent` is unreachable.
+    pub backup_parents: Vec<String>,
     /// Children in the order they appear in the file.
     pub children: Vec<String>,
     pub depth: usize,
@@ -135,6 +150,8 @@ struct RawNode {
     name: Spanned<String>,
     parent: Option<String>,
     listen: Option<SocketAddr>,
+    #[serde(default)]
+    backup_parents: Vec<String>,
 }
 
 impl Topology {
@@ -272,6 +289,41 @@ impl Topology {
             }
         }
 
+        for n in &raw.node {
+            let line = line_of(n.name.span());
+            let name = n.name.get_ref();
+            for b in &n.backup_parents {
+                let bad = |why| TopologyError::BadBackup {
+                    node: name.clone(),
+                    backup: b.clone(),
+                    why,
+                    line,
+                };
+                let &bi = by_name.get(b).ok_or_else(|| TopologyError::UnknownBackup {
+                    node: name.clone(),
+                    backup: b.clone(),
+                    line,
+                })?;
+                if b == name {
+                    return Err(bad("it is the node itself"));
+                }
+                if n.parent.is_none() {
+                    return Err(bad("the origin has no parent to back up"));
+                }
+                if raw.node[bi].listen.is_none() {
+                    return Err(bad("it has no listen address"));
+                }
+                // Walk up from the backup: reaching the node means the backup is below it.
+                let mut cur = raw.node[bi].parent.as_ref();
+                while let Some(p) = cur {
+                    if p == name {
+                        return Err(bad("it is one of the node's descendants"));
+                    }
+                    cur = raw.node[by_name[p]].parent.as_ref();
+                }
+            }
+        }
+
         let nodes = raw
             .node
             .into_iter()
@@ -290,6 +342,7 @@ impl Topology {
                     name: n.name.into_inner(),
                     parent: n.parent,
                     listen: n.listen,
+                    backup_parents: n.backup_parents,
                     children: kids,
                     depth: depth[i],
                     role,
@@ -320,6 +373,30 @@ impl Topology {
     /// All nodes, in file order.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
+    }
+
+    /// Whether `child` may attach to `parent`: as its parent or one of its backup parents.
+    pub fn may_attach(&self, child: &str, parent: &str) -> bool {
+        self.node(child).is_ok_and(|c| {
+            c.parent.as_deref() == Some(parent) || c.backup_parents.iter().any(|b| b == parent)
+        })
+    }
+
+    /// Every node that can reach `name` by attaching to parents or backup parents, possibly
+    /// through other nodes: the nodes whose reports may legitimately arrive through `name`.
+    pub fn reachable_below(&self, name: &str) -> Vec<String> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut stack = vec![name.to_owned()];
+        while let Some(cur) = stack.pop() {
+            for n in &self.nodes {
+                let attaches =
+                    n.parent.as_deref() == Some(cur.as_str()) || n.backup_parents.contains(&cur);
+                if attaches && n.name != name && seen.insert(n.name.clone()) {
+                    stack.push(n.name.clone());
+                }
+            }
+        }
+        seen.into_iter().collect()
     }
 
     /// Names of every node strictly below `name`, depth-first.
@@ -576,6 +653,34 @@ parent = "relay-b"
         assert!(e.contains("line 3"), "{e}");
         let e = err("[[node]]\nname = \"o\"\nparnet = \"x\"\n");
         assert!(e.contains("parnet") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn backup_parents() {
+        let with = |node: &str, backups: &str| {
+            let marker = format!("name = \"{node}\"\n");
+            TREE.replace(&marker, &format!("{marker}backup_parents = [{backups}]\n"))
+        };
+        let t = Topology::parse(&with("web-1", "\"relay-b\", \"origin\"")).unwrap();
+        assert_eq!(
+            t.node("web-1").unwrap().backup_parents,
+            vec!["relay-b", "origin"]
+        );
+        assert!(t.may_attach("web-1", "relay-a") && t.may_attach("web-1", "relay-b"));
+        assert!(!t.may_attach("web-2", "relay-a") && !t.may_attach("origin", "web-1"));
+        assert_eq!(t.reachable_below("relay-b"), vec!["web-1", "web-2"]);
+        assert_eq!(t.reachable_below("relay-a"), vec!["web-1"]);
+        let e = err(&with("web-1", "\"nope\""));
+        assert!(
+            e.contains("unknown backup parent \"nope\"") && e.contains("line 17"),
+            "{e}"
+        );
+        assert!(err(&with("web-1", "\"web-1\"")).contains("the node itself"));
+        assert!(err(&with("relay-a", "\"web-1\"")).contains("no listen address"));
+        let chain = "[[node]]\nname = \"o\"\nlisten = \"127.0.0.1:1\"\n[[node]]\nname = \"a\"\nparent = \"o\"\nlisten = \"127.0.0.1:2\"\nbackup_parents = [\"b\"]\n[[node]]\nname = \"b\"\nparent = \"a\"\nlisten = \"127.0.0.1:3\"\n[[node]]\nname = \"c\"\nparent = \"b\"\n";
+        let e = err(chain);
+        assert!(e.contains("descendants") && e.contains("\"a\""), "{e}");
+        assert!(err(&with("origin", "\"relay-a\"")).contains("origin has no parent"));
     }
 
     #[test]
