@@ -173,7 +173,7 @@ fn unreachable_parent_is_reported_and_retried_until_it_appears() {
     c.wait(
         "the leaf to report its parent unreachable",
         std::time::Duration::from_secs(20),
-        || c.log("leaf-1-1").contains("link to parent relay-1"),
+        || c.log("leaf-1-1").contains("connect to relay-1 at"),
     );
     c.start("relay-1");
     c.start("origin");
