@@ -134,7 +134,7 @@ impl Manifest {
     }
 
     /// Validates entries that must already be in component order (as they come off the wire).
-    fn from_sorted(entries: Vec<Entry>) -> Result<Self, ManifestError> {
+    pub fn from_sorted(entries: Vec<Entry>) -> Result<Self, ManifestError> {
         let mut kinds: HashMap<&str, bool> = HashMap::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             if !safe_path(&e.path) {

@@ -20,7 +20,7 @@ use crate::manifest::{Manifest, Md5};
 use crate::node::{NodeError, Shared};
 use crate::status::NodeState;
 use crate::store::StoreError;
-use crate::wire::{BodyRequest, Down, ErrorCode, Release, Up};
+use crate::wire::{BodyRequest, ErrorCode, RawDown, Release, Up};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -161,11 +161,26 @@ async fn session(shared: &Arc<Shared>, conn: &Connection) -> Result<(), SyncErro
 
     let (offers_tx, offers) = watch::channel::<Option<Arc<Release>>>(None);
     let reader = async {
-        while let Some(msg) = link::recv::<_, Down>(&mut recv).await? {
+        while let Some(msg) = link::recv::<_, RawDown>(&mut recv).await? {
             match msg {
-                Down::Offer(release) => {
-                    info!(version = release.version, "offered {release}");
-                    offers_tx.send_replace(Some(Arc::new(release)));
+                RawDown::Offer(raw) => {
+                    let version = raw.version;
+                    match raw.validate() {
+                        Ok(release) => {
+                            info!(version, "offered {release}");
+                            offers_tx.send_replace(Some(Arc::new(release)));
+                        }
+                        Err(e) => {
+                            // Refused whole: the node keeps what it holds and says why.
+                            warn!(version, "refused release {version} from the parent: {e}");
+                            shared.set_own(|s| {
+                                s.state = NodeState::Failed {
+                                    version,
+                                    error: format!("refused release: {e}"),
+                                }
+                            });
+                        }
+                    }
                 }
             }
         }
@@ -177,6 +192,9 @@ async fn session(shared: &Arc<Shared>, conn: &Connection) -> Result<(), SyncErro
         r = follow_offers(shared, conn, offers) => r,
     };
     let _ = send.finish();
+    if let Err(SyncError::Link(LinkError::Wire(e))) = &result {
+        link::close(conn, ErrorCode::Protocol, &e.to_string());
+    }
     // Prefer the parent's own reason (e.g. "not a child", shutting down) over a stream error.
     match (result, conn.close_reason()) {
         (Err(_), Some(quinn::ConnectionError::ApplicationClosed(c))) => {

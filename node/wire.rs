@@ -59,6 +59,31 @@ pub enum Down {
     Offer(Release),
 }
 
+/// [`Down`] as a child decodes it: the offered manifest is not validated yet, so a hostile
+/// manifest refuses that one release (see [`RawRelease::validate`]) instead of failing the
+/// whole frame. Encodes exactly like [`Down`]; variants must stay in step with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RawDown {
+    Offer(RawRelease),
+}
+
+/// A release as received: version and entries, before any check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawRelease {
+    pub version: u64,
+    pub entries: Vec<crate::manifest::Entry>,
+}
+
+impl RawRelease {
+    /// Checks the manifest (paths, order, parents, modes) and computes its hash tree.
+    pub fn validate(self) -> Result<Release, crate::manifest::ManifestError> {
+        Ok(Release {
+            version: self.version,
+            manifest: Manifest::from_sorted(self.entries)?,
+        })
+    }
+}
+
 /// A release: an immutable snapshot of the directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
@@ -347,6 +372,19 @@ mod tests {
         want.push(0);
         assert_eq!(req, want);
         assert_eq!(encode(&AdminRequest::Status), vec![0, 0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn raw_down_encodes_like_down() {
+        let r = sample_release();
+        let raw = RawDown::Offer(RawRelease {
+            version: r.version,
+            entries: r.manifest.entries().to_vec(),
+        });
+        assert_eq!(encode(&Down::Offer(r.clone())), encode(&raw));
+        let RawDown::Offer(back) =
+            decode_frame::<RawDown>(&encode(&Down::Offer(r.clone()))).unwrap();
+        assert_eq!(back.validate().unwrap(), r);
     }
 
     #[test]
