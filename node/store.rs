@@ -14,6 +14,9 @@ use md5::{Digest, Md5 as Md5Hasher};
 
 use crate::manifest::Md5;
 
+/// Suffix of a partially received body in `tmp/`.
+const PARTIAL: &str = ".partial";
+
 /// I/O buffer for reading and hashing bodies.
 pub const IO_BUF: usize = 1024 * 1024;
 
@@ -51,9 +54,14 @@ impl Store {
         let root = data.join("store");
         let objects = root.join("objects");
         let tmp = root.join("tmp");
-        let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&objects).map_err(io_at(&objects))?;
         fs::create_dir_all(&tmp).map_err(io_at(&tmp))?;
+        // Leftovers of a crash go, except partial bodies, which later fetches resume.
+        for e in fs::read_dir(&tmp).map_err(io_at(&tmp))?.flatten() {
+            if !e.file_name().to_string_lossy().ends_with(PARTIAL) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
         let store = Store {
             objects,
             tmp,
@@ -98,6 +106,47 @@ impl Store {
             size,
             written: 0,
             hasher: Md5Hasher::new(),
+            keep_partial: false,
+        })
+    }
+
+    /// Starts or resumes receiving a body from the network. Bytes kept from an interrupted
+    /// transfer are read back to rebuild the MD5 state; [`BodyWriter::written`] is where to
+    /// ask the parent to continue. If the writer is dropped unfinished, what it has is kept for
+    /// the next attempt; a body that fails verification is discarded whole.
+    pub fn resume_writer(&self, md5: Md5, size: u64) -> Result<BodyWriter<'_>, StoreError> {
+        let tmp = self.tmp.join(format!("{}{PARTIAL}", md5.hex()));
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&tmp)
+            .map_err(io_at(&tmp))?;
+        let mut hasher = Md5Hasher::new();
+        let mut written = 0u64;
+        let mut buf = vec![0u8; IO_BUF];
+        loop {
+            let n = file.read(&mut buf).map_err(io_at(&tmp))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            written += n as u64;
+        }
+        if written > size {
+            file.set_len(0).map_err(io_at(&tmp))?;
+            hasher = Md5Hasher::new();
+            written = 0;
+        }
+        Ok(BodyWriter {
+            store: self,
+            file,
+            tmp,
+            md5,
+            size,
+            written,
+            hasher,
+            keep_partial: true,
         })
     }
 
@@ -137,6 +186,16 @@ impl Store {
                 }
             }
         }
+        // Partial bodies nothing needs any more.
+        for e in fs::read_dir(&self.tmp).map_err(io_at(&self.tmp))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name
+                .strip_suffix(PARTIAL)
+                .is_some_and(|hex| !keep_hex.contains(hex))
+            {
+                let _ = fs::remove_file(e.path());
+            }
+        }
         Ok(removed)
     }
 }
@@ -150,6 +209,8 @@ pub struct BodyWriter<'a> {
     size: u64,
     written: u64,
     hasher: Md5Hasher,
+    /// Keep the bytes if dropped unfinished (a network transfer to resume later).
+    keep_partial: bool,
 }
 
 impl BodyWriter<'_> {
@@ -185,8 +246,11 @@ impl BodyWriter<'_> {
 
 impl Drop for BodyWriter<'_> {
     fn drop(&mut self) {
-        // After a successful finish the temp path no longer exists; otherwise clean up.
-        let _ = fs::remove_file(&self.tmp);
+        // After a successful finish the temp path no longer exists; otherwise clean up,
+        // unless these are the first bytes of a transfer to resume.
+        if !self.keep_partial {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -243,8 +307,37 @@ mod tests {
         w.finish().unwrap();
         assert_eq!(s.retain(&[md5].into_iter().collect()).unwrap(), 1);
         assert!(s.has(&md5) && !s.has(&other) && s.has(&Md5::of(b"")));
+        // A resumable writer keeps its bytes when dropped and picks up where it stopped.
+        let big = Md5::of(b"0123456789");
+        let mut w = s.resume_writer(big, 10).unwrap();
+        w.write(b"01234").unwrap();
+        drop(w);
+        let s = Store::open(d.path()).unwrap();
+        let mut w = s.resume_writer(big, 10).unwrap();
+        assert_eq!(w.written(), 5);
+        w.write(b"56789").unwrap();
+        w.finish().unwrap();
+        assert!(s.has(&big));
+        // A resumed body that turns out wrong is discarded whole.
+        let mut w = s.resume_writer(Md5::of(b"abc"), 3).unwrap();
+        w.write(b"ab").unwrap();
+        drop(w);
+        let mut w = s.resume_writer(Md5::of(b"abc"), 3).unwrap();
+        w.write(b"X").unwrap();
+        assert!(w.finish().is_err());
+        assert_eq!(s.resume_writer(Md5::of(b"abc"), 3).unwrap().written(), 0);
         // An abandoned writer leaves nothing behind.
         drop(s.writer(Md5::of(b"x"), 1).unwrap());
-        assert_eq!(fs::read_dir(d.path().join("store/tmp")).unwrap().count(), 0);
+        let leftovers = fs::read_dir(d.path().join("store/tmp"))
+            .unwrap()
+            .filter(|e| {
+                !e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(PARTIAL)
+            })
+            .count();
+        assert_eq!(leftovers, 0);
     }
 }

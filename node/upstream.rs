@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use quinn::{Connection, Endpoint};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::link::{self, LinkError};
 use crate::manifest::{Manifest, Md5};
@@ -31,6 +31,8 @@ const PARALLEL_BODIES: usize = 16;
 /// Attempts per body before the release is reported as failed (and retried later).
 const BODY_ATTEMPTS: u32 = 3;
 const READ_BUF: usize = 256 * 1024;
+/// How often fetch progress is refreshed on the board while bodies are in flight.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// Least time between two status reports to the parent.
 const REPORT_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -291,6 +293,7 @@ async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Res
 
     let mut queue = wanted.into_iter();
     let mut running = JoinSet::new();
+    let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
     loop {
         while running.len() < PARALLEL_BODIES {
             let Some((md5, size)) = queue.next() else {
@@ -299,10 +302,15 @@ async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Res
             let (shared, conn, done) = (shared.clone(), conn.clone(), done.clone());
             running.spawn(async move { fetch_verified(&shared, &conn, md5, size, &done).await });
         }
-        let Some(res) = running.join_next().await else {
+        if running.is_empty() {
             break;
-        };
-        res.expect("fetch tasks do not panic")?;
+        }
+        tokio::select! {
+            res = running.join_next() => {
+                res.expect("the set is not empty").expect("fetch tasks do not panic")?;
+            }
+            _ = tick.tick() => {}
+        }
         let now = done.load(Ordering::Relaxed);
         shared.set_own(|s| {
             s.state = NodeState::Fetching {
@@ -315,8 +323,10 @@ async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Res
 
     shared.set_own(|s| s.state = NodeState::Applying { version });
     shared.apply_and_hold(release.clone()).await?;
+    // What actually crossed the link (less than `total` when transfers were resumed).
+    let fetched = done.load(Ordering::Relaxed);
     shared.set_own(|s| {
-        s.fetched_bytes = total;
+        s.fetched_bytes = fetched;
         s.fetched_files = files;
     });
     info!(
@@ -361,29 +371,35 @@ async fn fetch_body(
     size: u64,
     done: &AtomicU64,
 ) -> Result<(), SyncError> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(LinkError::from)?;
-    link::send(&mut send, &BodyRequest { md5, offset: 0 }).await?;
-    send.finish().map_err(LinkError::from)?;
-    let mut w = shared.store.writer(md5, size)?;
-    let mut buf = vec![0u8; READ_BUF];
-    loop {
-        let n = match recv.read(&mut buf).await {
-            Ok(Some(n)) => n,
-            Ok(None) => break,
-            Err(quinn::ReadError::Reset(code)) => {
-                return Err(SyncError::NotServed(md5, code.into_inner()))
-            }
-            Err(e) => return Err(LinkError::from(e).into()),
-        };
-        if w.written() + n as u64 > size {
-            return Err(SyncError::TooLong {
-                md5,
-                size,
-                got: w.written() + n as u64,
-            });
+    let mut w = shared.store.resume_writer(md5, size)?;
+    let offset = w.written();
+    if offset < size {
+        if offset > 0 {
+            debug!(%md5, offset, size, "resuming body");
         }
-        w.write(&buf[..n])?;
-        done.fetch_add(n as u64, Ordering::Relaxed);
+        let (mut send, mut recv) = conn.open_bi().await.map_err(LinkError::from)?;
+        link::send(&mut send, &BodyRequest { md5, offset }).await?;
+        send.finish().map_err(LinkError::from)?;
+        let mut buf = vec![0u8; READ_BUF];
+        loop {
+            let n = match recv.read(&mut buf).await {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(quinn::ReadError::Reset(code)) => {
+                    return Err(SyncError::NotServed(md5, code.into_inner()))
+                }
+                Err(e) => return Err(LinkError::from(e).into()),
+            };
+            if w.written() + n as u64 > size {
+                return Err(SyncError::TooLong {
+                    md5,
+                    size,
+                    got: w.written() + n as u64,
+                });
+            }
+            w.write(&buf[..n])?;
+            done.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
     w.finish()?;
     Ok(())

@@ -128,3 +128,41 @@ fn sigkill_mid_apply_in_place_rolls_forward_on_restart() {
 fn sigkill_mid_apply_atomic_serves_old_or_new_never_a_mix() {
     kill_mid_apply(true);
 }
+
+#[test]
+fn a_body_interrupted_by_sigkill_resumes_where_it_stopped() {
+    let mut c = Cluster::new(1, 1);
+    c.start_all();
+    write(&c.dir("origin"), "v1.txt", b"one");
+    c.publish_wait();
+
+    const SIZE: u64 = 160 * 1024 * 1024;
+    write(&c.dir("origin"), "large.bin", &noise(SIZE as usize, 11));
+    let _ = c.publish(&[]);
+    let mut at_kill = 0;
+    c.wait(
+        "leaf-1-1 to be partway through the large body",
+        Duration::from_secs(120),
+        || match c.status_of("leaf-1-1", "leaf-1-1").map(|s| s.state) {
+            Some(cascade::status::NodeState::Fetching { done_bytes, .. })
+                if done_bytes >= 8 << 20 =>
+            {
+                at_kill = done_bytes;
+                true
+            }
+            _ => false,
+        },
+    );
+    c.kill("leaf-1-1");
+    assert!(at_kill < SIZE, "the body completed before the kill");
+    c.start("leaf-1-1");
+    c.wait_holds("leaf-1-1", 2);
+    c.assert_same_as_origin("leaf-1-1");
+    let s = c.status_of("leaf-1-1", "leaf-1-1").unwrap();
+    // At least what was on disk at the kill was not fetched again.
+    assert!(
+        s.fetched_bytes <= SIZE - at_kill + (4 << 20),
+        "fetched {} bytes after restart; {at_kill} of {SIZE} were already received",
+        s.fetched_bytes
+    );
+}
