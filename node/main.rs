@@ -86,6 +86,9 @@ enum CertsCommand {
         /// Node names to issue for.
         #[arg(required_unless_present = "topology")]
         names: Vec<String>,
+        /// Days the certificates are valid.
+        #[arg(long, default_value_t = cascade_certs::DEFAULT_DAYS)]
+        days: u32,
     },
 }
 
@@ -243,6 +246,7 @@ fn certs(command: CertsCommand) -> Result<()> {
             dir,
             topology,
             names,
+            days,
         } => {
             let names = match topology {
                 Some(t) => Topology::load(&t)?
@@ -252,7 +256,7 @@ fn certs(command: CertsCommand) -> Result<()> {
                     .collect(),
                 None => names,
             };
-            for r in cascade_certs::issue(&dir, &names)? {
+            for r in cascade_certs::issue_with(&dir, &names, cascade_certs::Validity::days(days))? {
                 match r {
                     Issued::Created(n) => {
                         println!("issued {}/{n}.pem (key {n}.key, mode 0600)", dir.display())

@@ -166,3 +166,62 @@ fn a_body_interrupted_by_sigkill_resumes_where_it_stopped() {
         s.fetched_bytes
     );
 }
+
+/// Unmounts (lazily) when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_keeps_the_last_release_reports_and_converges_once_freed() {
+    let mut c = Cluster::new(1, 1);
+    // The leaf's whole home (config, dir, data) on a 24 MiB tmpfs.
+    let home = c.dep.base.join("leaf-1-1");
+    let config = fs::read(c.config("leaf-1-1")).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&home)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED a_full_disk_...: cannot mount a tmpfs here (needs root and mount(8))");
+        return;
+    }
+    let _mount = Mount(home.clone());
+    fs::write(c.config("leaf-1-1"), config).unwrap();
+    fs::create_dir_all(c.dir("leaf-1-1")).unwrap();
+    c.start_all();
+    write(&c.dir("origin"), "index.html", b"release one");
+    c.publish_wait();
+    let before = c.tmp.path().join("v1");
+    copy_tree(&c.dir("origin"), &before);
+
+    // 40 MiB cannot fit: the leaf reports the error, which `publish --wait` shows.
+    write(&c.dir("origin"), "index.html", b"release two");
+    write(&c.dir("origin"), "large.bin", &noise(40 << 20, 3));
+    let out = c.publish(&["--wait", "--timeout", "8"]);
+    let text = common::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("leaf-1-1: applied v1") && text.contains("No space left"),
+        "{text}"
+    );
+    // Meanwhile it still serves release 1, intact.
+    assert_same_dirs(&before, &c.dir("leaf-1-1"));
+
+    // Space is freed: it converges without any command.
+    let ok = Command::new("mount")
+        .args(["-o", "remount,size=256m"])
+        .arg(&home)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "remount");
+    c.publish_wait();
+    c.assert_same_as_origin("leaf-1-1");
+}

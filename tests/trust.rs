@@ -156,3 +156,31 @@ async fn a_child_refuses_a_parent_with_the_wrong_name() {
     );
     o.node.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused() {
+    let o = origin().await;
+    // relay-1's name, signed by the real CA, but expired a year ago.
+    let expired = tempfile::tempdir().unwrap();
+    for f in ["ca.pem", "ca.key"] {
+        fs::copy(o.dep.base.join("certs").join(f), expired.path().join(f)).unwrap();
+    }
+    let year = Duration::from_secs(365 * 86_400);
+    let validity = cascade_certs::Validity {
+        not_before: std::time::SystemTime::now() - 2 * year,
+        not_after: std::time::SystemTime::now() - year,
+    };
+    cascade_certs::issue_with(expired.path(), &["relay-1"], validity).unwrap();
+    let id = Identity::load(expired.path(), "relay-1").unwrap();
+    let result = match link::connect(&client(&id), o.addr, "origin").await {
+        Ok(conn) => hello(&conn, "relay-1")
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let err = result.expect_err("an expired certificate must be refused");
+    assert!(err.contains("Expired") || err.contains("expired"), "{err}");
+    assert_eq!(o.node.statuses().len(), 1);
+    o.node.shutdown().await;
+}

@@ -15,6 +15,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -26,6 +27,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use time::OffsetDateTime;
 
 /// The CA's subject; node certificates name it as their issuer.
 const CA_COMMON_NAME: &str = "Cascade deployment CA";
@@ -107,9 +109,39 @@ pub enum Issued {
     AlreadyPresent(String),
 }
 
+/// Default lifetime of node certificates.
+pub const DEFAULT_DAYS: u32 = 3650;
+
+/// When a certificate is valid.
+#[derive(Debug, Clone, Copy)]
+pub struct Validity {
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl Validity {
+    /// From an hour ago (clock skew) to `days` from now.
+    pub fn days(days: u32) -> Self {
+        let now = SystemTime::now();
+        Validity {
+            not_before: now - Duration::from_secs(3600),
+            not_after: now + Duration::from_secs(u64::from(days) * 86_400),
+        }
+    }
+}
+
 /// Issues `dir/NAME.pem` + `dir/NAME.key` for each name that lacks them, signed by the CA in
-/// `dir`. Existing pairs are kept.
+/// `dir`, valid for [`DEFAULT_DAYS`]. Existing pairs are kept.
 pub fn issue<S: AsRef<str>>(dir: &Path, names: &[S]) -> Result<Vec<Issued>, CertError> {
+    issue_with(dir, names, Validity::days(DEFAULT_DAYS))
+}
+
+/// [`issue`] with an explicit validity period.
+pub fn issue_with<S: AsRef<str>>(
+    dir: &Path,
+    names: &[S],
+    validity: Validity,
+) -> Result<Vec<Issued>, CertError> {
     let ca_key_path = dir.join("ca.key");
     if !ca_key_path.exists() || !dir.join("ca.pem").exists() {
         return Err(CertError::NoCa(dir.join("ca.pem"), dir.to_owned()));
@@ -139,6 +171,8 @@ pub fn issue<S: AsRef<str>>(dir: &Path, names: &[S]) -> Result<Vec<Issued>, Cert
         dn.push(DnType::CommonName, name);
         params.distinguished_name = dn;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = OffsetDateTime::from(validity.not_before);
+        params.not_after = OffsetDateTime::from(validity.not_after);
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
