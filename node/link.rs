@@ -91,8 +91,7 @@ pub fn endpoint(
     idle: Duration,
 ) -> Result<Endpoint, LinkError> {
     let mut ep = match listen {
-        Some(addr) => Endpoint::server(server_config(id, idle)?, addr)
-            .map_err(|source| LinkError::Bind { addr, source })?,
+        Some(addr) => bind_server(server_config(id, idle)?, addr)?,
         None => {
             let addr: SocketAddr = match parent {
                 Some(SocketAddr::V6(_)) => "[::]:0".parse().expect("valid literal"),
@@ -103,6 +102,22 @@ pub fn endpoint(
     };
     ep.set_default_client_config(client_config(id, idle)?);
     Ok(ep)
+}
+
+/// Binds a server endpoint. A socket of a node that just stopped is released only when its
+/// endpoint driver next runs, so "address in use" is retried for up to a second.
+fn bind_server(cfg: quinn::ServerConfig, addr: SocketAddr) -> Result<Endpoint, LinkError> {
+    let mut tries = 0;
+    loop {
+        match Endpoint::server(cfg.clone(), addr) {
+            Ok(ep) => return Ok(ep),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(source) => return Err(LinkError::Bind { addr, source }),
+        }
+    }
 }
 
 /// Dials `peer` at `addr`; the TLS handshake checks its certificate carries `peer`.

@@ -446,7 +446,7 @@ impl RunningNode {
     pub async fn shutdown(mut self) {
         link::close_endpoint(&self.endpoint, ErrorCode::Shutdown);
         self.tasks.shutdown().await;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle())
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.endpoint.wait_idle())
             .await;
         let _ = fs::remove_file(admin::socket_path(&self.shared.data));
         tracing::info!(node = %self.shared.name, "node stopped");
