@@ -23,6 +23,8 @@ pub enum ApplyError {
     Io { path: PathBuf, source: io::Error },
     #[error("body {0} for {1:?} is not in the store")]
     MissingBody(String, String),
+    #[error("{path}: No space left for this release: it needs {need} bytes, {free} are free")]
+    NoSpace { path: PathBuf, need: u64, free: u64 },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ApplyError + '_ {
@@ -75,6 +77,7 @@ fn apply_linking(
     link_from: Option<&Path>,
 ) -> Result<ApplyStats, ApplyError> {
     fs::create_dir_all(dir).map_err(io_at(dir))?;
+    check_space(dir, manifest, old, link_from.is_some())?;
     let mut stats = ApplyStats::default();
     for e in manifest.entries() {
         let path = dir.join(&e.path);
@@ -149,6 +152,40 @@ fn apply_linking(
         }
     }
     Ok(stats)
+}
+
+/// Refuses, before anything is touched, an apply whose new file bodies cannot fit in the free
+/// space of `dir`'s filesystem, so a full disk never leaves a mix of two releases.
+fn check_space(
+    dir: &Path,
+    manifest: &Manifest,
+    old: Option<&Manifest>,
+    linking: bool,
+) -> Result<(), ApplyError> {
+    let need: u64 = manifest
+        .files()
+        .filter(|(e, _, _)| {
+            let same = old
+                .and_then(|o| o.get(&e.path))
+                .is_some_and(|(oe, _)| oe.kind == e.kind && oe.mode == e.mode);
+            // Unchanged files cost nothing in place; in a new release dir they are hard links.
+            !(same && (linking || fs::symlink_metadata(dir.join(&e.path)).is_ok()))
+        })
+        .map(|(_, size, _)| size)
+        .sum();
+    let Ok(st) = rustix::fs::statvfs(dir) else {
+        return Ok(());
+    };
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    // Room for metadata and rounding to blocks: 1% and 1 MiB more.
+    if need > 0 && need + need / 100 + (1 << 20) > free {
+        return Err(ApplyError::NoSpace {
+            path: dir.to_owned(),
+            need,
+            free,
+        });
+    }
+    Ok(())
 }
 
 fn finish_file(tmp: &Path, e: &Entry, mtime: i64) -> Result<(), ApplyError> {

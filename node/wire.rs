@@ -404,13 +404,24 @@ mod tests {
         assert!(decode_frame::<AdminRequest>(&frame).is_err());
     }
 
+    /// Decodes `payload` as every message type; none may panic.
+    fn decode_all(payload: &[u8]) {
+        let _ = decode::<Up>(payload);
+        let _ = decode::<Down>(payload);
+        let _ = decode::<RawDown>(payload);
+        let _ = decode::<BodyRequest>(payload);
+        let _ = decode::<AdminRequest>(payload);
+        let _ = decode::<AdminResponse>(payload);
+        let _ = decode_frame::<Up>(payload);
+    }
+
     #[test]
-    fn random_frames_never_panic() {
-        // A small deterministic xorshift fuzz; CASCADE_FUZZ_ITERS sets a longer run.
+    fn a_million_random_and_mutated_frames_never_panic() {
+        // Deterministic xorshift fuzz; CASCADE_FUZZ_ITERS sets a longer (or shorter) run.
         let iters: usize = std::env::var("CASCADE_FUZZ_ITERS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(20_000);
+            .unwrap_or(1_000_000);
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move || {
             x ^= x << 13;
@@ -418,27 +429,189 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let (up, down, ..) = all_messages();
+        let (up, down, body, areq, aresp) = all_messages();
         let seeds: Vec<Vec<u8>> = up
             .iter()
             .map(encode)
             .chain(down.iter().map(encode))
+            .chain(body.iter().map(encode))
+            .chain(areq.iter().map(encode))
+            .chain(aresp.iter().map(encode))
+            .map(|f| f[HEADER_LEN..].to_vec())
             .collect();
         for i in 0..iters {
-            let mut buf = seeds[i % seeds.len()][HEADER_LEN..].to_vec();
-            let flips = 1 + next() % 4;
-            for _ in 0..flips {
+            let mut buf = if i % 8 == 7 {
+                // Pure noise of random length.
+                (0..next() % 64).map(|_| next() as u8).collect()
+            } else {
+                seeds[i % seeds.len()].clone()
+            };
+            for _ in 0..1 + next() % 4 {
                 if buf.is_empty() {
                     break;
                 }
                 let p = (next() as usize) % buf.len();
-                buf[p] = next() as u8;
+                match next() % 3 {
+                    0 => buf[p] = next() as u8,
+                    1 => buf.insert(p, next() as u8),
+                    _ => {
+                        buf.remove(p);
+                    }
+                }
             }
             if next() % 5 == 0 {
                 buf.truncate((next() as usize) % (buf.len() + 1));
             }
-            let _ = decode::<Up>(&buf);
-            let _ = decode::<Down>(&buf);
+            decode_all(&buf);
+        }
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::manifest::{Entry, EntryKind, Manifest, Md5};
+        use crate::status::{NodeState, NodeStatus};
+
+        fn name() -> impl Strategy<Value = String> {
+            (0u32..50, prop::bool::ANY).prop_map(|(i, uni)| {
+                if uni {
+                    format!("fï lé {i}")
+                } else {
+                    format!("n{i}")
+                }
+            })
+        }
+
+        fn md5() -> impl Strategy<Value = Md5> {
+            any::<[u8; 16]>().prop_map(Md5)
+        }
+
+        fn kind() -> impl Strategy<Value = EntryKind> {
+            prop_oneof![
+                (any::<u64>(), md5(), any::<i64>())
+                    .prop_map(|(size, md5, mtime)| EntryKind::File { size, md5, mtime }),
+                Just(EntryKind::Dir),
+                name().prop_map(|target| EntryKind::Symlink { target }),
+            ]
+        }
+
+        /// Valid manifests: top-level entries plus files inside the directories among them.
+        fn manifest() -> impl Strategy<Value = Manifest> {
+            prop::collection::btree_map(
+                name(),
+                (
+                    kind(),
+                    0u32..0o7777,
+                    prop::collection::btree_set(name(), 0..4),
+                ),
+                0..12,
+            )
+            .prop_map(|top| {
+                let mut entries = Vec::new();
+                for (n, (kind, mode, kids)) in top {
+                    let is_dir = kind == EntryKind::Dir;
+                    entries.push(Entry {
+                        path: n.clone(),
+                        mode,
+                        kind,
+                    });
+                    if is_dir {
+                        for k in kids {
+                            entries.push(Entry {
+                                path: format!("{n}/{k}"),
+                                mode: 0o644,
+                                kind: EntryKind::File {
+                                    size: 1,
+                                    md5: Md5([1; 16]),
+                                    mtime: 0,
+                                },
+                            });
+                        }
+                    }
+                }
+                Manifest::from_entries(entries).expect("generated manifests are valid")
+            })
+        }
+
+        fn state() -> impl Strategy<Value = NodeState> {
+            prop_oneof![
+                Just(NodeState::Idle),
+                (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                    |(version, done_bytes, total_bytes)| NodeState::Fetching {
+                        version,
+                        done_bytes,
+                        total_bytes
+                    }
+                ),
+                any::<u64>().prop_map(|version| NodeState::Applying { version }),
+                (any::<u64>(), name())
+                    .prop_map(|(version, error)| NodeState::Failed { version, error }),
+            ]
+        }
+
+        fn status() -> impl Strategy<Value = NodeStatus> {
+            (
+                name(),
+                any::<Option<u64>>(),
+                state(),
+                any::<(u64, u64, bool, u64, u64)>(),
+            )
+                .prop_map(
+                    |(
+                        name,
+                        applied,
+                        state,
+                        (fetched_bytes, fetched_files, connected, sent_bytes, updated_ms),
+                    )| NodeStatus {
+                        name,
+                        applied,
+                        state,
+                        fetched_bytes,
+                        fetched_files,
+                        connected,
+                        sent_bytes,
+                        updated_ms,
+                    },
+                )
+        }
+
+        /// Encoding round-trips and the length prefix is the payload's length.
+        fn check<T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(m: &T) {
+            let frame = encode(m);
+            assert_eq!(
+                u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize,
+                frame.len() - 4
+            );
+            assert_eq!(&decode_frame::<T>(&frame).unwrap(), m);
+        }
+
+        proptest! {
+            #[test]
+            fn up_round_trips(name in name(), have in any::<Option<u64>>(), list in prop::collection::vec(status(), 0..5)) {
+                check(&Up::Hello { name, have });
+                check(&Up::Status(list));
+            }
+
+            #[test]
+            fn down_round_trips_and_matches_raw(version in any::<u64>(), manifest in manifest()) {
+                let release = Release { version, manifest };
+                check(&Down::Offer(release.clone()));
+                let RawDown::Offer(raw) = decode_frame::<RawDown>(&encode(&Down::Offer(release.clone()))).unwrap();
+                prop_assert_eq!(raw.validate().unwrap(), release);
+            }
+
+            #[test]
+            fn body_and_admin_round_trip(md5 in md5(), offset in any::<u64>(), node in name(), release in any::<Option<u64>>(),
+                                         nodes in prop::collection::vec(status(), 0..4), err in name(),
+                                         s in any::<(u64, bool, u64, u64)>()) {
+                check(&BodyRequest { md5, offset });
+                check(&AdminRequest::Publish);
+                check(&AdminRequest::Status);
+                check(&AdminResponse::Status { node, release, nodes });
+                check(&AdminResponse::Error(err));
+                check(&AdminResponse::Published(PublishSummary { version: s.0, changed: s.1, files: s.2, bytes: s.3 }));
+            }
         }
     }
 }
