@@ -387,9 +387,9 @@ mod tests {
         store: &Store,
         old: Option<&Manifest>,
     ) -> (Manifest, ApplyStats) {
-        let m = scan(src, store).unwrap();
+        let m = scan(src, store, &Default::default()).unwrap().0;
         let stats = apply(dst, &m, old, store).unwrap();
-        let back = scan(dst, store).unwrap();
+        let back = crate::scan::fingerprint(dst).unwrap();
         assert_eq!(
             back.root_digest(),
             m.root_digest(),
@@ -468,18 +468,21 @@ mod tests {
         write(&applier.dir.join("old.txt"), "before cascade");
         write(&src.join("same.txt"), "unchanged");
         write(&src.join("page.html"), "v1");
-        let m1 = scan(&src, &store).unwrap();
+        let m1 = scan(&src, &store, &Default::default()).unwrap().0;
         applier.apply(1, &m1, None, &store).unwrap();
         assert_eq!(fs::read_link(&applier.dir).unwrap(), applier.release_dir(1));
         assert_eq!(
-            scan(&applier.dir, &store).unwrap().root_digest(),
+            scan(&applier.dir, &store, &Default::default())
+                .unwrap()
+                .0
+                .root_digest(),
             m1.root_digest()
         );
 
         let mut prev = (1, m1);
         for v in 2..=4u64 {
             write(&src.join("page.html"), &format!("v{v}"));
-            let m = scan(&src, &store).unwrap();
+            let m = scan(&src, &store, &Default::default()).unwrap().0;
             let stats = applier
                 .apply(v, &m, Some((prev.0, &prev.1)), &store)
                 .unwrap();

@@ -180,6 +180,9 @@ fn init_logging(level: &str) -> Result<()> {
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        // A log on a full disk must not take the node down: tracing reports a failed write
+        // with eprintln!, which panics when stderr itself cannot be written.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
@@ -272,15 +275,20 @@ fn certs(command: CertsCommand) -> Result<()> {
 }
 
 async fn run_node(cfg: NodeConfig) -> Result<()> {
-    let node = RunningNode::start(cfg).await?;
+    let mut node = RunningNode::start(cfg).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, stopping"),
-        _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
-    }
+    let failure = tokio::select! {
+        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received, stopping"); None }
+        _ = term.recv() => { tracing::info!("SIGTERM received, stopping"); None }
+        why = node.failed() => Some(why),
+    };
     node.shutdown().await;
-    Ok(())
+    match failure {
+        // Exit non-zero so a supervisor (systemd Restart=on-failure) starts a fresh node.
+        Some(why) => bail!("node stopped: {why}"),
+        None => Ok(()),
+    }
 }
 
 async fn publish(cfg: NodeConfig, wait: bool, timeout: Duration) -> Result<ExitCode> {

@@ -22,7 +22,7 @@ use crate::apply::Applier;
 use crate::config::NodeConfig;
 use crate::link::{self, LinkError};
 use crate::manifest::Manifest;
-use crate::scan::{scan, ScanError};
+use crate::scan::{scan, ScanError, StatCache};
 use crate::status::{now_ms, Board, NodeState, NodeStatus};
 use crate::store::{Store, StoreError};
 use crate::wire::{self, Down, ErrorCode, PublishSummary, Release};
@@ -205,15 +205,28 @@ impl Shared {
         }
         let _guard = self.publish_lock.lock().await;
         let me = self.clone();
-        let manifest = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let (manifest, stats) = tokio::task::spawn_blocking(move || {
             let dir = me
                 .dir
                 .as_ref()
                 .expect("the origin always has a dir (checked at start)");
-            scan(dir, &me.store)
+            let cache_path = me.data.join("statcache.bin");
+            let (manifest, cache, stats) = scan(dir, &me.store, &StatCache::load(&cache_path))?;
+            if let Err(e) = cache.save(&cache_path) {
+                tracing::warn!(path = %cache_path.display(), "cannot save the stat cache: {e}");
+            }
+            Ok::<_, ScanError>((manifest, stats))
         })
         .await
         .expect("scan task does not panic")?;
+        tracing::info!(
+            hashed = stats.hashed,
+            hashed_bytes = stats.hashed_bytes,
+            cached = stats.cached,
+            ms = started.elapsed().as_millis() as u64,
+            "scanned"
+        );
         let prev = self.held_release();
         let summary = |version, changed| PublishSummary {
             version,
@@ -440,6 +453,25 @@ impl RunningNode {
         self.shared
             .held_release()
             .map(|h| h.release.manifest.clone())
+    }
+
+    /// Returns if one of the node's tasks ends on its own, which only a bug (a panic) can
+    /// cause: the node would otherwise run on half-dead. Says what happened.
+    pub async fn failed(&mut self) -> String {
+        match self.tasks.join_next().await {
+            Some(Err(e)) if e.is_panic() => {
+                let p = e.into_panic();
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                tracing::error!("internal task panicked: {msg}");
+                format!("internal task panicked: {msg}")
+            }
+            Some(_) => "an internal task stopped unexpectedly".to_owned(),
+            None => std::future::pending().await,
+        }
     }
 
     /// Closes every link with a shutdown code and stops every task.

@@ -1,12 +1,24 @@
-//! The origin's scan: walk `dir`, hash every file, import new bodies into the store, and build
-//! the manifest of the release to publish.
+//! The origin's scan: walk `dir`, hash every changed file into the store, and build the
+//! manifest of the release to publish.
+//!
+//! A [`StatCache`] remembers, per path, the file's size, mtime, ctime and inode with its MD5,
+//! so a publish reads only files whose metadata changed: an unchanged tree costs one walk of
+//! `lstat` calls. Entries written within [`RACY_WINDOW`] of the scan are not cached, since a
+//! later write in the same timestamp tick could go unnoticed ("racily clean", as in git).
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::manifest::{Entry, EntryKind, Manifest, ManifestError};
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{Entry, EntryKind, Manifest, ManifestError, Md5};
 use crate::store::{hash_file, Store, StoreError};
+
+/// Files modified this recently (seconds) are re-hashed on the next scan.
+pub const RACY_WINDOW: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -17,94 +29,262 @@ pub enum ScanError {
     },
     #[error("{0}: file name is not valid UTF-8 (not supported yet)")]
     NotUtf8(PathBuf),
-    #[error("{0}: changed while being published; publish again")]
-    Changed(PathBuf),
     #[error(transparent)]
     Store(StoreError),
     #[error("invalid tree: {0}")]
     Manifest(#[from] ManifestError),
 }
 
-/// Scans `dir` into a manifest; every file body ends up verified in `store`.
-pub fn scan(dir: &Path, store: &Store) -> Result<Manifest, ScanError> {
-    let mut entries = Vec::new();
-    walk(dir, "", Some(store), &mut entries)?;
-    Ok(Manifest::from_entries(entries)?)
+/// What a file looked like when it was last hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Stat {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+}
+
+impl Stat {
+    fn of(m: &fs::Metadata) -> Self {
+        Stat {
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            ino: m.ino(),
+        }
+    }
+}
+
+/// Path → (stat, MD5) of the files seen by the last scan.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatCache {
+    files: HashMap<String, (Stat, Md5)>,
+}
+
+impl StatCache {
+    /// Loads a cache saved by [`StatCache::save`]; a missing or unreadable one is empty.
+    pub fn load(path: &Path) -> Self {
+        fs::read(path)
+            .ok()
+            .and_then(|b| crate::wire::decode_frame(&b).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, crate::wire::encode(self))?;
+        fs::rename(tmp, path)
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+/// What a scan did besides building the manifest.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Files read and hashed.
+    pub hashed: u64,
+    pub hashed_bytes: u64,
+    /// Files whose MD5 came from the stat cache.
+    pub cached: u64,
+}
+
+/// Scans `dir` into a manifest; every file body ends up verified in `store`. Returns the new
+/// cache to use next time.
+pub fn scan(
+    dir: &Path,
+    store: &Store,
+    cache: &StatCache,
+) -> Result<(Manifest, StatCache, ScanStats), ScanError> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let mut w = Walk {
+        root: dir,
+        store: Some(store),
+        old: cache,
+        new: StatCache::default(),
+        stats: ScanStats::default(),
+        now,
+        entries: Vec::new(),
+    };
+    w.walk("")?;
+    let manifest = Manifest::from_entries(w.entries)?;
+    Ok((manifest, w.new, w.stats))
 }
 
 /// The manifest `dir` would publish, hashing every file but storing nothing: two directories
 /// are identical (content, types, modes, mtimes) exactly when their root digests are equal.
 pub fn fingerprint(dir: &Path) -> Result<Manifest, ScanError> {
-    let mut entries = Vec::new();
-    walk(dir, "", None, &mut entries)?;
-    Ok(Manifest::from_entries(entries)?)
+    let empty = StatCache::default();
+    let mut w = Walk {
+        root: dir,
+        store: None,
+        old: &empty,
+        new: StatCache::default(),
+        stats: ScanStats::default(),
+        now: 0,
+        entries: Vec::new(),
+    };
+    w.walk("")?;
+    Ok(Manifest::from_entries(w.entries)?)
 }
 
-fn walk(
-    root: &Path,
-    rel: &str,
-    store: Option<&Store>,
-    out: &mut Vec<Entry>,
-) -> Result<(), ScanError> {
-    let abs = if rel.is_empty() {
-        root.to_owned()
-    } else {
-        root.join(rel)
-    };
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| ScanError::Io { path, source }
-    };
-    for item in fs::read_dir(&abs).map_err(io(&abs))? {
-        let item = item.map_err(io(&abs))?;
-        let path = item.path();
-        let name = item
-            .file_name()
-            .into_string()
-            .map_err(|_| ScanError::NotUtf8(path.clone()))?;
-        let rel_path = if rel.is_empty() {
-            name
+struct Walk<'a> {
+    root: &'a Path,
+    store: Option<&'a Store>,
+    old: &'a StatCache,
+    new: StatCache,
+    stats: ScanStats,
+    now: i64,
+    entries: Vec<Entry>,
+}
+
+impl Walk<'_> {
+    fn walk(&mut self, rel: &str) -> Result<(), ScanError> {
+        let abs = if rel.is_empty() {
+            self.root.to_owned()
         } else {
-            format!("{rel}/{name}")
+            self.root.join(rel)
         };
-        let meta = fs::symlink_metadata(&path).map_err(io(&path))?;
-        let mode = meta.permissions().mode() & 0o7777;
-        let ft = meta.file_type();
-        let kind = if ft.is_dir() {
-            EntryKind::Dir
-        } else if ft.is_file() {
-            let (md5, size) = hash_file(&path).map_err(ScanError::Store)?;
-            if let Some(store) = store {
-                store.import(&path, md5, size).map_err(|e| match e {
-                    StoreError::Mismatch { .. } => ScanError::Changed(path.clone()),
-                    other => ScanError::Store(other),
-                })?;
-            }
-            EntryKind::File {
-                size,
-                md5,
-                mtime: meta.mtime(),
-            }
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&path).map_err(io(&path))?;
-            let target = target
-                .into_os_string()
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ScanError::Io { path, source }
+        };
+        for item in fs::read_dir(&abs).map_err(io(&abs))? {
+            let item = item.map_err(io(&abs))?;
+            let path = item.path();
+            let name = item
+                .file_name()
                 .into_string()
                 .map_err(|_| ScanError::NotUtf8(path.clone()))?;
-            EntryKind::Symlink { target }
-        } else {
-            tracing::warn!(path = %path.display(), "skipping special file (socket, fifo or device)");
-            continue;
-        };
-        let is_dir = matches!(kind, EntryKind::Dir);
-        out.push(Entry {
-            path: rel_path.clone(),
-            mode,
-            kind,
-        });
-        if is_dir {
-            walk(root, &rel_path, store, out)?;
+            let rel_path = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let meta = fs::symlink_metadata(&path).map_err(io(&path))?;
+            let mode = meta.permissions().mode() & 0o7777;
+            let ft = meta.file_type();
+            let kind = if ft.is_dir() {
+                EntryKind::Dir
+            } else if ft.is_file() {
+                let (md5, size) = self.file(&rel_path, &path, &meta)?;
+                EntryKind::File {
+                    size,
+                    md5,
+                    mtime: meta.mtime(),
+                }
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&path).map_err(io(&path))?;
+                let target = target
+                    .into_os_string()
+                    .into_string()
+                    .map_err(|_| ScanError::NotUtf8(path.clone()))?;
+                EntryKind::Symlink { target }
+            } else {
+                tracing::warn!(path = %path.display(), "skipping special file (socket, fifo or device)");
+                continue;
+            };
+            let is_dir = matches!(kind, EntryKind::Dir);
+            self.entries.push(Entry {
+                path: rel_path.clone(),
+                mode,
+                kind,
+            });
+            if is_dir {
+                self.walk(&rel_path)?;
+            }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// MD5 and size of one file: from the cache when its stat is unchanged and the body is
+    /// held, else read once (into the store when scanning for a publish).
+    fn file(
+        &mut self,
+        rel: &str,
+        path: &Path,
+        meta: &fs::Metadata,
+    ) -> Result<(Md5, u64), ScanError> {
+        let stat = Stat::of(meta);
+        let Some(store) = self.store else {
+            return hash_file(path).map_err(ScanError::Store);
+        };
+        if let Some((old, md5)) = self.old.files.get(rel) {
+            if *old == stat && store.has(md5) {
+                self.stats.cached += 1;
+                self.new.files.insert(rel.to_owned(), (stat, *md5));
+                return Ok((*md5, stat.size));
+            }
+        }
+        let (md5, size) = store.ingest(path).map_err(ScanError::Store)?;
+        self.stats.hashed += 1;
+        self.stats.hashed_bytes += size;
+        // The file may have changed while it was read: cache only what matches the stat
+        // taken before reading, and nothing modified too recently to tell.
+        let after = fs::symlink_metadata(path).map(|m| Stat::of(&m)).ok();
+        if after == Some(stat) && size == stat.size && self.now - stat.mtime.0 > RACY_WINDOW {
+            self.new.files.insert(rel.to_owned(), (stat, md5));
+        }
+        Ok((md5, size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_skips_unchanged_files_and_catches_changes() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("src");
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        let old = SystemTime::now() - std::time::Duration::from_secs(60);
+        for (p, body) in [("a.txt", "a"), ("sub/b.txt", "b"), ("recent.txt", "r")] {
+            fs::write(dir.join(p), body).unwrap();
+            if p != "recent.txt" {
+                fs::File::options()
+                    .write(true)
+                    .open(dir.join(p))
+                    .unwrap()
+                    .set_modified(old)
+                    .unwrap();
+            }
+        }
+        let store = Store::open(&t.path().join("data")).unwrap();
+        let (m1, cache, s1) = scan(&dir, &store, &StatCache::default()).unwrap();
+        assert_eq!((s1.hashed, s1.cached), (3, 0));
+        // The recently modified file is not trusted to the cache.
+        assert_eq!(cache.len(), 2);
+
+        let (m2, cache, s2) = scan(&dir, &store, &cache).unwrap();
+        assert_eq!((s2.hashed, s2.cached), (1, 2));
+        assert_eq!(m1.root_digest(), m2.root_digest());
+
+        // Same size, same mtime, different content: ctime still gives it away.
+        fs::write(dir.join("a.txt"), "A").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(dir.join("a.txt"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let (m3, _, s3) = scan(&dir, &store, &cache).unwrap();
+        assert_eq!(s3.cached, 1);
+        assert_ne!(m3.root_digest(), m2.root_digest());
+        assert_eq!(
+            m3.get("a.txt")
+                .map(|(e, _)| e.kind.clone())
+                .map(|k| matches!(k, EntryKind::File { md5, .. } if md5 == Md5::of(b"A"))),
+            Some(true)
+        );
+        assert!(store.has(&Md5::of(b"A")));
+    }
 }

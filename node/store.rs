@@ -92,14 +92,14 @@ impl Store {
     }
 
     /// Starts receiving a body that must have `size` bytes and MD5 `md5`.
-    pub fn writer(&self, md5: Md5, size: u64) -> Result<BodyWriter<'_>, StoreError> {
+    pub fn writer(&self, md5: Md5, size: u64) -> Result<BodyWriter, StoreError> {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .tmp
             .join(format!("{}.{}.{n}", md5.hex(), std::process::id()));
         let file = File::create(&tmp).map_err(io_at(&tmp))?;
         Ok(BodyWriter {
-            store: self,
+            dest: self.path(&md5),
             file,
             tmp,
             md5,
@@ -114,7 +114,7 @@ impl Store {
     /// transfer are read back to rebuild the MD5 state; [`BodyWriter::written`] is where to
     /// ask the parent to continue. If the writer is dropped unfinished, what it has is kept for
     /// the next attempt; a body that fails verification is discarded whole.
-    pub fn resume_writer(&self, md5: Md5, size: u64) -> Result<BodyWriter<'_>, StoreError> {
+    pub fn resume_writer(&self, md5: Md5, size: u64) -> Result<BodyWriter, StoreError> {
         let tmp = self.tmp.join(format!("{}{PARTIAL}", md5.hex()));
         let mut file = fs::OpenOptions::new()
             .read(true)
@@ -139,7 +139,7 @@ impl Store {
             written = 0;
         }
         Ok(BodyWriter {
-            store: self,
+            dest: self.path(&md5),
             file,
             tmp,
             md5,
@@ -150,22 +150,44 @@ impl Store {
         })
     }
 
-    /// Copies a local file into the store, verifying it still has `md5` (the origin's publish).
-    pub fn import(&self, src: &Path, md5: Md5, size: u64) -> Result<(), StoreError> {
-        if self.has(&md5) {
-            return Ok(());
-        }
+    /// Reads a local file once, hashing it while copying it to a temporary file, and keeps the
+    /// copy under its MD5 unless the store already holds that body (the origin's publish).
+    /// What is stored is what was hashed, even if the file changes meanwhile.
+    pub fn ingest(&self, src: &Path) -> Result<(Md5, u64), StoreError> {
         let mut input = File::open(src).map_err(io_at(src))?;
-        let mut w = self.writer(md5, size)?;
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let tmp = TmpFile(self.tmp.join(format!("ingest.{}.{n}", std::process::id())));
+        let mut out = File::create(&tmp.0).map_err(io_at(&tmp.0))?;
+        let mut h = Md5Hasher::new();
+        let mut size = 0u64;
         let mut buf = vec![0u8; IO_BUF];
         loop {
             let n = input.read(&mut buf).map_err(io_at(src))?;
             if n == 0 {
                 break;
             }
-            w.write(&buf[..n])?;
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(io_at(&tmp.0))?;
+            size += n as u64;
         }
-        w.finish()
+        let md5 = Md5(h.finalize().into());
+        if !self.has(&md5) {
+            out.sync_data().map_err(io_at(&tmp.0))?;
+            let dest = self.path(&md5);
+            let parent = dest.parent().expect("object paths have a fan-out parent");
+            fs::create_dir_all(parent).map_err(io_at(parent))?;
+            fs::rename(&tmp.0, &dest).map_err(io_at(&dest))?;
+        }
+        Ok((md5, size))
+    }
+}
+
+/// A temporary file removed when dropped (a no-op once it was renamed away).
+struct TmpFile(PathBuf);
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
     }
 }
 
@@ -201,8 +223,9 @@ impl Store {
 }
 
 /// A body being received: written to a temporary file and hashed as it goes.
-pub struct BodyWriter<'a> {
-    store: &'a Store,
+pub struct BodyWriter {
+    /// Where the verified body goes.
+    dest: PathBuf,
     file: File,
     tmp: PathBuf,
     md5: Md5,
@@ -213,7 +236,7 @@ pub struct BodyWriter<'a> {
     keep_partial: bool,
 }
 
-impl BodyWriter<'_> {
+impl BodyWriter {
     pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
         self.hasher.update(data);
         self.written += data.len() as u64;
@@ -237,14 +260,14 @@ impl BodyWriter<'_> {
             });
         }
         self.file.sync_data().map_err(io_at(&self.tmp))?;
-        let dest = self.store.path(&self.md5);
+        let dest = self.dest.clone();
         let parent = dest.parent().expect("object paths have a fan-out parent");
         fs::create_dir_all(parent).map_err(io_at(parent))?;
         fs::rename(&self.tmp, &dest).map_err(io_at(&dest))
     }
 }
 
-impl Drop for BodyWriter<'_> {
+impl Drop for BodyWriter {
     fn drop(&mut self) {
         // After a successful finish the temp path no longer exists; otherwise clean up,
         // unless these are the first bytes of a transfer to resume.
@@ -291,16 +314,12 @@ mod tests {
         w.finish().unwrap();
         assert!(s.has(&md5));
         assert_eq!(fs::read(s.path(&md5)).unwrap(), b"hello");
+        // Ingesting a local file stores it under its MD5 once.
+        let src = d.path().join("src.txt");
+        fs::write(&src, b"hello").unwrap();
+        assert_eq!(s.ingest(&src).unwrap(), (md5, 5));
+        assert_eq!(s.ingest(&src).unwrap(), (md5, 5));
         // Garbage collection keeps what is asked for (and the empty body).
-        s.import(
-            &d.path()
-                .join("store/objects")
-                .join(&md5.hex()[..2])
-                .join(md5.hex()),
-            md5,
-            5,
-        )
-        .unwrap();
         let other = Md5::of(b"other");
         let mut w = s.writer(other, 5).unwrap();
         w.write(b"other").unwrap();

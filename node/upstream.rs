@@ -30,7 +30,8 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 const PARALLEL_BODIES: usize = 16;
 /// Attempts per body before the release is reported as failed (and retried later).
 const BODY_ATTEMPTS: u32 = 3;
-const READ_BUF: usize = 256 * 1024;
+/// Bytes handed to a body's writer thread at a time (hashing per datagram would be slow).
+const BATCH: usize = 1024 * 1024;
 /// How often fetch progress is refreshed on the board while bodies are in flight.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// Least time between two status reports to the parent.
@@ -340,7 +341,7 @@ async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Res
 
 /// Fetches one body, retrying when its MD5 does not match; never stores a bad body.
 async fn fetch_verified(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     conn: &Connection,
     md5: Md5,
     size: u64,
@@ -364,43 +365,70 @@ async fn fetch_verified(
     }
 }
 
+/// Receives one body. The network task only moves bytes, in batches of up to [`BATCH`];
+/// each batch is hashed and written by a short blocking job while the next batch arrives
+/// (no thread waits on the network). Dropped midway (link lost, node stopping), the writer
+/// keeps what it has for a later resume.
 async fn fetch_body(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     conn: &Connection,
     md5: Md5,
     size: u64,
     done: &AtomicU64,
 ) -> Result<(), SyncError> {
-    let mut w = shared.store.resume_writer(md5, size)?;
-    let offset = w.written();
+    let me = shared.clone();
+    let mut writer = tokio::task::spawn_blocking(move || me.store.resume_writer(md5, size))
+        .await
+        .expect("opening a body does not panic")?;
+    let offset = writer.written();
+    if offset > 0 && offset < size {
+        debug!(%md5, offset, size, "resuming body");
+    }
     if offset < size {
-        if offset > 0 {
-            debug!(%md5, offset, size, "resuming body");
-        }
+        let batch = (size as usize).clamp(1, BATCH);
         let (mut send, mut recv) = conn.open_bi().await.map_err(LinkError::from)?;
         link::send(&mut send, &BodyRequest { md5, offset }).await?;
         send.finish().map_err(LinkError::from)?;
-        let mut buf = vec![0u8; READ_BUF];
-        loop {
-            let n = match recv.read(&mut buf).await {
-                Ok(Some(n)) => n,
-                Ok(None) => break,
-                Err(quinn::ReadError::Reset(code)) => {
-                    return Err(SyncError::NotServed(md5, code.into_inner()))
+        let mut received = offset;
+        let mut spare = Vec::with_capacity(batch);
+        let mut eof = false;
+        while !eof {
+            let mut buf = std::mem::take(&mut spare);
+            buf.resize(batch, 0);
+            let mut filled = 0;
+            while filled < batch {
+                match recv.read(&mut buf[filled..]).await {
+                    Ok(Some(n)) => filled += n,
+                    Ok(None) => {
+                        eof = true;
+                        break;
+                    }
+                    Err(quinn::ReadError::Reset(code)) => {
+                        return Err(SyncError::NotServed(md5, code.into_inner()))
+                    }
+                    Err(e) => return Err(LinkError::from(e).into()),
                 }
-                Err(e) => return Err(LinkError::from(e).into()),
-            };
-            if w.written() + n as u64 > size {
+            }
+            received += filled as u64;
+            if received > size {
                 return Err(SyncError::TooLong {
                     md5,
                     size,
-                    got: w.written() + n as u64,
+                    got: received,
                 });
             }
-            w.write(&buf[..n])?;
-            done.fetch_add(n as u64, Ordering::Relaxed);
+            buf.truncate(filled);
+            done.fetch_add(filled as u64, Ordering::Relaxed);
+            // Hash and write this batch on a blocking thread while the next one arrives.
+            let job =
+                tokio::task::spawn_blocking(move || writer.write(&buf).map(|()| (writer, buf)));
+            let (w, b) = job.await.expect("writing a batch does not panic")?;
+            writer = w;
+            spare = b;
         }
     }
-    w.finish()?;
+    tokio::task::spawn_blocking(move || writer.finish())
+        .await
+        .expect("verifying a body does not panic")?;
     Ok(())
 }
