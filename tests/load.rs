@@ -36,6 +36,17 @@ async fn wait_all(origin: &RunningNode, names: &[String], version: u64, limit: D
     }
 }
 
+/// Every node's dir has the origin's tree digest (content, types, modes, mtimes).
+fn assert_all_match(origin_dir: &std::path::Path, configs: &[cascade::NodeConfig]) {
+    let want = fingerprint(origin_dir).unwrap().root_digest();
+    for cfg in configs {
+        let got = fingerprint(cfg.dir.as_ref().unwrap())
+            .unwrap()
+            .root_digest();
+        assert_eq!(got, want, "{}", cfg.name);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_relay_serves_100_leaves_through_50_quick_publishes_and_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
@@ -73,16 +84,8 @@ async fn one_relay_serves_100_leaves_through_50_quick_publishes_and_a_restart() 
     }
     wait_all(&origin, &names, last, Duration::from_secs(180)).await;
     eprintln!("after 50 publishes: {:?}", t0.elapsed());
-    let want = fingerprint(&origin_dir).unwrap().root_digest();
+    assert_all_match(&origin_dir, &dep.configs[1..]);
     for cfg in &dep.configs[1..] {
-        assert_eq!(
-            fingerprint(cfg.dir.as_ref().unwrap())
-                .unwrap()
-                .root_digest(),
-            want,
-            "{}",
-            cfg.name
-        );
         // No stuck or leaked state: no pending apply, no temp files, a store of bounded size.
         assert!(!cfg.data.join("pending.bin").exists(), "{}", cfg.name);
         let tmp_files = fs::read_dir(cfg.data.join("store/tmp")).unwrap().count();
@@ -131,17 +134,7 @@ async fn one_relay_serves_100_leaves_through_50_quick_publishes_and_a_restart() 
     eprintln!("relay restarted: {:?}", t0.elapsed());
     wait_all(&origin, &names, big, Duration::from_secs(180)).await;
     eprintln!("all hold the large release: {:?}", t0.elapsed());
-    let want = fingerprint(&origin_dir).unwrap().root_digest();
-    for cfg in &dep.configs[1..] {
-        assert_eq!(
-            fingerprint(cfg.dir.as_ref().unwrap())
-                .unwrap()
-                .root_digest(),
-            want,
-            "{}",
-            cfg.name
-        );
-    }
+    assert_all_match(&origin_dir, &dep.configs[1..]);
 
     // Stop everything at once (each stop waits for its QUIC links to drain).
     let mut stops = tokio::task::JoinSet::new();

@@ -65,6 +65,20 @@ async fn hello(conn: &Connection, claim: &str) -> Result<Down, ConnectionError> 
     }
 }
 
+/// Connects and says hello as relay-1 with `id`, expecting the origin to refuse during or
+/// right after the handshake (TLS 1.3 lets a client finish its side before the server has
+/// checked the client certificate). Returns the refusal as the client saw it.
+async fn refused_at_handshake(o: &Origin, id: &Identity, why: &str) -> String {
+    let result = match link::connect(&client(id), o.addr, "origin").await {
+        Ok(conn) => hello(&conn, "relay-1")
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    result.expect_err(why)
+}
+
 fn refused_with(r: Result<Down, ConnectionError>, code: ErrorCode, why: &str) {
     match r {
         Err(ConnectionError::ApplicationClosed(c)) => {
@@ -95,16 +109,7 @@ async fn certificate_from_another_ca_is_refused() {
     cascade_certs::issue(other.path(), &["relay-1"]).unwrap();
     fs::copy(o.dep.base.join("certs/ca.pem"), other.path().join("ca.pem")).unwrap();
     let id = Identity::load(other.path(), "relay-1").unwrap();
-    // TLS 1.3 may let the client finish its side before the server rejects its certificate,
-    // so the refusal shows either at connect or as the connection closing on the first use.
-    let result = match link::connect(&client(&id), o.addr, "origin").await {
-        Ok(conn) => hello(&conn, "relay-1")
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    let err = result.expect_err("a certificate from another CA must be refused");
+    let err = refused_at_handshake(&o, &id, "a certificate from another CA must be refused").await;
     eprintln!("refusal seen by the client: {err}");
     assert!(
         err.to_lowercase().contains("certificate") || err.contains("0x12a"),
@@ -172,14 +177,7 @@ async fn an_expired_certificate_is_refused() {
     };
     cascade_certs::issue_with(expired.path(), &["relay-1"], validity).unwrap();
     let id = Identity::load(expired.path(), "relay-1").unwrap();
-    let result = match link::connect(&client(&id), o.addr, "origin").await {
-        Ok(conn) => hello(&conn, "relay-1")
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    let err = result.expect_err("an expired certificate must be refused");
+    let err = refused_at_handshake(&o, &id, "an expired certificate must be refused").await;
     assert!(err.contains("Expired") || err.contains("expired"), "{err}");
     assert_eq!(o.node.statuses().len(), 1);
     o.node.shutdown().await;
