@@ -33,6 +33,8 @@ pub struct NodeConfig {
     pub failover_after: Duration,
     /// A link silent for this long (not even keep-alives) is dead.
     pub link_timeout: Duration,
+    /// Cap on the bytes per second this node sends to all its children together.
+    pub upload_limit: Option<u64>,
 }
 
 /// Every config key (also the `CASCADE_<KEY>` variables and `--<key>` flags).
@@ -61,6 +63,7 @@ struct RawConfig {
     keep_releases: Option<usize>,
     failover_after: Option<f64>,
     link_timeout: Option<f64>,
+    upload_limit: Option<String>,
 }
 
 /// Values given as command-line flags (they win over file and environment).
@@ -86,6 +89,8 @@ pub struct Overrides {
     pub failover_after: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link_timeout: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_limit: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,9 +152,17 @@ impl NodeConfig {
         };
         let failover_after = seconds("failover_after", raw.failover_after, 10.0)?;
         let link_timeout = seconds("link_timeout", raw.link_timeout, 15.0)?;
+        let upload_limit = match raw.upload_limit.as_deref() {
+            None | Some("") | Some("none") => None,
+            Some(r) => Some(
+                crate::limit::parse_rate(r)
+                    .map_err(|e| ConfigError::Invalid(format!("{origin}: upload_limit = {e}")))?,
+            ),
+        };
         Ok(NodeConfig {
             failover_after,
             link_timeout,
+            upload_limit,
             name: raw.name.ok_or_else(|| missing("name"))?,
             topology: raw.topology.ok_or_else(|| missing("topology"))?.relative(),
             certs: raw.certs.ok_or_else(|| missing("certs"))?.relative(),

@@ -208,6 +208,9 @@ async fn send_body(
         if n == 0 {
             break;
         }
+        if let Some(limit) = &shared.upload {
+            limit.acquire(n as u64).await;
+        }
         send.write_all(&buf[..n])
             .await
             .map_err(|e| LinkError::Io(e.into()))?;

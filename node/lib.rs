@@ -5,7 +5,7 @@
 //! - [`manifest`]: releases' trees with a digest per directory; [`scan`] builds one on the
 //!   origin; [`apply`] makes a directory match one.
 //! - [`store`]: verified bodies by MD5.
-//! - [`link`]: QUIC endpoints with mutual TLS and frame I/O.
+//! - [`link`]: QUIC endpoints with mutual TLS and frame I/O; [`limit`]: the upload limit.
 //! - [`upstream`] / [`downstream`]: the two halves of a node (dial the parent and receive;
 //!   accept children and serve). [`node`] runs the halves a node's place calls for.
 //! - [`admin`]: the local socket for `publish` and `status`; [`config`]: the typed config.
@@ -19,6 +19,7 @@ pub mod apply;
 pub mod config;
 pub mod demo;
 pub mod downstream;
+pub mod limit;
 pub mod link;
 pub mod manifest;
 pub mod node;

@@ -123,6 +123,9 @@ struct ConfigArgs {
     /// Seconds of silence after which a link is dead (default 15).
     #[arg(long, alias = "link_timeout")]
     link_timeout: Option<f64>,
+    /// Cap on what this node sends to its children, e.g. "20MiB/s".
+    #[arg(long, alias = "upload_limit")]
+    upload_limit: Option<String>,
 }
 
 impl ConfigArgs {
@@ -138,6 +141,7 @@ impl ConfigArgs {
             keep_releases: self.keep_releases,
             failover_after: self.failover_after,
             link_timeout: self.link_timeout,
+            upload_limit: self.upload_limit.clone(),
         };
         Ok(NodeConfig::load(
             self.config.as_deref(),

@@ -107,6 +107,8 @@ pub struct Shared {
     pub board: watch::Sender<Board>,
     /// Body bytes served to children since start.
     pub sent_bytes: AtomicU64,
+    /// Caps what is sent to children (`upload_limit`).
+    pub upload: Option<crate::limit::Limiter>,
     publish_lock: Mutex<()>,
 }
 
@@ -394,6 +396,7 @@ impl RunningNode {
             held: watch::Sender::new(release.map(Held::new)),
             board: watch::Sender::new(Board::from([(me.name.clone(), own)])),
             sent_bytes: AtomicU64::new(0),
+            upload: cfg.upload_limit.map(crate::limit::Limiter::new),
             publish_lock: Mutex::new(()),
         });
 

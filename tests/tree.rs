@@ -223,3 +223,26 @@ fn corrupt_body_from_a_relay_is_detected_never_applied_and_refetched() {
     c.wait_holds("leaf-1-1", 1);
     c.assert_same_as_origin("leaf-1-1");
 }
+
+#[test]
+fn upload_limit_caps_what_a_node_sends() {
+    let mut c = Cluster::new(1, 1);
+    c.configure("origin", "upload_limit = \"4MiB/s\"\n");
+    c.start_all();
+    write(&c.dir("origin"), "v1.txt", b"one");
+    c.publish_wait();
+    // 8 MiB at 4 MiB/s cannot reach relay-1 in less than about 2 s (a lower bound only:
+    // a slow machine may take longer, never shorter).
+    write(&c.dir("origin"), "eight.bin", &noise(8 << 20, 8));
+    let start = std::time::Instant::now();
+    let _ = c.publish(&[]);
+    c.wait_holds("relay-1", 2);
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(1800),
+        "8 MiB crossed a 4 MiB/s limit in {took:?}"
+    );
+    // The relay has no limit: it is not slowed down.
+    c.wait_holds("leaf-1-1", 2);
+    c.assert_same_as_origin("leaf-1-1");
+}
