@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use cascade::admin;
 use cascade::config::{NodeConfig, Overrides};
+use cascade::status::NodeState;
 use cascade::wire::{AdminRequest, AdminResponse};
 use cascade::RunningNode;
 use cascade_certs::Issued;
@@ -150,6 +151,9 @@ impl ConfigArgs {
         )?)
     }
 }
+
+/// How often `publish --wait` repeats a fetching node's progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -320,7 +324,8 @@ async fn publish(cfg: NodeConfig, wait: bool, timeout: Duration) -> Result<ExitC
         .iter()
         .map(|n| n.name.clone())
         .collect();
-    let mut last_seen = std::collections::HashMap::new();
+    let mut last_seen: std::collections::HashMap<String, (_, Instant)> =
+        std::collections::HashMap::new();
     loop {
         let nodes = match admin::request(&cfg.data, &AdminRequest::Status).await? {
             AdminResponse::Status { nodes, .. } => nodes,
@@ -328,11 +333,20 @@ async fn publish(cfg: NodeConfig, wait: bool, timeout: Duration) -> Result<ExitC
         };
         let by_name: std::collections::HashMap<_, _> =
             nodes.iter().map(|s| (s.name.as_str(), s)).collect();
+        // A line when a node's release, state or link changes; progress at most every 2 s.
         for s in &nodes {
-            let line = s.to_string();
-            if last_seen.get(&s.name) != Some(&line) {
-                println!("  {line}");
-                last_seen.insert(s.name.clone(), line);
+            let key = (s.applied, std::mem::discriminant(&s.state), s.connected);
+            let due = match last_seen.get(&s.name) {
+                Some((k, at)) => {
+                    *k != key
+                        || (matches!(s.state, NodeState::Fetching { .. })
+                            && at.elapsed() >= PROGRESS_EVERY)
+                }
+                None => true,
+            };
+            if due {
+                println!("  {s}");
+                last_seen.insert(s.name.clone(), (key, Instant::now()));
             }
         }
         let lagging: Vec<String> = expected
