@@ -214,7 +214,9 @@ impl Shared {
                 .as_ref()
                 .expect("the origin always has a dir (checked at start)");
             let cache_path = me.data.join("statcache.bin");
+            me.store.begin_batch().map_err(ScanError::Store)?;
             let (manifest, cache, stats) = scan(dir, &me.store, &StatCache::load(&cache_path))?;
+            me.store.commit_batch().map_err(ScanError::Store)?;
             if let Err(e) = cache.save(&cache_path) {
                 tracing::warn!(path = %cache_path.display(), "cannot save the stat cache: {e}");
             }

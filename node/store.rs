@@ -3,7 +3,8 @@
 //! Layout under `DATA/store`: `objects/ab/abcdef…` (the MD5 in hex, fanned out by its first
 //! byte) and `tmp/` for bodies being received. A body becomes visible under its MD5 only after
 //! its size and MD5 were checked ([`BodyWriter::finish`]), so anything in `objects/` is
-//! verified; a crash leaves at most garbage in `tmp/`, which [`Store::open`] clears.
+//! verified; a crash leaves at most garbage in `tmp/`, which [`Store::open`] clears. Bodies
+//! are flushed to disk per batch (a release), not per file: see [`Store::begin_batch`].
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -45,6 +46,8 @@ pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 pub struct Store {
     objects: PathBuf,
     tmp: PathBuf,
+    /// Present while bodies written since it was created may not be on disk yet.
+    dirty: PathBuf,
     next_tmp: AtomicU64,
 }
 
@@ -65,14 +68,91 @@ impl Store {
         let store = Store {
             objects,
             tmp,
+            dirty: root.join("dirty"),
             next_tmp: AtomicU64::new(0),
         };
+        store.recheck_after_crash()?;
         // The empty body is always held, so empty files never travel.
         let empty = Md5::of(b"");
         if !store.has(&empty) {
             store.writer(empty, 0)?.finish()?;
         }
         Ok(store)
+    }
+
+    /// Starts a batch of writes (a release being fetched or published): bodies are not flushed
+    /// one by one but all at once by [`Store::commit_batch`]. Should the node die first, the
+    /// next [`Store::open`] re-verifies every body written since, so the store never holds a
+    /// body that does not match its name.
+    pub fn begin_batch(&self) -> Result<(), StoreError> {
+        // An older marker (a batch that failed) is kept: its time covers this batch too.
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&self.dirty)
+        {
+            Ok(f) => f.sync_all().map_err(io_at(&self.dirty)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(StoreError::Io {
+                path: self.dirty.clone(),
+                source: e,
+            }),
+        }
+    }
+
+    /// Flushes every body written since [`Store::begin_batch`] with one `syncfs`.
+    pub fn commit_batch(&self) -> Result<(), StoreError> {
+        let dir = File::open(&self.objects).map_err(io_at(&self.objects))?;
+        rustix::fs::syncfs(&dir).map_err(|e| StoreError::Io {
+            path: self.objects.clone(),
+            source: e.into(),
+        })?;
+        match fs::remove_file(&self.dirty) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::Io {
+                path: self.dirty.clone(),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// After a crash inside a batch: re-hashes bodies written since the batch began and
+    /// removes any that do not match their name.
+    fn recheck_after_crash(&self) -> Result<(), StoreError> {
+        let Ok(since) = fs::metadata(&self.dirty).and_then(|m| m.modified()) else {
+            return Ok(());
+        };
+        // Allow for timestamp granularity.
+        let since = since - std::time::Duration::from_secs(2);
+        let mut removed = 0;
+        for fan in fs::read_dir(&self.objects)
+            .map_err(io_at(&self.objects))?
+            .flatten()
+        {
+            for obj in fs::read_dir(fan.path())
+                .map_err(io_at(&fan.path()))?
+                .flatten()
+            {
+                let path = obj.path();
+                let recent = obj
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t >= since);
+                if !recent {
+                    continue;
+                }
+                let name = obj.file_name().to_string_lossy().into_owned();
+                if hash_file(&path).map(|(md5, _)| md5.hex()).ok().as_deref() != Some(name.as_str())
+                {
+                    let _ = fs::remove_file(&path);
+                    removed += 1;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::warn!(removed, "removed bodies left damaged by a crash");
+        }
+        self.commit_batch()
     }
 
     /// Where the body with this MD5 lives (whether or not it is held).
@@ -172,7 +252,6 @@ impl Store {
         }
         let md5 = Md5(h.finalize().into());
         if !self.has(&md5) {
-            out.sync_data().map_err(io_at(&tmp.0))?;
             let dest = self.path(&md5);
             let parent = dest.parent().expect("object paths have a fan-out parent");
             fs::create_dir_all(parent).map_err(io_at(parent))?;
@@ -259,7 +338,7 @@ impl BodyWriter {
                 got_size: self.written,
             });
         }
-        self.file.sync_data().map_err(io_at(&self.tmp))?;
+        // Flushed with the rest of the batch (Store::commit_batch), not one by one.
         let dest = self.dest.clone();
         let parent = dest.parent().expect("object paths have a fan-out parent");
         fs::create_dir_all(parent).map_err(io_at(parent))?;
@@ -345,6 +424,18 @@ mod tests {
         w.write(b"X").unwrap();
         assert!(w.finish().is_err());
         assert_eq!(s.resume_writer(Md5::of(b"abc"), 3).unwrap().written(), 0);
+        // A crash inside a batch: bodies written since it began are checked on reopening.
+        s.begin_batch().unwrap();
+        let torn = Md5::of(b"torn body");
+        let mut w = s.writer(torn, 9).unwrap();
+        w.write(b"torn body").unwrap();
+        w.finish().unwrap();
+        fs::write(s.path(&torn), b"torn b\0\0\0").unwrap(); // what a crash can leave
+        drop(s);
+        let s = Store::open(d.path()).unwrap();
+        assert!(!s.has(&torn), "a damaged body survived the crash check");
+        assert!(s.has(&big) && s.has(&md5));
+        assert!(!d.path().join("store/dirty").exists());
         // An abandoned writer leaves nothing behind.
         drop(s.writer(Md5::of(b"x"), 1).unwrap());
         let leftovers = fs::read_dir(d.path().join("store/tmp"))

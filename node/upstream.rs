@@ -292,6 +292,7 @@ async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Res
         }
     });
 
+    shared.store.begin_batch()?;
     let mut queue = wanted.into_iter();
     let mut running = JoinSet::new();
     let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
@@ -322,6 +323,11 @@ async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Res
         });
     }
 
+    // Every body is on disk before anything is applied or offered to children.
+    let me = shared.clone();
+    tokio::task::spawn_blocking(move || me.store.commit_batch())
+        .await
+        .expect("flushing the store does not panic")?;
     shared.set_own(|s| s.state = NodeState::Applying { version });
     shared.apply_and_hold(release.clone()).await?;
     // What actually crossed the link (less than `total` when transfers were resumed).
