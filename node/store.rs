@@ -165,12 +165,6 @@ impl Store {
         self.path(md5).is_file()
     }
 
-    /// Opens a held body for reading.
-    pub fn open_body(&self, md5: &Md5) -> Result<File, StoreError> {
-        let p = self.path(md5);
-        File::open(&p).map_err(io_at(&p))
-    }
-
     /// Starts receiving a body that must have `size` bytes and MD5 `md5`.
     pub fn writer(&self, md5: Md5, size: u64) -> Result<BodyWriter, StoreError> {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
@@ -178,16 +172,28 @@ impl Store {
             .tmp
             .join(format!("{}.{}.{n}", md5.hex(), std::process::id()));
         let file = File::create(&tmp).map_err(io_at(&tmp))?;
-        Ok(BodyWriter {
+        Ok(self.body_writer(md5, size, tmp, file, (Md5Hasher::new(), 0), false))
+    }
+
+    fn body_writer(
+        &self,
+        md5: Md5,
+        size: u64,
+        tmp: PathBuf,
+        file: File,
+        (hasher, written): (Md5Hasher, u64),
+        keep_partial: bool,
+    ) -> BodyWriter {
+        BodyWriter {
             dest: self.path(&md5),
             file,
             tmp,
             md5,
             size,
-            written: 0,
-            hasher: Md5Hasher::new(),
-            keep_partial: false,
-        })
+            written,
+            hasher,
+            keep_partial,
+        }
     }
 
     /// Starts or resumes receiving a body from the network. Bytes kept from an interrupted
@@ -202,32 +208,13 @@ impl Store {
             .create(true)
             .open(&tmp)
             .map_err(io_at(&tmp))?;
-        let mut hasher = Md5Hasher::new();
-        let mut written = 0u64;
-        let mut buf = vec![0u8; IO_BUF];
-        loop {
-            let n = file.read(&mut buf).map_err(io_at(&tmp))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            written += n as u64;
-        }
+        let (mut hasher, mut written) = hash_reader(&mut file, &tmp)?;
         if written > size {
             file.set_len(0).map_err(io_at(&tmp))?;
             hasher = Md5Hasher::new();
             written = 0;
         }
-        Ok(BodyWriter {
-            dest: self.path(&md5),
-            file,
-            tmp,
-            md5,
-            size,
-            written,
-            hasher,
-            keep_partial: true,
-        })
+        Ok(self.body_writer(md5, size, tmp, file, (hasher, written), true))
     }
 
     /// Reads a local file once, hashing it while copying it to a temporary file, and keeps the
@@ -359,18 +346,23 @@ impl Drop for BodyWriter {
 /// MD5 and size of a file, read in large blocks.
 pub fn hash_file(path: &Path) -> Result<(Md5, u64), StoreError> {
     let mut f = File::open(path).map_err(io_at(path))?;
+    let (h, size) = hash_reader(&mut f, path)?;
+    Ok((Md5(h.finalize().into()), size))
+}
+
+/// Hashes everything `r` yields (`path` names it in errors); returns the state and length.
+fn hash_reader(r: &mut impl Read, path: &Path) -> Result<(Md5Hasher, u64), StoreError> {
     let mut h = Md5Hasher::new();
     let mut buf = vec![0u8; IO_BUF];
     let mut size = 0u64;
     loop {
-        let n = f.read(&mut buf).map_err(io_at(path))?;
+        let n = r.read(&mut buf).map_err(io_at(path))?;
         if n == 0 {
-            break;
+            return Ok((h, size));
         }
         h.update(&buf[..n]);
         size += n as u64;
     }
-    Ok((Md5(h.finalize().into()), size))
 }
 
 #[cfg(test)]

@@ -371,6 +371,27 @@ async fn fetch_verified(
     }
 }
 
+/// Opens a body stream and asks for `md5` from `offset` on.
+async fn request_body(
+    conn: &Connection,
+    md5: Md5,
+    offset: u64,
+) -> Result<quinn::RecvStream, SyncError> {
+    let (mut send, recv) = conn.open_bi().await.map_err(LinkError::from)?;
+    link::send(&mut send, &BodyRequest { md5, offset }).await?;
+    send.finish().map_err(LinkError::from)?;
+    Ok(recv)
+}
+
+/// A failed body read: a reset means the parent could not serve it (retried with the
+/// release); anything else is the link failing.
+fn read_failed(md5: Md5, e: quinn::ReadError) -> SyncError {
+    match e {
+        quinn::ReadError::Reset(code) => SyncError::NotServed(md5, code.into_inner()),
+        e => LinkError::from(e).into(),
+    }
+}
+
 /// Receives a body of at most one batch whole, then checks and stores it in one blocking job
 /// (most files of a web site: one job per file instead of three, nothing to resume).
 async fn fetch_small(
@@ -380,9 +401,7 @@ async fn fetch_small(
     size: u64,
     done: &AtomicU64,
 ) -> Result<(), SyncError> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(LinkError::from)?;
-    link::send(&mut send, &BodyRequest { md5, offset: 0 }).await?;
-    send.finish().map_err(LinkError::from)?;
+    let mut recv = request_body(conn, md5, 0).await?;
     let body = match recv.read_to_end(size as usize).await {
         Ok(b) => b,
         Err(quinn::ReadToEndError::TooLong) => {
@@ -392,10 +411,7 @@ async fn fetch_small(
                 got: size + 1,
             })
         }
-        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
-            return Err(SyncError::NotServed(md5, code.into_inner()))
-        }
-        Err(quinn::ReadToEndError::Read(e)) => return Err(LinkError::from(e).into()),
+        Err(quinn::ReadToEndError::Read(e)) => return Err(read_failed(md5, e)),
     };
     done.fetch_add(body.len() as u64, Ordering::Relaxed);
     let me = shared.clone();
@@ -433,9 +449,7 @@ async fn fetch_body(
     }
     if offset < size {
         let batch = (size as usize).clamp(1, BATCH);
-        let (mut send, mut recv) = conn.open_bi().await.map_err(LinkError::from)?;
-        link::send(&mut send, &BodyRequest { md5, offset }).await?;
-        send.finish().map_err(LinkError::from)?;
+        let mut recv = request_body(conn, md5, offset).await?;
         let mut received = offset;
         let mut spare = Vec::with_capacity(batch);
         let mut eof = false;
@@ -450,10 +464,7 @@ async fn fetch_body(
                         eof = true;
                         break;
                     }
-                    Err(quinn::ReadError::Reset(code)) => {
-                        return Err(SyncError::NotServed(md5, code.into_inner()))
-                    }
-                    Err(e) => return Err(LinkError::from(e).into()),
+                    Err(e) => return Err(read_failed(md5, e)),
                 }
             }
             received += filled as u64;
