@@ -94,7 +94,9 @@ fn apply_linking(
                 }
                 // Keep the directory writable while we fill it; its mode is set at the end.
             }
-            EntryKind::File { size, md5, mtime } => {
+            EntryKind::File {
+                size, md5, mtime, ..
+            } => {
                 let same_as_old = old
                     .and_then(|o| o.get(&e.path))
                     .is_some_and(|(oe, _)| oe.kind == e.kind && oe.mode == e.mode);

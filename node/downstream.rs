@@ -13,14 +13,17 @@ use std::time::Duration;
 
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn, Instrument};
 
+use crate::flight::Flight;
 use crate::link::{self, LinkError};
+use crate::manifest::Md5;
 use crate::node::Shared;
 use crate::status::merge;
 use crate::store::IO_BUF;
-use crate::wire::{BodyRequest, ErrorCode, Up};
+use crate::wire::{BodyRequest, ErrorCode, Up, MAX_BATCH};
 
 /// Time a new connection has to send its `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,7 +133,7 @@ async fn serve_child(
     let mut subtree: HashSet<String> = shared.topology.reachable_below(name).into_iter().collect();
     subtree.insert(name.to_owned());
     let offers = async {
-        let mut held = shared.held.subscribe();
+        let mut held = shared.offered.subscribe();
         let mut sent = have;
         loop {
             let current = held.borrow_and_update().clone();
@@ -184,30 +187,123 @@ async fn serve_body(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStr
         Ok(None) => return,
         Err(e) => return warn!("bad body request: {e}"),
     };
-    if let Err(e) = send_body(&shared, &mut send, req).await {
-        warn!(md5 = %req.md5, "serving body: {e}");
-        let _ = send.reset(VarInt::from_u32(ErrorCode::NotFound.code()));
+    let result = match &req {
+        BodyRequest::One { md5, offset } => send_body(&shared, &mut send, *md5, *offset).await,
+        BodyRequest::Many(list) if list.len() > MAX_BATCH => Err(LinkError::Refused(format!(
+            "{} bodies asked at once (at most {MAX_BATCH})",
+            list.len()
+        ))),
+        BodyRequest::Many(list) => {
+            let mut r = Ok(());
+            for md5 in list {
+                r = send_body(&shared, &mut send, *md5, 0).await;
+                if r.is_err() {
+                    break;
+                }
+            }
+            r
+        }
+    };
+    match result.and_then(|()| send.finish().map_err(LinkError::from)) {
+        Ok(()) => {}
+        Err(e) => {
+            warn!("serving {req:?}: {e}");
+            let _ = send.reset(VarInt::from_u32(ErrorCode::NotFound.code()));
+        }
     }
 }
 
+/// Where a body is read from while it is served: the store, or the partial file of a body
+/// still arriving, of which only the verified prefix is read.
+struct Source {
+    file: Option<tokio::fs::File>,
+    flight: Option<watch::Receiver<Flight>>,
+}
+
+impl Source {
+    fn new(shared: &Shared, md5: Md5) -> Result<Self, LinkError> {
+        // The flight first: a body that lands in the store meanwhile is then still found.
+        let flight = shared.flights.get(&md5);
+        if flight.is_none() && !shared.store.has(&md5) {
+            return Err(LinkError::Refused(format!("body {md5} is not held")));
+        }
+        Ok(Source { file: None, flight })
+    }
+
+    /// How far the body may be read now: `None` means to its end. Waits while nothing beyond
+    /// `pos` is verified yet.
+    async fn readable(&mut self, pos: u64) -> Result<Option<u64>, LinkError> {
+        let Some(flight) = &mut self.flight else {
+            return Ok(None);
+        };
+        loop {
+            let state = *flight.borrow_and_update();
+            match state {
+                Flight::Done => return Ok(None),
+                Flight::Receiving { verified } if verified > pos => return Ok(Some(verified)),
+                Flight::Receiving { .. } => {}
+                Flight::Failed => {
+                    return Err(LinkError::Refused("the fetch of this body failed".into()))
+                }
+            }
+            if flight.changed().await.is_err() {
+                // The handle went away without a last word: only the store can tell.
+                return Err(LinkError::Refused("the fetch of this body ended".into()));
+            }
+        }
+    }
+
+    /// Opens the file once: the partial one while the body is arriving (it keeps its inode
+    /// when it is moved into the store), else the stored body.
+    async fn open(
+        &mut self,
+        shared: &Shared,
+        md5: Md5,
+        pos: u64,
+        whole: bool,
+    ) -> Result<&mut tokio::fs::File, LinkError> {
+        if self.file.is_none() {
+            let path = if whole {
+                shared.store.path(&md5)
+            } else {
+                shared.store.partial_path(&md5)
+            };
+            let mut file = tokio::fs::File::open(&path).await.map_err(LinkError::Io)?;
+            if pos > 0 {
+                file.seek(SeekFrom::Start(pos))
+                    .await
+                    .map_err(LinkError::Io)?;
+            }
+            self.file = Some(file);
+        }
+        Ok(self.file.as_mut().expect("just opened"))
+    }
+}
+
+/// Sends body `md5` from `offset` to its end (without finishing the stream).
 async fn send_body(
     shared: &Shared,
     send: &mut SendStream,
-    req: BodyRequest,
+    md5: Md5,
+    offset: u64,
 ) -> Result<(), LinkError> {
-    let path = shared.store.path(&req.md5);
-    let mut file = tokio::fs::File::open(&path).await.map_err(LinkError::Io)?;
-    if req.offset > 0 {
-        file.seek(SeekFrom::Start(req.offset))
-            .await
-            .map_err(LinkError::Io)?;
-    }
+    let mut source = Source::new(shared, md5)?;
     let mut buf = vec![0u8; IO_BUF];
+    let mut pos = offset;
     loop {
-        let n = file.read(&mut buf).await.map_err(LinkError::Io)?;
+        let limit = source.readable(pos).await?;
+        let want = limit.map_or(buf.len(), |l| (l - pos).min(buf.len() as u64) as usize);
+        let file = source.open(shared, md5, pos, limit.is_none()).await?;
+        let n = file.read(&mut buf[..want]).await.map_err(LinkError::Io)?;
         if n == 0 {
-            break;
+            if limit.is_some() {
+                return Err(LinkError::Refused(format!(
+                    "body {md5} ended before its verified length"
+                )));
+            }
+            return Ok(());
         }
+        pos += n as u64;
         if let Some(limit) = &shared.upload {
             limit.acquire(n as u64).await;
         }
@@ -216,6 +312,4 @@ async fn send_body(
             .map_err(|e| LinkError::Io(e.into()))?;
         shared.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
-    send.finish()?;
-    Ok(())
 }

@@ -7,7 +7,8 @@
 //! - [`store`]: verified bodies by MD5.
 //! - [`link`]: QUIC endpoints with mutual TLS and frame I/O; [`limit`]: the upload limit.
 //! - [`upstream`] / [`downstream`]: the two halves of a node (dial the parent and receive;
-//!   accept children and serve). [`node`] runs the halves a node's place calls for.
+//!   accept children and serve); [`flight`]: bodies a relay forwards while receiving them.
+//!   [`node`] runs the halves a node's place calls for.
 //! - [`admin`]: the local socket for `publish` and `status`; [`config`]: the typed config.
 //! - [`demo`]: the embedded, self-contained demonstration (`cascade demo`).
 //! - [`status`]: what nodes report up the tree.
@@ -19,6 +20,7 @@ pub mod apply;
 pub mod config;
 pub mod demo;
 pub mod downstream;
+pub mod flight;
 pub mod limit;
 pub mod link;
 pub mod manifest;

@@ -43,14 +43,105 @@ impl fmt::Debug for Md5 {
     }
 }
 
+/// Bytes per chunk of a large body. A body larger than one chunk carries the MD5 of each
+/// chunk (the last may be short), so a relay can verify and forward it chunk by chunk while
+/// the rest is still arriving.
+pub const CHUNK: u64 = 4 * 1024 * 1024;
+
+/// How many chunk MD5s a body of `size` bytes carries: none when it fits in one chunk.
+pub fn chunk_count(size: u64) -> u64 {
+    if size <= CHUNK {
+        0
+    } else {
+        size.div_ceil(CHUNK)
+    }
+}
+
+/// MD5 of a whole body and, for a body larger than [`CHUNK`], of each chunk, in one pass.
+#[derive(Clone, Default)]
+pub struct BodyHasher {
+    whole: Md5Hasher,
+    chunk: Md5Hasher,
+    /// Bytes hashed into the current chunk.
+    in_chunk: u64,
+    chunks: Vec<Md5>,
+    len: u64,
+    /// Whether to keep the whole-body MD5 (not needed by a relay that verifies chunks).
+    want_whole: bool,
+    want_chunks: bool,
+}
+
+impl BodyHasher {
+    /// A hasher computing the whole MD5 and/or the chunk MD5s.
+    pub fn new(want_whole: bool, want_chunks: bool) -> Self {
+        BodyHasher {
+            want_whole,
+            want_chunks,
+            ..Default::default()
+        }
+    }
+
+    /// Hashes `data`; returns the MD5s of the chunks it completed.
+    pub fn update(&mut self, mut data: &[u8]) -> std::ops::Range<usize> {
+        let first = self.chunks.len();
+        self.len += data.len() as u64;
+        if self.want_whole {
+            self.whole.update(data);
+        }
+        if self.want_chunks {
+            while !data.is_empty() {
+                let room = (CHUNK - self.in_chunk) as usize;
+                let take = room.min(data.len());
+                self.chunk.update(&data[..take]);
+                self.in_chunk += take as u64;
+                data = &data[take..];
+                if self.in_chunk == CHUNK {
+                    self.chunks.push(Md5(self.chunk.finalize_reset().into()));
+                    self.in_chunk = 0;
+                }
+            }
+        }
+        first..self.chunks.len()
+    }
+
+    /// Chunks completed so far.
+    pub fn chunks(&self) -> &[Md5] {
+        &self.chunks
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The whole MD5 (if wanted) and the chunk list as a manifest carries it: empty for a body
+    /// of at most one chunk.
+    pub fn finish(mut self) -> (Md5, Vec<Md5>) {
+        let whole = Md5(self.whole.finalize().into());
+        if !self.want_chunks || self.len <= CHUNK {
+            return (whole, Vec::new());
+        }
+        if self.in_chunk > 0 {
+            self.chunks.push(Md5(self.chunk.finalize().into()));
+        }
+        (whole, self.chunks)
+    }
+}
+
 /// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
     /// `mtime` is seconds since the Unix epoch, kept so that servers agree on Last-Modified.
+    /// `chunks` holds the MD5 of each [`CHUNK`] of a body larger than one chunk (see
+    /// [`chunk_count`]), empty otherwise.
     File {
         size: u64,
         md5: Md5,
         mtime: i64,
+        chunks: Vec<Md5>,
     },
     Dir,
     Symlink {
@@ -78,6 +169,13 @@ impl Entry {
     pub fn parent(&self) -> &str {
         self.path.rsplit_once('/').map_or("", |(p, _)| p)
     }
+    /// The chunk MD5s of a file's body (empty for a small file or a non-file).
+    pub fn chunks(&self) -> &[Md5] {
+        match &self.kind {
+            EntryKind::File { chunks, .. } => chunks,
+            _ => &[],
+        }
+    }
 }
 
 /// Why a set of entries is not a valid manifest.
@@ -95,6 +193,8 @@ pub enum ManifestError {
     BadTarget(String),
     #[error("{0:?} has invalid mode {1:o}")]
     BadMode(String, u32),
+    #[error("{0:?} lists {1} chunk digests; a body of its size has {2}")]
+    BadChunks(String, usize, u64),
 }
 
 /// A validated, ordered list of entries with a digest per entry and for the whole tree.
@@ -143,10 +243,20 @@ impl Manifest {
             if e.mode > 0o7777 {
                 return Err(ManifestError::BadMode(e.path.clone(), e.mode));
             }
-            if let EntryKind::Symlink { target } = &e.kind {
-                if target.is_empty() || target.contains('\0') {
+            match &e.kind {
+                EntryKind::Symlink { target } if target.is_empty() || target.contains('\0') => {
                     return Err(ManifestError::BadTarget(e.path.clone()));
                 }
+                EntryKind::File { size, chunks, .. }
+                    if chunks.len() as u64 != chunk_count(*size) =>
+                {
+                    return Err(ManifestError::BadChunks(
+                        e.path.clone(),
+                        chunks.len(),
+                        chunk_count(*size),
+                    ));
+                }
+                _ => {}
             }
             if i > 0 {
                 match path_order(&entries[i - 1].path, &e.path) {
@@ -254,11 +364,19 @@ fn hash_tree(entries: &[Entry]) -> (Vec<Md5>, Md5) {
         let mut h = Md5Hasher::new();
         h.update(e.mode.to_le_bytes());
         match &e.kind {
-            EntryKind::File { size, md5, mtime } => {
+            EntryKind::File {
+                size,
+                md5,
+                mtime,
+                chunks,
+            } => {
                 h.update(b"f");
                 h.update(size.to_le_bytes());
                 h.update(md5.0);
                 h.update(mtime.to_le_bytes());
+                for c in chunks {
+                    h.update(c.0);
+                }
             }
             EntryKind::Symlink { target } => {
                 h.update(b"l");
@@ -304,6 +422,7 @@ mod tests {
                 size: body.len() as u64,
                 md5: Md5::of(body),
                 mtime: 1_700_000_000,
+                chunks: Vec::new(),
             },
         }
     }
@@ -358,6 +477,50 @@ mod tests {
         assert_ne!(
             Manifest::from_entries(chmod).unwrap().root_digest(),
             a.root_digest()
+        );
+    }
+
+    #[test]
+    fn body_hasher_splits_chunks_at_any_write_size() {
+        let body = crate::demo::noise(2 * CHUNK as usize + 5, 7);
+        for step in [
+            1000,
+            1 << 20,
+            CHUNK as usize,
+            CHUNK as usize + 1,
+            body.len(),
+        ] {
+            let mut h = BodyHasher::new(true, true);
+            for part in body.chunks(step) {
+                h.update(part);
+            }
+            let (whole, chunks) = h.finish();
+            assert_eq!(whole, Md5::of(&body));
+            let expect: Vec<Md5> = body.chunks(CHUNK as usize).map(Md5::of).collect();
+            assert_eq!(chunks, expect, "write size {step}");
+        }
+        // A body of at most one chunk carries no chunk list.
+        for size in [0, 1, CHUNK - 1, CHUNK] {
+            let mut h = BodyHasher::new(true, true);
+            h.update(&vec![1; size as usize]);
+            assert!(h.finish().1.is_empty());
+            assert_eq!(chunk_count(size), 0);
+        }
+        assert_eq!(chunk_count(CHUNK + 1), 2);
+    }
+
+    #[test]
+    fn a_chunk_list_of_the_wrong_length_is_refused() {
+        let mut e = file("big", b"x");
+        e.kind = EntryKind::File {
+            size: CHUNK + 1,
+            md5: Md5::of(b"x"),
+            mtime: 0,
+            chunks: vec![Md5::of(b"x")],
+        };
+        assert_eq!(
+            Manifest::from_entries(vec![e]),
+            Err(ManifestError::BadChunks("big".into(), 1, 2))
         );
     }
 

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::apply::Applier;
 use crate::config::NodeConfig;
+use crate::flight::Flights;
 use crate::link::{self, LinkError};
 use crate::manifest::Manifest;
 use crate::scan::{scan, ScanError, StatCache};
@@ -71,19 +72,19 @@ pub(crate) fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '
     }
 }
 
-/// A release this node holds completely, with its offer frame encoded once for all children.
+/// A release with its offer frame encoded once for all children.
 #[derive(Debug)]
-pub struct Held {
+pub struct Offer {
     pub release: Release,
     pub offer_frame: Vec<u8>,
 }
 
-impl Held {
+impl Offer {
     pub fn new(release: Release) -> Arc<Self> {
         let down = Down::Offer(release);
         let offer_frame = wire::encode(&down);
         let Down::Offer(release) = down;
-        Arc::new(Held {
+        Arc::new(Offer {
             release,
             offer_frame,
         })
@@ -101,8 +102,15 @@ pub struct Shared {
     /// How releases reach `dir` (none on a relay without `dir`).
     pub applier: Option<Applier>,
     pub data: PathBuf,
-    /// The newest release held completely (verified, applied); what children are offered.
-    pub held: watch::Sender<Option<Arc<Held>>>,
+    /// The newest release held completely (verified, applied).
+    pub held: watch::Sender<Option<Arc<Offer>>>,
+    /// The newest release children are offered: the held one, or one this node is still
+    /// fetching, whose bodies it forwards as they arrive (see [`crate::flight`]).
+    pub offered: watch::Sender<Option<Arc<Offer>>>,
+    /// Bodies being received, for children served while they arrive.
+    pub flights: Flights,
+    /// Whether this node serves children (has children or is someone's backup parent).
+    pub serves: bool,
     /// This node's and its subtree's statuses.
     pub board: watch::Sender<Board>,
     /// Body bytes served to children since start.
@@ -130,8 +138,29 @@ impl Shared {
         });
     }
 
-    pub fn held_release(&self) -> Option<Arc<Held>> {
+    pub fn held_release(&self) -> Option<Arc<Offer>> {
         self.held.borrow().clone()
+    }
+
+    /// Offers `release` to children while it is still being fetched (cut-through), unless
+    /// something newer is offered already. Its bodies must be registered in `flights` first.
+    pub fn offer_early(&self, release: &Release) {
+        if self.serves {
+            let offer = Offer::new(release.clone());
+            self.offer(offer);
+        }
+    }
+
+    fn offer(&self, offer: Arc<Offer>) {
+        self.offered.send_if_modified(|o| {
+            let newer = o
+                .as_ref()
+                .is_none_or(|o| o.release.version < offer.release.version);
+            if newer {
+                *o = Some(offer);
+            }
+            newer
+        });
     }
 
     /// Records `release` as held: persisted first, then offered to children. Bodies that
@@ -140,8 +169,9 @@ impl Shared {
     pub fn hold(&self, release: Release) -> Result<(), NodeError> {
         save_release(&release_path(&self.data), &release)?;
         let version = release.version;
-        let previous = self.held.send_replace(Some(Held::new(release)));
-        let held = self.held_release().expect("just set");
+        let held = Offer::new(release);
+        let previous = self.held.send_replace(Some(held.clone()));
+        self.offer(held.clone());
         let keep = held
             .release
             .manifest
@@ -395,7 +425,10 @@ impl RunningNode {
                     releases: cfg.data.join("releases"),
                 }),
             data: cfg.data.clone(),
-            held: watch::Sender::new(release.map(Held::new)),
+            offered: watch::Sender::new(None),
+            held: watch::Sender::new(release.map(Offer::new)),
+            flights: Flights::default(),
+            serves: listen.is_some(),
             board: watch::Sender::new(Board::from([(me.name.clone(), own)])),
             sent_bytes: AtomicU64::new(0),
             upload: cfg.upload_limit.map(crate::limit::Limiter::new),
@@ -413,6 +446,7 @@ impl RunningNode {
         );
 
         recover(&shared, pending).await;
+        shared.offered.send_replace(shared.held_release());
 
         let mut tasks = JoinSet::new();
         tasks.spawn(admin::serve(shared.clone(), admin, lock));

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{Entry, EntryKind, Manifest, ManifestError, Md5};
-use crate::store::{hash_file, Store, StoreError};
+use crate::store::{hash_body, Store, StoreError};
 
 /// Files modified this recently (seconds) are re-hashed on the next scan.
 pub const RACY_WINDOW: i64 = 2;
@@ -55,10 +55,13 @@ impl Stat {
     }
 }
 
-/// Path → (stat, MD5) of the files seen by the last scan.
+/// What a file held when it was hashed: MD5, size and chunk MD5s.
+type Body = (Md5, u64, Vec<Md5>);
+
+/// Path → (stat, body) of the files seen by the last scan.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatCache {
-    files: HashMap<String, (Stat, Md5)>,
+    files: HashMap<String, (Stat, Body)>,
 }
 
 impl StatCache {
@@ -175,11 +178,12 @@ impl Walk<'_> {
             let kind = if ft.is_dir() {
                 EntryKind::Dir
             } else if ft.is_file() {
-                let (md5, size) = self.file(&rel_path, &path, &meta)?;
+                let (md5, size, chunks) = self.file(&rel_path, &path, &meta)?;
                 EntryKind::File {
                     size,
                     md5,
                     mtime: meta.mtime(),
+                    chunks,
                 }
             } else if ft.is_symlink() {
                 let target = fs::read_link(&path).map_err(io(&path))?;
@@ -207,33 +211,30 @@ impl Walk<'_> {
 
     /// MD5 and size of one file: from the cache when its stat is unchanged and the body is
     /// held, else read once (into the store when scanning for a publish).
-    fn file(
-        &mut self,
-        rel: &str,
-        path: &Path,
-        meta: &fs::Metadata,
-    ) -> Result<(Md5, u64), ScanError> {
+    fn file(&mut self, rel: &str, path: &Path, meta: &fs::Metadata) -> Result<Body, ScanError> {
         let stat = Stat::of(meta);
         let Some(store) = self.store else {
-            return hash_file(path).map_err(ScanError::Store);
+            return hash_body(path, true).map_err(ScanError::Store);
         };
-        if let Some((old, md5)) = self.old.files.get(rel) {
-            if *old == stat && store.has(md5) {
+        if let Some((old, body)) = self.old.files.get(rel) {
+            if *old == stat && store.has(&body.0) {
                 self.stats.cached += 1;
-                self.new.files.insert(rel.to_owned(), (stat, *md5));
-                return Ok((*md5, stat.size));
+                self.new.files.insert(rel.to_owned(), (stat, body.clone()));
+                return Ok(body.clone());
             }
         }
-        let (md5, size) = store.ingest(path).map_err(ScanError::Store)?;
+        let (md5, size, chunks) = store.ingest(path).map_err(ScanError::Store)?;
         self.stats.hashed += 1;
         self.stats.hashed_bytes += size;
         // The file may have changed while it was read: cache only what matches the stat
         // taken before reading, and nothing modified too recently to tell.
         let after = fs::symlink_metadata(path).map(|m| Stat::of(&m)).ok();
         if after == Some(stat) && size == stat.size && self.now - stat.mtime.0 > RACY_WINDOW {
-            self.new.files.insert(rel.to_owned(), (stat, md5));
+            self.new
+                .files
+                .insert(rel.to_owned(), (stat, (md5, size, chunks.clone())));
         }
-        Ok((md5, size))
+        Ok((md5, size, chunks))
     }
 }
 

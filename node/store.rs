@@ -11,9 +11,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use md5::{Digest, Md5 as Md5Hasher};
-
-use crate::manifest::Md5;
+use crate::manifest::{BodyHasher, Md5, CHUNK};
 
 /// Suffix of a partially received body in `tmp/`.
 const PARTIAL: &str = ".partial";
@@ -32,6 +30,40 @@ pub enum StoreError {
         got: Md5,
         got_size: u64,
     },
+    #[error("body {md5}: chunk {index} failed verification")]
+    ChunkMismatch { md5: Md5, index: usize },
+}
+
+/// What a body being received must be, and how to check it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub md5: Md5,
+    pub size: u64,
+    /// The manifest's chunk MD5s (empty for a body of at most one chunk). Each chunk is
+    /// checked as it completes, so the verified prefix can be forwarded before the rest comes.
+    pub chunks: Vec<Md5>,
+    /// Also check the MD5 of the whole body. A body without chunks is always checked whole;
+    /// a relay that only stores and forwards may rely on its chunks alone.
+    pub whole: bool,
+}
+
+impl Expected {
+    /// A body checked by its whole MD5 only.
+    pub fn whole(md5: Md5, size: u64) -> Self {
+        Expected {
+            md5,
+            size,
+            chunks: Vec::new(),
+            whole: true,
+        }
+    }
+
+    fn hasher(&self) -> BodyHasher {
+        BodyHasher::new(
+            self.whole || self.chunks.is_empty(),
+            !self.chunks.is_empty(),
+        )
+    }
 }
 
 pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -172,61 +204,79 @@ impl Store {
             .tmp
             .join(format!("{}.{}.{n}", md5.hex(), std::process::id()));
         let file = File::create(&tmp).map_err(io_at(&tmp))?;
-        Ok(self.body_writer(md5, size, tmp, file, (Md5Hasher::new(), 0), false))
+        Ok(self.body_writer(Expected::whole(md5, size), tmp, file, false))
     }
 
     fn body_writer(
         &self,
-        md5: Md5,
-        size: u64,
+        expected: Expected,
         tmp: PathBuf,
         file: File,
-        (hasher, written): (Md5Hasher, u64),
         keep_partial: bool,
     ) -> BodyWriter {
         BodyWriter {
-            dest: self.path(&md5),
+            dest: self.path(&expected.md5),
             file,
             tmp,
-            md5,
-            size,
-            written,
-            hasher,
+            hasher: expected.hasher(),
+            at_verified: expected.hasher(),
+            expected,
+            written: 0,
+            verified: 0,
             keep_partial,
         }
+    }
+
+    /// Where a partially received body is kept (see [`Store::resume_writer`]). While it is
+    /// being received, its verified prefix may be read from here and forwarded.
+    pub fn partial_path(&self, md5: &Md5) -> PathBuf {
+        self.tmp.join(format!("{}{PARTIAL}", md5.hex()))
     }
 
     /// Starts or resumes receiving a body from the network. Bytes kept from an interrupted
     /// transfer are read back to rebuild the MD5 state; [`BodyWriter::written`] is where to
     /// ask the parent to continue. If the writer is dropped unfinished, what it has is kept for
     /// the next attempt; a body that fails verification is discarded whole.
-    pub fn resume_writer(&self, md5: Md5, size: u64) -> Result<BodyWriter, StoreError> {
-        let tmp = self.tmp.join(format!("{}{PARTIAL}", md5.hex()));
+    /// A chunk that fails its check is cut off, with everything after it.
+    pub fn resume_writer(&self, expected: Expected) -> Result<BodyWriter, StoreError> {
+        let tmp = self.partial_path(&expected.md5);
         let mut file = fs::OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(&tmp)
             .map_err(io_at(&tmp))?;
-        let (mut hasher, mut written) = hash_reader(&mut file, &tmp)?;
-        if written > size {
-            file.set_len(0).map_err(io_at(&tmp))?;
-            hasher = Md5Hasher::new();
-            written = 0;
+        let mut kept = Vec::new();
+        file.read_to_end(&mut kept).map_err(io_at(&tmp))?;
+        let mut w = self.body_writer(expected, tmp, file, true);
+        if kept.len() as u64 > w.expected.size || w.absorb(&kept, false).is_err() {
+            // Too long, or a bad chunk: keep the verified prefix only.
+            let keep = if kept.len() as u64 > w.expected.size {
+                0
+            } else {
+                w.verified
+            };
+            w.file.set_len(keep).map_err(io_at(&w.tmp))?;
+            w.rewind_to_verified();
+            if keep == 0 {
+                w.hasher = w.expected.hasher();
+                w.at_verified = w.expected.hasher();
+                w.written = 0;
+                w.verified = 0;
+            }
         }
-        Ok(self.body_writer(md5, size, tmp, file, (hasher, written), true))
+        Ok(w)
     }
 
     /// Reads a local file once, hashing it while copying it to a temporary file, and keeps the
     /// copy under its MD5 unless the store already holds that body (the origin's publish).
     /// What is stored is what was hashed, even if the file changes meanwhile.
-    pub fn ingest(&self, src: &Path) -> Result<(Md5, u64), StoreError> {
+    pub fn ingest(&self, src: &Path) -> Result<(Md5, u64, Vec<Md5>), StoreError> {
         let mut input = File::open(src).map_err(io_at(src))?;
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let tmp = TmpFile(self.tmp.join(format!("ingest.{}.{n}", std::process::id())));
         let mut out = File::create(&tmp.0).map_err(io_at(&tmp.0))?;
-        let mut h = Md5Hasher::new();
-        let mut size = 0u64;
+        let mut h = BodyHasher::new(true, true);
         let mut buf = vec![0u8; IO_BUF];
         loop {
             let n = input.read(&mut buf).map_err(io_at(src))?;
@@ -235,16 +285,16 @@ impl Store {
             }
             h.update(&buf[..n]);
             out.write_all(&buf[..n]).map_err(io_at(&tmp.0))?;
-            size += n as u64;
         }
-        let md5 = Md5(h.finalize().into());
+        let size = h.len();
+        let (md5, chunks) = h.finish();
         if !self.has(&md5) {
             let dest = self.path(&md5);
             let parent = dest.parent().expect("object paths have a fan-out parent");
             fs::create_dir_all(parent).map_err(io_at(parent))?;
             fs::rename(&tmp.0, &dest).map_err(io_at(&dest))?;
         }
-        Ok((md5, size))
+        Ok((md5, size, chunks))
     }
 }
 
@@ -288,39 +338,91 @@ impl Store {
     }
 }
 
-/// A body being received: written to a temporary file and hashed as it goes.
+/// A body being received: written to a temporary file and hashed as it goes. With a chunk
+/// list, each chunk is checked as soon as it is complete: [`BodyWriter::verified`] is the
+/// prefix known good, which a relay may forward before the body is finished.
 pub struct BodyWriter {
     /// Where the verified body goes.
     dest: PathBuf,
     file: File,
     tmp: PathBuf,
-    md5: Md5,
-    size: u64,
+    expected: Expected,
     written: u64,
-    hasher: Md5Hasher,
+    hasher: BodyHasher,
+    /// Bytes known good: whole checked chunks.
+    verified: u64,
+    /// The hasher's state at `verified`, to go back to when a chunk fails.
+    at_verified: BodyHasher,
     /// Keep the bytes if dropped unfinished (a network transfer to resume later).
     keep_partial: bool,
 }
 
 impl BodyWriter {
+    /// Writes and hashes `data`. A chunk that fails its check is cut off (the writer is back
+    /// at [`BodyWriter::verified`]) and reported as [`StoreError::ChunkMismatch`].
     pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        self.hasher.update(data);
-        self.written += data.len() as u64;
-        self.file.write_all(data).map_err(io_at(&self.tmp))
+        self.absorb(data, true)
+    }
+
+    /// Hashes `data` (appending it to the file if `append`), checking each chunk it completes.
+    fn absorb(&mut self, mut data: &[u8], append: bool) -> Result<(), StoreError> {
+        let checks_chunks = !self.expected.chunks.is_empty();
+        while !data.is_empty() {
+            // Split at chunk boundaries so the state at each boundary can be kept.
+            let take = if checks_chunks {
+                ((CHUNK - self.written % CHUNK) as usize).min(data.len())
+            } else {
+                data.len()
+            };
+            let (piece, rest) = data.split_at(take);
+            if append {
+                self.file.write_all(piece).map_err(io_at(&self.tmp))?;
+            }
+            self.written += take as u64;
+            let done = self.hasher.update(piece);
+            for index in done {
+                if self.expected.chunks.get(index) != Some(&self.hasher.chunks()[index]) {
+                    self.file.set_len(self.verified).map_err(io_at(&self.tmp))?;
+                    self.rewind_to_verified();
+                    return Err(StoreError::ChunkMismatch {
+                        md5: self.expected.md5,
+                        index,
+                    });
+                }
+                self.verified = self.written;
+                self.at_verified = self.hasher.clone();
+            }
+            data = rest;
+        }
+        Ok(())
+    }
+
+    fn rewind_to_verified(&mut self) {
+        self.hasher = self.at_verified.clone();
+        self.written = self.verified;
     }
 
     pub fn written(&self) -> u64 {
         self.written
     }
 
-    /// Checks size and MD5, then moves the body under its name. A mismatch deletes it.
+    /// Bytes from the start known to match the manifest (whole chunks).
+    pub fn verified(&self) -> u64 {
+        self.verified
+    }
+
+    /// Checks size, chunks and (if asked) the whole MD5, then moves the body under its name.
+    /// A mismatch deletes it.
     pub fn finish(self) -> Result<(), StoreError> {
-        let got = Md5(self.hasher.clone().finalize().into());
-        if got != self.md5 || self.written != self.size {
+        let size_ok = self.written == self.expected.size;
+        let (got, chunks) = self.hasher.clone().finish();
+        let whole_ok =
+            !(self.expected.whole || self.expected.chunks.is_empty()) || got == self.expected.md5;
+        if !size_ok || !whole_ok || chunks != self.expected.chunks {
             let _ = fs::remove_file(&self.tmp);
             return Err(StoreError::Mismatch {
-                expected: self.md5,
-                size: self.size,
+                expected: self.expected.md5,
+                size: self.expected.size,
                 got,
                 got_size: self.written,
             });
@@ -345,29 +447,84 @@ impl Drop for BodyWriter {
 
 /// MD5 and size of a file, read in large blocks.
 pub fn hash_file(path: &Path) -> Result<(Md5, u64), StoreError> {
-    let mut f = File::open(path).map_err(io_at(path))?;
-    let (h, size) = hash_reader(&mut f, path)?;
-    Ok((Md5(h.finalize().into()), size))
+    hash_body(path, false).map(|(md5, size, _)| (md5, size))
 }
 
-/// Hashes everything `r` yields (`path` names it in errors); returns the state and length.
-fn hash_reader(r: &mut impl Read, path: &Path) -> Result<(Md5Hasher, u64), StoreError> {
-    let mut h = Md5Hasher::new();
+/// MD5, size and (if `chunks`) chunk MD5s of a file, in one read.
+pub fn hash_body(path: &Path, chunks: bool) -> Result<(Md5, u64, Vec<Md5>), StoreError> {
+    let mut f = File::open(path).map_err(io_at(path))?;
+    let mut h = BodyHasher::new(true, chunks);
     let mut buf = vec![0u8; IO_BUF];
-    let mut size = 0u64;
     loop {
-        let n = r.read(&mut buf).map_err(io_at(path))?;
+        let n = f.read(&mut buf).map_err(io_at(path))?;
         if n == 0 {
-            return Ok((h, size));
+            let size = h.len();
+            let (md5, chunks) = h.finish();
+            return Ok((md5, size, chunks));
         }
         h.update(&buf[..n]);
-        size += n as u64;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body of two chunks and a bit, checked chunk by chunk.
+    fn chunked(whole: bool) -> (Vec<u8>, Expected) {
+        let body = crate::demo::noise(2 * CHUNK as usize + 5, 3);
+        let h = {
+            let mut h = BodyHasher::new(true, true);
+            h.update(&body);
+            h.finish()
+        };
+        let expected = Expected {
+            md5: h.0,
+            size: body.len() as u64,
+            chunks: h.1,
+            whole,
+        };
+        (body, expected)
+    }
+
+    #[test]
+    fn chunks_are_verified_as_they_complete_and_a_bad_one_is_cut_off() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        for whole in [false, true] {
+            let (body, exp) = chunked(whole);
+            let mut w = s.resume_writer(exp.clone()).unwrap();
+            w.write(&body[..CHUNK as usize - 1]).unwrap();
+            assert_eq!(w.verified(), 0);
+            w.write(&body[CHUNK as usize - 1..CHUNK as usize + 10])
+                .unwrap();
+            assert_eq!(w.verified(), CHUNK);
+            // A flipped byte in the second chunk: refused, cut back to the first chunk.
+            let mut bad = body[CHUNK as usize + 10..2 * CHUNK as usize].to_vec();
+            bad[7] ^= 1;
+            let e = w.write(&bad).unwrap_err();
+            assert!(
+                matches!(e, StoreError::ChunkMismatch { index: 1, .. }),
+                "{e}"
+            );
+            assert_eq!((w.written(), w.verified()), (CHUNK, CHUNK));
+            assert_eq!(fs::metadata(s.partial_path(&exp.md5)).unwrap().len(), CHUNK);
+            // The partial file on disk resumes from the verified prefix.
+            drop(w);
+            let mut w = s.resume_writer(exp.clone()).unwrap();
+            assert_eq!(w.verified(), CHUNK);
+            w.write(&body[CHUNK as usize..]).unwrap();
+            assert_eq!(w.verified(), 2 * CHUNK);
+            w.finish().unwrap();
+            assert_eq!(fs::read(s.path(&exp.md5)).unwrap(), body);
+            fs::remove_file(s.path(&exp.md5)).unwrap();
+        }
+        // A damaged partial file is cut back to its last good chunk when resumed.
+        let (mut body, exp) = chunked(false);
+        body[CHUNK as usize + 3] ^= 1;
+        fs::write(s.partial_path(&exp.md5), &body[..2 * CHUNK as usize]).unwrap();
+        assert_eq!(s.resume_writer(exp).unwrap().written(), CHUNK);
+    }
 
     #[test]
     fn verified_bodies_only() {
@@ -388,8 +545,8 @@ mod tests {
         // Ingesting a local file stores it under its MD5 once.
         let src = d.path().join("src.txt");
         fs::write(&src, b"hello").unwrap();
-        assert_eq!(s.ingest(&src).unwrap(), (md5, 5));
-        assert_eq!(s.ingest(&src).unwrap(), (md5, 5));
+        assert_eq!(s.ingest(&src).unwrap(), (md5, 5, vec![]));
+        assert_eq!(s.ingest(&src).unwrap(), (md5, 5, vec![]));
         // Garbage collection keeps what is asked for (and the empty body).
         let other = Md5::of(b"other");
         let mut w = s.writer(other, 5).unwrap();
@@ -399,23 +556,32 @@ mod tests {
         assert!(s.has(&md5) && !s.has(&other) && s.has(&Md5::of(b"")));
         // A resumable writer keeps its bytes when dropped and picks up where it stopped.
         let big = Md5::of(b"0123456789");
-        let mut w = s.resume_writer(big, 10).unwrap();
+        let mut w = s.resume_writer(Expected::whole(big, 10)).unwrap();
         w.write(b"01234").unwrap();
         drop(w);
         let s = Store::open(d.path()).unwrap();
-        let mut w = s.resume_writer(big, 10).unwrap();
+        let mut w = s.resume_writer(Expected::whole(big, 10)).unwrap();
         assert_eq!(w.written(), 5);
         w.write(b"56789").unwrap();
         w.finish().unwrap();
         assert!(s.has(&big));
         // A resumed body that turns out wrong is discarded whole.
-        let mut w = s.resume_writer(Md5::of(b"abc"), 3).unwrap();
+        let mut w = s
+            .resume_writer(Expected::whole(Md5::of(b"abc"), 3))
+            .unwrap();
         w.write(b"ab").unwrap();
         drop(w);
-        let mut w = s.resume_writer(Md5::of(b"abc"), 3).unwrap();
+        let mut w = s
+            .resume_writer(Expected::whole(Md5::of(b"abc"), 3))
+            .unwrap();
         w.write(b"X").unwrap();
         assert!(w.finish().is_err());
-        assert_eq!(s.resume_writer(Md5::of(b"abc"), 3).unwrap().written(), 0);
+        assert_eq!(
+            s.resume_writer(Expected::whole(Md5::of(b"abc"), 3))
+                .unwrap()
+                .written(),
+            0
+        );
         // A crash inside a batch: bodies written since it began are checked on reopening.
         s.begin_batch().unwrap();
         let torn = Md5::of(b"torn body");

@@ -15,19 +15,26 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::flight::FlightHandle;
 use crate::link::{self, LinkError};
 use crate::manifest::{Manifest, Md5};
 use crate::node::{NodeError, Shared};
 use crate::status::NodeState;
-use crate::store::StoreError;
+use crate::store::{Expected, StoreError};
 use crate::wire::{BodyRequest, ErrorCode, RawDown, Release, Up};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How often the parent is probed while attached to a backup.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
-/// Bodies fetched at once over parallel streams.
+/// Requests (a large body, or a batch of small ones) in flight at once on parallel streams.
 const PARALLEL_BODIES: usize = 16;
+/// Bodies at most this large are fetched in batches on shared streams.
+const SMALL: u64 = 256 * 1024;
+/// Most bodies in one batch (at most [`crate::wire::MAX_BATCH`]).
+const BATCH_FILES: usize = 1024;
+/// Most bytes in one batch.
+const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// Attempts per body before the release is reported as failed (and retried later).
 const BODY_ATTEMPTS: u32 = 3;
 /// Bytes handed to a body's writer thread at a time (hashing per datagram would be slow).
@@ -266,6 +273,8 @@ async fn follow_offers(
 }
 
 /// Fetches every body of `release` the store lacks, verifies each, applies, and holds it.
+/// A node with children offers the release to them as soon as its bodies are registered in
+/// flight, and serves each body's verified prefix while the rest arrives.
 async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Result<(), SyncError> {
     let started = Instant::now();
     let version = release.version;
@@ -273,14 +282,22 @@ async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Res
     let empty = Manifest::empty();
     let old_manifest = old.as_ref().map_or(&empty, |h| &h.release.manifest);
     let mut seen = HashSet::new();
-    let wanted: Vec<(Md5, u64)> = release
+    let wanted: Vec<Expected> = release
         .manifest
         .changed_files(old_manifest)
         .into_iter()
         .filter(|(_, _, md5)| seen.insert(*md5) && !shared.store.has(md5))
-        .map(|(_, size, md5)| (md5, size))
+        .map(|(entry, size, md5)| {
+            expected(
+                md5,
+                size,
+                entry.chunks(),
+                shared.serves,
+                shared.dir.is_some(),
+            )
+        })
         .collect();
-    let total: u64 = wanted.iter().map(|(_, s)| s).sum();
+    let total: u64 = wanted.iter().map(|e| e.size).sum();
     let files = wanted.len() as u64;
     info!(files, bytes = total, "fetching");
     let done = Arc::new(AtomicU64::new(0));
@@ -293,16 +310,42 @@ async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Res
     });
 
     shared.store.begin_batch()?;
-    let mut queue = wanted.into_iter();
+    let sizes: Vec<u64> = wanted.iter().map(|e| e.size).collect();
+    let mut wanted: Vec<Option<Expected>> = wanted.into_iter().map(Some).collect();
+    let mut jobs = Vec::new();
+    for group in plan(&sizes) {
+        let bodies: Vec<_> = group
+            .into_iter()
+            .map(|i| {
+                let e = wanted[i].take().expect("plan uses each body once");
+                let flight = shared.flights.start(e.md5);
+                (e, flight)
+            })
+            .collect();
+        jobs.push(bodies);
+    }
+    // Every body is registered: children may now ask for any of them.
+    shared.offer_early(release);
+    let mut queue = jobs.into_iter();
     let mut running = JoinSet::new();
     let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
     loop {
         while running.len() < PARALLEL_BODIES {
-            let Some((md5, size)) = queue.next() else {
+            let Some(mut bodies) = queue.next() else {
                 break;
             };
             let (shared, conn, done) = (shared.clone(), conn.clone(), done.clone());
-            running.spawn(async move { fetch_verified(&shared, &conn, md5, size, &done).await });
+            running.spawn(async move {
+                if bodies.len() == 1 && bodies[0].0.size > SMALL {
+                    let (exp, flight) = bodies.pop().expect("one body");
+                    fetch_verified(&shared, &conn, exp, &flight, &done).await?;
+                    flight.done();
+                } else {
+                    fetch_many(&shared, &conn, &bodies, &done).await?;
+                    bodies.into_iter().for_each(|(_, f)| f.done());
+                }
+                Ok::<(), SyncError>(())
+            });
         }
         if running.is_empty() {
             break;
@@ -323,7 +366,7 @@ async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Res
         });
     }
 
-    // Every body is on disk before anything is applied or offered to children.
+    // Every body is on disk before anything is applied.
     let me = shared.clone();
     tokio::task::spawn_blocking(move || me.store.commit_batch())
         .await
@@ -345,22 +388,59 @@ async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Res
     Ok(())
 }
 
-/// Fetches one body, retrying when its MD5 does not match; never stores a bad body.
+/// How a body must be checked on this node. A node with children checks each chunk as it
+/// arrives so it can forward it at once; a node that applies bodies to a directory checks
+/// the whole MD5 too (a relay without a directory relies on the chunks, which cover every
+/// byte); a body without chunks is always checked whole.
+fn expected(md5: Md5, size: u64, chunks: &[Md5], serves: bool, applies: bool) -> Expected {
+    let chunks = if serves { chunks.to_vec() } else { Vec::new() };
+    Expected {
+        md5,
+        size,
+        whole: applies || chunks.is_empty(),
+        chunks,
+    }
+}
+
+/// Groups the bodies to fetch (by index, in order): each body above [`SMALL`] alone, smaller
+/// ones together on one stream, up to [`BATCH_FILES`] bodies or [`BATCH_BYTES`] bytes.
+fn plan(sizes: &[u64]) -> Vec<Vec<usize>> {
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
+    for (i, &size) in sizes.iter().enumerate() {
+        if size > SMALL {
+            out.push(vec![i]);
+            continue;
+        }
+        if batch.len() == BATCH_FILES || batch_bytes + size > BATCH_BYTES {
+            out.push(std::mem::take(&mut batch));
+            batch_bytes = 0;
+        }
+        batch.push(i);
+        batch_bytes += size;
+    }
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    out
+}
+
+/// Fetches one body, retrying when a chunk or the whole does not match; never stores a bad
+/// body. A retry resumes after the last good chunk.
 async fn fetch_verified(
     shared: &Arc<Shared>,
     conn: &Connection,
-    md5: Md5,
-    size: u64,
+    exp: Expected,
+    flight: &FlightHandle,
     done: &AtomicU64,
 ) -> Result<(), SyncError> {
     let mut attempt = 1;
     loop {
-        match fetch_body(shared, conn, md5, size, done).await {
+        match fetch_body(shared, conn, exp.clone(), flight, done).await {
             Ok(()) => return Ok(()),
-            Err(
-                e @ (SyncError::Store(StoreError::Mismatch { .. }) | SyncError::TooLong { .. }),
-            ) => {
-                warn!(%md5, attempt, "discarded corrupt body: {e}");
+            Err(e) if e.is_corrupt() => {
+                warn!(md5 = %exp.md5, attempt, "discarded corrupt body: {e}");
                 if attempt >= BODY_ATTEMPTS {
                     return Err(e);
                 }
@@ -371,14 +451,21 @@ async fn fetch_verified(
     }
 }
 
-/// Opens a body stream and asks for `md5` from `offset` on.
-async fn request_body(
-    conn: &Connection,
-    md5: Md5,
-    offset: u64,
-) -> Result<quinn::RecvStream, SyncError> {
+impl SyncError {
+    /// The parent sent bytes that do not match the manifest (worth asking again).
+    fn is_corrupt(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Store(StoreError::Mismatch { .. } | StoreError::ChunkMismatch { .. })
+                | SyncError::TooLong { .. }
+        )
+    }
+}
+
+/// Opens a body stream and sends `req`.
+async fn request(conn: &Connection, req: &BodyRequest) -> Result<quinn::RecvStream, SyncError> {
     let (mut send, recv) = conn.open_bi().await.map_err(LinkError::from)?;
-    link::send(&mut send, &BodyRequest { md5, offset }).await?;
+    link::send(&mut send, req).await?;
     send.finish().map_err(LinkError::from)?;
     Ok(recv)
 }
@@ -392,31 +479,93 @@ fn read_failed(md5: Md5, e: quinn::ReadError) -> SyncError {
     }
 }
 
+/// Receives whole bodies of `expected` size, back to back on one stream, and reads them to
+/// the end (`size` is the sum; one more byte is an error).
+async fn read_whole(
+    recv: &mut quinn::RecvStream,
+    first: Md5,
+    size: u64,
+) -> Result<Vec<u8>, SyncError> {
+    match recv.read_to_end(size as usize).await {
+        Ok(b) => Ok(b),
+        Err(quinn::ReadToEndError::TooLong) => Err(SyncError::TooLong {
+            md5: first,
+            size,
+            got: size + 1,
+        }),
+        Err(quinn::ReadToEndError::Read(e)) => Err(read_failed(first, e)),
+    }
+}
+
+/// Fetches many small bodies on one stream and stores them in one blocking job (one job
+/// and one round trip for up to [`BATCH_FILES`] files). A batch with a corrupt body is asked
+/// again for the bodies not yet stored.
+async fn fetch_many(
+    shared: &Arc<Shared>,
+    conn: &Connection,
+    bodies: &[(Expected, FlightHandle)],
+    done: &AtomicU64,
+) -> Result<(), SyncError> {
+    let mut attempt = 1;
+    loop {
+        let missing: Vec<(Md5, u64)> = bodies
+            .iter()
+            .map(|(e, _)| (e.md5, e.size))
+            .filter(|(md5, _)| !shared.store.has(md5))
+            .collect();
+        let Some(&(first, _)) = missing.first() else {
+            return Ok(());
+        };
+        let total = missing.iter().map(|(_, s)| s).sum();
+        let req = BodyRequest::Many(missing.iter().map(|(m, _)| *m).collect());
+        let mut recv = request(conn, &req).await?;
+        let data = read_whole(&mut recv, first, total).await?;
+        done.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let me = shared.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut at = 0usize;
+            for (md5, size) in missing {
+                let body = data.get(at..at + size as usize).unwrap_or(&data[at..]);
+                at += body.len();
+                let mut w = me.store.writer(md5, size)?;
+                w.write(body)?;
+                w.finish()?;
+            }
+            Ok::<(), SyncError>(())
+        })
+        .await
+        .expect("storing bodies does not panic");
+        match stored {
+            Err(e) if e.is_corrupt() && attempt < BODY_ATTEMPTS => {
+                warn!(attempt, "discarded corrupt body: {e}");
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Receives a body of at most one batch whole, then checks and stores it in one blocking job
-/// (most files of a web site: one job per file instead of three, nothing to resume).
+/// (nothing to resume).
 async fn fetch_small(
     shared: &Arc<Shared>,
     conn: &Connection,
-    md5: Md5,
-    size: u64,
+    exp: Expected,
     done: &AtomicU64,
 ) -> Result<(), SyncError> {
-    let mut recv = request_body(conn, md5, 0).await?;
-    let body = match recv.read_to_end(size as usize).await {
-        Ok(b) => b,
-        Err(quinn::ReadToEndError::TooLong) => {
-            return Err(SyncError::TooLong {
-                md5,
-                size,
-                got: size + 1,
-            })
-        }
-        Err(quinn::ReadToEndError::Read(e)) => return Err(read_failed(md5, e)),
-    };
+    let mut recv = request(
+        conn,
+        &BodyRequest::One {
+            md5: exp.md5,
+            offset: 0,
+        },
+    )
+    .await?;
+    let body = read_whole(&mut recv, exp.md5, exp.size).await?;
     done.fetch_add(body.len() as u64, Ordering::Relaxed);
     let me = shared.clone();
     tokio::task::spawn_blocking(move || {
-        let mut w = me.store.writer(md5, size)?;
+        let mut w = me.store.writer(exp.md5, exp.size)?;
         w.write(&body)?;
         w.finish()
     })
@@ -427,37 +576,39 @@ async fn fetch_small(
 
 /// Receives one body. The network task only moves bytes, in batches of up to [`BATCH`];
 /// each batch is hashed and written by a short blocking job while the next batch arrives
-/// (no thread waits on the network). Dropped midway (link lost, node stopping), the writer
-/// keeps what it has for a later resume.
+/// (no thread waits on the network), and the verified length is published to children
+/// being served from this body. Dropped midway (link lost, node stopping), the writer keeps
+/// what it has for a later resume.
 async fn fetch_body(
     shared: &Arc<Shared>,
     conn: &Connection,
-    md5: Md5,
-    size: u64,
+    exp: Expected,
+    flight: &FlightHandle,
     done: &AtomicU64,
 ) -> Result<(), SyncError> {
+    let (md5, size) = (exp.md5, exp.size);
     if size <= BATCH as u64 {
-        return fetch_small(shared, conn, md5, size, done).await;
+        return fetch_small(shared, conn, exp, done).await;
     }
     let me = shared.clone();
-    let mut writer = tokio::task::spawn_blocking(move || me.store.resume_writer(md5, size))
+    let mut writer = tokio::task::spawn_blocking(move || me.store.resume_writer(exp))
         .await
         .expect("opening a body does not panic")?;
+    flight.progress(writer.verified());
     let offset = writer.written();
     if offset > 0 && offset < size {
         debug!(%md5, offset, size, "resuming body");
     }
     if offset < size {
-        let batch = (size as usize).clamp(1, BATCH);
-        let mut recv = request_body(conn, md5, offset).await?;
+        let mut recv = request(conn, &BodyRequest::One { md5, offset }).await?;
         let mut received = offset;
-        let mut spare = Vec::with_capacity(batch);
+        let mut spare = Vec::with_capacity(BATCH);
         let mut eof = false;
         while !eof {
             let mut buf = std::mem::take(&mut spare);
-            buf.resize(batch, 0);
+            buf.resize(BATCH, 0);
             let mut filled = 0;
-            while filled < batch {
+            while filled < BATCH {
                 match recv.read(&mut buf[filled..]).await {
                     Ok(Some(n)) => filled += n,
                     Ok(None) => {
@@ -483,10 +634,50 @@ async fn fetch_body(
             let (w, b) = job.await.expect("writing a batch does not panic")?;
             writer = w;
             spare = b;
+            flight.progress(writer.verified());
         }
     }
     tokio::task::spawn_blocking(move || writer.finish())
         .await
         .expect("verifying a body does not panic")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_bodies_are_batched_and_large_ones_go_alone() {
+        let big = SMALL + 1;
+        assert_eq!(
+            plan(&[1, 2, big, 3, SMALL]),
+            vec![vec![2], vec![0, 1, 3, 4]]
+        );
+        assert!(plan(&[]).is_empty());
+        let many = vec![1; BATCH_FILES + 1];
+        assert_eq!(
+            plan(&many).iter().map(Vec::len).collect::<Vec<_>>(),
+            [BATCH_FILES, 1]
+        );
+        let heavy = vec![SMALL; (BATCH_BYTES / SMALL) as usize + 1];
+        assert_eq!(plan(&heavy).len(), 2);
+    }
+
+    #[test]
+    fn relays_check_chunks_and_appliers_check_the_whole_body() {
+        let md5 = Md5::of(b"x");
+        let chunks = [Md5::of(b"a"), Md5::of(b"b")];
+        // A pure relay: chunks only.
+        let e = expected(md5, 9, &chunks, true, false);
+        assert_eq!((e.chunks.len(), e.whole), (2, false));
+        // A relay with a directory: both.
+        let e = expected(md5, 9, &chunks, true, true);
+        assert_eq!((e.chunks.len(), e.whole), (2, true));
+        // A leaf: the whole body.
+        let e = expected(md5, 9, &chunks, false, true);
+        assert_eq!((e.chunks.len(), e.whole), (0, true));
+        // No chunks: always whole.
+        assert!(expected(md5, 9, &[], true, false).whole);
+    }
 }

@@ -1,7 +1,7 @@
-//! The Cascade wire protocol, version 1. This module is the spec; it has no sockets.
+//! The Cascade wire protocol, version 2. This module is the spec; it has no sockets.
 //!
 //! # Links
-//! A child dials its parent over QUIC with mutual TLS 1.3; the ALPN is [`ALPN`] (`cascade/1`),
+//! A child dials its parent over QUIC with mutual TLS 1.3; the ALPN is [`ALPN`] (`cascade/2`),
 //! so a peer speaking another protocol version fails the handshake instead of misreading bytes.
 //! Both sides present certificates from the deployment CA; the parent accepts only the names of
 //! its own children, the child only its parent's name.
@@ -15,12 +15,21 @@
 //! # Streams
 //! - **Control** (the first bidirectional stream, opened by the child): the child sends
 //!   [`Up::Hello`] first, then [`Up::Status`] whenever the state of its subtree changes. The
-//!   parent sends [`Down::Offer`] with its newest verified release whenever that is newer than
-//!   what the child has, on connect and after every new release.
-//! - **Body** (one bidirectional stream per file body, opened by the child): the child sends one
-//!   [`BodyRequest`] frame and finishes its side; the parent answers with the raw bytes of the
-//!   body from `offset` to its end and finishes, or resets the stream with
-//!   [`ErrorCode::NotFound`]. The child knows the size and MD5 from the manifest and checks both.
+//!   parent sends [`Down::Offer`] with its newest release whenever that is newer than what the
+//!   child has, on connect and after every new release. A relay offers a release as soon as
+//!   it has validated the manifest, while it is still fetching the bodies itself
+//!   (cut-through): it serves each body's verified prefix as it grows.
+//! - **Body** (one bidirectional stream per request, opened by the child): the child sends one
+//!   [`BodyRequest`] frame and finishes its side; the parent answers with the raw bytes asked
+//!   for and finishes, or resets the stream with [`ErrorCode::NotFound`]. For
+//!   [`BodyRequest::One`], that is one body from `offset` to its end; for
+//!   [`BodyRequest::Many`] (small files, at most [`MAX_BATCH`]), the whole bodies back to back
+//!   in the order asked. The child knows sizes and MD5s from the manifest and checks them.
+//!
+//! # Chunks
+//! A body larger than [`crate::manifest::CHUNK`] (4 MiB) carries the MD5 of each chunk in its
+//! manifest entry. A relay checks each chunk as it completes and forwards only checked
+//! chunks; a node that applies the body to its directory also checks the whole MD5.
 //!
 //! A receiver pulls what it lacks, so the same exchange serves a push after a publish and a
 //! catch-up after a reconnect.
@@ -33,8 +42,11 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::{Manifest, Md5};
 use crate::status::NodeStatus;
 
-/// ALPN of protocol version 1.
-pub const ALPN: &[u8] = b"cascade/1";
+/// ALPN of protocol version 2 (version 1 had no chunk MD5s and one body per stream).
+pub const ALPN: &[u8] = b"cascade/2";
+
+/// Most bodies in one [`BodyRequest::Many`].
+pub const MAX_BATCH: usize = 4096;
 
 /// Largest frame accepted (a manifest of about a million entries).
 pub const MAX_FRAME: usize = 128 * 1024 * 1024;
@@ -92,11 +104,12 @@ pub struct Release {
 }
 
 /// The one request on a body stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BodyRequest {
-    pub md5: Md5,
-    /// First byte wanted; lets an interrupted transfer resume.
-    pub offset: u64,
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BodyRequest {
+    /// One body from `offset` (lets an interrupted transfer resume) to its end.
+    One { md5: Md5, offset: u64 },
+    /// Whole bodies, sent back to back in this order: many small files on one stream.
+    Many(Vec<Md5>),
 }
 
 /// Local admin socket: request from `cascade publish` / `cascade status`.
@@ -252,6 +265,17 @@ mod tests {
                     size: 3,
                     md5: Md5::of(b"abc"),
                     mtime: -1,
+                    chunks: vec![],
+                },
+            },
+            Entry {
+                path: "big".into(),
+                mode: 0o644,
+                kind: EntryKind::File {
+                    size: crate::manifest::CHUNK + 1,
+                    md5: Md5([9; 16]),
+                    mtime: 1,
+                    chunks: vec![Md5([1; 16]), Md5([2; 16])],
                 },
             },
             Entry {
@@ -305,10 +329,13 @@ mod tests {
                 Up::Status(vec![status.clone()]),
             ],
             vec![Down::Offer(sample_release())],
-            vec![BodyRequest {
-                md5: Md5::of(b""),
-                offset: 12,
-            }],
+            vec![
+                BodyRequest::One {
+                    md5: Md5::of(b""),
+                    offset: 12,
+                },
+                BodyRequest::Many(vec![Md5([3; 16]), Md5([4; 16])]),
+            ],
             vec![AdminRequest::Publish, AdminRequest::Status],
             vec![
                 AdminResponse::Published(PublishSummary {
@@ -357,19 +384,23 @@ mod tests {
 
     #[test]
     fn golden_bytes() {
-        // Wire compatibility: these bytes must never change within protocol version 1.
+        // Wire compatibility: these bytes must never change within protocol version 2.
         let hello = encode(&Up::Hello {
             name: "ab".into(),
             have: Some(300),
         });
         assert_eq!(hello, vec![0, 0, 0, 8, 0, 2, b'a', b'b', 1, 251, 44, 1]);
-        let req = encode(&BodyRequest {
+        let req = encode(&BodyRequest::One {
             md5: Md5([1; 16]),
             offset: 0,
         });
-        let mut want = vec![0, 0, 0, 17];
+        let mut want = vec![0, 0, 0, 18, 0];
         want.extend([1u8; 16]);
         want.push(0);
+        assert_eq!(req, want);
+        let req = encode(&BodyRequest::Many(vec![Md5([2; 16])]));
+        let mut want = vec![0, 0, 0, 18, 1, 1];
+        want.extend([2u8; 16]);
         assert_eq!(req, want);
         assert_eq!(encode(&AdminRequest::Status), vec![0, 0, 0, 1, 1]);
     }
@@ -489,8 +520,16 @@ mod tests {
 
         fn kind() -> impl Strategy<Value = EntryKind> {
             prop_oneof![
-                (any::<u64>(), md5(), any::<i64>())
-                    .prop_map(|(size, md5, mtime)| EntryKind::File { size, md5, mtime }),
+                (0..3 * crate::manifest::CHUNK, md5(), any::<i64>()).prop_map(
+                    |(size, md5, mtime)| EntryKind::File {
+                        size,
+                        md5,
+                        mtime,
+                        chunks: (0..crate::manifest::chunk_count(size))
+                            .map(|i| Md5([i as u8; 16]))
+                            .collect(),
+                    }
+                ),
                 Just(EntryKind::Dir),
                 name().prop_map(|target| EntryKind::Symlink { target }),
             ]
@@ -525,6 +564,7 @@ mod tests {
                                     size: 1,
                                     md5: Md5([1; 16]),
                                     mtime: 0,
+                                    chunks: vec![],
                                 },
                             });
                         }
@@ -605,7 +645,8 @@ mod tests {
             fn body_and_admin_round_trip(md5 in md5(), offset in any::<u64>(), node in name(), release in any::<Option<u64>>(),
                                          nodes in prop::collection::vec(status(), 0..4), err in name(),
                                          s in any::<(u64, bool, u64, u64)>()) {
-                check(&BodyRequest { md5, offset });
+                check(&BodyRequest::One { md5, offset });
+                check(&BodyRequest::Many(vec![md5; (offset % 50) as usize]));
                 check(&AdminRequest::Publish);
                 check(&AdminRequest::Status);
                 check(&AdminResponse::Status { node, release, nodes });

@@ -89,6 +89,7 @@ fn file(path: &str) -> Entry {
             size: 0,
             md5: Md5::of(b""),
             mtime: 0,
+            chunks: vec![],
         },
     }
 }
