@@ -1,0 +1,271 @@
+//! Real Cascade nodes for the benchmark: one process per node (this executable started again
+//! as `__node CONFIG`), each listening on its own 127.0.0.x address, with a throwaway CA.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use cascade::admin;
+use cascade::wire::{AdminRequest, AdminResponse};
+use cascade::{NodeConfig, RunningNode};
+
+/// Runs one node until killed (the benchmark's child processes).
+pub fn node_main(config: &str) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let run = || -> Result<()> {
+        let cfg = NodeConfig::load(Some(Path::new(config)), [], &Default::default())?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let mut node = RunningNode::start(cfg).await?;
+            let why = node.failed().await;
+            bail!("node stopped: {why}")
+        })
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("node {config}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Node {
+    name: String,
+    config: PathBuf,
+    data: PathBuf,
+    dir: Option<PathBuf>,
+    log: PathBuf,
+    process: Option<Child>,
+}
+
+/// A tree of node processes under `base`.
+pub struct Cluster {
+    nodes: Vec<Node>,
+}
+
+/// Time from asking the origin to publish until each target held the release.
+pub struct Published {
+    pub changed: bool,
+    /// Until the origin had scanned and cut the release (the publish call returned).
+    pub scan: Duration,
+    /// Per target, in the order asked.
+    pub reached: Vec<Duration>,
+}
+
+impl Cluster {
+    /// Writes topology, certificates and configs for `tree` (name, parent) under `base`
+    /// (wiped first). The origin publishes `origin_dir`; leaves get their own `dir`; relays
+    /// have none. Every node's uploads are capped at `upload_limit` if given.
+    pub fn new(
+        base: &Path,
+        tree: &[(String, Option<String>)],
+        origin_dir: &Path,
+        upload_limit: Option<&str>,
+    ) -> Result<Self> {
+        let _ = fs::remove_dir_all(base);
+        fs::create_dir_all(base)?;
+        let mut topo = String::new();
+        for (i, (name, parent)) in tree.iter().enumerate() {
+            writeln!(topo, "[[node]]\nname = \"{name}\"")?;
+            if let Some(p) = parent {
+                writeln!(topo, "parent = \"{p}\"")?;
+            }
+            if tree.iter().any(|(_, p)| p.as_ref() == Some(name)) {
+                writeln!(topo, "listen = \"{}\"", free_addr(i)?)?;
+            }
+            writeln!(topo)?;
+        }
+        let topology = base.join("topology.toml");
+        fs::write(&topology, topo)?;
+        let certs = base.join("certs");
+        cascade_certs::init_ca(&certs, true)?;
+        let names: Vec<String> = tree.iter().map(|(n, _)| n.clone()).collect();
+        cascade_certs::issue(&certs, &names)?;
+        let mut nodes = Vec::new();
+        for (name, parent) in tree {
+            let home = base.join(name);
+            fs::create_dir_all(&home)?;
+            let is_leaf = !tree.iter().any(|(_, p)| p.as_ref() == Some(name));
+            let dir = match parent {
+                None => Some(origin_dir.to_owned()),
+                Some(_) if is_leaf => Some(home.join("dir")),
+                Some(_) => None,
+            };
+            let mut cfg = format!(
+                "name = \"{name}\"\ntopology = \"{}\"\ncerts = \"{}\"\ndata = \"{}\"\nlog = \"warn\"\n",
+                topology.display(),
+                certs.display(),
+                home.join("data").display()
+            );
+            if let Some(d) = &dir {
+                fs::create_dir_all(d)?;
+                writeln!(cfg, "dir = \"{}\"", d.display())?;
+            }
+            if let Some(l) = upload_limit {
+                writeln!(cfg, "upload_limit = \"{l}\"")?;
+            }
+            let config = home.join("node.toml");
+            fs::write(&config, cfg)?;
+            nodes.push(Node {
+                name: name.clone(),
+                config,
+                data: home.join("data"),
+                dir,
+                log: home.join("node.log"),
+                process: None,
+            });
+        }
+        Ok(Cluster { nodes })
+    }
+
+    fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name} in the bench cluster"))
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        self.node(name).dir.clone().expect("node has a dir")
+    }
+
+    /// Starts every node and waits until each is linked to its parent.
+    pub async fn start(&mut self) -> Result<()> {
+        let exe = std::env::current_exe()?;
+        for n in &mut self.nodes {
+            let log = fs::File::create(&n.log)?;
+            n.process = Some(
+                Command::new(&exe)
+                    .arg("__node")
+                    .arg(&n.config)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .context("cannot start a node process")?,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for n in &self.nodes {
+            loop {
+                if let Ok(AdminResponse::Status { node, nodes, .. }) =
+                    admin::request(&n.data, &AdminRequest::Status).await
+                {
+                    if nodes.iter().any(|s| s.name == node && s.connected) {
+                        break;
+                    }
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "node {} did not come up: {}",
+                        n.name,
+                        fs::read_to_string(&n.log).unwrap_or_default()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The version of the release `name` holds.
+    async fn held(&self, name: &str) -> Option<u64> {
+        match admin::request(&self.node(name).data, &AdminRequest::Status).await {
+            Ok(AdminResponse::Status { release, .. }) => release,
+            _ => None,
+        }
+    }
+
+    /// Publishes on the origin and waits until every target holds the release.
+    pub async fn publish(&self, targets: &[&str]) -> Result<Published> {
+        let origin = &self.nodes[0];
+        let started = Instant::now();
+        let summary = match admin::request(&origin.data, &AdminRequest::Publish).await? {
+            AdminResponse::Published(s) => s,
+            other => bail!("unexpected answer to publish: {other:?}"),
+        };
+        let scan = started.elapsed();
+        let mut reached: Vec<Option<Duration>> = vec![None; targets.len()];
+        while reached.iter().any(Option::is_none) {
+            for (i, t) in targets.iter().enumerate() {
+                if reached[i].is_none() && self.held(t).await >= Some(summary.version) {
+                    reached[i] = Some(started.elapsed());
+                }
+            }
+            if started.elapsed() > Duration::from_secs(1800) {
+                bail!("release {} did not reach {targets:?}", summary.version);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(Published {
+            changed: summary.changed,
+            scan,
+            reached: reached.into_iter().map(|r| r.expect("all set")).collect(),
+        })
+    }
+
+    /// Body bytes `name` has sent to its children.
+    pub async fn sent_bytes(&self, name: &str) -> u64 {
+        match admin::request(&self.node(name).data, &AdminRequest::Status).await {
+            Ok(AdminResponse::Status { node, nodes, .. }) => nodes
+                .iter()
+                .find(|s| s.name == node)
+                .map_or(0, |s| s.sent_bytes),
+            _ => 0,
+        }
+    }
+
+    /// Peak resident memory of `name`'s process so far (VmHWM), in bytes.
+    pub fn peak_rss(&self, name: &str) -> u64 {
+        let Some(p) = &self.node(name).process else {
+            return 0;
+        };
+        fs::read_to_string(format!("/proc/{}/status", p.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or(0, |kib| kib * 1024)
+    }
+
+    /// The largest peak RSS among nodes whose name starts with `prefix`.
+    pub fn peak_rss_of(&self, prefix: &str) -> u64 {
+        self.nodes
+            .iter()
+            .filter(|n| n.name.starts_with(prefix))
+            .map(|n| self.peak_rss(&n.name))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut p) = n.process.take() {
+                let _ = p.kill();
+                let _ = p.wait();
+            }
+        }
+    }
+}
+
+/// A free UDP address on 127.0.0.x for the `i`th node.
+fn free_addr(i: usize) -> Result<SocketAddr> {
+    let ip = [127, 0, 0, 2 + (i % 250) as u8];
+    let sock = UdpSocket::bind(SocketAddr::from((ip, 0))).context("cannot bind a UDP port on 127.0.0.x")?;
+    Ok(sock.local_addr()?)
+}

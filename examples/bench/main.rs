@@ -1,0 +1,469 @@
+//! Cascade against rsync and against itself, on real nodes over real QUIC.
+//!
+//! ```text
+//! cargo run --release --example bench -- [--runs N] [--base DIR] [--smoke] [WORKLOAD...]
+//! ```
+//! Workloads (all by default): `big` (one 1 GiB file, one hop, vs rsync), `small` (100,000
+//! files of 4 KiB in 1,000 directories: first sync, nothing changed, one changed, ten deleted,
+//! vs rsync), `fanout` (one file to 1, 4, 16 and 32 leaves with every uplink capped: a 3-level
+//! tree, every leaf under the origin, and an rsync loop), `depth` (1 GiB to a leaf 1, 2 and 3
+//! hops down), `rss` (a relay forwarding 1 GiB to 4 leaves). Each prints a markdown table
+//! with medians of `--runs` runs (3 by default) and the peak RSS of the nodes.
+//!
+//! Nodes are separate processes (this executable started as `__node CONFIG`) on 127.0.0.x.
+//! Everything lives under `--base` (default `/dev/shm/cascade-bench`, a tmpfs, so that a
+//! shared disk does not decide the result; pass a directory on disk to include it). rsync is
+//! installed with apt-get if missing. `--smoke` runs every workload at a tiny size, once
+//! (what CI runs: seconds, no thresholds).
+
+mod cluster;
+mod rsync;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use cascade::demo::noise;
+use cascade::scan::fingerprint;
+
+use cluster::Cluster;
+
+const MIB: u64 = 1024 * 1024;
+
+struct Opts {
+    runs: usize,
+    base: PathBuf,
+    workloads: Vec<String>,
+    big: u64,
+    small_files: usize,
+    small_dirs: usize,
+    fanout_bytes: u64,
+    fanout_leaves: Vec<usize>,
+    /// MiB/s per node in the fan-out workload.
+    cap_mib: u64,
+    rss_bytes: u64,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [mode, config] = args.as_slice() {
+        if mode == "__node" {
+            return cluster::node_main(config);
+        }
+    }
+    match parse(args).and_then(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse(args: Vec<String>) -> Result<Opts> {
+    let shm = Path::new("/dev/shm");
+    let mut o = Opts {
+        runs: 3,
+        base: if shm.is_dir() {
+            shm.join("cascade-bench")
+        } else {
+            std::env::temp_dir().join("cascade-bench")
+        },
+        workloads: Vec::new(),
+        big: 1024 * MIB,
+        small_files: 100_000,
+        small_dirs: 1000,
+        fanout_bytes: 128 * MIB,
+        fanout_leaves: vec![1, 4, 16, 32],
+        cap_mib: 50,
+        rss_bytes: 1024 * MIB,
+    };
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--runs" => o.runs = it.next().context("--runs N")?.parse()?,
+            "--base" => o.base = it.next().context("--base DIR")?.into(),
+            "--fanout-mib" => o.fanout_bytes = it.next().context("--fanout-mib N")?.parse::<u64>()? * MIB,
+            "--cap-mib" => o.cap_mib = it.next().context("--cap-mib N")?.parse()?,
+            "--smoke" => {
+                o.runs = 1;
+                o.big = 12 * MIB;
+                o.small_files = 300;
+                o.small_dirs = 10;
+                o.fanout_bytes = 6 * MIB;
+                o.fanout_leaves = vec![1, 3];
+                o.cap_mib = 20;
+                o.rss_bytes = 12 * MIB;
+                o.base = o.base.with_file_name("cascade-bench-smoke");
+            }
+            "big" | "small" | "fanout" | "depth" | "rss" => o.workloads.push(a),
+            "-h" | "--help" => {
+                println!("usage: bench [--runs N] [--base DIR] [--smoke] [--fanout-mib N] [--cap-mib N] [big|small|fanout|depth|rss]...");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    if o.workloads.is_empty() {
+        o.workloads = ["big", "small", "fanout", "depth", "rss"].map(String::from).to_vec();
+    }
+    Ok(o)
+}
+
+fn run(o: Opts) -> Result<()> {
+    rsync::ensure_installed()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    fs::create_dir_all(&o.base)?;
+    println!(
+        "Cascade benchmark: {} core(s), base {}, {}, {} run(s) per figure (medians)\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        o.base.display(),
+        rsync::version(),
+        o.runs
+    );
+    for w in &o.workloads {
+        let base = o.base.join(w);
+        let _ = fs::remove_dir_all(&base);
+        match w.as_str() {
+            "big" => rt.block_on(big(&o, &base))?,
+            "small" => rt.block_on(small(&o, &base))?,
+            "fanout" => rt.block_on(fanout(&o, &base))?,
+            "depth" => rt.block_on(depth(&o, &base))?,
+            "rss" => rt.block_on(rss(&o, &base))?,
+            _ => unreachable!("checked when parsing"),
+        }
+        let _ = fs::remove_dir_all(&base);
+    }
+    let _ = fs::remove_dir_all(&o.base);
+    Ok(())
+}
+
+/// `(name, parent)` pairs: the origin, then each node under its parent.
+type Tree = Vec<(String, Option<String>)>;
+
+fn chain(hops: usize) -> Tree {
+    let mut t: Tree = vec![("origin".into(), None)];
+    for h in 1..hops {
+        t.push((format!("relay-{h}"), Some(t[h - 1].0.clone())));
+    }
+    t.push(("leaf".into(), Some(t[hops - 1].0.clone())));
+    t
+}
+
+/// Origin → `relays` relays → `leaves` leaves spread evenly (none: leaves under the origin).
+fn tree(relays: usize, leaves: usize) -> Tree {
+    let mut t: Tree = vec![("origin".into(), None)];
+    for r in 0..relays {
+        t.push((format!("relay-{r}"), Some("origin".into())));
+    }
+    for l in 0..leaves {
+        let parent = if relays == 0 {
+            "origin".to_owned()
+        } else {
+            format!("relay-{}", l % relays)
+        };
+        t.push((format!("leaf-{l}"), Some(parent)));
+    }
+    t
+}
+
+fn leaves(t: &Tree) -> Vec<&str> {
+    t.iter()
+        .filter(|(n, _)| !t.iter().any(|(_, p)| p.as_deref() == Some(n)))
+        .map(|(n, _)| n.as_str())
+        .collect()
+}
+
+/// Writes `size` bytes of incompressible data (different for each `seed`).
+fn write_noise(path: &Path, size: u64, seed: u64) -> Result<()> {
+    fs::create_dir_all(path.parent().expect("a file path"))?;
+    let mut f = std::io::BufWriter::new(fs::File::create(path)?);
+    let mut left = size;
+    let mut block = 0;
+    while left > 0 {
+        let n = left.min(16 * MIB);
+        f.write_all(&noise(n as usize, seed * 100_003 + block))?;
+        left -= n;
+        block += 1;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+/// Fails unless `dir` holds exactly what `origin` holds (content, modes, mtimes).
+fn check_same(origin: &Path, dir: &Path) -> Result<()> {
+    let (a, b) = (fingerprint(origin)?, fingerprint(dir)?);
+    if a.root_digest() != b.root_digest() {
+        bail!("{} differs from {}", dir.display(), origin.display());
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+fn mbps(bytes: u64, d: Duration) -> String {
+    format!("{:.0} MB/s", bytes as f64 / 1e6 / d.as_secs_f64())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / MIB as f64)
+}
+
+fn ratio(a: Duration, b: Duration) -> String {
+    format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64())
+}
+
+/// Workload 1: one large file, origin → one leaf, against the rsync daemon.
+async fn big(o: &Opts, base: &Path) -> Result<()> {
+    let src = base.join("src");
+    fs::create_dir_all(&src)?;
+    let t = chain(1);
+    let mut c = Cluster::new(&base.join("cascade"), &t, &src, None)?;
+    c.start().await?;
+    let daemon = rsync::Daemon::start(&base.join("rsyncd"), &src)?;
+    let (mut total, mut transfer, mut plain, mut md5) = (vec![], vec![], vec![], vec![]);
+    for run in 0..o.runs {
+        write_noise(&src.join("big.bin"), o.big, run as u64 + 1)?;
+        let p = c.publish(&["leaf"]).await?;
+        total.push(p.reached[0]);
+        transfer.push(p.reached[0] - p.scan);
+        plain.push(daemon.pull(&rsync::fresh(&base.join("r1"))?, &[])?);
+        md5.push(daemon.pull(&rsync::fresh(&base.join("r2"))?, &["--checksum-choice=md5"])?);
+    }
+    check_same(&src, &c.dir("leaf"))?;
+    check_same(&src, &base.join("r2"))?;
+    let (total, transfer, plain, md5) = (median(total), median(transfer), median(plain), median(md5));
+    println!("## 1. One {} file, origin → one leaf\n", mib(o.big));
+    println!("| | time | throughput | rsync md5 time ÷ this |\n|---|---|---|---|");
+    for (what, d) in [
+        ("Cascade, publish → leaf holds it (scan included)", total),
+        ("Cascade, transfer only (scan done → leaf holds it)", transfer),
+        ("rsync daemon, default (xxh128)", plain),
+        ("rsync daemon, `--checksum-choice=md5`", md5),
+    ] {
+        println!("| {what} | {} | {} | {} |", secs(d), mbps(o.big, d), ratio(md5, d));
+    }
+    println!(
+        "\nPeak RSS: origin {}, leaf {}.\n",
+        mib(c.peak_rss("origin")),
+        mib(c.peak_rss("leaf"))
+    );
+    Ok(())
+}
+
+/// Workload 2: many small files through origin → relay → leaf, against rsync.
+async fn small(o: &Opts, base: &Path) -> Result<()> {
+    let src = base.join("src");
+    let per_dir = o.small_files / o.small_dirs;
+    for d in 0..o.small_dirs {
+        let dir = src.join(format!("d{d:04}"));
+        fs::create_dir_all(&dir)?;
+        for f in 0..per_dir {
+            fs::write(dir.join(format!("f{f:03}.bin")), noise(4096, (d * per_dir + f) as u64))?;
+        }
+    }
+    let t = chain(2);
+    let steps = ["first sync", "nothing changed", "one file changed", "ten files deleted"];
+    let mut times: Vec<[Vec<Duration>; 3]> = steps.iter().map(|_| Default::default()).collect();
+    let mut rss = (0, 0, 0);
+    for run in 0..o.runs {
+        let mut c = Cluster::new(&base.join("cascade"), &t, &src, None)?;
+        c.start().await?;
+        let daemon = rsync::Daemon::start(&base.join("rsyncd"), &src)?;
+        let dest = rsync::fresh(&base.join("rsync-dest"))?;
+        for (i, _) in steps.iter().enumerate() {
+            let delete: &[&str] = match i {
+                2 => {
+                    let f = src.join(format!("d{:04}/f000.bin", (run * 7) % o.small_dirs));
+                    fs::write(&f, noise(4096, 1_000_000 + run as u64))?;
+                    &[]
+                }
+                3 => {
+                    for k in 0..10 {
+                        let d = (run * 10 + k) % o.small_dirs;
+                        let _ = fs::remove_file(src.join(format!("d{d:04}/f{:03}.bin", per_dir - 1)));
+                    }
+                    &["--delete"]
+                }
+                _ => &[],
+            };
+            let p = c.publish(&["relay-1", "leaf"]).await?;
+            if i == 1 && p.changed {
+                bail!("a publish with nothing changed cut a new release");
+            }
+            times[i][0].push(p.reached[0]);
+            times[i][1].push(p.reached[1]);
+            times[i][2].push(daemon.pull(&dest, delete)?);
+        }
+        check_same(&src, &c.dir("leaf"))?;
+        check_same(&src, &dest)?;
+        rss = (c.peak_rss("origin"), c.peak_rss("relay-1"), c.peak_rss("leaf"));
+    }
+    println!(
+        "## 2. {} files of 4 KiB in {} directories, origin → relay → leaf\n",
+        o.small_files, o.small_dirs
+    );
+    println!("| step | Cascade → relay (1 hop) | Cascade → leaf (2 hops) | rsync `-a` | leaf ÷ rsync |\n|---|---|---|---|---|");
+    for (i, step) in steps.iter().enumerate() {
+        let [relay, leaf, rs] = std::mem::take(&mut times[i]).map(median);
+        let rs_name = if i == 3 { " (`--delete`)" } else { "" };
+        println!(
+            "| {step} | {} | {} | {}{rs_name} | {} |",
+            secs(relay),
+            secs(leaf),
+            secs(rs),
+            ratio(leaf, rs)
+        );
+    }
+    println!(
+        "\nPeak RSS: origin {}, relay {}, leaf {}.\n",
+        mib(rss.0),
+        mib(rss.1),
+        mib(rss.2)
+    );
+    Ok(())
+}
+
+/// Workload 3: one file to many leaves with every node's uploads capped.
+async fn fanout(o: &Opts, base: &Path) -> Result<()> {
+    let src = base.join("src");
+    write_noise(&src.join("data.bin"), o.fanout_bytes, 42)?;
+    let cap = format!("{}MiB/s", o.cap_mib);
+    let bwlimit = format!("--bwlimit={}", o.cap_mib * 1024);
+    println!(
+        "## 3. Fan-out: {} to N leaves, every node's uploads capped at {cap}\n",
+        mib(o.fanout_bytes)
+    );
+    println!("One capped hop is the time for one leaf directly under the origin (first row, flat). k is the largest fan-out in the tree; the target is at most 1.3 × k × one hop.\n");
+    println!("| leaves | 3-level tree (k) | tree time | ÷ (k × hop) | origin sent | flat (k = N) | flat ÷ (N × hop) | origin sent | rsync loop | rsync ÷ hop | source sent |\n|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut hop = None;
+    let mut relay_rss = 0;
+    for &n in &o.fanout_leaves {
+        // Flat: every leaf under the origin.
+        let flat = tree(0, n);
+        let (flat_time, flat_sent, _) = fan(o, base, &flat, &src, &cap).await?;
+        let hop = *hop.get_or_insert(flat_time / n as u32);
+        // 3-level: about sqrt(N) relays, each with about sqrt(N) leaves.
+        let relays = (n as f64).sqrt().ceil() as usize;
+        let t3 = tree(relays, n);
+        let k = relays.max(n.div_ceil(relays));
+        let (tree_time, tree_sent, rss) = fan(o, base, &t3, &src, &cap).await?;
+        relay_rss = relay_rss.max(rss);
+        // rsync loop from one source.
+        let daemon = rsync::Daemon::start(&base.join("rsyncd"), &src)?;
+        let mut loop_time = Duration::ZERO;
+        for l in 0..n {
+            loop_time += daemon.pull(&rsync::fresh(&base.join(format!("rsync-{l}")))?, &[&bwlimit])?;
+        }
+        check_same(&src, &base.join(format!("rsync-{}", n - 1)))?;
+        for l in 0..n {
+            let _ = fs::remove_dir_all(base.join(format!("rsync-{l}")));
+        }
+        println!(
+            "| {n} | {relays} relays (k = {k}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            secs(tree_time),
+            ratio(tree_time, hop * k as u32),
+            mib(tree_sent),
+            secs(flat_time),
+            ratio(flat_time, hop * n as u32),
+            mib(flat_sent),
+            secs(loop_time),
+            ratio(loop_time, hop),
+            mib(o.fanout_bytes * n as u64),
+        );
+    }
+    println!("\nPeak RSS of a relay: {}.\n", mib(relay_rss));
+    Ok(())
+}
+
+/// Runs one fan-out shape (median over runs): time until the last leaf holds the file, bytes
+/// the origin sent, and the largest relay RSS.
+async fn fan(o: &Opts, base: &Path, t: &Tree, src: &Path, cap: &str) -> Result<(Duration, u64, u64)> {
+    let targets = leaves(t);
+    let mut times = Vec::new();
+    let (mut sent, mut rss) = (0, 0);
+    for _ in 0..o.runs {
+        let mut c = Cluster::new(&base.join("cascade"), t, src, Some(cap))?;
+        c.start().await?;
+        let p = c.publish(&targets).await?;
+        times.push(*p.reached.iter().max().expect("at least one leaf"));
+        sent = c.sent_bytes("origin").await;
+        rss = rss.max(c.peak_rss_of("relay"));
+        check_same(src, &c.dir(targets[targets.len() - 1]))?;
+    }
+    let _ = fs::remove_dir_all(base.join("cascade"));
+    Ok((median(times), sent, rss))
+}
+
+/// Workload 4: one large file to a leaf 1, 2 and 3 hops below the origin.
+async fn depth(o: &Opts, base: &Path) -> Result<()> {
+    let src = base.join("src");
+    fs::create_dir_all(&src)?;
+    println!("## 4. Depth: one {} file to a leaf 1, 2 and 3 hops down\n", mib(o.big));
+    println!("| hops | publish → leaf | scan | transfer (scan done → leaf) | transfer ÷ 1 hop | peak RSS origin / relays / leaf |\n|---|---|---|---|---|---|");
+    let mut one = None;
+    for hops in 1..=3 {
+        let t = chain(hops);
+        let mut c = Cluster::new(&base.join("cascade"), &t, &src, None)?;
+        c.start().await?;
+        let (mut total, mut scan, mut transfer) = (vec![], vec![], vec![]);
+        for run in 0..o.runs {
+            write_noise(&src.join("big.bin"), o.big, 10 * hops as u64 + run as u64)?;
+            let p = c.publish(&["leaf"]).await?;
+            total.push(p.reached[0]);
+            scan.push(p.scan);
+            transfer.push(p.reached[0] - p.scan);
+        }
+        check_same(&src, &c.dir("leaf"))?;
+        let transfer = median(transfer);
+        let one = *one.get_or_insert(transfer);
+        println!(
+            "| {hops} | {} | {} | {} | {} | {} / {} / {} |",
+            secs(median(total)),
+            secs(median(scan)),
+            secs(transfer),
+            ratio(transfer, one),
+            mib(c.peak_rss("origin")),
+            if hops > 1 { mib(c.peak_rss_of("relay")) } else { "-".into() },
+            mib(c.peak_rss("leaf")),
+        );
+        drop(c);
+        let _ = fs::remove_dir_all(base.join("cascade"));
+    }
+    println!();
+    Ok(())
+}
+
+/// Workload 5: peak memory of a relay forwarding one large file to 4 leaves.
+async fn rss(o: &Opts, base: &Path) -> Result<()> {
+    let src = base.join("src");
+    write_noise(&src.join("big.bin"), o.rss_bytes, 5)?;
+    let t = tree(1, 4);
+    let mut c = Cluster::new(&base.join("cascade"), &t, &src, None)?;
+    c.start().await?;
+    let p = c.publish(&leaves(&t)).await?;
+    check_same(&src, &c.dir("leaf-3"))?;
+    println!("## 5. Memory: one {} file, origin → relay → 4 leaves\n", mib(o.rss_bytes));
+    println!("| node | peak RSS |\n|---|---|");
+    println!("| origin | {} |", mib(c.peak_rss("origin")));
+    println!("| relay | {} |", mib(c.peak_rss("relay-0")));
+    println!("| leaves (largest) | {} |", mib(c.peak_rss_of("leaf")));
+    println!(
+        "\nLast leaf held it {} after publish ({} to scan).\n",
+        secs(*p.reached.iter().max().expect("4 leaves")),
+        secs(p.scan)
+    );
+    Ok(())
+}

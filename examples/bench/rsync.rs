@@ -1,0 +1,111 @@
+//! The baseline: an rsync daemon serving the origin's directory on 127.0.0.1, and the client
+//! runs users do today (`rsync -a`, with `--delete`, `--bwlimit`, `--checksum-choice=md5`).
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Makes sure `rsync` is on the PATH, installing it with apt-get if it is not (and saying so).
+pub fn ensure_installed() -> Result<()> {
+    if Command::new("rsync").arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    eprintln!("bench: rsync is not installed; installing it with apt-get (needed for the baseline)");
+    let ok = Command::new("sh")
+        .args([
+            "-c",
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok || Command::new("rsync").arg("--version").output().is_err() {
+        bail!("rsync is missing and `apt-get install rsync` failed; install rsync and run again");
+    }
+    Ok(())
+}
+
+/// The installed rsync's first version line.
+pub fn version() -> String {
+    Command::new("rsync")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// An `rsync --daemon` serving one directory read-only as module `src`.
+pub struct Daemon {
+    process: Child,
+    port: u16,
+}
+
+impl Daemon {
+    pub fn start(base: &Path, src: &Path) -> Result<Self> {
+        fs::create_dir_all(base)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let conf = base.join("rsyncd.conf");
+        fs::write(
+            &conf,
+            format!(
+                "uid = root\ngid = root\nuse chroot = no\npid file = {}\n[src]\npath = {}\nread only = yes\n",
+                base.join("rsyncd.pid").display(),
+                src.display()
+            ),
+        )?;
+        let process = Command::new("rsync")
+            .args(["--daemon", "--no-detach", "--address=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--config={}", conf.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start rsync --daemon")?;
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("rsync daemon did not start on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Daemon { process, port })
+    }
+
+    /// Runs `rsync -a EXTRA rsync://…/src/ DEST/` and returns how long it took.
+    pub fn pull(&self, dest: &Path, extra: &[&str]) -> Result<Duration> {
+        fs::create_dir_all(dest)?;
+        let started = Instant::now();
+        let out = Command::new("rsync")
+            .arg("-a")
+            .args(extra)
+            .arg(format!("rsync://127.0.0.1:{}/src/", self.port))
+            .arg(format!("{}/", dest.display()))
+            .output()
+            .context("cannot run rsync")?;
+        let took = started.elapsed();
+        if !out.status.success() {
+            bail!("rsync failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(took)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// A fresh, empty destination directory.
+pub fn fresh(dest: &Path) -> Result<PathBuf> {
+    let _ = fs::remove_dir_all(dest);
+    fs::create_dir_all(dest)?;
+    Ok(dest.to_owned())
+}
