@@ -57,14 +57,22 @@ fn is_tmp(name: &str) -> bool {
 }
 
 /// Makes `dir` hold exactly `manifest`, reading bodies from `store`. `old` is the release
-/// applied before (used only for the quick check: same MD5, mode, size and mtime is skipped).
+/// applied before: subtrees identical in both (equal digests) are not even looked at, so a
+/// small change to a large tree costs little; everything else is checked on disk (same MD5,
+/// mode, size and mtime is skipped). Drift inside an unchanged subtree (a file edited by
+/// hand) is not seen here but by [`repair`], which a node runs when it starts.
 pub fn apply(
     dir: &Path,
     manifest: &Manifest,
     old: Option<&Manifest>,
     store: &Store,
 ) -> Result<ApplyStats, ApplyError> {
-    apply_linking(dir, manifest, old, store, None)
+    apply_linking(dir, manifest, old, store, None, old.is_some())
+}
+
+/// Makes `dir` hold exactly `manifest`, checking every entry on disk (after a restart).
+pub fn repair(dir: &Path, manifest: &Manifest, store: &Store) -> Result<ApplyStats, ApplyError> {
+    apply_linking(dir, manifest, Some(manifest), store, None, false)
 }
 
 /// Like [`apply`]; a file that `link_from` (the tree of `old`) holds identically (same MD5,
@@ -75,11 +83,28 @@ fn apply_linking(
     old: Option<&Manifest>,
     store: &Store,
     link_from: Option<&Path>,
+    skip_unchanged: bool,
 ) -> Result<ApplyStats, ApplyError> {
     fs::create_dir_all(dir).map_err(io_at(dir))?;
-    check_space(dir, manifest, old, link_from.is_some())?;
+    let skip = old.filter(|_| skip_unchanged);
+    check_space(dir, manifest, old, link_from.is_some(), skip.is_some())?;
     let mut stats = ApplyStats::default();
-    for e in manifest.entries() {
+    let entries = manifest.entries();
+    let mut next = 0;
+    while next < entries.len() {
+        let i = next;
+        let e = &entries[i];
+        next = i + 1;
+        if let Some(old) = skip {
+            if manifest.unchanged_in(i, old) {
+                next = manifest.subtree_end(i);
+                stats.unchanged += entries[i..next]
+                    .iter()
+                    .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+                    .count() as u64;
+                continue;
+            }
+        }
         let path = dir.join(&e.path);
         let current = fs::symlink_metadata(&path).ok();
         match &e.kind {
@@ -142,9 +167,9 @@ fn apply_linking(
             }
         }
     }
-    stats.deleted = delete_extraneous(dir, "", manifest)?;
-    for e in manifest.entries().iter().rev() {
-        if matches!(e.kind, EntryKind::Dir) {
+    stats.deleted = delete_extraneous(dir, "", manifest, skip)?;
+    for (i, e) in manifest.entries().iter().enumerate().rev() {
+        if matches!(e.kind, EntryKind::Dir) && !skip.is_some_and(|o| manifest.unchanged_in(i, o)) {
             let path = dir.join(&e.path);
             let m = fs::symlink_metadata(&path).map_err(io_at(&path))?;
             if m.permissions().mode() & 0o7777 != e.mode {
@@ -163,6 +188,7 @@ fn check_space(
     manifest: &Manifest,
     old: Option<&Manifest>,
     linking: bool,
+    trust_old: bool,
 ) -> Result<(), ApplyError> {
     let need: u64 = manifest
         .files()
@@ -171,7 +197,7 @@ fn check_space(
                 .and_then(|o| o.get(&e.path))
                 .is_some_and(|(oe, _)| oe.kind == e.kind && oe.mode == e.mode);
             // Unchanged files cost nothing in place; in a new release dir they are hard links.
-            !(same && (linking || fs::symlink_metadata(dir.join(&e.path)).is_ok()))
+            !(same && (linking || trust_old || fs::symlink_metadata(dir.join(&e.path)).is_ok()))
         })
         .map(|(_, size, _)| size)
         .sum();
@@ -217,7 +243,13 @@ fn replace(tmp: &Path, path: &Path, current: Option<&fs::Metadata>) -> Result<()
 }
 
 /// Removes everything under `dir/rel` that the manifest does not list. Returns how many.
-fn delete_extraneous(dir: &Path, rel: &str, manifest: &Manifest) -> Result<u64, ApplyError> {
+/// Directories identical in `unchanged_since` are not walked.
+fn delete_extraneous(
+    dir: &Path,
+    rel: &str,
+    manifest: &Manifest,
+    unchanged_since: Option<&Manifest>,
+) -> Result<u64, ApplyError> {
     let abs = if rel.is_empty() {
         dir.to_owned()
     } else {
@@ -235,10 +267,17 @@ fn delete_extraneous(dir: &Path, rel: &str, manifest: &Manifest) -> Result<u64, 
             format!("{rel}/{name}")
         };
         let ft = item.file_type().map_err(io_at(&path))?;
-        let listed = !is_tmp(&name) && manifest.get(&rel_path).is_some();
-        if listed {
-            if ft.is_dir() {
-                deleted += delete_extraneous(dir, &rel_path, manifest)?;
+        let listed = if is_tmp(&name) {
+            None
+        } else {
+            manifest.get(&rel_path)
+        };
+        if let Some((entry, digest)) = listed {
+            let same = unchanged_since
+                .and_then(|o| o.get(&rel_path))
+                .is_some_and(|(oe, od)| od == digest && oe.kind == entry.kind);
+            if ft.is_dir() && !same {
+                deleted += delete_extraneous(dir, &rel_path, manifest, unchanged_since)?;
             }
             continue;
         }
@@ -297,7 +336,7 @@ impl Applier {
                 } else {
                     None
                 };
-                let stats = apply_linking(&target, new, base, store, from.as_deref())?;
+                let stats = apply_linking(&target, new, base, store, from.as_deref(), false)?;
                 self.switch_to(&target)?;
                 self.prune(keep, version);
                 Ok(stats)
@@ -313,10 +352,10 @@ impl Applier {
         store: &Store,
     ) -> Result<ApplyStats, ApplyError> {
         match self.mode {
-            ApplyMode::InPlace => apply(&self.dir, manifest, Some(manifest), store),
+            ApplyMode::InPlace => repair(&self.dir, manifest, store),
             ApplyMode::Atomic { .. } => {
                 let target = self.release_dir(version);
-                let stats = apply(&target, manifest, Some(manifest), store)?;
+                let stats = repair(&target, manifest, store)?;
                 self.switch_to(&target)?;
                 Ok(stats)
             }
@@ -518,15 +557,20 @@ mod tests {
     }
 
     #[test]
-    fn locally_modified_file_is_restored() {
+    fn locally_modified_file_is_restored_by_repair() {
         let t = tempfile::tempdir().unwrap();
         let (src, dst) = (t.path().join("src"), t.path().join("dst"));
         let store = Store::open(&t.path().join("data")).unwrap();
         write(&src.join("index.html"), "original");
+        write(&src.join("sub/other.html"), "other");
         let (m, _) = sync(&src, &dst, &store, None);
         write(&dst.join("index.html"), "tampered!");
-        let (_, s) = sync(&src, &dst, &store, Some(&m));
-        assert_eq!(s.written, 1);
+        // An apply looks only at what changed between releases (nothing here)...
+        let s = apply(&dst, &m, Some(&m), &store).unwrap();
+        assert_eq!((s.written, s.unchanged), (0, 2));
+        // ...a repair checks everything.
+        let s = repair(&dst, &m, &store).unwrap();
+        assert_eq!((s.written, s.unchanged), (1, 1));
         assert_eq!(
             fs::read_to_string(dst.join("index.html")).unwrap(),
             "original"

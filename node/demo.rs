@@ -96,6 +96,7 @@ fn write(root: &Path, rel: &str, body: &[u8]) -> Result<()> {
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so the big file does not compress away.
+/// Seeds `2k` and `2k + 1` give the same bytes.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     let mut out = Vec::with_capacity(len + 8);

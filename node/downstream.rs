@@ -187,8 +187,11 @@ async fn serve_body(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStr
         Ok(None) => return,
         Err(e) => return warn!("bad body request: {e}"),
     };
+    let mut buf = Vec::new();
     let result = match &req {
-        BodyRequest::One { md5, offset } => send_body(&shared, &mut send, *md5, *offset).await,
+        BodyRequest::One { md5, offset } => {
+            send_body(&shared, &mut send, *md5, *offset, &mut buf).await
+        }
         BodyRequest::Many(list) if list.len() > MAX_BATCH => Err(LinkError::Refused(format!(
             "{} bodies asked at once (at most {MAX_BATCH})",
             list.len()
@@ -196,7 +199,7 @@ async fn serve_body(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStr
         BodyRequest::Many(list) => {
             let mut r = Ok(());
             for md5 in list {
-                r = send_body(&shared, &mut send, *md5, 0).await;
+                r = send_body(&shared, &mut send, *md5, 0, &mut buf).await;
                 if r.is_err() {
                     break;
                 }
@@ -286,9 +289,18 @@ async fn send_body(
     send: &mut SendStream,
     md5: Md5,
     offset: u64,
+    buf: &mut Vec<u8>,
 ) -> Result<(), LinkError> {
     let mut source = Source::new(shared, md5)?;
-    let mut buf = vec![0u8; IO_BUF];
+    // One buffer per stream, grown to the largest body served on it (up to IO_BUF).
+    let size = shared
+        .store
+        .size_hint(&md5)
+        .map_or(u64::MAX, |s| s.saturating_sub(offset));
+    let want = (size + 1).min(IO_BUF as u64) as usize;
+    if buf.len() < want {
+        buf.resize(want, 0);
+    }
     let mut pos = offset;
     loop {
         let limit = source.readable(pos).await?;

@@ -90,34 +90,51 @@ pub fn endpoint(
     parent: Option<SocketAddr>,
     idle: Duration,
 ) -> Result<Endpoint, LinkError> {
-    let mut ep = match listen {
-        Some(addr) => bind_server(server_config(id, idle)?, addr)?,
-        None => {
-            let addr: SocketAddr = match parent {
-                Some(SocketAddr::V6(_)) => "[::]:0".parse().expect("valid literal"),
-                _ => "0.0.0.0:0".parse().expect("valid literal"),
-            };
-            Endpoint::client(addr).map_err(|source| LinkError::Bind { addr, source })?
-        }
+    let (addr, server) = match listen {
+        Some(addr) => (addr, Some(server_config(id, idle)?)),
+        None => match parent {
+            Some(SocketAddr::V6(_)) => ("[::]:0".parse().expect("valid literal"), None),
+            _ => ("0.0.0.0:0".parse().expect("valid literal"), None),
+        },
     };
+    let socket = bind_udp(addr)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| LinkError::Refused("no async runtime to run QUIC on".into()))?;
+    let mut ep = Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+        .map_err(|source| LinkError::Bind { addr, source })?;
     ep.set_default_client_config(client_config(id, idle)?);
     Ok(ep)
 }
 
-/// Binds a server endpoint. A socket of a node that just stopped is released only when its
-/// endpoint driver next runs, so "address in use" is retried for up to a second.
-fn bind_server(cfg: quinn::ServerConfig, addr: SocketAddr) -> Result<Endpoint, LinkError> {
+/// UDP socket buffers. The kernel default (208 KiB) drops bursts of a fast sender: each
+/// drop halves QUIC's congestion window. The kernel caps what is granted at
+/// `net.core.rmem_max` / `wmem_max` unless the process may override it (root).
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Binds the endpoint's UDP socket with large buffers. A socket of a node that just stopped is
+/// released only when its endpoint driver next runs, so "address in use" is retried for up
+/// to a second.
+fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, LinkError> {
     let mut tries = 0;
-    loop {
-        match Endpoint::server(cfg.clone(), addr) {
-            Ok(ep) => return Ok(ep),
+    let socket = loop {
+        match std::net::UdpSocket::bind(addr) {
+            Ok(s) => break s,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(source) => return Err(LinkError::Bind { addr, source }),
         }
+    };
+    use rustix::net::sockopt;
+    // Best effort: a smaller buffer only costs speed.
+    if sockopt::set_socket_recv_buffer_size_force(&socket, SOCKET_BUFFER).is_err() {
+        let _ = sockopt::set_socket_recv_buffer_size(&socket, SOCKET_BUFFER);
     }
+    if sockopt::set_socket_send_buffer_size_force(&socket, SOCKET_BUFFER).is_err() {
+        let _ = sockopt::set_socket_send_buffer_size(&socket, SOCKET_BUFFER);
+    }
+    Ok(socket)
 }
 
 /// Dials `peer` at `addr`; the TLS handshake checks its certificate carries `peer`.

@@ -27,7 +27,13 @@ impl Md5 {
     }
 
     pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(32);
+        for b in self.0 {
+            out.push(DIGITS[(b >> 4) as usize] as char);
+            out.push(DIGITS[(b & 15) as usize] as char);
+        }
+        out
     }
 }
 
@@ -347,8 +353,18 @@ impl Manifest {
         out
     }
 
-    /// Index just past the subtree rooted at directory entry `i`.
-    fn subtree_end(&self, i: usize) -> usize {
+    /// Whether entry `i` (with everything below it, for a directory) is identical in `old`.
+    pub fn unchanged_in(&self, i: usize, old: &Manifest) -> bool {
+        let e = &self.entries[i];
+        old.get(&e.path)
+            .is_some_and(|(oe, od)| od == self.digests[i] && oe.kind == e.kind)
+    }
+
+    /// Index just past entry `i` and, for a directory, everything below it.
+    pub fn subtree_end(&self, i: usize) -> usize {
+        if !matches!(self.entries[i].kind, EntryKind::Dir) {
+            return i + 1;
+        }
         let prefix = format!("{}/", self.entries[i].path);
         let rest = &self.entries[i + 1..];
         i + 1 + rest.partition_point(|e| e.path.starts_with(&prefix))

@@ -17,8 +17,12 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::{Entry, EntryKind, Manifest, ManifestError, Md5};
 use crate::store::{hash_body, Store, StoreError};
 
-/// Files modified this recently (seconds) are re-hashed on the next scan.
-pub const RACY_WINDOW: i64 = 2;
+/// Files modified this recently before a scan (nanoseconds) are re-hashed on the next one: a
+/// write in the same timestamp tick after hashing would leave the stat unchanged. Filesystems
+/// with nanosecond timestamps tick at most every few milliseconds; those that store whole
+/// seconds (a zero nanosecond part) may round to 2 s (FAT), hence the coarse window.
+pub const RACY_WINDOW_FINE: i128 = 50_000_000;
+pub const RACY_WINDOW_COARSE: i128 = 2_000_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -107,7 +111,7 @@ pub fn scan(
 ) -> Result<(Manifest, StatCache, ScanStats), ScanError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+        .map_or(0, |d| d.as_nanos() as i128);
     let mut w = Walk {
         root: dir,
         store: Some(store),
@@ -145,7 +149,8 @@ struct Walk<'a> {
     old: &'a StatCache,
     new: StatCache,
     stats: ScanStats,
-    now: i64,
+    /// When the scan started, in nanoseconds since the Unix epoch.
+    now: i128,
     entries: Vec<Entry>,
 }
 
@@ -229,7 +234,13 @@ impl Walk<'_> {
         // The file may have changed while it was read: cache only what matches the stat
         // taken before reading, and nothing modified too recently to tell.
         let after = fs::symlink_metadata(path).map(|m| Stat::of(&m)).ok();
-        if after == Some(stat) && size == stat.size && self.now - stat.mtime.0 > RACY_WINDOW {
+        let mtime = stat.mtime.0 as i128 * 1_000_000_000 + stat.mtime.1 as i128;
+        let window = if stat.mtime.1 == 0 {
+            RACY_WINDOW_COARSE
+        } else {
+            RACY_WINDOW_FINE
+        };
+        if after == Some(stat) && size == stat.size && self.now - mtime > window {
             self.new
                 .files
                 .insert(rel.to_owned(), (stat, (md5, size, chunks.clone())));
@@ -250,14 +261,18 @@ mod tests {
         let old = SystemTime::now() - std::time::Duration::from_secs(60);
         for (p, body) in [("a.txt", "a"), ("sub/b.txt", "b"), ("recent.txt", "r")] {
             fs::write(dir.join(p), body).unwrap();
-            if p != "recent.txt" {
-                fs::File::options()
-                    .write(true)
-                    .open(dir.join(p))
-                    .unwrap()
-                    .set_modified(old)
-                    .unwrap();
-            }
+            // "Recent" is in the future, so a slow machine cannot age it past the window.
+            let mtime = if p == "recent.txt" {
+                SystemTime::now() + std::time::Duration::from_secs(5)
+            } else {
+                old
+            };
+            fs::File::options()
+                .write(true)
+                .open(dir.join(p))
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
         }
         let store = Store::open(&t.path().join("data")).unwrap();
         let (m1, cache, s1) = scan(&dir, &store, &StatCache::default()).unwrap();

@@ -193,6 +193,11 @@ impl Store {
         self.objects.join(&hex[..2]).join(hex)
     }
 
+    /// The size of a held body (`None` if it is not held).
+    pub fn size_hint(&self, md5: &Md5) -> Option<u64> {
+        fs::metadata(self.path(md5)).ok().map(|m| m.len())
+    }
+
     pub fn has(&self, md5: &Md5) -> bool {
         self.path(md5).is_file()
     }
@@ -277,7 +282,7 @@ impl Store {
         let tmp = TmpFile(self.tmp.join(format!("ingest.{}.{n}", std::process::id())));
         let mut out = File::create(&tmp.0).map_err(io_at(&tmp.0))?;
         let mut h = BodyHasher::new(true, true);
-        let mut buf = vec![0u8; IO_BUF];
+        let mut buf = buffer_for(&input);
         loop {
             let n = input.read(&mut buf).map_err(io_at(src))?;
             if n == 0 {
@@ -450,11 +455,18 @@ pub fn hash_file(path: &Path) -> Result<(Md5, u64), StoreError> {
     hash_body(path, false).map(|(md5, size, _)| (md5, size))
 }
 
+/// A read buffer for `file`: its size plus one (so the end shows at once) up to [`IO_BUF`].
+/// Zeroing a full buffer per small file would cost more than reading it.
+fn buffer_for(file: &File) -> Vec<u8> {
+    let len = file.metadata().map_or(IO_BUF as u64, |m| m.len() + 1);
+    vec![0u8; len.clamp(1, IO_BUF as u64) as usize]
+}
+
 /// MD5, size and (if `chunks`) chunk MD5s of a file, in one read.
 pub fn hash_body(path: &Path, chunks: bool) -> Result<(Md5, u64, Vec<Md5>), StoreError> {
     let mut f = File::open(path).map_err(io_at(path))?;
     let mut h = BodyHasher::new(true, chunks);
-    let mut buf = vec![0u8; IO_BUF];
+    let mut buf = buffer_for(&f);
     loop {
         let n = f.read(&mut buf).map_err(io_at(path))?;
         if n == 0 {

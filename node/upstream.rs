@@ -366,11 +366,13 @@ async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Res
         });
     }
 
+    debug!(ms = started.elapsed().as_millis() as u64, "bodies received");
     // Every body is on disk before anything is applied.
     let me = shared.clone();
     tokio::task::spawn_blocking(move || me.store.commit_batch())
         .await
         .expect("flushing the store does not panic")?;
+    debug!(ms = started.elapsed().as_millis() as u64, "store flushed");
     shared.set_own(|s| s.state = NodeState::Applying { version });
     shared.apply_and_hold(release.clone()).await?;
     // What actually crossed the link (less than `total` when transfers were resumed).
@@ -479,22 +481,45 @@ fn read_failed(md5: Md5, e: quinn::ReadError) -> SyncError {
     }
 }
 
-/// Receives whole bodies of `expected` size, back to back on one stream, and reads them to
-/// the end (`size` is the sum; one more byte is an error).
+/// Appends received bytes to `buf` until it holds `limit` bytes or the stream ends (then
+/// returns true). Takes many received chunks per call: reading a packet's worth at a time
+/// contends with the connection's driver for its lock and caps a stream at ~200 MB/s.
+async fn read_up_to(
+    recv: &mut quinn::RecvStream,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> Result<bool, quinn::ReadError> {
+    let mut chunks: [_; 64] = std::array::from_fn(|_| Default::default());
+    while buf.len() < limit {
+        let Some(n) = recv.read_chunks(&mut chunks).await? else {
+            return Ok(true);
+        };
+        for c in &chunks[..n] {
+            buf.extend_from_slice(c);
+        }
+    }
+    Ok(false)
+}
+
+/// Receives whole bodies of `size` bytes in all, back to back on one stream, and reads the
+/// stream to its end (one more byte is an error).
 async fn read_whole(
     recv: &mut quinn::RecvStream,
     first: Md5,
     size: u64,
 ) -> Result<Vec<u8>, SyncError> {
-    match recv.read_to_end(size as usize).await {
-        Ok(b) => Ok(b),
-        Err(quinn::ReadToEndError::TooLong) => Err(SyncError::TooLong {
+    let mut buf = Vec::with_capacity(size as usize);
+    let eof = read_up_to(recv, &mut buf, size as usize + 1)
+        .await
+        .map_err(|e| read_failed(first, e))?;
+    if !eof || buf.len() as u64 > size {
+        return Err(SyncError::TooLong {
             md5: first,
             size,
-            got: size + 1,
-        }),
-        Err(quinn::ReadToEndError::Read(e)) => Err(read_failed(first, e)),
+            got: buf.len() as u64,
+        });
     }
+    Ok(buf)
 }
 
 /// Fetches many small bodies on one stream and stores them in one blocking job (one job
@@ -591,7 +616,7 @@ async fn fetch_body(
         return fetch_small(shared, conn, exp, done).await;
     }
     let me = shared.clone();
-    let mut writer = tokio::task::spawn_blocking(move || me.store.resume_writer(exp))
+    let writer = tokio::task::spawn_blocking(move || me.store.resume_writer(exp))
         .await
         .expect("opening a body does not panic")?;
     flight.progress(writer.verified());
@@ -602,22 +627,19 @@ async fn fetch_body(
     if offset < size {
         let mut recv = request(conn, &BodyRequest::One { md5, offset }).await?;
         let mut received = offset;
+        // Two buffers: one filling from the network while the other is hashed and written.
         let mut spare = Vec::with_capacity(BATCH);
+        type Written = Result<(crate::store::BodyWriter, Vec<u8>), crate::store::StoreError>;
+        let mut job: Option<tokio::task::JoinHandle<Written>> = None;
+        let mut writer = Some(writer);
         let mut eof = false;
         while !eof {
             let mut buf = std::mem::take(&mut spare);
-            buf.resize(BATCH, 0);
-            let mut filled = 0;
-            while filled < BATCH {
-                match recv.read(&mut buf[filled..]).await {
-                    Ok(Some(n)) => filled += n,
-                    Ok(None) => {
-                        eof = true;
-                        break;
-                    }
-                    Err(e) => return Err(read_failed(md5, e)),
-                }
-            }
+            buf.clear();
+            eof = read_up_to(&mut recv, &mut buf, BATCH)
+                .await
+                .map_err(|e| read_failed(md5, e))?;
+            let filled = buf.len();
             received += filled as u64;
             if received > size {
                 return Err(SyncError::TooLong {
@@ -626,16 +648,28 @@ async fn fetch_body(
                     got: received,
                 });
             }
-            buf.truncate(filled);
             done.fetch_add(filled as u64, Ordering::Relaxed);
-            // Hash and write this batch on a blocking thread while the next one arrives.
-            let job =
-                tokio::task::spawn_blocking(move || writer.write(&buf).map(|()| (writer, buf)));
-            let (w, b) = job.await.expect("writing a batch does not panic")?;
-            writer = w;
-            spare = b;
-            flight.progress(writer.verified());
+            if let Some(j) = job.take() {
+                let (w, b) = j.await.expect("writing a batch does not panic")?;
+                flight.progress(w.verified());
+                writer = Some(w);
+                spare = b;
+            }
+            let mut w = writer.take().expect("the writer is back from its last job");
+            job = Some(tokio::task::spawn_blocking(move || {
+                w.write(&buf).map(|()| (w, buf))
+            }));
         }
+        if let Some(j) = job.take() {
+            let (w, _) = j.await.expect("writing a batch does not panic")?;
+            flight.progress(w.verified());
+            writer = Some(w);
+        }
+        let writer = writer.expect("the writer is back from its last job");
+        return tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .expect("verifying a body does not panic")
+            .map_err(SyncError::from);
     }
     tokio::task::spawn_blocking(move || writer.finish())
         .await

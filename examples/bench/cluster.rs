@@ -16,7 +16,11 @@ use cascade::{NodeConfig, RunningNode};
 /// Runs one node until killed (the benchmark's child processes).
 pub fn node_main(config: &str) -> ExitCode {
     tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
+        .with_max_level(match std::env::var("BENCH_LOG").as_deref() {
+            Ok("info") => tracing::Level::INFO,
+            Ok("debug") => tracing::Level::DEBUG,
+            _ => tracing::Level::WARN,
+        })
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
@@ -266,6 +270,7 @@ impl Drop for Cluster {
 /// A free UDP address on 127.0.0.x for the `i`th node.
 fn free_addr(i: usize) -> Result<SocketAddr> {
     let ip = [127, 0, 0, 2 + (i % 250) as u8];
-    let sock = UdpSocket::bind(SocketAddr::from((ip, 0))).context("cannot bind a UDP port on 127.0.0.x")?;
+    let sock = UdpSocket::bind(SocketAddr::from((ip, 0)))
+        .context("cannot bind a UDP port on 127.0.0.x")?;
     Ok(sock.local_addr()?)
 }

@@ -45,6 +45,10 @@ struct Opts {
     /// MiB/s per node in the fan-out workload.
     cap_mib: u64,
     rss_bytes: u64,
+    /// GiB of `base` to write once and delete before measuring (see [`warm_up`]).
+    warm_gib: u64,
+    /// Leave the last cluster of each workload (configs, logs, data) under `base`.
+    keep: bool,
 }
 
 fn main() -> ExitCode {
@@ -80,14 +84,20 @@ fn parse(args: Vec<String>) -> Result<Opts> {
         fanout_leaves: vec![1, 4, 16, 32],
         cap_mib: 50,
         rss_bytes: 1024 * MIB,
+        keep: false,
+        warm_gib: 12,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => o.runs = it.next().context("--runs N")?.parse()?,
             "--base" => o.base = it.next().context("--base DIR")?.into(),
-            "--fanout-mib" => o.fanout_bytes = it.next().context("--fanout-mib N")?.parse::<u64>()? * MIB,
+            "--fanout-mib" => {
+                o.fanout_bytes = it.next().context("--fanout-mib N")?.parse::<u64>()? * MIB
+            }
             "--cap-mib" => o.cap_mib = it.next().context("--cap-mib N")?.parse()?,
+            "--keep" => o.keep = true,
+            "--warm-gib" => o.warm_gib = it.next().context("--warm-gib N")?.parse()?,
             "--smoke" => {
                 o.runs = 1;
                 o.big = 12 * MIB;
@@ -97,18 +107,21 @@ fn parse(args: Vec<String>) -> Result<Opts> {
                 o.fanout_leaves = vec![1, 3];
                 o.cap_mib = 20;
                 o.rss_bytes = 12 * MIB;
+                o.warm_gib = 0;
                 o.base = o.base.with_file_name("cascade-bench-smoke");
             }
             "big" | "small" | "fanout" | "depth" | "rss" => o.workloads.push(a),
             "-h" | "--help" => {
-                println!("usage: bench [--runs N] [--base DIR] [--smoke] [--fanout-mib N] [--cap-mib N] [big|small|fanout|depth|rss]...");
+                println!("usage: bench [--runs N] [--base DIR] [--smoke] [--keep] [--warm-gib N] [--fanout-mib N] [--cap-mib N] [big|small|fanout|depth|rss]...");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
     if o.workloads.is_empty() {
-        o.workloads = ["big", "small", "fanout", "depth", "rss"].map(String::from).to_vec();
+        o.workloads = ["big", "small", "fanout", "depth", "rss"]
+            .map(String::from)
+            .to_vec();
     }
     Ok(o)
 }
@@ -119,6 +132,7 @@ fn run(o: Opts) -> Result<()> {
         .enable_all()
         .build()?;
     fs::create_dir_all(&o.base)?;
+    warm_up(&o.base, o.warm_gib)?;
     println!(
         "Cascade benchmark: {} core(s), base {}, {}, {} run(s) per figure (medians)\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -137,9 +151,39 @@ fn run(o: Opts) -> Result<()> {
             "rss" => rt.block_on(rss(&o, &base))?,
             _ => unreachable!("checked when parsing"),
         }
-        let _ = fs::remove_dir_all(&base);
+        if !o.keep {
+            let _ = fs::remove_dir_all(&base);
+        }
     }
-    let _ = fs::remove_dir_all(&o.base);
+    if !o.keep {
+        let _ = fs::remove_dir_all(&o.base);
+    }
+    Ok(())
+}
+
+/// Writes `gib` GiB under `base` and deletes it. On a virtual machine whose memory the host
+/// backs lazily, the first write to a page of RAM is several times slower than later ones
+/// (1 GiB into tmpfs: ~5 s the first time, ~0.7 s after); without this, whichever tool runs
+/// first on fresh memory pays for it. A real server's memory is backed already.
+fn warm_up(base: &Path, gib: u64) -> Result<()> {
+    if gib == 0 {
+        return Ok(());
+    }
+    eprintln!(
+        "bench: warming up {gib} GiB of memory under {}",
+        base.display()
+    );
+    let path = base.join("warm-up");
+    let block = vec![0x5a_u8; 64 * MIB as usize];
+    let mut f = fs::File::create(&path)?;
+    for _ in 0..gib * 16 {
+        if let Err(e) = f.write_all(&block) {
+            eprintln!("bench: warm-up stopped early: {e}");
+            break;
+        }
+    }
+    drop(f);
+    fs::remove_file(&path)?;
     Ok(())
 }
 
@@ -244,16 +288,25 @@ async fn big(o: &Opts, base: &Path) -> Result<()> {
     }
     check_same(&src, &c.dir("leaf"))?;
     check_same(&src, &base.join("r2"))?;
-    let (total, transfer, plain, md5) = (median(total), median(transfer), median(plain), median(md5));
+    let (total, transfer, plain, md5) =
+        (median(total), median(transfer), median(plain), median(md5));
     println!("## 1. One {} file, origin → one leaf\n", mib(o.big));
     println!("| | time | throughput | rsync md5 time ÷ this |\n|---|---|---|---|");
     for (what, d) in [
         ("Cascade, publish → leaf holds it (scan included)", total),
-        ("Cascade, transfer only (scan done → leaf holds it)", transfer),
+        (
+            "Cascade, transfer only (scan done → leaf holds it)",
+            transfer,
+        ),
         ("rsync daemon, default (xxh128)", plain),
         ("rsync daemon, `--checksum-choice=md5`", md5),
     ] {
-        println!("| {what} | {} | {} | {} |", secs(d), mbps(o.big, d), ratio(md5, d));
+        println!(
+            "| {what} | {} | {} | {} |",
+            secs(d),
+            mbps(o.big, d),
+            ratio(md5, d)
+        );
     }
     println!(
         "\nPeak RSS: origin {}, leaf {}.\n",
@@ -271,11 +324,19 @@ async fn small(o: &Opts, base: &Path) -> Result<()> {
         let dir = src.join(format!("d{d:04}"));
         fs::create_dir_all(&dir)?;
         for f in 0..per_dir {
-            fs::write(dir.join(format!("f{f:03}.bin")), noise(4096, (d * per_dir + f) as u64))?;
+            fs::write(
+                dir.join(format!("f{f:03}.bin")),
+                noise(4096, 2 * (d * per_dir + f) as u64),
+            )?;
         }
     }
     let t = chain(2);
-    let steps = ["first sync", "nothing changed", "one file changed", "ten files deleted"];
+    let steps = [
+        "first sync",
+        "nothing changed",
+        "one file changed",
+        "ten files deleted",
+    ];
     let mut times: Vec<[Vec<Duration>; 3]> = steps.iter().map(|_| Default::default()).collect();
     let mut rss = (0, 0, 0);
     for run in 0..o.runs {
@@ -287,13 +348,14 @@ async fn small(o: &Opts, base: &Path) -> Result<()> {
             let delete: &[&str] = match i {
                 2 => {
                     let f = src.join(format!("d{:04}/f000.bin", (run * 7) % o.small_dirs));
-                    fs::write(&f, noise(4096, 1_000_000 + run as u64))?;
+                    fs::write(&f, noise(4096, 2 * (1_000_000 + run as u64)))?;
                     &[]
                 }
                 3 => {
                     for k in 0..10 {
                         let d = (run * 10 + k) % o.small_dirs;
-                        let _ = fs::remove_file(src.join(format!("d{d:04}/f{:03}.bin", per_dir - 1)));
+                        let _ =
+                            fs::remove_file(src.join(format!("d{d:04}/f{:03}.bin", per_dir - 1)));
                     }
                     &["--delete"]
                 }
@@ -309,7 +371,11 @@ async fn small(o: &Opts, base: &Path) -> Result<()> {
         }
         check_same(&src, &c.dir("leaf"))?;
         check_same(&src, &dest)?;
-        rss = (c.peak_rss("origin"), c.peak_rss("relay-1"), c.peak_rss("leaf"));
+        rss = (
+            c.peak_rss("origin"),
+            c.peak_rss("relay-1"),
+            c.peak_rss("leaf"),
+        );
     }
     println!(
         "## 2. {} files of 4 KiB in {} directories, origin → relay → leaf\n",
@@ -365,7 +431,10 @@ async fn fanout(o: &Opts, base: &Path) -> Result<()> {
         let daemon = rsync::Daemon::start(&base.join("rsyncd"), &src)?;
         let mut loop_time = Duration::ZERO;
         for l in 0..n {
-            loop_time += daemon.pull(&rsync::fresh(&base.join(format!("rsync-{l}")))?, &[&bwlimit])?;
+            loop_time += daemon.pull(
+                &rsync::fresh(&base.join(format!("rsync-{l}")))?,
+                &[&bwlimit],
+            )?;
         }
         check_same(&src, &base.join(format!("rsync-{}", n - 1)))?;
         for l in 0..n {
@@ -390,7 +459,13 @@ async fn fanout(o: &Opts, base: &Path) -> Result<()> {
 
 /// Runs one fan-out shape (median over runs): time until the last leaf holds the file, bytes
 /// the origin sent, and the largest relay RSS.
-async fn fan(o: &Opts, base: &Path, t: &Tree, src: &Path, cap: &str) -> Result<(Duration, u64, u64)> {
+async fn fan(
+    o: &Opts,
+    base: &Path,
+    t: &Tree,
+    src: &Path,
+    cap: &str,
+) -> Result<(Duration, u64, u64)> {
     let targets = leaves(t);
     let mut times = Vec::new();
     let (mut sent, mut rss) = (0, 0);
@@ -411,7 +486,10 @@ async fn fan(o: &Opts, base: &Path, t: &Tree, src: &Path, cap: &str) -> Result<(
 async fn depth(o: &Opts, base: &Path) -> Result<()> {
     let src = base.join("src");
     fs::create_dir_all(&src)?;
-    println!("## 4. Depth: one {} file to a leaf 1, 2 and 3 hops down\n", mib(o.big));
+    println!(
+        "## 4. Depth: one {} file to a leaf 1, 2 and 3 hops down\n",
+        mib(o.big)
+    );
     println!("| hops | publish → leaf | scan | transfer (scan done → leaf) | transfer ÷ 1 hop | peak RSS origin / relays / leaf |\n|---|---|---|---|---|---|");
     let mut one = None;
     for hops in 1..=3 {
@@ -436,7 +514,11 @@ async fn depth(o: &Opts, base: &Path) -> Result<()> {
             secs(transfer),
             ratio(transfer, one),
             mib(c.peak_rss("origin")),
-            if hops > 1 { mib(c.peak_rss_of("relay")) } else { "-".into() },
+            if hops > 1 {
+                mib(c.peak_rss_of("relay"))
+            } else {
+                "-".into()
+            },
             mib(c.peak_rss("leaf")),
         );
         drop(c);
@@ -455,7 +537,10 @@ async fn rss(o: &Opts, base: &Path) -> Result<()> {
     c.start().await?;
     let p = c.publish(&leaves(&t)).await?;
     check_same(&src, &c.dir("leaf-3"))?;
-    println!("## 5. Memory: one {} file, origin → relay → 4 leaves\n", mib(o.rss_bytes));
+    println!(
+        "## 5. Memory: one {} file, origin → relay → 4 leaves\n",
+        mib(o.rss_bytes)
+    );
     println!("| node | peak RSS |\n|---|---|");
     println!("| origin | {} |", mib(c.peak_rss("origin")));
     println!("| relay | {} |", mib(c.peak_rss("relay-0")));

@@ -14,7 +14,9 @@ pub fn ensure_installed() -> Result<()> {
     if Command::new("rsync").arg("--version").output().is_ok() {
         return Ok(());
     }
-    eprintln!("bench: rsync is not installed; installing it with apt-get (needed for the baseline)");
+    eprintln!(
+        "bench: rsync is not installed; installing it with apt-get (needed for the baseline)"
+    );
     let ok = Command::new("sh")
         .args([
             "-c",
@@ -48,7 +50,9 @@ pub struct Daemon {
 impl Daemon {
     pub fn start(base: &Path, src: &Path) -> Result<Self> {
         fs::create_dir_all(base)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let conf = base.join("rsyncd.conf");
         fs::write(
             &conf,
