@@ -245,29 +245,25 @@ impl Store {
     /// A chunk that fails its check is cut off, with everything after it.
     pub fn resume_writer(&self, expected: Expected) -> Result<BodyWriter, StoreError> {
         let tmp = self.partial_path(&expected.md5);
-        let mut file = fs::OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(&tmp)
             .map_err(io_at(&tmp))?;
-        let mut kept = Vec::new();
-        file.read_to_end(&mut kept).map_err(io_at(&tmp))?;
+        let len = file.metadata().map_err(io_at(&tmp))?.len();
         let mut w = self.body_writer(expected, tmp, file, true);
-        if kept.len() as u64 > w.expected.size || w.absorb(&kept, false).is_err() {
-            // Too long, or a bad chunk: keep the verified prefix only.
-            let keep = if kept.len() as u64 > w.expected.size {
-                0
-            } else {
-                w.verified
-            };
-            w.file.set_len(keep).map_err(io_at(&w.tmp))?;
-            w.rewind_to_verified();
-            if keep == 0 {
-                w.hasher = w.expected.hasher();
-                w.at_verified = w.expected.hasher();
-                w.written = 0;
-                w.verified = 0;
+        if len > w.expected.size {
+            w.file.set_len(0).map_err(io_at(&w.tmp))?;
+            return Ok(w);
+        }
+        // Re-hash what was kept, a block at a time; a bad chunk cuts the file back to the last
+        // good one (see `absorb`) and ends the check.
+        let mut buf = vec![0u8; (len as usize).clamp(1, IO_BUF)];
+        loop {
+            let n = (&w.file).read(&mut buf).map_err(io_at(&w.tmp))?;
+            if n == 0 || w.absorb(&buf[..n], false).is_err() {
+                break;
             }
         }
         Ok(w)

@@ -336,7 +336,7 @@ async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Res
             };
             let (shared, conn, done) = (shared.clone(), conn.clone(), done.clone());
             running.spawn(async move {
-                if bodies.len() == 1 && bodies[0].0.size > SMALL {
+                if bodies.len() == 1 && bodies[0].0.size > BATCH as u64 {
                     let (exp, flight) = bodies.pop().expect("one body");
                     fetch_verified(&shared, &conn, exp, &flight, &done).await?;
                     flight.done();
@@ -522,8 +522,8 @@ async fn read_whole(
     Ok(buf)
 }
 
-/// Fetches many small bodies on one stream and stores them in one blocking job (one job
-/// and one round trip for up to [`BATCH_FILES`] files). A batch with a corrupt body is asked
+/// Fetches bodies of at most [`BATCH`] bytes each, received whole on one stream, and stores
+/// them in one blocking job (one job and one round trip for up to [`BATCH_FILES`] files). A batch with a corrupt body is asked
 /// again for the bodies not yet stored.
 async fn fetch_many(
     shared: &Arc<Shared>,
@@ -570,36 +570,7 @@ async fn fetch_many(
     }
 }
 
-/// Receives a body of at most one batch whole, then checks and stores it in one blocking job
-/// (nothing to resume).
-async fn fetch_small(
-    shared: &Arc<Shared>,
-    conn: &Connection,
-    exp: Expected,
-    done: &AtomicU64,
-) -> Result<(), SyncError> {
-    let mut recv = request(
-        conn,
-        &BodyRequest::One {
-            md5: exp.md5,
-            offset: 0,
-        },
-    )
-    .await?;
-    let body = read_whole(&mut recv, exp.md5, exp.size).await?;
-    done.fetch_add(body.len() as u64, Ordering::Relaxed);
-    let me = shared.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut w = me.store.writer(exp.md5, exp.size)?;
-        w.write(&body)?;
-        w.finish()
-    })
-    .await
-    .expect("storing a body does not panic")?;
-    Ok(())
-}
-
-/// Receives one body. The network task only moves bytes, in batches of up to [`BATCH`];
+/// Receives one body larger than [`BATCH`]. The network task only moves bytes, in batches of up to [`BATCH`];
 /// each batch is hashed and written by a short blocking job while the next batch arrives
 /// (no thread waits on the network), and the verified length is published to children
 /// being served from this body. Dropped midway (link lost, node stopping), the writer keeps
@@ -612,9 +583,6 @@ async fn fetch_body(
     done: &AtomicU64,
 ) -> Result<(), SyncError> {
     let (md5, size) = (exp.md5, exp.size);
-    if size <= BATCH as u64 {
-        return fetch_small(shared, conn, exp, done).await;
-    }
     let me = shared.clone();
     let writer = tokio::task::spawn_blocking(move || me.store.resume_writer(exp))
         .await
