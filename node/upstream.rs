@@ -607,8 +607,7 @@ async fn fetch_body(
             eof = read_up_to(&mut recv, &mut buf, BATCH)
                 .await
                 .map_err(|e| read_failed(md5, e))?;
-            let filled = buf.len();
-            received += filled as u64;
+            received += buf.len() as u64;
             if received > size {
                 return Err(SyncError::TooLong {
                     md5,
@@ -616,9 +615,10 @@ async fn fetch_body(
                     got: received,
                 });
             }
-            done.fetch_add(filled as u64, Ordering::Relaxed);
+            // Progress counts bytes on disk, not bytes in buffers a kill would lose.
             if let Some(j) = job.take() {
                 let (w, b) = j.await.expect("writing a batch does not panic")?;
+                done.fetch_add(b.len() as u64, Ordering::Relaxed);
                 flight.progress(w.verified());
                 writer = Some(w);
                 spare = b;
@@ -629,7 +629,8 @@ async fn fetch_body(
             }));
         }
         if let Some(j) = job.take() {
-            let (w, _) = j.await.expect("writing a batch does not panic")?;
+            let (w, b) = j.await.expect("writing a batch does not panic")?;
+            done.fetch_add(b.len() as u64, Ordering::Relaxed);
             flight.progress(w.verified());
             writer = Some(w);
         }
