@@ -23,6 +23,9 @@ pub enum ApplyError {
     Io { path: PathBuf, source: io::Error },
     #[error("body {0} for {1:?} is not in the store")]
     MissingBody(String, String),
+    /// Found before anything was touched: these bodies must be fetched first.
+    #[error("{} bodies of this release are neither in the store nor in place", .0.len())]
+    MissingBodies(Vec<crate::manifest::Md5>),
     #[error("{path}: No space left for this release: it needs {need} bytes, {free} are free")]
     NoSpace { path: PathBuf, need: u64, free: u64 },
 }
@@ -67,44 +70,149 @@ pub fn apply(
     old: Option<&Manifest>,
     store: &Store,
 ) -> Result<ApplyStats, ApplyError> {
-    apply_linking(dir, manifest, old, store, None, old.is_some())
+    let how = How {
+        skip_unchanged: old.is_some(),
+        ..How::default()
+    };
+    apply_with(dir, manifest, old, store, how)
 }
 
 /// Makes `dir` hold exactly `manifest`, checking every entry on disk (after a restart).
 pub fn repair(dir: &Path, manifest: &Manifest, store: &Store) -> Result<ApplyStats, ApplyError> {
-    apply_linking(dir, manifest, Some(manifest), store, None, false)
+    apply_with(dir, manifest, Some(manifest), store, How::default())
 }
 
-/// Like [`apply`]; a file that `link_from` (the tree of `old`) holds identically (same MD5,
-/// size, mode and mtime) is hard-linked from there instead of copied from the store.
-fn apply_linking(
+/// How an apply may take its bodies.
+#[derive(Debug, Default, Clone, Copy)]
+struct How<'a> {
+    /// A file that this tree of `old` holds identically (same MD5, size, mode and mtime) is
+    /// hard-linked from there instead of copied from the store (atomic mode).
+    link_from: Option<&'a Path>,
+    /// Subtrees whose digest equals `old`'s are not looked at.
+    skip_unchanged: bool,
+    /// Move bodies out of the store into `dir` instead of copying them (a node that serves
+    /// nobody: its `dir` is its only copy). A body used by several paths is copied for all
+    /// but the last. Falls back to copying across filesystems.
+    take: bool,
+}
+
+/// Whether the file on disk has the manifest's size, mtime and mode (rsync's quick check).
+fn looks_right(m: &fs::Metadata, e: &Entry) -> bool {
+    match e.kind {
+        EntryKind::File { size, mtime, .. } => {
+            m.is_file()
+                && m.len() == size
+                && m.mtime() == mtime
+                && m.permissions().mode() & 0o7777 == e.mode
+        }
+        _ => false,
+    }
+}
+
+/// Whether `dir` already holds entry `e`, a file, by the quick check (size, mtime, mode). For
+/// a node whose `dir` holds the only copy of a body, this stands in for the store until the
+/// apply confirms it by MD5.
+pub fn held_in_place(dir: &Path, e: &Entry) -> bool {
+    fs::symlink_metadata(dir.join(&e.path)).is_ok_and(|m| looks_right(&m, e))
+}
+
+/// Calls `visit` with the index of each entry an apply must look at: all of them, except
+/// the inside of subtrees identical in `skip` (whose files are counted in the result).
+fn walk(
+    manifest: &Manifest,
+    skip: Option<&Manifest>,
+    mut visit: impl FnMut(usize) -> Result<(), ApplyError>,
+) -> Result<u64, ApplyError> {
+    let entries = manifest.entries();
+    let mut skipped = 0;
+    let mut i = 0;
+    while i < entries.len() {
+        if let Some(old) = skip {
+            if manifest.unchanged_in(i, old) {
+                let end = manifest.subtree_end(i);
+                skipped += entries[i..end]
+                    .iter()
+                    .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+                    .count() as u64;
+                i = end;
+                continue;
+            }
+        }
+        visit(i)?;
+        i += 1;
+    }
+    Ok(skipped)
+}
+
+/// Before anything is touched: the bodies the apply will need that the store lacks, and
+/// the files already in place whose body the store lacks (confirmed by their MD5, which a
+/// node whose `dir` is its only copy relies on after an interrupted apply).
+fn check_bodies(
     dir: &Path,
     manifest: &Manifest,
     old: Option<&Manifest>,
     store: &Store,
-    link_from: Option<&Path>,
-    skip_unchanged: bool,
+    how: How,
+) -> Result<std::collections::HashSet<usize>, ApplyError> {
+    let mut in_place = std::collections::HashSet::new();
+    let mut missing = Vec::new();
+    let entries = manifest.entries();
+    walk(manifest, old.filter(|_| how.skip_unchanged), |i| {
+        let e = &entries[i];
+        let EntryKind::File { md5, .. } = &e.kind else {
+            return Ok(());
+        };
+        if store.has(md5)
+            || how
+                .link_from
+                .is_some_and(|from| fs::symlink_metadata(from.join(&e.path)).is_ok())
+        {
+            return Ok(());
+        }
+        let path = dir.join(&e.path);
+        let confirmed = fs::symlink_metadata(&path).is_ok_and(|m| looks_right(&m, e))
+            && crate::store::hash_file(&path).is_ok_and(|(got, _)| got == *md5);
+        if confirmed {
+            in_place.insert(i);
+        } else if !missing.contains(md5) {
+            missing.push(*md5);
+        }
+        Ok(())
+    })?;
+    if missing.is_empty() {
+        Ok(in_place)
+    } else {
+        Err(ApplyError::MissingBodies(missing))
+    }
+}
+
+fn apply_with(
+    dir: &Path,
+    manifest: &Manifest,
+    old: Option<&Manifest>,
+    store: &Store,
+    how: How,
 ) -> Result<ApplyStats, ApplyError> {
     fs::create_dir_all(dir).map_err(io_at(dir))?;
-    let skip = old.filter(|_| skip_unchanged);
-    check_space(dir, manifest, old, link_from.is_some(), skip.is_some())?;
-    let mut stats = ApplyStats::default();
+    let skip = old.filter(|_| how.skip_unchanged);
+    let in_place = check_bodies(dir, manifest, old, store, how)?;
+    // Moving only helps within one filesystem.
+    let take = how.take && same_filesystem(store.objects(), dir);
+    check_space(dir, manifest, old, how, take)?;
     let entries = manifest.entries();
-    let mut next = 0;
-    while next < entries.len() {
-        let i = next;
+    // The entry that uses each body last: the one the body is moved to.
+    let last_use: std::collections::HashMap<_, _> = entries
+        .iter()
+        .enumerate()
+        .filter(|_| take)
+        .filter_map(|(i, e)| match &e.kind {
+            EntryKind::File { md5, .. } => Some((*md5, i)),
+            _ => None,
+        })
+        .collect();
+    let mut stats = ApplyStats::default();
+    let skipped = walk(manifest, skip, |i| {
         let e = &entries[i];
-        next = i + 1;
-        if let Some(old) = skip {
-            if manifest.unchanged_in(i, old) {
-                next = manifest.subtree_end(i);
-                stats.unchanged += entries[i..next]
-                    .iter()
-                    .filter(|e| matches!(e.kind, EntryKind::File { .. }))
-                    .count() as u64;
-                continue;
-            }
-        }
         let path = dir.join(&e.path);
         let current = fs::symlink_metadata(&path).ok();
         match &e.kind {
@@ -125,27 +233,30 @@ fn apply_linking(
                 let same_as_old = old
                     .and_then(|o| o.get(&e.path))
                     .is_some_and(|(oe, _)| oe.kind == e.kind && oe.mode == e.mode);
-                let on_disk_ok = current.as_ref().is_some_and(|m| {
-                    m.is_file()
-                        && m.len() == *size
-                        && m.mtime() == *mtime
-                        && m.permissions().mode() & 0o7777 == e.mode
-                });
-                if same_as_old && on_disk_ok {
+                let on_disk_ok = current.as_ref().is_some_and(|m| looks_right(m, e));
+                if (same_as_old && on_disk_ok) || in_place.contains(&i) {
                     stats.unchanged += 1;
-                    continue;
+                    return Ok(());
                 }
                 let tmp = tmp_name(path.parent().unwrap_or(dir));
                 let linked = same_as_old
-                    && link_from
+                    && how
+                        .link_from
                         .is_some_and(|from| fs::hard_link(from.join(&e.path), &tmp).is_ok());
                 if linked {
                     stats.linked += 1;
                 } else {
-                    if !store.has(md5) {
-                        return Err(ApplyError::MissingBody(md5.hex(), e.path.clone()));
+                    // The empty body stays: the store always holds it.
+                    let moved = take
+                        && *size > 0
+                        && last_use.get(md5) == Some(&i)
+                        && fs::rename(store.path(md5), &tmp).is_ok();
+                    if !moved {
+                        if !store.has(md5) {
+                            return Err(ApplyError::MissingBody(md5.hex(), e.path.clone()));
+                        }
+                        fs::copy(store.path(md5), &tmp).map_err(io_at(&tmp))?;
                     }
-                    fs::copy(store.path(md5), &tmp).map_err(io_at(&tmp))?;
                     finish_file(&tmp, e, *mtime)?;
                     stats.written += 1;
                 }
@@ -157,7 +268,7 @@ fn apply_linking(
                         && fs::read_link(&path).is_ok_and(|t| t.as_os_str() == target.as_str())
                     {
                         stats.unchanged += 1;
-                        continue;
+                        return Ok(());
                     }
                 }
                 let tmp = tmp_name(path.parent().unwrap_or(dir));
@@ -166,7 +277,9 @@ fn apply_linking(
                 stats.written += 1;
             }
         }
-    }
+        Ok(())
+    })?;
+    stats.unchanged += skipped;
     stats.deleted = delete_extraneous(dir, "", manifest, skip)?;
     for (i, e) in manifest.entries().iter().enumerate().rev() {
         if matches!(e.kind, EntryKind::Dir) && !skip.is_some_and(|o| manifest.unchanged_in(i, o)) {
@@ -181,15 +294,24 @@ fn apply_linking(
     Ok(stats)
 }
 
+fn same_filesystem(a: &Path, b: &Path) -> bool {
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
 /// Refuses, before anything is touched, an apply whose new file bodies cannot fit in the free
-/// space of `dir`'s filesystem, so a full disk never leaves a mix of two releases.
+/// space of `dir`'s filesystem, so a full disk never leaves a mix of two releases. Bodies
+/// moved out of the store (`take`) need no room; only the extra copies of a body used twice do.
 fn check_space(
     dir: &Path,
     manifest: &Manifest,
     old: Option<&Manifest>,
-    linking: bool,
-    trust_old: bool,
+    how: How,
+    take: bool,
 ) -> Result<(), ApplyError> {
+    let mut first_use = std::collections::HashSet::new();
     let need: u64 = manifest
         .files()
         .filter(|(e, _, _)| {
@@ -197,8 +319,12 @@ fn check_space(
                 .and_then(|o| o.get(&e.path))
                 .is_some_and(|(oe, _)| oe.kind == e.kind && oe.mode == e.mode);
             // Unchanged files cost nothing in place; in a new release dir they are hard links.
-            !(same && (linking || trust_old || fs::symlink_metadata(dir.join(&e.path)).is_ok()))
+            !(same
+                && (how.link_from.is_some()
+                    || how.skip_unchanged
+                    || fs::symlink_metadata(dir.join(&e.path)).is_ok()))
         })
+        .filter(|(_, _, md5)| !(take && first_use.insert(*md5)))
         .map(|(_, size, _)| size)
         .sum();
     let Ok(st) = rustix::fs::statvfs(dir) else {
@@ -308,6 +434,9 @@ pub struct Applier {
     pub mode: ApplyMode,
     /// `DATA/releases`, where atomic mode builds release directories.
     pub releases: PathBuf,
+    /// Keep a copy of every applied body in the store (a node that serves children). A node
+    /// that serves nobody moves bodies into `dir` in place mode: each byte is written once.
+    pub keep_bodies: bool,
 }
 
 impl Applier {
@@ -325,7 +454,14 @@ impl Applier {
         store: &Store,
     ) -> Result<ApplyStats, ApplyError> {
         match self.mode {
-            ApplyMode::InPlace => apply(&self.dir, new, old.map(|(_, m)| m), store),
+            ApplyMode::InPlace => {
+                let how = How {
+                    skip_unchanged: old.is_some(),
+                    take: !self.keep_bodies,
+                    ..How::default()
+                };
+                apply_with(&self.dir, new, old.map(|(_, m)| m), store, how)
+            }
             ApplyMode::Atomic { keep } => {
                 let target = self.release_dir(version);
                 let from = old
@@ -336,7 +472,11 @@ impl Applier {
                 } else {
                     None
                 };
-                let stats = apply_linking(&target, new, base, store, from.as_deref(), false)?;
+                let how = How {
+                    link_from: from.as_deref(),
+                    ..How::default()
+                };
+                let stats = apply_with(&target, new, base, store, how)?;
                 self.switch_to(&target)?;
                 self.prune(keep, version);
                 Ok(stats)
@@ -504,6 +644,7 @@ mod tests {
             dir: t.path().join("www"),
             mode: ApplyMode::Atomic { keep: 2 },
             releases: t.path().join("data/releases"),
+            keep_bodies: true,
         };
         // The served dir starts as a plain directory with unrelated content.
         write(&applier.dir.join("old.txt"), "before cascade");
@@ -554,6 +695,56 @@ mod tests {
         );
         assert_eq!(left[2], "v4");
         assert_eq!(left.len(), 3);
+    }
+
+    #[test]
+    fn a_node_serving_nobody_moves_bodies_into_dir_and_finds_them_there_again() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        let store = Store::open(&t.path().join("data")).unwrap();
+        write(&src.join("a.txt"), "same body");
+        write(&src.join("b/a-again.txt"), "same body");
+        write(&src.join("c.bin"), "unique");
+        write(&src.join("empty"), "");
+        let m = scan(&src, &store, &Default::default()).unwrap().0;
+        let applier = Applier {
+            dir: dst.clone(),
+            mode: ApplyMode::InPlace,
+            releases: t.path().join("data/releases"),
+            keep_bodies: false,
+        };
+        let stats = applier.apply(1, &m, None, &store).unwrap();
+        assert_eq!(stats.written, 4);
+        assert_eq!(
+            crate::scan::fingerprint(&dst).unwrap().root_digest(),
+            m.root_digest()
+        );
+        // Each body left the store for its last use; the shared one was copied for the first.
+        let body = |p: &str| match m.get(p).unwrap().0.kind {
+            EntryKind::File { md5, .. } => md5,
+            _ => unreachable!(),
+        };
+        assert!(!store.has(&body("a.txt")) && !store.has(&body("c.bin")));
+        assert!(store.has(&body("empty")), "the empty body always stays");
+
+        // Without its record, the node finds the intact files in place (checked by MD5) and
+        // asks only for what changed, before touching anything.
+        write(&dst.join("c.bin"), "tampered");
+        let e = repair(&dst, &m, &store).unwrap_err();
+        assert!(
+            matches!(&e, ApplyError::MissingBodies(b) if *b == [body("c.bin")]),
+            "{e}"
+        );
+        assert_eq!(fs::read_to_string(dst.join("c.bin")).unwrap(), "tampered");
+        assert!(held_in_place(&dst, m.get("a.txt").unwrap().0));
+        assert!(!held_in_place(&dst, m.get("c.bin").unwrap().0));
+        // Once the body is back, the repair restores the file.
+        let mut w = store.writer(body("c.bin"), 6).unwrap();
+        w.write(b"unique").unwrap();
+        w.finish().unwrap();
+        let s = repair(&dst, &m, &store).unwrap();
+        assert_eq!((s.written, s.unchanged), (1, 3), "{s:?}");
+        assert_eq!(fs::read_to_string(dst.join("c.bin")).unwrap(), "unique");
     }
 
     #[test]

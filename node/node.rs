@@ -18,7 +18,7 @@ use quinn::Endpoint;
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinSet;
 
-use crate::apply::Applier;
+use crate::apply::{Applier, ApplyError};
 use crate::config::NodeConfig;
 use crate::flight::Flights;
 use crate::link::{self, LinkError};
@@ -61,6 +61,8 @@ pub enum NodeError {
     NotOrigin(String, Role),
     #[error("apply failed: {0}")]
     Apply(String),
+    #[error("apply needs {} bodies that are neither in the store nor in dir", .0.len())]
+    MissingBodies(Vec<crate::manifest::Md5>),
     #[error("publish failed: {0}")]
     Scan(#[from] ScanError),
 }
@@ -210,7 +212,10 @@ impl Shared {
             })
             .await
             .expect("apply does not panic");
-            let stats = stats.map_err(|e| NodeError::Apply(e.to_string()))?;
+            let stats = stats.map_err(|e| match e {
+                ApplyError::MissingBodies(missing) => NodeError::MissingBodies(missing),
+                e => NodeError::Apply(e.to_string()),
+            })?;
             tracing::info!(
                 written = stats.written,
                 linked = stats.linked,
@@ -423,6 +428,7 @@ impl RunningNode {
                     dir,
                     mode: cfg.apply,
                     releases: cfg.data.join("releases"),
+                    keep_bodies: listen.is_some(),
                 }),
             data: cfg.data.clone(),
             offered: watch::Sender::new(None),
@@ -533,7 +539,12 @@ async fn recover(shared: &Arc<Shared>, pending: Option<Release>) {
         return;
     };
     if let Some(p) = pending {
-        let complete = p.manifest.files().all(|(_, _, md5)| shared.store.has(&md5));
+        // Bodies already moved into `dir` (see `Applier::keep_bodies`) count; the apply
+        // confirms them by MD5.
+        let complete = p.manifest.files().all(|(e, _, md5)| {
+            shared.store.has(&md5)
+                || (!applier.keep_bodies && crate::apply::held_in_place(&applier.dir, e))
+        });
         let version = p.version;
         if complete
             && shared

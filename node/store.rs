@@ -187,6 +187,11 @@ impl Store {
         self.commit_batch()
     }
 
+    /// The directory that holds the bodies.
+    pub fn objects(&self) -> &Path {
+        &self.objects
+    }
+
     /// Where the body with this MD5 lives (whether or not it is held).
     pub fn path(&self, md5: &Md5) -> PathBuf {
         let hex = md5.hex();
@@ -296,6 +301,36 @@ impl Store {
             fs::rename(&tmp.0, &dest).map_err(io_at(&dest))?;
         }
         Ok((md5, size, chunks))
+    }
+}
+
+impl Store {
+    /// Copies a local file into the store as body `md5` if it is exactly that body (checked
+    /// while copying); returns whether it was. A node whose `dir` is the only copy of its
+    /// bodies takes a renamed file's body from its old path this way.
+    pub fn adopt(&self, src: &Path, md5: Md5, size: u64) -> Result<bool, StoreError> {
+        let mut input = match File::open(src) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_at(src)(e)),
+        };
+        let mut w = self.writer(md5, size)?;
+        let mut buf = buffer_for(&input);
+        loop {
+            let n = input.read(&mut buf).map_err(io_at(src))?;
+            if n == 0 {
+                break;
+            }
+            w.write(&buf[..n])?;
+            if w.written() > size {
+                return Ok(false);
+            }
+        }
+        match w.finish() {
+            Ok(()) => Ok(true),
+            Err(StoreError::Mismatch { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 

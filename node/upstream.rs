@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::apply::{self, ApplyMode};
 use crate::flight::FlightHandle;
 use crate::link::{self, LinkError};
 use crate::manifest::{Manifest, Md5};
@@ -281,12 +282,25 @@ async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Res
     let old = shared.held_release();
     let empty = Manifest::empty();
     let old_manifest = old.as_ref().map_or(&empty, |h| &h.release.manifest);
+    // A node whose `dir` is the only copy of its bodies (see `Applier::keep_bodies`) finds
+    // them there by the quick check; the apply confirms each by MD5, or asks for it again.
+    let in_place = shared
+        .applier
+        .as_ref()
+        .filter(|a| !a.keep_bodies && a.mode == ApplyMode::InPlace)
+        .map(|a| a.dir.clone());
     let mut seen = HashSet::new();
     let wanted: Vec<Expected> = release
         .manifest
         .changed_files(old_manifest)
         .into_iter()
-        .filter(|(_, _, md5)| seen.insert(*md5) && !shared.store.has(md5))
+        .filter(|(entry, _, md5)| {
+            seen.insert(*md5)
+                && !shared.store.has(md5)
+                && !in_place
+                    .as_ref()
+                    .is_some_and(|dir| apply::held_in_place(dir, entry))
+        })
         .map(|(entry, size, md5)| {
             expected(
                 md5,
@@ -297,14 +311,107 @@ async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Res
             )
         })
         .collect();
-    let total: u64 = wanted.iter().map(|e| e.size).sum();
-    let files = wanted.len() as u64;
+    let wanted = match &in_place {
+        Some(dir) => adopt_moved(shared, dir, old.as_ref(), wanted).await?,
+        None => wanted,
+    };
+    let mut files = wanted.len() as u64;
+    let mut total: u64 = wanted.iter().map(|e| e.size).sum();
     info!(files, bytes = total, "fetching");
     let done = Arc::new(AtomicU64::new(0));
+    fetch_all(shared, conn, wanted, release, &done).await?;
+    debug!(ms = started.elapsed().as_millis() as u64, "bodies received");
+    shared.set_own(|s| s.state = NodeState::Applying { version });
+    match shared.apply_and_hold(release.clone()).await {
+        Err(NodeError::MissingBodies(missing)) => {
+            // Files that drifted from bodies only `dir` held: fetch those and apply again.
+            let mut missing: HashSet<Md5> = missing.into_iter().collect();
+            let wanted: Vec<Expected> = release
+                .manifest
+                .files()
+                .filter(|(_, _, md5)| missing.remove(md5) && !shared.store.has(md5))
+                .map(|(entry, size, md5)| expected(md5, size, entry.chunks(), shared.serves, true))
+                .collect();
+            info!(files = wanted.len(), "fetching bodies missing from dir");
+            files += wanted.len() as u64;
+            total += wanted.iter().map(|e| e.size).sum::<u64>();
+            fetch_all(shared, conn, wanted, release, &done).await?;
+            shared.set_own(|s| s.state = NodeState::Applying { version });
+            shared.apply_and_hold(release.clone()).await?;
+        }
+        r => r?,
+    }
+    // What actually crossed the link (less than `total` when transfers were resumed).
+    let fetched = done.load(Ordering::Relaxed);
+    shared.set_own(|s| {
+        s.fetched_bytes = fetched;
+        s.fetched_files = files;
+    });
+    info!(
+        files,
+        bytes = total,
+        ms = started.elapsed().as_millis() as u64,
+        "release {version} held"
+    );
+    Ok(())
+}
+
+/// For a node whose `dir` is the only copy of its bodies: takes each wanted body that the
+/// previous release had at another path (a renamed or copied file) from that path, checked
+/// by MD5 while copying it into the store. Returns the bodies still to fetch.
+async fn adopt_moved(
+    shared: &Arc<Shared>,
+    dir: &std::path::Path,
+    old: Option<&Arc<crate::node::Offer>>,
+    wanted: Vec<Expected>,
+) -> Result<Vec<Expected>, SyncError> {
+    let Some(old) = old.cloned() else {
+        return Ok(wanted);
+    };
+    let (me, dir) = (shared.clone(), dir.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let by_body: std::collections::HashMap<Md5, &crate::manifest::Entry> = old
+            .release
+            .manifest
+            .files()
+            .map(|(e, _, md5)| (md5, e))
+            .collect();
+        // Adopted bodies are flushed with the fetched ones (see `Store::begin_batch`).
+        me.store.begin_batch()?;
+        let mut rest = Vec::new();
+        for e in wanted {
+            let adopted = match by_body.get(&e.md5) {
+                Some(oe) if apply::held_in_place(&dir, oe) => {
+                    me.store.adopt(&dir.join(&oe.path), e.md5, e.size)?
+                }
+                _ => false,
+            };
+            if !adopted {
+                rest.push(e);
+            }
+        }
+        Ok(rest)
+    })
+    .await
+    .expect("adopting bodies does not panic")
+}
+
+/// Fetches `wanted` (bodies not in the store) on parallel streams, then flushes the store.
+/// A node with children offers `release` to them as soon as the bodies are registered in
+/// flight, and serves each body's verified prefix while the rest arrives.
+async fn fetch_all(
+    shared: &Arc<Shared>,
+    conn: &Connection,
+    wanted: Vec<Expected>,
+    release: &Release,
+    done: &Arc<AtomicU64>,
+) -> Result<(), SyncError> {
+    let version = release.version;
+    let total: u64 = wanted.iter().map(|e| e.size).sum::<u64>() + done.load(Ordering::Relaxed);
     shared.set_own(|s| {
         s.state = NodeState::Fetching {
             version,
-            done_bytes: 0,
+            done_bytes: done.load(Ordering::Relaxed),
             total_bytes: total,
         }
     });
@@ -366,27 +473,11 @@ async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Res
         });
     }
 
-    debug!(ms = started.elapsed().as_millis() as u64, "bodies received");
     // Every body is on disk before anything is applied.
     let me = shared.clone();
     tokio::task::spawn_blocking(move || me.store.commit_batch())
         .await
         .expect("flushing the store does not panic")?;
-    debug!(ms = started.elapsed().as_millis() as u64, "store flushed");
-    shared.set_own(|s| s.state = NodeState::Applying { version });
-    shared.apply_and_hold(release.clone()).await?;
-    // What actually crossed the link (less than `total` when transfers were resumed).
-    let fetched = done.load(Ordering::Relaxed);
-    shared.set_own(|s| {
-        s.fetched_bytes = fetched;
-        s.fetched_files = files;
-    });
-    info!(
-        files,
-        bytes = total,
-        ms = started.elapsed().as_millis() as u64,
-        "release {version} held"
-    );
     Ok(())
 }
 
