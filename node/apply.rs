@@ -211,6 +211,9 @@ fn apply_with(
         })
         .collect();
     let mut stats = ApplyStats::default();
+    // Files are written once the walk has made every directory, on several threads; bodies
+    // moved out of the store go last, after every copy of them was made.
+    let (mut copies, mut moves) = (Vec::new(), Vec::new());
     let skipped = walk(manifest, skip, |i| {
         let e = &entries[i];
         let path = dir.join(&e.path);
@@ -227,9 +230,7 @@ fn apply_with(
                 }
                 // Keep the directory writable while we fill it; its mode is set at the end.
             }
-            EntryKind::File {
-                size, md5, mtime, ..
-            } => {
+            EntryKind::File { size, md5, .. } => {
                 let same_as_old = old
                     .and_then(|o| o.get(&e.path))
                     .is_some_and(|(oe, _)| oe.kind == e.kind && oe.mode == e.mode);
@@ -238,29 +239,19 @@ fn apply_with(
                     stats.unchanged += 1;
                     return Ok(());
                 }
-                let tmp = tmp_name(path.parent().unwrap_or(dir));
-                let linked = same_as_old
-                    && how
-                        .link_from
-                        .is_some_and(|from| fs::hard_link(from.join(&e.path), &tmp).is_ok());
-                if linked {
-                    stats.linked += 1;
+                // The empty body stays: the store always holds it.
+                let move_body = take && *size > 0 && last_use.get(md5) == Some(&i);
+                let job = FileJob {
+                    entry: e,
+                    path,
+                    current,
+                    same_as_old,
+                };
+                if move_body {
+                    moves.push(job);
                 } else {
-                    // The empty body stays: the store always holds it.
-                    let moved = take
-                        && *size > 0
-                        && last_use.get(md5) == Some(&i)
-                        && fs::rename(store.path(md5), &tmp).is_ok();
-                    if !moved {
-                        if !store.has(md5) {
-                            return Err(ApplyError::MissingBody(md5.hex(), e.path.clone()));
-                        }
-                        fs::copy(store.path(md5), &tmp).map_err(io_at(&tmp))?;
-                    }
-                    finish_file(&tmp, e, *mtime)?;
-                    stats.written += 1;
+                    copies.push(job);
                 }
-                replace(&tmp, &path, current.as_ref())?;
             }
             EntryKind::Symlink { target } => {
                 if let Some(m) = &current {
@@ -280,6 +271,11 @@ fn apply_with(
         Ok(())
     })?;
     stats.unchanged += skipped;
+    for (jobs, take) in [(copies, false), (moves, true)] {
+        let linked = in_parallel(&jobs, |job| write_file(dir, store, job, how, take))?;
+        stats.linked += linked;
+        stats.written += jobs.len() as u64 - linked;
+    }
     stats.deleted = delete_extraneous(dir, "", manifest, skip)?;
     for (i, e) in manifest.entries().iter().enumerate().rev() {
         if matches!(e.kind, EntryKind::Dir) && !skip.is_some_and(|o| manifest.unchanged_in(i, o)) {
@@ -292,6 +288,94 @@ fn apply_with(
         }
     }
     Ok(stats)
+}
+
+/// A file an apply must write.
+struct FileJob<'a> {
+    entry: &'a Entry,
+    path: PathBuf,
+    current: Option<fs::Metadata>,
+    /// The previous release had the same body and mode here (so atomic mode can link it).
+    same_as_old: bool,
+}
+
+/// Writes one file under a temporary name and renames it over the real one: hard-linked from
+/// the previous release directory if it can be, else moved (`take`) or copied from the
+/// store. Returns whether it was linked.
+fn write_file(
+    dir: &Path,
+    store: &Store,
+    job: &FileJob,
+    how: How,
+    take: bool,
+) -> Result<bool, ApplyError> {
+    let e = job.entry;
+    let EntryKind::File { md5, mtime, .. } = &e.kind else {
+        unreachable!("only files are written by write_file");
+    };
+    let tmp = tmp_name(job.path.parent().unwrap_or(dir));
+    let linked = job.same_as_old
+        && how
+            .link_from
+            .is_some_and(|from| fs::hard_link(from.join(&e.path), &tmp).is_ok());
+    if !linked {
+        let moved = take && fs::rename(store.path(md5), &tmp).is_ok();
+        if !moved {
+            if !store.has(md5) {
+                return Err(ApplyError::MissingBody(md5.hex(), e.path.clone()));
+            }
+            fs::copy(store.path(md5), &tmp).map_err(io_at(&tmp))?;
+        }
+        finish_file(&tmp, e, *mtime)?;
+    }
+    replace(&tmp, &job.path, job.current.as_ref())?;
+    Ok(linked)
+}
+
+/// Most threads writing files at once (small files cost system calls, which spread over
+/// cores).
+const WRITERS: usize = 4;
+
+/// Runs `f` on every item, on up to [`WRITERS`] threads; returns how many gave `true`, or
+/// the first error.
+fn in_parallel<T: Sync>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<bool, ApplyError> + Sync,
+) -> Result<u64, ApplyError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, WRITERS)
+        .min(items.len().div_ceil(64));
+    if threads <= 1 {
+        return items
+            .iter()
+            .try_fold(0, |n, item| Ok(n + u64::from(f(item)?)));
+    }
+    let next = AtomicU64::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let work = || -> Result<u64, ApplyError> {
+        let mut n = 0;
+        while !failed.load(Ordering::Relaxed) {
+            let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed) as usize) else {
+                break;
+            };
+            match f(item) {
+                Ok(yes) => n += u64::from(yes),
+                Err(e) => {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(n)
+    };
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("writing files does not panic"))
+            .sum()
+    })
 }
 
 fn same_filesystem(a: &Path, b: &Path) -> bool {
@@ -706,6 +790,11 @@ mod tests {
         write(&src.join("b/a-again.txt"), "same body");
         write(&src.join("c.bin"), "unique");
         write(&src.join("empty"), "");
+        // Enough files to be written on several threads, sharing a few bodies: every copy of
+        // a body is made before the body is moved.
+        for n in 0..300 {
+            write(&src.join(format!("many/{}/{n}", n % 7)), &format!("{}", n % 3));
+        }
         let m = scan(&src, &store, &Default::default()).unwrap().0;
         let applier = Applier {
             dir: dst.clone(),
@@ -714,7 +803,7 @@ mod tests {
             keep_bodies: false,
         };
         let stats = applier.apply(1, &m, None, &store).unwrap();
-        assert_eq!(stats.written, 4);
+        assert_eq!(stats.written, 304);
         assert_eq!(
             crate::scan::fingerprint(&dst).unwrap().root_digest(),
             m.root_digest()
@@ -743,7 +832,7 @@ mod tests {
         w.write(b"unique").unwrap();
         w.finish().unwrap();
         let s = repair(&dst, &m, &store).unwrap();
-        assert_eq!((s.written, s.unchanged), (1, 3), "{s:?}");
+        assert_eq!((s.written, s.unchanged), (1, 303), "{s:?}");
         assert_eq!(fs::read_to_string(dst.join("c.bin")).unwrap(), "unique");
     }
 

@@ -120,8 +120,10 @@ pub fn scan(
         stats: ScanStats::default(),
         now,
         entries: Vec::new(),
+        to_read: Vec::new(),
     };
     w.walk("")?;
+    w.read_files()?;
     let manifest = Manifest::from_entries(w.entries)?;
     Ok((manifest, w.new, w.stats))
 }
@@ -138,9 +140,23 @@ pub fn fingerprint(dir: &Path) -> Result<Manifest, ScanError> {
         stats: ScanStats::default(),
         now: 0,
         entries: Vec::new(),
+        to_read: Vec::new(),
     };
     w.walk("")?;
+    w.read_files()?;
     Ok(Manifest::from_entries(w.entries)?)
+}
+
+/// Most threads reading files at once. Hashing is CPU-bound and small files cost mostly
+/// system calls, both of which spread over cores.
+const READERS: usize = 4;
+
+/// A file the walk found that must be read: its entry (a placeholder until read), path and
+/// stat before reading.
+struct ToRead {
+    entry: usize,
+    path: PathBuf,
+    stat: Stat,
 }
 
 struct Walk<'a> {
@@ -152,6 +168,8 @@ struct Walk<'a> {
     /// When the scan started, in nanoseconds since the Unix epoch.
     now: i128,
     entries: Vec<Entry>,
+    /// Files to read once the walk is done, on several threads.
+    to_read: Vec<ToRead>,
 }
 
 impl Walk<'_> {
@@ -183,7 +201,17 @@ impl Walk<'_> {
             let kind = if ft.is_dir() {
                 EntryKind::Dir
             } else if ft.is_file() {
-                let (md5, size, chunks) = self.file(&rel_path, &path, &meta)?;
+                let (md5, size, chunks) = match self.cached(&rel_path, &meta) {
+                    Some(body) => body,
+                    None => {
+                        self.to_read.push(ToRead {
+                            entry: self.entries.len(),
+                            path: path.clone(),
+                            stat: Stat::of(&meta),
+                        });
+                        (Md5::of(b""), 0, Vec::new())
+                    }
+                };
                 EntryKind::File {
                     size,
                     md5,
@@ -214,38 +242,92 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// MD5 and size of one file: from the cache when its stat is unchanged and the body is
-    /// held, else read once (into the store when scanning for a publish).
-    fn file(&mut self, rel: &str, path: &Path, meta: &fs::Metadata) -> Result<Body, ScanError> {
+    /// The body of a file whose stat is unchanged since the last scan and whose body is held.
+    fn cached(&mut self, rel: &str, meta: &fs::Metadata) -> Option<Body> {
+        let store = self.store?;
         let stat = Stat::of(meta);
-        let Some(store) = self.store else {
-            return hash_body(path, true).map_err(ScanError::Store);
+        let (old, body) = self.old.files.get(rel)?;
+        if *old != stat || !store.has(&body.0) {
+            return None;
+        }
+        self.stats.cached += 1;
+        self.new.files.insert(rel.to_owned(), (stat, body.clone()));
+        Some(body.clone())
+    }
+
+    /// Reads the files the walk could not take from the cache, on up to [`READERS`] threads
+    /// (into the store when scanning for a publish), and fills in their entries.
+    fn read_files(&mut self) -> Result<(), ScanError> {
+        let jobs = std::mem::take(&mut self.to_read);
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, READERS)
+            .min(jobs.len());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let store = self.store;
+        let read = || {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(job) = jobs.get(i) else {
+                    return Ok(out);
+                };
+                let body = match store {
+                    Some(store) => store.ingest(&job.path),
+                    None => hash_body(&job.path, true),
+                }
+                .map_err(ScanError::Store)?;
+                // Taken right after reading, to tell whether the file changed meanwhile.
+                let after = fs::symlink_metadata(&job.path).map(|m| Stat::of(&m)).ok();
+                out.push((i, body, after));
+            }
         };
-        if let Some((old, body)) = self.old.files.get(rel) {
-            if *old == stat && store.has(&body.0) {
-                self.stats.cached += 1;
-                self.new.files.insert(rel.to_owned(), (stat, body.clone()));
-                return Ok(body.clone());
+        let results: Vec<Result<Vec<_>, ScanError>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads).map(|_| s.spawn(read)).collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("reading files does not panic"))
+                .collect()
+        });
+        for result in results {
+            for (i, (md5, size, chunks), after) in result? {
+                let job = &jobs[i];
+                self.stats.hashed += 1;
+                self.stats.hashed_bytes += size;
+                let entry = &mut self.entries[job.entry];
+                if let EntryKind::File {
+                    md5: m,
+                    size: sz,
+                    chunks: c,
+                    ..
+                } = &mut entry.kind
+                {
+                    (*m, *sz, *c) = (md5, size, chunks.clone());
+                }
+                // The file may have changed while it was read: cache only what matches the
+                // stat taken before reading, and nothing modified too recently to tell.
+                let stat = job.stat;
+                let mtime = stat.mtime.0 as i128 * 1_000_000_000 + stat.mtime.1 as i128;
+                let window = if stat.mtime.1 == 0 {
+                    RACY_WINDOW_COARSE
+                } else {
+                    RACY_WINDOW_FINE
+                };
+                if self.store.is_some()
+                    && after == Some(stat)
+                    && size == stat.size
+                    && self.now - mtime > window
+                {
+                    self.new
+                        .files
+                        .insert(entry.path.clone(), (stat, (md5, size, chunks)));
+                }
             }
         }
-        let (md5, size, chunks) = store.ingest(path).map_err(ScanError::Store)?;
-        self.stats.hashed += 1;
-        self.stats.hashed_bytes += size;
-        // The file may have changed while it was read: cache only what matches the stat
-        // taken before reading, and nothing modified too recently to tell.
-        let after = fs::symlink_metadata(path).map(|m| Stat::of(&m)).ok();
-        let mtime = stat.mtime.0 as i128 * 1_000_000_000 + stat.mtime.1 as i128;
-        let window = if stat.mtime.1 == 0 {
-            RACY_WINDOW_COARSE
-        } else {
-            RACY_WINDOW_FINE
-        };
-        if after == Some(stat) && size == stat.size && self.now - mtime > window {
-            self.new
-                .files
-                .insert(rel.to_owned(), (stat, (md5, size, chunks.clone())));
-        }
-        Ok((md5, size, chunks))
+        Ok(())
     }
 }
 

@@ -24,6 +24,15 @@ pub fn node_main(config: &str) -> ExitCode {
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
+    // A node whose harness died (killed, or cut off by a shell's time limit) exits too
+    // instead of running on as an orphan.
+    let parent = std::os::unix::process::parent_id();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(500));
+        if std::os::unix::process::parent_id() != parent {
+            std::process::exit(1);
+        }
+    });
     let run = || -> Result<()> {
         let cfg = NodeConfig::load(Some(Path::new(config)), [], &Default::default())?;
         let rt = tokio::runtime::Builder::new_multi_thread()
