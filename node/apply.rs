@@ -793,7 +793,10 @@ mod tests {
         // Enough files to be written on several threads, sharing a few bodies: every copy of
         // a body is made before the body is moved.
         for n in 0..300 {
-            write(&src.join(format!("many/{}/{n}", n % 7)), &format!("{}", n % 3));
+            write(
+                &src.join(format!("many/{}/{n}", n % 7)),
+                &format!("{}", n % 3),
+            );
         }
         let m = scan(&src, &store, &Default::default()).unwrap().0;
         let applier = Applier {

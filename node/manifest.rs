@@ -37,6 +37,22 @@ impl Md5 {
     }
 }
 
+impl Md5 {
+    /// Parses 32 lowercase or uppercase hex digits.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        let bytes = hex.as_bytes();
+        if bytes.len() != 32 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, pair) in bytes.chunks(2).enumerate() {
+            out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+        }
+        Some(Md5(out))
+    }
+}
+
 impl fmt::Display for Md5 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.hex())

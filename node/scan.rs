@@ -112,9 +112,16 @@ pub fn scan(
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128);
+    // Cached bodies count only if still held: one listing of the store checks them all.
+    let held = if cache.is_empty() {
+        Default::default()
+    } else {
+        store.held().map_err(ScanError::Store)?
+    };
     let mut w = Walk {
         root: dir,
         store: Some(store),
+        held,
         old: cache,
         new: StatCache::default(),
         stats: ScanStats::default(),
@@ -135,6 +142,7 @@ pub fn fingerprint(dir: &Path) -> Result<Manifest, ScanError> {
     let mut w = Walk {
         root: dir,
         store: None,
+        held: Default::default(),
         old: &empty,
         new: StatCache::default(),
         stats: ScanStats::default(),
@@ -162,6 +170,8 @@ struct ToRead {
 struct Walk<'a> {
     root: &'a Path,
     store: Option<&'a Store>,
+    /// The bodies the store held when the scan began.
+    held: std::collections::HashSet<Md5>,
     old: &'a StatCache,
     new: StatCache,
     stats: ScanStats,
@@ -195,7 +205,8 @@ impl Walk<'_> {
             } else {
                 format!("{rel}/{name}")
             };
-            let meta = fs::symlink_metadata(&path).map_err(io(&path))?;
+            // Relative to the open directory: no walk of the whole path per entry.
+            let meta = item.metadata().map_err(io(&path))?;
             let mode = meta.permissions().mode() & 0o7777;
             let ft = meta.file_type();
             let kind = if ft.is_dir() {
@@ -244,10 +255,10 @@ impl Walk<'_> {
 
     /// The body of a file whose stat is unchanged since the last scan and whose body is held.
     fn cached(&mut self, rel: &str, meta: &fs::Metadata) -> Option<Body> {
-        let store = self.store?;
+        self.store?;
         let stat = Stat::of(meta);
         let (old, body) = self.old.files.get(rel)?;
-        if *old != stat || !store.has(&body.0) {
+        if *old != stat || !self.held.contains(&body.0) {
             return None;
         }
         self.stats.cached += 1;

@@ -289,14 +289,23 @@ async fn sync(shared: &Arc<Shared>, conn: &Connection, release: &Release) -> Res
         .as_ref()
         .filter(|a| !a.keep_bodies && a.mode == ApplyMode::InPlace)
         .map(|a| a.dir.clone());
+    let changed = release.manifest.changed_files(old_manifest);
+    // For many bodies, one listing of the store is cheaper than a lookup each.
+    let held = if changed.len() > 1024 {
+        Some(shared.store.held()?)
+    } else {
+        None
+    };
+    let has = |md5: &Md5| {
+        held.as_ref()
+            .map_or_else(|| shared.store.has(md5), |h| h.contains(md5))
+    };
     let mut seen = HashSet::new();
-    let wanted: Vec<Expected> = release
-        .manifest
-        .changed_files(old_manifest)
+    let wanted: Vec<Expected> = changed
         .into_iter()
         .filter(|(entry, _, md5)| {
             seen.insert(*md5)
-                && !shared.store.has(md5)
+                && !has(md5)
                 && !in_place
                     .as_ref()
                     .is_some_and(|dir| apply::held_in_place(dir, entry))
