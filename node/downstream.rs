@@ -297,7 +297,8 @@ async fn send_body(
         .store
         .size_hint(&md5)
         .map_or(u64::MAX, |s| s.saturating_sub(offset));
-    let want = (size + 1).min(IO_BUF as u64) as usize;
+    // Unknown (still arriving): a full buffer. Known: the body plus one, so its end shows.
+    let want = size.saturating_add(1).min(IO_BUF as u64) as usize;
     if buf.len() < want {
         buf.resize(want, 0);
     }

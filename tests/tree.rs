@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use cascade::demo::noise;
+use cascade::status::NodeState;
 use common::{text, write, Cluster, SIZES};
 
 const BIG: usize = 5 * 1024 * 1024 + 3;
@@ -237,6 +238,21 @@ fn upload_limit_caps_what_a_node_sends() {
     write(&c.dir("origin"), "eight.bin", &noise(8 << 20, 8));
     let start = std::time::Instant::now();
     let _ = c.publish(&[]);
+    // Cut-through: the leaf receives the checked chunks of the body from relay-1 while the
+    // relay is still receiving the rest.
+    c.wait(
+        "leaf-1-1 to receive part of eight.bin before relay-1 holds all of it",
+        Duration::from_secs(30),
+        || {
+            let s = c.statuses("origin");
+            let of = |n: &str| s.iter().find(|s| s.name == n).cloned();
+            let relay_still_fetching = of("relay-1").is_some_and(|r| r.applied == Some(1));
+            let leaf_receiving = of("leaf-1-1").is_some_and(|l| {
+                matches!(l.state, NodeState::Fetching { version: 2, done_bytes, .. } if done_bytes > 0)
+            });
+            relay_still_fetching && leaf_receiving
+        },
+    );
     c.wait_holds("relay-1", 2);
     let took = start.elapsed();
     assert!(

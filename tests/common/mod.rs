@@ -257,6 +257,20 @@ impl Drop for Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // A panic inside a node (a task that died and was retried around) fails the test,
+        // even when the tree converged anyway.
+        if !std::thread::panicking() {
+            for n in self.names() {
+                let log = self.log(&n);
+                if let Some(at) = log.find("panicked at") {
+                    let end = (at + 400).min(log.len());
+                    panic!(
+                        "node {n} panicked: {}",
+                        &log[at..log.floor_char_boundary(end)]
+                    );
+                }
+            }
+        }
     }
 }
 
