@@ -263,11 +263,8 @@ impl Drop for Cluster {
             for n in self.names() {
                 let log = self.log(&n);
                 if let Some(at) = log.find("panicked at") {
-                    let end = (at + 400).min(log.len());
-                    panic!(
-                        "node {n} panicked: {}",
-                        &log[at..log.floor_char_boundary(end)]
-                    );
+                    let what: String = log[at..].chars().take(400).collect();
+                    panic!("node {n} panicked: {what}");
                 }
             }
         }
