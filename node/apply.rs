@@ -96,6 +96,12 @@ struct How<'a> {
     take: bool,
 }
 
+/// Whether `old` has entry `e` at the same path with the same content, type and mode.
+fn same_as_old(old: Option<&Manifest>, e: &Entry) -> bool {
+    old.and_then(|o| o.get(&e.path))
+        .is_some_and(|(oe, _)| oe.kind == e.kind && oe.mode == e.mode)
+}
+
 /// Whether the file on disk has the manifest's size, mtime and mode (rsync's quick check).
 fn looks_right(m: &fs::Metadata, e: &Entry) -> bool {
     match e.kind {
@@ -156,25 +162,27 @@ fn check_bodies(
 ) -> Result<std::collections::HashSet<usize>, ApplyError> {
     let mut in_place = std::collections::HashSet::new();
     let mut missing = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let entries = manifest.entries();
     walk(manifest, old.filter(|_| how.skip_unchanged), |i| {
         let e = &entries[i];
         let EntryKind::File { md5, .. } = &e.kind else {
             return Ok(());
         };
-        if store.has(md5)
+        let path = dir.join(&e.path);
+        let looks = fs::symlink_metadata(&path).is_ok_and(|m| looks_right(&m, e));
+        // Left alone by the apply (as rsync's quick check would): no body needed.
+        if (looks && same_as_old(old, e))
+            || store.has(md5)
             || how
                 .link_from
                 .is_some_and(|from| fs::symlink_metadata(from.join(&e.path)).is_ok())
         {
             return Ok(());
         }
-        let path = dir.join(&e.path);
-        let confirmed = fs::symlink_metadata(&path).is_ok_and(|m| looks_right(&m, e))
-            && crate::store::hash_file(&path).is_ok_and(|(got, _)| got == *md5);
-        if confirmed {
+        if looks && crate::store::hash_file(&path).is_ok_and(|(got, _)| got == *md5) {
             in_place.insert(i);
-        } else if !missing.contains(md5) {
+        } else if seen.insert(*md5) {
             missing.push(*md5);
         }
         Ok(())
@@ -231,9 +239,7 @@ fn apply_with(
                 // Keep the directory writable while we fill it; its mode is set at the end.
             }
             EntryKind::File { size, md5, .. } => {
-                let same_as_old = old
-                    .and_then(|o| o.get(&e.path))
-                    .is_some_and(|(oe, _)| oe.kind == e.kind && oe.mode == e.mode);
+                let same_as_old = same_as_old(old, e);
                 let on_disk_ok = current.as_ref().is_some_and(|m| looks_right(m, e));
                 if (same_as_old && on_disk_ok) || in_place.contains(&i) {
                     stats.unchanged += 1;
@@ -399,9 +405,7 @@ fn check_space(
     let need: u64 = manifest
         .files()
         .filter(|(e, _, _)| {
-            let same = old
-                .and_then(|o| o.get(&e.path))
-                .is_some_and(|(oe, _)| oe.kind == e.kind && oe.mode == e.mode);
+            let same = same_as_old(old, e);
             // Unchanged files cost nothing in place; in a new release dir they are hard links.
             !(same
                 && (how.link_from.is_some()
@@ -837,6 +841,21 @@ mod tests {
         let s = repair(&dst, &m, &store).unwrap();
         assert_eq!((s.written, s.unchanged), (1, 303), "{s:?}");
         assert_eq!(fs::read_to_string(dst.join("c.bin")).unwrap(), "unique");
+
+        // A restart's repair leaves files that pass the quick check alone, as rsync does: it
+        // does not read the whole dir (a same-size edit under the old mtime stays unseen).
+        let kept = dst.join("b/a-again.txt");
+        let mtime = fs::metadata(&kept).unwrap().modified().unwrap();
+        write(&kept, "SAME BODY");
+        File::options()
+            .write(true)
+            .open(&kept)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let s = repair(&dst, &m, &store).unwrap();
+        assert_eq!((s.written, s.unchanged), (0, 304), "{s:?}");
+        assert_eq!(fs::read_to_string(&kept).unwrap(), "SAME BODY");
     }
 
     #[test]
