@@ -169,15 +169,17 @@ fn check_bodies(
         let EntryKind::File { md5, .. } = &e.kind else {
             return Ok(());
         };
-        let path = dir.join(&e.path);
-        let looks = fs::symlink_metadata(&path).is_ok_and(|m| looks_right(&m, e));
-        // Left alone by the apply (as rsync's quick check would): no body needed.
-        if (looks && same_as_old(old, e))
-            || store.has(md5)
+        if store.has(md5)
             || how
                 .link_from
                 .is_some_and(|from| fs::symlink_metadata(from.join(&e.path)).is_ok())
         {
+            return Ok(());
+        }
+        let path = dir.join(&e.path);
+        let looks = fs::symlink_metadata(&path).is_ok_and(|m| looks_right(&m, e));
+        // Left alone by the apply (as rsync's quick check would): no body needed.
+        if looks && same_as_old(old, e) {
             return Ok(());
         }
         if looks && crate::store::hash_file(&path).is_ok_and(|(got, _)| got == *md5) {
@@ -278,7 +280,10 @@ fn apply_with(
     })?;
     stats.unchanged += skipped;
     for (jobs, take) in [(copies, false), (moves, true)] {
-        let linked = in_parallel(&jobs, |job| write_file(dir, store, job, how, take))?;
+        let linked = crate::par::map(&jobs, WRITERS, |job| write_file(dir, store, job, how, take))?
+            .into_iter()
+            .filter(|&linked| linked)
+            .count() as u64;
         stats.linked += linked;
         stats.written += jobs.len() as u64 - linked;
     }
@@ -341,48 +346,6 @@ fn write_file(
 /// Most threads writing files at once (small files cost system calls, which spread over
 /// cores).
 const WRITERS: usize = 4;
-
-/// Runs `f` on every item, on up to [`WRITERS`] threads; returns how many gave `true`, or
-/// the first error.
-fn in_parallel<T: Sync>(
-    items: &[T],
-    f: impl Fn(&T) -> Result<bool, ApplyError> + Sync,
-) -> Result<u64, ApplyError> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, WRITERS)
-        .min(items.len().div_ceil(64));
-    if threads <= 1 {
-        return items
-            .iter()
-            .try_fold(0, |n, item| Ok(n + u64::from(f(item)?)));
-    }
-    let next = AtomicU64::new(0);
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    let work = || -> Result<u64, ApplyError> {
-        let mut n = 0;
-        while !failed.load(Ordering::Relaxed) {
-            let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed) as usize) else {
-                break;
-            };
-            match f(item) {
-                Ok(yes) => n += u64::from(yes),
-                Err(e) => {
-                    failed.store(true, Ordering::Relaxed);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(n)
-    };
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("writing files does not panic"))
-            .sum()
-    })
-}
 
 fn same_filesystem(a: &Path, b: &Path) -> bool {
     match (fs::metadata(a), fs::metadata(b)) {

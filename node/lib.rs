@@ -25,6 +25,7 @@ pub mod limit;
 pub mod link;
 pub mod manifest;
 pub mod node;
+pub mod par;
 pub mod scan;
 pub mod status;
 pub mod store;

@@ -273,69 +273,47 @@ impl Walk<'_> {
         if jobs.is_empty() {
             return Ok(());
         }
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, READERS)
-            .min(jobs.len());
-        let next = std::sync::atomic::AtomicUsize::new(0);
         let store = self.store;
-        let read = || {
-            let mut out = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(job) = jobs.get(i) else {
-                    return Ok(out);
-                };
-                let body = match store {
-                    Some(store) => store.ingest(&job.path),
-                    None => hash_body(&job.path, true),
-                }
-                .map_err(ScanError::Store)?;
-                // Taken right after reading, to tell whether the file changed meanwhile.
-                let after = fs::symlink_metadata(&job.path).map(|m| Stat::of(&m)).ok();
-                out.push((i, body, after));
+        let read = crate::par::map(&jobs, READERS, |job| {
+            let body = match store {
+                Some(store) => store.ingest(&job.path),
+                None => hash_body(&job.path, true),
             }
-        };
-        let results: Vec<Result<Vec<_>, ScanError>> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..threads).map(|_| s.spawn(read)).collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().expect("reading files does not panic"))
-                .collect()
-        });
-        for result in results {
-            for (i, (md5, size, chunks), after) in result? {
-                let job = &jobs[i];
-                self.stats.hashed += 1;
-                self.stats.hashed_bytes += size;
-                let entry = &mut self.entries[job.entry];
-                if let EntryKind::File {
-                    md5: m,
-                    size: sz,
-                    chunks: c,
-                    ..
-                } = &mut entry.kind
-                {
-                    (*m, *sz, *c) = (md5, size, chunks.clone());
-                }
-                // The file may have changed while it was read: cache only what matches the
-                // stat taken before reading, and nothing modified too recently to tell.
-                let stat = job.stat;
-                let mtime = stat.mtime.0 as i128 * 1_000_000_000 + stat.mtime.1 as i128;
-                let window = if stat.mtime.1 == 0 {
-                    RACY_WINDOW_COARSE
-                } else {
-                    RACY_WINDOW_FINE
-                };
-                if self.store.is_some()
-                    && after == Some(stat)
-                    && size == stat.size
-                    && self.now - mtime > window
-                {
-                    self.new
-                        .files
-                        .insert(entry.path.clone(), (stat, (md5, size, chunks)));
-                }
+            .map_err(ScanError::Store)?;
+            // Taken right after reading, to tell whether the file changed meanwhile.
+            let after = fs::symlink_metadata(&job.path).map(|m| Stat::of(&m)).ok();
+            Ok::<_, ScanError>((body, after))
+        })?;
+        for (job, ((md5, size, chunks), after)) in jobs.iter().zip(read) {
+            self.stats.hashed += 1;
+            self.stats.hashed_bytes += size;
+            let entry = &mut self.entries[job.entry];
+            if let EntryKind::File {
+                md5: m,
+                size: sz,
+                chunks: c,
+                ..
+            } = &mut entry.kind
+            {
+                (*m, *sz, *c) = (md5, size, chunks.clone());
+            }
+            // The file may have changed while it was read: cache only what matches the
+            // stat taken before reading, and nothing modified too recently to tell.
+            let stat = job.stat;
+            let mtime = stat.mtime.0 as i128 * 1_000_000_000 + stat.mtime.1 as i128;
+            let window = if stat.mtime.1 == 0 {
+                RACY_WINDOW_COARSE
+            } else {
+                RACY_WINDOW_FINE
+            };
+            if self.store.is_some()
+                && after == Some(stat)
+                && size == stat.size
+                && self.now - mtime > window
+            {
+                self.new
+                    .files
+                    .insert(entry.path.clone(), (stat, (md5, size, chunks)));
             }
         }
         Ok(())
