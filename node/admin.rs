@@ -3,7 +3,7 @@
 //!
 //! One request frame, one response frame, per connection, in the wire encoding.
 
-use std::fs;
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,29 +11,31 @@ use std::sync::Arc;
 use tokio::net::{UnixListener, UnixStream};
 use tracing::warn;
 
-use crate::link::{self, LinkError};
-use crate::node::{io_at, DataLock, NodeError, Shared};
+use crate::data::DataDir;
+use crate::net::{self, LinkError};
+use crate::sync::{PublishError, Publisher, Shared};
 use crate::wire::{AdminRequest, AdminResponse};
 
-pub fn socket_path(data: &Path) -> PathBuf {
-    data.join("admin.sock")
-}
-
-/// Binds the admin socket, replacing a stale one, and restricts it to the owner.
-pub fn bind(data: &Path) -> Result<UnixListener, NodeError> {
-    let path = socket_path(data);
-    let _ = fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).map_err(io_at(&path))?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io_at(&path))?;
+/// Binds the admin socket at `path`, replacing a stale one, and restricts it to the owner.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    let _ = fs_err::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("failed to listen on `{}`: {e}", path.display()),
+        )
+    })?;
+    fs_err::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
 
-/// Answers admin requests until the task is aborted. Holds the data-dir lock meanwhile.
-pub async fn serve(shared: Arc<Shared>, listener: UnixListener, _lock: DataLock) {
+/// Answers admin requests until the task is aborted. `publisher` is the origin's; other
+/// nodes refuse to publish.
+pub async fn serve(shared: Arc<Shared>, publisher: Option<Arc<Publisher>>, listener: UnixListener) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(answer(shared.clone(), stream));
+                tokio::spawn(answer(shared.clone(), publisher.clone(), stream));
             }
             Err(e) => {
                 warn!("admin socket: {e}");
@@ -43,30 +45,33 @@ pub async fn serve(shared: Arc<Shared>, listener: UnixListener, _lock: DataLock)
     }
 }
 
-async fn answer(shared: Arc<Shared>, mut stream: UnixStream) {
-    let resp = match link::recv::<_, AdminRequest>(&mut stream).await {
-        Ok(Some(AdminRequest::Publish)) => match shared.publish().await {
-            Ok(s) => AdminResponse::Published(s),
-            Err(e) => AdminResponse::Error(e.to_string()),
-        },
+async fn answer(shared: Arc<Shared>, publisher: Option<Arc<Publisher>>, mut stream: UnixStream) {
+    let resp = match net::recv::<_, AdminRequest>(&mut stream).await {
+        Ok(Some(AdminRequest::Publish)) => {
+            let published = match &publisher {
+                Some(p) => p.publish().await,
+                None => Err(PublishError::NotOrigin(shared.name.clone(), shared.role)),
+            };
+            match published {
+                Ok(s) => AdminResponse::Published(s),
+                Err(e) => AdminResponse::Error(e.to_string()),
+            }
+        }
         Ok(Some(AdminRequest::Status)) => AdminResponse::Status {
             node: shared.name.clone(),
-            release: shared.held_release().map(|h| h.release.version),
-            nodes: shared.statuses(),
+            release: shared.held.version(),
+            nodes: shared.board.all(),
         },
         Ok(None) => return,
         Err(e) => AdminResponse::Error(format!("bad request: {e}")),
     };
-    let _ = link::send(&mut stream, &resp).await;
+    let _ = net::send(&mut stream, &resp).await;
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("cannot reach the node through {path} (is `cascade node` running with this data dir?): {source}")]
-    Connect {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Connect { path: PathBuf, source: io::Error },
     #[error("admin socket {0}: {1}")]
     Link(PathBuf, LinkError),
     #[error("admin socket {0}: the node closed the connection without answering")]
@@ -77,17 +82,17 @@ pub enum AdminError {
 
 /// Sends one request to the node whose data dir is `data`.
 pub async fn request(data: &Path, req: &AdminRequest) -> Result<AdminResponse, AdminError> {
-    let path = socket_path(data);
+    let path = DataDir::new(data).admin_socket();
     let mut stream = UnixStream::connect(&path)
         .await
         .map_err(|source| AdminError::Connect {
             path: path.clone(),
             source,
         })?;
-    link::send(&mut stream, req)
+    net::send(&mut stream, req)
         .await
         .map_err(|e| AdminError::Link(path.clone(), e))?;
-    match link::recv::<_, AdminResponse>(&mut stream).await {
+    match net::recv::<_, AdminResponse>(&mut stream).await {
         Ok(Some(AdminResponse::Error(e))) => Err(AdminError::Node(e)),
         Ok(Some(r)) => Ok(r),
         Ok(None) => Err(AdminError::NoAnswer(path)),

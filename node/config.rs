@@ -1,16 +1,86 @@
-//! The node config: a TOML file, overridden by `CASCADE_<KEY>` environment variables, overridden
-//! by command-line flags, merged with figment into one typed [`NodeConfig`]. Relative paths in
-//! the file are relative to the file; elsewhere to the working directory.
+//! The node config: one table of keys, [`Keys`], read from a TOML file, overridden by
+//! `CASCADE_<KEY>` environment variables, overridden by `--<key>` flags, merged with figment
+//! into one typed [`NodeConfig`].
+//!
+//! Every field of [`Keys`] is a key of the file, a variable and a flag, with one doc comment
+//! (the flag's help) and one way to read its value: the file, the environment and the
+//! command line cannot drift apart. A key the table does not have is an error wherever it is
+//! spelt: in the file, or as a `CASCADE_*` variable. Relative paths in the file are relative
+//! to the file; elsewhere to the working directory. Durations are a number of seconds or
+//! a humane duration (`"10s"`, `"1m 30s"`, `"6h"`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::{Args, CommandFactory, FromArgMatches};
+use figment::error::Kind;
 use figment::providers::{Format, Serialized, Toml};
-use figment::value::magic::RelativePathBuf;
-use figment::Figment;
-use serde::{Deserialize, Serialize};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider, Source};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::apply::ApplyMode;
+use crate::dir::ApplyMode;
+
+/// Every config key. The field names are the keys of the file and, upper-cased behind
+/// `CASCADE_`, the environment variables; the flags are `--<key>` (with `-` or `_`).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, Args)]
+#[serde(deny_unknown_fields)]
+pub struct Keys {
+    /// This node's name in the topology (and in its certificate).
+    #[arg(long, value_name = "NAME")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The topology file.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<PathBuf>,
+    /// Directory holding ca.pem, NAME.pem and NAME.key.
+    #[arg(long, value_name = "DIR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certs: Option<PathBuf>,
+    /// The directory kept identical: the source on the origin (optional on relays).
+    #[arg(long, value_name = "DIR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// The node's own state and store.
+    #[arg(long, value_name = "DIR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<PathBuf>,
+    /// Log level: error, warn, info (default), debug or trace.
+    #[arg(long, value_name = "LEVEL")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// How dir follows releases: in-place (default; file by file, like rsync) or atomic
+    /// (dir is a symlink to a complete release directory, switched at once).
+    #[arg(long, value_name = "MODE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply: Option<ApplyKind>,
+    /// With apply = atomic: release directories to keep (default 2).
+    #[arg(long, alias = "keep_releases", value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "count")]
+    pub keep_releases: Option<usize>,
+    /// How long the parent may be unreachable before a backup parent is used (default 10s).
+    #[arg(long, alias = "failover_after", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "duration")]
+    pub failover_after: Option<Duration>,
+    /// A link silent this long, keep-alives included, is dead (default 15s).
+    #[arg(long, alias = "link_timeout", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "duration")]
+    pub link_timeout: Option<Duration>,
+    /// Cap on what this node sends to all its children together, e.g. "20MiB/s" (KB, MB,
+    /// GB are powers of 1000; KiB, MiB, GiB of 1024); "none" for no cap (default).
+    #[arg(long, alias = "upload_limit", value_name = "RATE")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "text")]
+    pub upload_limit: Option<String>,
+}
+
+/// The `apply` key's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApplyKind {
+    InPlace,
+    Atomic,
+}
 
 /// Everything a node needs to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,62 +107,6 @@ pub struct NodeConfig {
     pub upload_limit: Option<u64>,
 }
 
-/// Every config key (also the `CASCADE_<KEY>` variables and `--<key>` flags).
-pub const KEYS: &[&str] = &[
-    "name",
-    "topology",
-    "certs",
-    "dir",
-    "data",
-    "log",
-    "apply",
-    "keep_releases",
-];
-
-/// Keys as they appear in the file, the environment and flags.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    name: Option<String>,
-    topology: Option<RelativePathBuf>,
-    certs: Option<RelativePathBuf>,
-    dir: Option<RelativePathBuf>,
-    data: Option<RelativePathBuf>,
-    log: Option<String>,
-    apply: Option<String>,
-    keep_releases: Option<usize>,
-    failover_after: Option<f64>,
-    link_timeout: Option<f64>,
-    upload_limit: Option<String>,
-}
-
-/// Values given as command-line flags (they win over file and environment).
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct Overrides {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub topology: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub certs: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dir: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub apply: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub keep_releases: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failover_after: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub link_timeout: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upload_limit: Option<String>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
@@ -110,13 +124,23 @@ pub enum ConfigError {
     },
 }
 
+/// The prefix of the config's environment variables.
+pub const ENV_PREFIX: &str = "CASCADE_";
+const ENV: &str = "environment";
+const FLAGS: &str = "command line";
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+/// Shortest and longest duration a duration key accepts.
+const DURATIONS: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(86_400));
+
 impl NodeConfig {
-    /// Loads `file` (if given), then `env` pairs named `CASCADE_*`, then `flags`.
+    /// Loads `file` (if given), then the `CASCADE_*` pairs of `env` (other pairs are ignored;
+    /// library code never reads the process environment itself), then `flags`.
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
-        flags: &Overrides,
+        flags: &Keys,
     ) -> Result<Self, ConfigError> {
+        let origin = file.map_or("(no file)".to_owned(), |p| p.display().to_string());
         let mut fig = Figment::new();
         if let Some(path) = file {
             // Figment silently skips a missing file; a user who named one wants to know.
@@ -126,80 +150,333 @@ impl NodeConfig {
             })?;
             fig = fig.merge(Toml::file_exact(path));
         }
-        // Environment pairs are passed in (library code does not read the environment).
-        let env: std::collections::BTreeMap<String, String> = env
-            .into_iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix("CASCADE_")?.to_lowercase(), v)))
-            .filter(|(k, _)| KEYS.contains(&k.as_str()))
-            .collect();
         fig = fig
-            .merge(Serialized::defaults(env))
-            .merge(Serialized::defaults(flags));
-        let raw: RawConfig = fig
+            .merge(Layer::env(env)?)
+            .merge(Layer::named(FLAGS, Serialized::defaults(flags)));
+        let keys: Keys = fig
             .extract()
-            .map_err(|e| ConfigError::Invalid(one_line(&e)))?;
-        let origin = file.map_or("(no file)".to_owned(), |p| p.display().to_string());
+            .map_err(|e| ConfigError::Invalid(describe(&e)))?;
+        let path = |key: &'static str, value: Option<PathBuf>| {
+            value.map(|p| relative_to_source(&fig, key, p))
+        };
         let missing = |key: &'static str| ConfigError::Missing {
             origin: origin.clone(),
             key,
             upper: key.to_uppercase(),
         };
-        let seconds = |key: &str, v: Option<f64>, default: f64| match v.unwrap_or(default) {
-            s if s.is_finite() && (0.5..=86_400.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
-            s => Err(ConfigError::Invalid(format!(
-                "{origin}: {key} = {s} is not a number of seconds between 0.5 and 86400"
-            ))),
+        let invalid = |msg: String| ConfigError::Invalid(format!("{origin}: {msg}"));
+        let duration = |key: &str, v: Option<Duration>, default: u64| {
+            let d = v.unwrap_or(Duration::from_secs(default));
+            if (DURATIONS.0..=DURATIONS.1).contains(&d) {
+                Ok(d)
+            } else {
+                Err(invalid(format!(
+                    "{key} = {d:?} is not between 0.5 s and a day"
+                )))
+            }
         };
-        let failover_after = seconds("failover_after", raw.failover_after, 10.0)?;
-        let link_timeout = seconds("link_timeout", raw.link_timeout, 15.0)?;
-        let upload_limit = match raw.upload_limit.as_deref() {
+        let log = keys.log.unwrap_or_else(|| "info".to_owned());
+        if !LOG_LEVELS.contains(&log.as_str()) {
+            return Err(invalid(format!(
+                "log = {log:?} is not one of {}",
+                LOG_LEVELS.join(", ")
+            )));
+        }
+        let upload_limit = match keys.upload_limit.as_deref() {
             None | Some("") | Some("none") => None,
             Some(r) => Some(
-                crate::limit::parse_rate(r)
-                    .map_err(|e| ConfigError::Invalid(format!("{origin}: upload_limit = {e}")))?,
+                crate::net::limit::parse_rate(r)
+                    .map_err(|e| invalid(format!("upload_limit = {e}")))?,
             ),
         };
-        Ok(NodeConfig {
-            failover_after,
-            link_timeout,
-            upload_limit,
-            name: raw.name.ok_or_else(|| missing("name"))?,
-            topology: raw.topology.ok_or_else(|| missing("topology"))?.relative(),
-            certs: raw.certs.ok_or_else(|| missing("certs"))?.relative(),
-            dir: raw.dir.map(|d| d.relative()),
-            data: raw.data.ok_or_else(|| missing("data"))?.relative(),
-            log: raw.log.unwrap_or_else(|| "info".to_owned()),
-            apply: match (raw.apply.as_deref(), raw.keep_releases) {
-                (None | Some("in-place"), None) => ApplyMode::InPlace,
-                (None | Some("in-place"), Some(_)) => {
-                    return Err(ConfigError::Invalid(format!(
-                        "{origin}: keep_releases only applies with apply = \"atomic\""
-                    )))
-                }
-                (Some("atomic"), keep) => match keep.unwrap_or(2) {
-                    0 => {
-                        return Err(ConfigError::Invalid(format!(
-                            "{origin}: keep_releases must be at least 1"
-                        )))
-                    }
-                    keep => ApplyMode::Atomic { keep },
-                },
-                (Some(other), _) => {
-                    return Err(ConfigError::Invalid(format!(
-                        "{origin}: apply = {other:?} is not \"in-place\" or \"atomic\""
-                    )))
-                }
+        let apply = match (keys.apply, keys.keep_releases) {
+            (None | Some(ApplyKind::InPlace), None) => ApplyMode::InPlace,
+            (None | Some(ApplyKind::InPlace), Some(_)) => {
+                return Err(invalid(
+                    "keep_releases only applies with apply = \"atomic\"".into(),
+                ))
+            }
+            (Some(ApplyKind::Atomic), keep) => match keep.unwrap_or(2) {
+                0 => return Err(invalid("keep_releases must be at least 1".into())),
+                keep => ApplyMode::Atomic { keep },
             },
+        };
+        Ok(NodeConfig {
+            failover_after: duration("failover_after", keys.failover_after, 10)?,
+            link_timeout: duration("link_timeout", keys.link_timeout, 15)?,
+            upload_limit,
+            apply,
+            log,
+            name: keys.name.ok_or_else(|| missing("name"))?,
+            topology: path("topology", keys.topology).ok_or_else(|| missing("topology"))?,
+            certs: path("certs", keys.certs).ok_or_else(|| missing("certs"))?,
+            dir: path("dir", keys.dir),
+            data: path("data", keys.data).ok_or_else(|| missing("data"))?,
         })
     }
 }
 
-fn one_line(e: &figment::Error) -> String {
+impl Keys {
+    /// The keys as a config file (only those set).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config keys are plain TOML values")
+    }
+
+    /// Every key's name, in table order.
+    pub fn names() -> Vec<String> {
+        Self::command()
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect()
+    }
+
+    /// What `key`'s value must look like, for error messages.
+    fn expects(key: &str) -> &'static str {
+        let value_name = Self::command()
+            .get_arguments()
+            .find(|a| a.get_id() == key)
+            .and_then(|a| a.get_value_names().and_then(|v| v.first().cloned()));
+        match value_name.as_ref().map(|v| v.as_str()) {
+            Some("DURATION") => "a number of seconds or a duration like \"10s\" or \"5m\"",
+            Some("N") => "a whole number",
+            Some("RATE") => "a rate like \"20MiB/s\"",
+            Some("MODE") => "\"in-place\" or \"atomic\"",
+            Some("LEVEL") => "error, warn, info, debug or trace",
+            Some("FILE" | "DIR") => "a path",
+            _ => "text",
+        }
+    }
+
+    /// A `clap::Command` holding just the keys' flags.
+    fn command() -> clap::Command {
+        KeysOnly::command()
+    }
+}
+
+/// The keys as a command of their own, to list them and to parse flags in tests.
+#[derive(clap::Parser, Debug)]
+#[command(name = "cascade")]
+struct KeysOnly {
+    #[command(flatten)]
+    keys: Keys,
+}
+
+impl Keys {
+    /// Parses `--<key> value` flags (as the `cascade` command would).
+    pub fn parse_flags<I: IntoIterator<Item = T>, T: Into<std::ffi::OsString> + Clone>(
+        args: I,
+    ) -> Result<Self, clap::Error> {
+        let matches = KeysOnly::command().try_get_matches_from(args)?;
+        Ok(KeysOnly::from_arg_matches(&matches)?.keys)
+    }
+}
+
+/// A path from the file is relative to the file; from anywhere else, to the working directory.
+fn relative_to_source(fig: &Figment, key: &str, path: PathBuf) -> PathBuf {
+    match fig.find_metadata(key).and_then(|m| m.source.as_ref()) {
+        Some(Source::File(file)) if path.is_relative() => {
+            file.parent().unwrap_or(Path::new("")).join(path)
+        }
+        _ => path,
+    }
+}
+
+/// The environment or the command line as a figment provider, named so that errors say
+/// where a bad value came from.
+struct Layer {
+    name: &'static str,
+    data: Map<Profile, Dict>,
+}
+
+impl Layer {
+    fn named(name: &'static str, p: impl Provider) -> Self {
+        Layer {
+            name,
+            data: p.data().expect("serializing config keys cannot fail"),
+        }
+    }
+
+    /// The `CASCADE_*` variables among `env`, each a string value of the key it names. An
+    /// unknown `CASCADE_*` variable is an error naming it.
+    fn env(env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let names = Keys::names();
+        let mut dict = Dict::new();
+        for (var, value) in env {
+            let Some(key) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = key.to_lowercase();
+            if !names.contains(&key) {
+                let known: Vec<String> = names.iter().map(|n| env_var(n)).collect();
+                return Err(ConfigError::Invalid(format!(
+                    "unknown environment variable {var}: it is not a config key (they are {})",
+                    known.join(", ")
+                )));
+            }
+            dict.insert(key, Value::from(value));
+        }
+        Ok(Layer::named(ENV, Serialized::defaults(dict)))
+    }
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(self.data.clone())
+    }
+}
+
+fn env_var(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.to_uppercase())
+}
+
+/// One line per figment error, in the words of the place the value came from: the file's
+/// key, the variable, or the flag, and what the value must look like.
+fn describe(e: &figment::Error) -> String {
     e.clone()
         .into_iter()
-        .map(|e| e.to_string())
+        .map(|e| {
+            let key = e.path.join(".");
+            let place = match e.metadata.as_ref() {
+                Some(m) if m.name == ENV => env_var(&key),
+                Some(m) if m.name == FLAGS => format!("--{}", key.replace('_', "-")),
+                Some(Metadata {
+                    source: Some(Source::File(f)),
+                    ..
+                }) => format!("{}: {key}", f.display()),
+                _ => key.clone(),
+            };
+            match &e.kind {
+                Kind::UnknownField(field, _) => {
+                    let place = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                        Some(Source::File(f)) => f.display().to_string(),
+                        _ => "config".to_owned(),
+                    };
+                    format!(
+                        "{place}: unknown key `{field}` (the keys are {})",
+                        Keys::names().join(", ")
+                    )
+                }
+                Kind::InvalidType(actual, _) | Kind::InvalidValue(actual, _) => {
+                    format!("{place} = {actual}: expected {}", Keys::expects(&key))
+                }
+                Kind::UnknownVariant(v, _) => {
+                    format!("{place} = {v:?}: expected {}", Keys::expects(&key))
+                }
+                Kind::Message(msg) => format!("{place}: {msg}"),
+                other => format!("{place}: {other}"),
+            }
+        })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Parses a duration: a number of seconds (`10`, `0.5`) or a humane one (`"10s"`, `"6h"`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{s:?} is not a number of seconds"));
+    }
+    humantime::parse_duration(t).map_err(|e| {
+        let what = format!("{s:?} is not a number of seconds or a duration like \"10s\" or \"5m\"");
+        match e {
+            // Which unit is wrong helps; "expected number at 0" does not.
+            humantime::DurationError::UnknownUnit { .. } => format!("{what} ({e})"),
+            _ => what,
+        }
+    })
+}
+
+/// A text value that may also be written as a number (`upload_limit = 1000000`).
+mod text {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            S(String),
+            U(u64),
+            F(f64),
+        }
+        Ok(Some(match Text::deserialize(d)? {
+            Text::S(s) => s,
+            Text::U(n) => n.to_string(),
+            Text::F(n) => n.to_string(),
+        }))
+    }
+}
+
+/// A whole number, also from a string (every value of the environment is a string).
+mod count {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &Option<usize>, s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Count {
+            N(u64),
+            S(String),
+        }
+        match Count::deserialize(d) {
+            Ok(Count::N(n)) => usize::try_from(n)
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom(format!("{n} is too large"))),
+            Ok(Count::S(s)) => s.trim().parse().map(Some).map_err(|_| {
+                serde::de::Error::custom(format!("{s:?} is not a whole number"))
+            }),
+            Err(_) => Err(serde::de::Error::custom("expected a whole number")),
+        }
+    }
+}
+
+/// A duration: seconds as a number, or a string [`parse_duration`] reads. Written as seconds.
+mod duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        v.map(|d| d.as_secs_f64()).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Secs {
+            N(f64),
+            S(String),
+        }
+        match Secs::deserialize(d) {
+            Ok(Secs::N(n)) => Duration::try_from_secs_f64(n)
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom(format!("{n} is not a number of seconds"))),
+            Ok(Secs::S(s)) => parse_duration(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected a number of seconds or a duration like \"10s\" or \"5m\"",
+            )),
+        }
+    }
+}
+
+/// Config keys and values as the environment pairs they would be (for tests and fixtures).
+pub fn env_pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (env_var(k), (*v).to_owned()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -211,7 +488,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let file = d.path().join("node.toml");
         std::fs::write(&file, "name = \"web-1\"\ntopology = \"topo.toml\"\ncerts = \"certs\"\ndir = \"/srv/www\"\ndata = \"state\"\n").unwrap();
-        let cfg = NodeConfig::load(Some(&file), [], &Overrides::default()).unwrap();
+        let cfg = NodeConfig::load(Some(&file), [], &Keys::default()).unwrap();
         assert_eq!(cfg.name, "web-1");
         assert_eq!(cfg.topology, d.path().join("topo.toml"));
         assert_eq!(cfg.data, d.path().join("state"));
@@ -223,10 +500,10 @@ mod tests {
             ("CASCADE_LOG".to_owned(), "debug".to_owned()),
             ("OTHER".to_owned(), "x".to_owned()),
         ];
-        let cfg = NodeConfig::load(Some(&file), env.clone(), &Overrides::default()).unwrap();
+        let cfg = NodeConfig::load(Some(&file), env.clone(), &Keys::default()).unwrap();
         assert_eq!((cfg.name.as_str(), cfg.log.as_str()), ("web-2", "debug"));
 
-        let flags = Overrides {
+        let flags = Keys {
             name: Some("web-3".into()),
             ..Default::default()
         };
@@ -240,30 +517,30 @@ mod tests {
     fn errors_name_the_problem() {
         let d = tempfile::tempdir().unwrap();
         let missing = d.path().join("nope.toml");
-        let e = NodeConfig::load(Some(&missing), [], &Overrides::default())
+        let e = NodeConfig::load(Some(&missing), [], &Keys::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("nope.toml"), "{e}");
         let file = d.path().join("bad.toml");
         std::fs::write(&file, "name = \"a\"\ntopolgy = \"x\"\n").unwrap();
-        let e = NodeConfig::load(Some(&file), [], &Overrides::default())
+        let e = NodeConfig::load(Some(&file), [], &Keys::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("topolgy"), "{e}");
         std::fs::write(&file, "name = \"a\"\n").unwrap();
-        let e = NodeConfig::load(Some(&file), [], &Overrides::default())
+        let e = NodeConfig::load(Some(&file), [], &Keys::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("topology") && e.contains("bad.toml"), "{e}");
         std::fs::write(&file, "name = [\n").unwrap();
-        let e = NodeConfig::load(Some(&file), [], &Overrides::default())
+        let e = NodeConfig::load(Some(&file), [], &Keys::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("bad.toml"), "{e}");
         let base = "name = \"a\"\ntopology = \"t\"\ncerts = \"c\"\ndata = \"d\"\n";
         let load = |extra: &str| {
             std::fs::write(&file, format!("{base}{extra}")).unwrap();
-            NodeConfig::load(Some(&file), [], &Overrides::default())
+            NodeConfig::load(Some(&file), [], &Keys::default())
         };
         let e = load("apply = \"sometimes\"\n").unwrap_err().to_string();
         assert!(e.contains("sometimes") && e.contains("bad.toml"), "{e}");
@@ -279,5 +556,220 @@ mod tests {
                 .apply,
             ApplyMode::Atomic { keep: 5 }
         );
+    }
+
+    /// One row per key: a value as the file writes it, the same as an environment
+    /// variable and a flag give it, and what the loaded config must then hold.
+    struct Case {
+        key: &'static str,
+        file: &'static str,
+        text: &'static str,
+        check: fn(&NodeConfig) -> bool,
+    }
+
+    const CASES: &[Case] = &[
+        Case {
+            key: "name",
+            file: "\"web-9\"",
+            text: "web-9",
+            check: |c| c.name == "web-9",
+        },
+        Case {
+            key: "topology",
+            file: "\"/etc/cascade/t.toml\"",
+            text: "/etc/cascade/t.toml",
+            check: |c| c.topology == Path::new("/etc/cascade/t.toml"),
+        },
+        Case {
+            key: "certs",
+            file: "\"/etc/cascade/certs\"",
+            text: "/etc/cascade/certs",
+            check: |c| c.certs == Path::new("/etc/cascade/certs"),
+        },
+        Case {
+            key: "dir",
+            file: "\"/srv/www\"",
+            text: "/srv/www",
+            check: |c| c.dir.as_deref() == Some(Path::new("/srv/www")),
+        },
+        Case {
+            key: "data",
+            file: "\"/var/lib/cascade\"",
+            text: "/var/lib/cascade",
+            check: |c| c.data == Path::new("/var/lib/cascade"),
+        },
+        Case {
+            key: "log",
+            file: "\"trace\"",
+            text: "trace",
+            check: |c| c.log == "trace",
+        },
+        Case {
+            key: "apply",
+            file: "\"atomic\"",
+            text: "atomic",
+            check: |c| c.apply == ApplyMode::Atomic { keep: 2 },
+        },
+        Case {
+            key: "keep_releases",
+            file: "3",
+            text: "3",
+            check: |c| c.apply == ApplyMode::Atomic { keep: 3 },
+        },
+        Case {
+            key: "failover_after",
+            file: "\"1m 30s\"",
+            text: "1m 30s",
+            check: |c| c.failover_after == Duration::from_secs(90),
+        },
+        Case {
+            key: "link_timeout",
+            file: "2.5",
+            text: "2.5",
+            check: |c| c.link_timeout == Duration::from_millis(2500),
+        },
+        Case {
+            key: "upload_limit",
+            file: "\"20MiB/s\"",
+            text: "20MiB/s",
+            check: |c| c.upload_limit == Some(20 << 20),
+        },
+    ];
+
+    #[test]
+    fn every_key_works_from_the_file_the_environment_and_a_flag() {
+        let names = Keys::names();
+        let covered: Vec<&str> = CASES.iter().map(|c| c.key).collect();
+        assert_eq!(names, covered, "every key has a row, in table order");
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("node.toml");
+        // Required keys, and apply = atomic so that keep_releases means something.
+        let base = "name = \"a\"\ntopology = \"/t\"\ncerts = \"/c\"\ndata = \"/d\"\n";
+        for case in CASES {
+            let extra = if case.key == "keep_releases" {
+                "apply = \"atomic\"\n"
+            } else {
+                ""
+            };
+            let mut text = format!("{base}{extra}");
+            // From the file (a later line for the same key replaces none: keys are unique).
+            let file_text = format!(
+                "{}{} = {}\n",
+                text.lines()
+                    .filter(|l| !l.starts_with(&format!("{} ", case.key)))
+                    .map(|l| format!("{l}\n"))
+                    .collect::<String>(),
+                case.key,
+                case.file
+            );
+            std::fs::write(&file, &file_text).unwrap();
+            let cfg = NodeConfig::load(Some(&file), [], &Keys::default())
+                .unwrap_or_else(|e| panic!("{} from the file: {e}", case.key));
+            assert!((case.check)(&cfg), "{} from the file: {cfg:?}", case.key);
+
+            // From CASCADE_<KEY>, over the file's base.
+            text.push('\n');
+            std::fs::write(&file, &text).unwrap();
+            let env = env_pairs(&[(case.key, case.text)]);
+            let cfg = NodeConfig::load(Some(&file), env, &Keys::default())
+                .unwrap_or_else(|e| panic!("{} from the environment: {e}", case.key));
+            assert!(
+                (case.check)(&cfg),
+                "{} from the environment: {cfg:?}",
+                case.key
+            );
+
+            // From --<key>, parsed as the command line would be.
+            let flag = format!("--{}", case.key.replace('_', "-"));
+            let flags = Keys::parse_flags(["cascade", flag.as_str(), case.text])
+                .unwrap_or_else(|e| panic!("{flag}: {e}"));
+            let cfg = NodeConfig::load(Some(&file), [], &flags)
+                .unwrap_or_else(|e| panic!("{} from {flag}: {e}", case.key));
+            assert!((case.check)(&cfg), "{} from {flag}: {cfg:?}", case.key);
+        }
+        // The underscore spelling of a flag works too.
+        let flags = Keys::parse_flags(["cascade", "--upload_limit", "1KB"]).unwrap();
+        assert_eq!(flags.upload_limit.as_deref(), Some("1KB"));
+    }
+
+    #[test]
+    fn unknown_variables_and_bad_values_are_named_as_the_user_wrote_them() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "name = \"a\"\ntopology = \"/t\"\ncerts = \"/c\"\ndata = \"/d\"\n",
+        )
+        .unwrap();
+        let load_env = |pairs: &[(&str, &str)]| {
+            let env = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>();
+            NodeConfig::load(Some(&file), env, &Keys::default())
+                .unwrap_err()
+                .to_string()
+        };
+        let e = load_env(&[("CASCADE_UPLOAD_LIMT", "1MB")]);
+        assert!(
+            e.contains("CASCADE_UPLOAD_LIMT") && e.contains("CASCADE_UPLOAD_LIMIT"),
+            "{e}"
+        );
+        let e = load_env(&[("CASCADE_KEEP_RELEASES", "three")]);
+        assert!(
+            e.contains("CASCADE_KEEP_RELEASES") && e.contains("whole number"),
+            "{e}"
+        );
+        assert!(!e.contains("default.") && !e.contains("usize"), "{e}");
+        let e = load_env(&[("CASCADE_FAILOVER_AFTER", "soon")]);
+        assert!(
+            e.contains("CASCADE_FAILOVER_AFTER") && e.contains("\"10s\""),
+            "{e}"
+        );
+        assert!(!e.contains("f64"), "{e}");
+        let e = load_env(&[("CASCADE_APPLY", "sometimes")]);
+        assert!(e.contains("CASCADE_APPLY") && e.contains("in-place"), "{e}");
+        let e = load_env(&[("CASCADE_LINK_TIMEOUT", "0.1")]);
+        assert!(e.contains("link_timeout") && e.contains("0.5 s"), "{e}");
+        let e = load_env(&[("CASCADE_LOG", "loud")]);
+        assert!(e.contains("loud") && e.contains("trace"), "{e}");
+
+        std::fs::write(
+            &file,
+            "name = \"a\"\ntopology = \"/t\"\ncerts = \"/c\"\ndata = \"/d\"\nfailover_after = true\n",
+        )
+        .unwrap();
+        let e = NodeConfig::load(Some(&file), [], &Keys::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("node.toml") && e.contains("failover_after") && e.contains("\"10s\""),
+            "{e}"
+        );
+        // A value the flag parser refuses says so before anything is loaded.
+        let e = Keys::parse_flags(["cascade", "--failover-after", "soon"]).unwrap_err();
+        assert!(e.to_string().contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn written_keys_load_back() {
+        let keys = Keys {
+            name: Some("n".into()),
+            topology: Some("/t".into()),
+            certs: Some("/c".into()),
+            data: Some("/d".into()),
+            apply: Some(ApplyKind::Atomic),
+            keep_releases: Some(4),
+            failover_after: Some(Duration::from_millis(1500)),
+            upload_limit: Some("1MiB/s".into()),
+            ..Default::default()
+        };
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("node.toml");
+        std::fs::write(&file, keys.to_toml()).unwrap();
+        let cfg = NodeConfig::load(Some(&file), [], &Keys::default()).unwrap();
+        assert_eq!(cfg.apply, ApplyMode::Atomic { keep: 4 });
+        assert_eq!(cfg.failover_after, Duration::from_millis(1500));
+        assert_eq!(cfg.upload_limit, Some(1 << 20));
     }
 }

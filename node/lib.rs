@@ -1,36 +1,37 @@
 //! Cascade keeps one directory identical on many servers through a tree of QUIC relays.
 //!
 //! # Layout
-//! - [`wire`]: the protocol spec and its pure encode/decode (no sockets).
-//! - [`manifest`]: releases' trees with a digest per directory; [`scan`] builds one on the
-//!   origin; [`apply`] makes a directory match one.
-//! - [`store`]: verified bodies by MD5.
-//! - [`link`]: QUIC endpoints with mutual TLS and frame I/O; [`limit`]: the upload limit.
-//! - [`upstream`] / [`downstream`]: the two halves of a node (dial the parent and receive;
-//!   accept children and serve); [`flight`]: bodies a relay forwards while receiving them.
-//!   [`node`] runs the halves a node's place calls for.
-//! - [`admin`]: the local socket for `publish` and `status`; [`config`]: the typed config.
-//! - [`demo`]: the embedded, self-contained demonstration (`cascade demo`).
-//! - [`status`]: what nodes report up the tree.
+//! Folders are layers; a module imports only from layers below it.
+//!
+//! | layer | module | what it owns |
+//! |---|---|---|
+//! | model | [`tree`] | MD5s and the body hasher, manifests with their hash tree, releases |
+//! | | [`status`] | what a node reports about itself |
+//! | protocol, disk | [`wire`] | the protocol spec: messages and framing, no sockets |
+//! | | [`data`] | the data dir: content store, body writer, saved state, lock |
+//! | | [`net`] | QUIC endpoints with mutual TLS, frame I/O, the upload limit |
+//! | directory | [`dir`] | `dir` itself: the origin's scan, a node's apply (in place or atomic) |
+//! | config | [`config`] | the one table of config keys (file, `CASCADE_*`, `--flags`) |
+//! | sync | [`sync`] | moving releases: parent side, children side, bodies, publisher |
+//! | node | [`admin`] | the local socket `publish` and `status` talk to |
+//! | | [`daemon`] | a running node: start-up wiring, tasks, shutdown |
+//! | edges | [`testkit`] | real deployments for tests, the bench and the demo |
+//! | | [`cli`] | the `cascade` command, one file per subcommand |
 //!
 //! The topology and the certificates are the `cascade-topology` and `cascade-certs` crates.
 
 pub mod admin;
-pub mod apply;
+pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod downstream;
-pub mod flight;
-pub mod limit;
-pub mod link;
-pub mod manifest;
-pub mod node;
-pub mod par;
-pub mod scan;
+pub mod daemon;
+pub mod data;
+pub mod dir;
+pub mod net;
 pub mod status;
-pub mod store;
-pub mod upstream;
+pub mod sync;
+pub mod testkit;
+pub mod tree;
 pub mod wire;
 
 pub use config::NodeConfig;
-pub use node::RunningNode;
+pub use daemon::RunningNode;

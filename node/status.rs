@@ -85,7 +85,7 @@ impl fmt::Display for NodeStatus {
 }
 
 /// Statuses of a node and its subtree, by name.
-pub type Board = BTreeMap<String, NodeStatus>;
+pub type Statuses = BTreeMap<String, NodeStatus>;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -96,7 +96,7 @@ pub fn now_ms() -> u64 {
 
 /// Merges reported statuses into `board`, keeping the newer copy of each node's status.
 /// Returns whether anything changed.
-pub fn merge(board: &mut Board, reports: impl IntoIterator<Item = NodeStatus>) -> bool {
+pub fn merge(board: &mut Statuses, reports: impl IntoIterator<Item = NodeStatus>) -> bool {
     let mut changed = false;
     for s in reports {
         match board.get(&s.name) {
@@ -116,7 +116,7 @@ mod tests {
 
     #[test]
     fn merge_keeps_the_newer_report() {
-        let mut board = Board::new();
+        let mut board = Statuses::new();
         let mut fresh = NodeStatus::new("web-1");
         fresh.applied = Some(3);
         fresh.updated_ms = 200;

@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use cascade::demo::noise;
 use cascade::status::NodeState;
+use cascade::testkit::noise;
 use common::{write, Cluster};
 
 /// A 2×2 tree whose links time out after 3 s and fail over after 1 s.

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cascade::demo::noise;
-use cascade::scan::fingerprint;
+use cascade::dir::fingerprint;
+use cascade::testkit::noise;
 use common::{assert_same_dirs, write, Cluster};
 
 const FILES: usize = 1500;

@@ -9,9 +9,9 @@ use std::fs;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cascade::link;
-use cascade::manifest::{Entry, EntryKind, Md5};
+use cascade::net;
 use cascade::status::NodeState;
+use cascade::tree::{Entry, EntryKind, Md5};
 use cascade::wire::{ErrorCode, RawDown, RawRelease, Up};
 use cascade_certs::Identity;
 use common::Cluster;
@@ -34,7 +34,7 @@ impl FakeParent {
         let id = Identity::load(&c.dep.base.join("certs"), "relay-1").unwrap();
         let addr: SocketAddr = c.dep.topology.node("relay-1").unwrap().listen.unwrap();
         let endpoint = rt
-            .block_on(async { link::endpoint(&id, Some(addr), None, Duration::from_secs(15)) })
+            .block_on(async { net::endpoint(&id, Some(addr), None, Duration::from_secs(15)) })
             .unwrap();
         FakeParent { rt, endpoint }
     }
@@ -49,13 +49,13 @@ impl FakeParent {
                 .await
                 .unwrap();
             let (send, mut recv) = conn.accept_bi().await.unwrap();
-            match link::recv::<_, Up>(&mut recv).await.unwrap() {
+            match net::recv::<_, Up>(&mut recv).await.unwrap() {
                 Some(Up::Hello { name, .. }) => assert_eq!(name, "leaf-1-1"),
                 other => panic!("expected hello, got {other:?}"),
             }
             // Keep reading reports so the leaf's sends never block.
             tokio::spawn(
-                async move { while let Ok(Some(_)) = link::recv::<_, Up>(&mut recv).await {} },
+                async move { while let Ok(Some(_)) = net::recv::<_, Up>(&mut recv).await {} },
             );
             FakeLink { conn, send }
         })

@@ -5,8 +5,8 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use cascade::demo::{deploy, noise};
-use cascade::scan::fingerprint;
+use cascade::dir::fingerprint;
+use cascade::testkit::{deploy, noise};
 use cascade::RunningNode;
 
 const LEAVES: usize = 100;

@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use cascade::demo::noise;
+use cascade::testkit::noise;
 use common::{text, write, Cluster, SIZES};
 
 const BIG: usize = 5 * 1024 * 1024 + 3;
@@ -191,7 +191,7 @@ fn corrupt_body_from_a_relay_is_detected_never_applied_and_refetched() {
     c.wait_holds("relay-1", 1);
 
     // Flip one byte of the body in the relay's store (same size, wrong MD5).
-    let md5 = cascade::manifest::Md5::of(&body).hex();
+    let md5 = cascade::tree::Md5::of(&body).hex();
     let object = c
         .data("relay-1")
         .join("store/objects")
@@ -230,6 +230,21 @@ fn upload_limit_caps_what_a_node_sends() {
     let mut c = Cluster::new(1, 1);
     c.configure("origin", "upload_limit = \"4MiB/s\"\n");
     c.start_all();
+    limited_origin_feeds_relay_at_most_4mib_per_s(&c);
+}
+
+#[test]
+fn cascade_upload_limit_in_the_environment_caps_what_a_node_sends() {
+    let mut c = Cluster::new(1, 1);
+    c.start_with_env("origin", &[("CASCADE_UPLOAD_LIMIT", "4MiB/s")]);
+    c.start("relay-1");
+    c.start("leaf-1-1");
+    limited_origin_feeds_relay_at_most_4mib_per_s(&c);
+}
+
+/// With the origin's uploads capped at 4 MiB/s (however it was configured), 16 MiB take
+/// relay-1 at least about 4 s, and relay-1 (not capped) forwards them as they arrive.
+fn limited_origin_feeds_relay_at_most_4mib_per_s(c: &Cluster) {
     write(&c.dir("origin"), "v1.txt", b"one");
     c.publish_wait();
     let sent_before = c.status_of("relay-1", "relay-1").unwrap().sent_bytes;

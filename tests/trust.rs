@@ -6,8 +6,8 @@ use std::fs;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cascade::demo::{deploy, Deployment};
-use cascade::link;
+use cascade::net;
+use cascade::testkit::{deploy, Deployment};
 use cascade::wire::{Down, ErrorCode, Up};
 use cascade::RunningNode;
 use cascade_certs::Identity;
@@ -37,7 +37,7 @@ async fn origin() -> Origin {
 }
 
 fn client(id: &Identity) -> quinn::Endpoint {
-    link::endpoint(
+    net::endpoint(
         id,
         None,
         Some("127.0.0.1:1".parse().unwrap()),
@@ -49,7 +49,7 @@ fn client(id: &Identity) -> quinn::Endpoint {
 /// Says hello as `claim` and returns what the parent answers: an offer or the close reason.
 async fn hello(conn: &Connection, claim: &str) -> Result<Down, ConnectionError> {
     let (mut send, mut recv) = conn.open_bi().await?;
-    link::send(
+    net::send(
         &mut send,
         &Up::Hello {
             name: claim.into(),
@@ -58,7 +58,7 @@ async fn hello(conn: &Connection, claim: &str) -> Result<Down, ConnectionError> 
     )
     .await
     .unwrap();
-    match tokio::time::timeout(Duration::from_secs(10), link::recv::<_, Down>(&mut recv)).await {
+    match tokio::time::timeout(Duration::from_secs(10), net::recv::<_, Down>(&mut recv)).await {
         Ok(Ok(Some(down))) => Ok(down),
         Ok(_) => Err(conn.closed().await),
         Err(_) => panic!("no answer to hello within 10 s"),
@@ -69,7 +69,7 @@ async fn hello(conn: &Connection, claim: &str) -> Result<Down, ConnectionError> 
 /// right after the handshake (TLS 1.3 lets a client finish its side before the server has
 /// checked the client certificate). Returns the refusal as the client saw it.
 async fn refused_at_handshake(o: &Origin, id: &Identity, why: &str) -> String {
-    let result = match link::connect(&client(id), o.addr, "origin").await {
+    let result = match net::connect(&client(id), o.addr, "origin").await {
         Ok(conn) => hello(&conn, "relay-1")
             .await
             .map(|_| ())
@@ -93,7 +93,7 @@ fn refused_with(r: Result<Down, ConnectionError>, code: ErrorCode, why: &str) {
 async fn issued_pair_completes_a_handshake_and_receives_the_offer() {
     let o = origin().await;
     let id = Identity::load(&o.dep.configs[1].certs, "relay-1").unwrap();
-    let conn = link::connect(&client(&id), o.addr, "origin").await.unwrap();
+    let conn = net::connect(&client(&id), o.addr, "origin").await.unwrap();
     match hello(&conn, "relay-1").await.unwrap() {
         Down::Offer(r) => assert_eq!(r.version, 1),
     }
@@ -124,7 +124,7 @@ async fn certificate_from_another_ca_is_refused() {
 async fn a_valid_node_that_is_not_a_child_is_refused() {
     let o = origin().await;
     let id = Identity::load(&o.dep.configs[2].certs, "leaf-1-1").unwrap();
-    let conn = link::connect(&client(&id), o.addr, "origin").await.unwrap();
+    let conn = net::connect(&client(&id), o.addr, "origin").await.unwrap();
     refused_with(
         hello(&conn, "leaf-1-1").await,
         ErrorCode::NotAllowed,
@@ -137,7 +137,7 @@ async fn a_valid_node_that_is_not_a_child_is_refused() {
 async fn a_node_cannot_claim_another_nodes_name() {
     let o = origin().await;
     let id = Identity::load(&o.dep.configs[2].certs, "leaf-1-1").unwrap();
-    let conn = link::connect(&client(&id), o.addr, "origin").await.unwrap();
+    let conn = net::connect(&client(&id), o.addr, "origin").await.unwrap();
     refused_with(
         hello(&conn, "relay-1").await,
         ErrorCode::NotAllowed,
@@ -151,7 +151,7 @@ async fn a_child_refuses_a_parent_with_the_wrong_name() {
     let o = origin().await;
     let id = Identity::load(&o.dep.configs[1].certs, "relay-1").unwrap();
     // The server at this address is "origin"; expecting "leaf-1-1" there must fail the handshake.
-    let err = link::connect(&client(&id), o.addr, "leaf-1-1")
+    let err = net::connect(&client(&id), o.addr, "leaf-1-1")
         .await
         .unwrap_err()
         .to_string();

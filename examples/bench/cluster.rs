@@ -1,15 +1,15 @@
 //! Real Cascade nodes for the benchmark: one process per node (this executable started again
 //! as `__node CONFIG`), each listening on its own 127.0.0.x address, with a throwaway CA.
 
-use std::fmt::Write as _;
 use std::fs;
-use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use cascade::admin;
+use cascade::config::Keys;
+use cascade::testkit::Plan;
 use cascade::wire::{AdminRequest, AdminResponse};
 use cascade::{NodeConfig, RunningNode};
 
@@ -78,8 +78,9 @@ pub struct Published {
 
 impl Cluster {
     /// Writes topology, certificates and configs for `tree` (name, parent) under `base`
-    /// (wiped first). The origin publishes `origin_dir`; leaves get their own `dir`; relays
-    /// have none. Every node's uploads are capped at `upload_limit` if given.
+    /// (wiped first), each listening node on its own 127.0.0.x address. The origin
+    /// publishes `origin_dir`; leaves get their own `dir`; relays have none. Every node's
+    /// uploads are capped at `upload_limit` if given.
     pub fn new(
         base: &Path,
         tree: &[(String, Option<String>)],
@@ -87,58 +88,29 @@ impl Cluster {
         upload_limit: Option<&str>,
     ) -> Result<Self> {
         let _ = fs::remove_dir_all(base);
-        fs::create_dir_all(base)?;
-        let mut topo = String::new();
-        for (i, (name, parent)) in tree.iter().enumerate() {
-            writeln!(topo, "[[node]]\nname = \"{name}\"")?;
-            if let Some(p) = parent {
-                writeln!(topo, "parent = \"{p}\"")?;
-            }
-            if tree.iter().any(|(_, p)| p.as_ref() == Some(name)) {
-                writeln!(topo, "listen = \"{}\"", free_addr(i)?)?;
-            }
-            writeln!(topo)?;
-        }
-        let topology = base.join("topology.toml");
-        fs::write(&topology, topo)?;
-        let certs = base.join("certs");
-        cascade_certs::init_ca(&certs, true)?;
-        let names: Vec<String> = tree.iter().map(|(n, _)| n.clone()).collect();
-        cascade_certs::issue(&certs, &names)?;
-        let mut nodes = Vec::new();
-        for (name, parent) in tree {
-            let home = base.join(name);
-            fs::create_dir_all(&home)?;
-            let is_leaf = !tree.iter().any(|(_, p)| p.as_ref() == Some(name));
-            let dir = match parent {
-                None => Some(origin_dir.to_owned()),
-                Some(_) if is_leaf => Some(home.join("dir")),
-                Some(_) => None,
-            };
-            let mut cfg = format!(
-                "name = \"{name}\"\ntopology = \"{}\"\ncerts = \"{}\"\ndata = \"{}\"\nlog = \"warn\"\n",
-                topology.display(),
-                certs.display(),
-                home.join("data").display()
-            );
-            if let Some(d) = &dir {
-                fs::create_dir_all(d)?;
-                writeln!(cfg, "dir = \"{}\"", d.display())?;
-            }
-            if let Some(l) = upload_limit {
-                writeln!(cfg, "upload_limit = \"{l}\"")?;
-            }
-            let config = home.join("node.toml");
-            fs::write(&config, cfg)?;
-            nodes.push(Node {
-                name: name.clone(),
-                config,
-                data: home.join("data"),
-                dir,
-                log: home.join("node.log"),
+        let every_node = Keys {
+            log: Some("warn".into()),
+            upload_limit: upload_limit.map(str::to_owned),
+            ..Keys::default()
+        };
+        let dep = Plan::nodes(tree.to_vec())
+            .spread()
+            .relays_without_dir()
+            .origin_dir(origin_dir)
+            .every_node(every_node)
+            .write(base)?;
+        let nodes = dep
+            .configs
+            .iter()
+            .map(|cfg| Node {
+                name: cfg.name.clone(),
+                config: dep.config_file(&cfg.name),
+                data: cfg.data.clone(),
+                dir: cfg.dir.clone(),
+                log: dep.home(&cfg.name).join("node.log"),
                 process: None,
-            });
-        }
+            })
+            .collect();
         Ok(Cluster { nodes })
     }
 
@@ -274,12 +246,4 @@ impl Drop for Cluster {
             }
         }
     }
-}
-
-/// A free UDP address on 127.0.0.x for the `i`th node.
-fn free_addr(i: usize) -> Result<SocketAddr> {
-    let ip = [127, 0, 0, 2 + (i % 250) as u8];
-    let sock = UdpSocket::bind(SocketAddr::from((ip, 0)))
-        .context("cannot bind a UDP port on 127.0.0.x")?;
-    Ok(sock.local_addr()?)
 }

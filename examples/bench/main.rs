@@ -26,8 +26,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use cascade::demo::noise;
-use cascade::scan::fingerprint;
+use cascade::dir::fingerprint;
+use cascade::testkit::noise;
 
 use cluster::Cluster;
 

@@ -10,10 +10,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cascade::admin;
-use cascade::demo::{deploy, Deployment};
-use cascade::manifest::Manifest;
-use cascade::scan::fingerprint;
+use cascade::dir::fingerprint;
 use cascade::status::NodeStatus;
+use cascade::testkit::{deploy, Deployment};
+use cascade::tree::Manifest;
 use cascade::wire::{AdminRequest, AdminResponse};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cascade");
@@ -109,6 +109,11 @@ impl Cluster {
     }
 
     pub fn start(&mut self, name: &str) {
+        self.start_with_env(name, &[]);
+    }
+
+    /// Starts a node with extra environment variables (e.g. `CASCADE_<KEY>` config keys).
+    pub fn start_with_env(&mut self, name: &str, env: &[(&str, &str)]) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -118,6 +123,7 @@ impl Cluster {
             .args(["node", "--config"])
             .arg(self.config(name))
             .args(["--log", "debug"])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

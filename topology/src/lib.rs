@@ -17,15 +17,12 @@
 //! are DNS labels, unique listen addresses, and a `listen` address on every node that has
 //! children. The node's [`Role`] follows from its place in the tree.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use petgraph::algo::toposort;
-use petgraph::graph::{DiGraph, NodeIndex};
-use serde::Deserialize;
-use toml::Spanned;
+mod parse;
 
 /// What went wrong while reading a topology; each variant names the node or line at fault.
 #[derive(Debug, thiserror::Error)]
@@ -137,23 +134,6 @@ pub struct Topology {
     root: usize,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    node: Vec<RawNode>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNode {
-    name: Spanned<String>,
-    parent: Option<String>,
-    listen: Option<SocketAddr>,
-    #[serde(default)]
-    backup_parents: Vec<String>,
-}
-
 impl Topology {
     /// Reads and validates a topology file.
     pub fn load(path: &Path) -> Result<Self, TopologyError> {
@@ -164,197 +144,9 @@ impl Topology {
         Self::parse(&text)
     }
 
-    /// Parses and validates topology text.
+    /// Parses and validates topology text (see [`parse`](mod@parse) for the checks, in order).
     pub fn parse(text: &str) -> Result<Self, TopologyError> {
-        let raw: RawFile =
-            toml::from_str(text).map_err(|e| TopologyError::Syntax(syntax(text, &e)))?;
-        if raw.node.is_empty() {
-            return Err(TopologyError::Empty);
-        }
-        let line_of = |span: std::ops::Range<usize>| line_at(text, span.start);
-
-        let mut by_name = HashMap::new();
-        for (i, n) in raw.node.iter().enumerate() {
-            let name = n.name.get_ref();
-            let line = line_of(n.name.span());
-            if !is_dns_label(name) {
-                return Err(TopologyError::BadName {
-                    name: name.clone(),
-                    line,
-                });
-            }
-            if let Some(&first) = by_name.get(name) {
-                let first_node: &RawNode = &raw.node[first];
-                return Err(TopologyError::DuplicateName {
-                    name: name.clone(),
-                    line,
-                    first: line_of(first_node.name.span()),
-                });
-            }
-            by_name.insert(name.clone(), i);
-        }
-
-        let mut graph = DiGraph::<usize, ()>::new();
-        let idx: Vec<NodeIndex> = (0..raw.node.len()).map(|i| graph.add_node(i)).collect();
-        let mut roots = Vec::new();
-        for (i, n) in raw.node.iter().enumerate() {
-            let line = line_of(n.name.span());
-            match &n.parent {
-                None => roots.push(i),
-                Some(p) if p == n.name.get_ref() => {
-                    return Err(TopologyError::SelfParent {
-                        node: p.clone(),
-                        line,
-                    })
-                }
-                Some(p) => {
-                    let &pi = by_name.get(p).ok_or_else(|| TopologyError::UnknownParent {
-                        node: n.name.get_ref().clone(),
-                        parent: p.clone(),
-                        line,
-                    })?;
-                    graph.add_edge(idx[pi], idx[i], ());
-                }
-            }
-        }
-        if roots.is_empty() {
-            return Err(TopologyError::NoRoot);
-        }
-        if let Err(cycle) = toposort(&graph, None) {
-            // Report the whole cycle, walking parents from the node toposort tripped on.
-            let start = graph[cycle.node_id()];
-            let mut names = vec![raw.node[start].name.get_ref().clone()];
-            let mut cur = start;
-            while let Some(p) = raw.node[cur].parent.as_ref().and_then(|p| by_name.get(p)) {
-                if *p == start {
-                    break;
-                }
-                names.push(raw.node[*p].name.get_ref().clone());
-                cur = *p;
-                if names.len() > raw.node.len() {
-                    break;
-                }
-            }
-            names.push(raw.node[start].name.get_ref().clone());
-            return Err(TopologyError::Cycle(names.join(" -> ")));
-        }
-        let root = match roots.as_slice() {
-            [r] => *r,
-            many => {
-                let names: Vec<_> = many
-                    .iter()
-                    .map(|&i| raw.node[i].name.get_ref().as_str())
-                    .collect();
-                return Err(TopologyError::ManyRoots(names.join(", ")));
-            }
-        };
-
-        let mut children: Vec<Vec<String>> = vec![Vec::new(); raw.node.len()];
-        for n in &raw.node {
-            if let Some(p) = &n.parent {
-                children[by_name[p]].push(n.name.get_ref().clone());
-            }
-        }
-        let mut listens: BTreeMap<SocketAddr, usize> = BTreeMap::new();
-        for (i, n) in raw.node.iter().enumerate() {
-            let line = line_of(n.name.span());
-            if !children[i].is_empty() && n.listen.is_none() {
-                return Err(TopologyError::MissingListen {
-                    node: n.name.get_ref().clone(),
-                    children: children[i].join(", "),
-                    line,
-                });
-            }
-            if let Some(addr) = n.listen {
-                if let Some(&other) = listens.get(&addr) {
-                    return Err(TopologyError::DuplicateListen {
-                        node: n.name.get_ref().clone(),
-                        other: raw.node[other].name.get_ref().clone(),
-                        addr,
-                        line,
-                    });
-                }
-                listens.insert(addr, i);
-            }
-        }
-
-        // No cycle and one root: every node reaches the root, so depth is well defined.
-        let mut depth = vec![usize::MAX; raw.node.len()];
-        depth[root] = 0;
-        let order = toposort(&graph, None).map_err(|_| TopologyError::NoRoot)?;
-        for ni in order {
-            let i = graph[ni];
-            if let Some(p) = &raw.node[i].parent {
-                depth[i] = depth[by_name[p]] + 1;
-            }
-        }
-
-        for n in &raw.node {
-            let line = line_of(n.name.span());
-            let name = n.name.get_ref();
-            for b in &n.backup_parents {
-                let bad = |why| TopologyError::BadBackup {
-                    node: name.clone(),
-                    backup: b.clone(),
-                    why,
-                    line,
-                };
-                let &bi = by_name.get(b).ok_or_else(|| TopologyError::UnknownBackup {
-                    node: name.clone(),
-                    backup: b.clone(),
-                    line,
-                })?;
-                if b == name {
-                    return Err(bad("it is the node itself"));
-                }
-                if n.parent.is_none() {
-                    return Err(bad("the origin has no parent to back up"));
-                }
-                if raw.node[bi].listen.is_none() {
-                    return Err(bad("it has no listen address"));
-                }
-                // Walk up from the backup: reaching the node means the backup is below it.
-                let mut cur = raw.node[bi].parent.as_ref();
-                while let Some(p) = cur {
-                    if p == name {
-                        return Err(bad("it is one of the node's descendants"));
-                    }
-                    cur = raw.node[by_name[p]].parent.as_ref();
-                }
-            }
-        }
-
-        let nodes = raw
-            .node
-            .into_iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let line = line_of(n.name.span());
-                let kids = std::mem::take(&mut children[i]);
-                let role = if n.parent.is_none() {
-                    Role::Origin
-                } else if kids.is_empty() {
-                    Role::Leaf
-                } else {
-                    Role::Relay
-                };
-                Node {
-                    name: n.name.into_inner(),
-                    parent: n.parent,
-                    listen: n.listen,
-                    backup_parents: n.backup_parents,
-                    children: kids,
-                    depth: depth[i],
-                    role,
-                    line,
-                }
-            })
-            .collect();
-        Ok(Topology {
-            nodes,
-            by_name,
-            root,
-        })
+        parse::parse(text)
     }
 
     /// The node called `name`, or an error naming it.
@@ -455,35 +247,6 @@ pub fn is_dns_label(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
-}
-
-fn line_at(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&c| c == b'\n')
-        .count()
-        + 1
-}
-
-fn syntax(text: &str, e: &toml::de::Error) -> String {
-    let msg = e
-        .message()
-        .trim()
-        .lines()
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join("; ");
-    match e.span() {
-        Some(span) => {
-            let line = line_at(text, span.start);
-            let line_start = text[..span.start.min(text.len())]
-                .rfind('\n')
-                .map_or(0, |p| p + 1);
-            let col = text[line_start..span.start.min(text.len())].chars().count() + 1;
-            format!("line {line}, column {col}: {msg}")
-        }
-        None => msg,
-    }
 }
 
 #[cfg(test)]

@@ -16,171 +16,13 @@ use std::fmt;
 use md5::{Digest, Md5 as Md5Hasher};
 use serde::{Deserialize, Serialize};
 
-/// An MD5 digest.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Md5(pub [u8; 16]);
-
-impl Md5 {
-    /// The MD5 of `data`.
-    pub fn of(data: &[u8]) -> Self {
-        Md5(Md5Hasher::digest(data).into())
-    }
-
-    pub fn hex(&self) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(32);
-        for b in self.0 {
-            out.push(DIGITS[(b >> 4) as usize] as char);
-            out.push(DIGITS[(b & 15) as usize] as char);
-        }
-        out
-    }
-}
-
-impl Md5 {
-    /// Parses 32 lowercase or uppercase hex digits.
-    pub fn from_hex(hex: &str) -> Option<Self> {
-        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-        let bytes = hex.as_bytes();
-        if bytes.len() != 32 {
-            return None;
-        }
-        let mut out = [0u8; 16];
-        for (i, pair) in bytes.chunks(2).enumerate() {
-            out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
-        }
-        Some(Md5(out))
-    }
-}
-
-impl fmt::Display for Md5 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.hex())
-    }
-}
-
-impl fmt::Debug for Md5 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Md5({})", self.hex())
-    }
-}
-
-/// Bytes per chunk of a large body. A body larger than one chunk carries the MD5 of each
-/// chunk (the last may be short), so a relay can verify and forward it chunk by chunk while
-/// the rest is still arriving.
-pub const CHUNK: u64 = 4 * 1024 * 1024;
-
-/// How many chunk MD5s a body of `size` bytes carries: none when it fits in one chunk.
-pub fn chunk_count(size: u64) -> u64 {
-    if size <= CHUNK {
-        0
-    } else {
-        size.div_ceil(CHUNK)
-    }
-}
-
-/// Data at least this large is hashed on two threads (whole and chunks) by [`BodyHasher`]:
-/// a thread costs tens of microseconds, hashing this much about a millisecond.
-const PARALLEL_MIN: usize = 512 * 1024;
-
-/// MD5 of a whole body and, for a body larger than [`CHUNK`], of each chunk, in one pass.
-#[derive(Clone, Default)]
-pub struct BodyHasher {
-    whole: Md5Hasher,
-    chunk: Md5Hasher,
-    /// Bytes hashed into the current chunk.
-    in_chunk: u64,
-    chunks: Vec<Md5>,
-    len: u64,
-    /// Whether to keep the whole-body MD5 (not needed by a relay that verifies chunks).
-    want_whole: bool,
-    want_chunks: bool,
-}
-
-impl BodyHasher {
-    /// A hasher computing the whole MD5 and/or the chunk MD5s.
-    pub fn new(want_whole: bool, want_chunks: bool) -> Self {
-        BodyHasher {
-            want_whole,
-            want_chunks,
-            ..Default::default()
-        }
-    }
-
-    /// Hashes `data`; returns the MD5s of the chunks it completed. With both the whole MD5
-    /// and the chunk MD5s wanted, a large `data` is hashed on two threads (MD5 is the slowest
-    /// step of moving a body, and the two digests are independent).
-    pub fn update(&mut self, data: &[u8]) -> std::ops::Range<usize> {
-        if self.want_whole && self.want_chunks && data.len() >= PARALLEL_MIN {
-            let mut whole = std::mem::take(&mut self.whole);
-            std::thread::scope(|s| {
-                let other = s.spawn(move || {
-                    whole.update(data);
-                    whole
-                });
-                let done = self.update_chunks(data);
-                self.whole = other.join().expect("hashing does not panic");
-                done
-            })
-        } else {
-            if self.want_whole {
-                self.whole.update(data);
-            }
-            self.update_chunks(data)
-        }
-    }
-
-    fn update_chunks(&mut self, mut data: &[u8]) -> std::ops::Range<usize> {
-        let first = self.chunks.len();
-        self.len += data.len() as u64;
-        if self.want_chunks {
-            while !data.is_empty() {
-                let room = (CHUNK - self.in_chunk) as usize;
-                let take = room.min(data.len());
-                self.chunk.update(&data[..take]);
-                self.in_chunk += take as u64;
-                data = &data[take..];
-                if self.in_chunk == CHUNK {
-                    self.chunks.push(Md5(self.chunk.finalize_reset().into()));
-                    self.in_chunk = 0;
-                }
-            }
-        }
-        first..self.chunks.len()
-    }
-
-    /// Chunks completed so far.
-    pub fn chunks(&self) -> &[Md5] {
-        &self.chunks
-    }
-
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The whole MD5 (if wanted) and the chunk list as a manifest carries it: empty for a body
-    /// of at most one chunk.
-    pub fn finish(mut self) -> (Md5, Vec<Md5>) {
-        let whole = Md5(self.whole.finalize().into());
-        if !self.want_chunks || self.len <= CHUNK {
-            return (whole, Vec::new());
-        }
-        if self.in_chunk > 0 {
-            self.chunks.push(Md5(self.chunk.finalize().into()));
-        }
-        (whole, self.chunks)
-    }
-}
+use super::hash::{chunk_count, Md5};
 
 /// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
     /// `mtime` is seconds since the Unix epoch, kept so that servers agree on Last-Modified.
-    /// `chunks` holds the MD5 of each [`CHUNK`] of a body larger than one chunk (see
+    /// `chunks` holds the MD5 of each [`CHUNK`](super::hash::CHUNK) of a body larger than one chunk (see
     /// [`chunk_count`]), empty otherwise.
     File {
         size: u64,
@@ -468,6 +310,7 @@ impl<'de> Deserialize<'de> for Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree::CHUNK;
 
     fn file(path: &str, body: &[u8]) -> Entry {
         Entry {
@@ -533,35 +376,6 @@ mod tests {
             Manifest::from_entries(chmod).unwrap().root_digest(),
             a.root_digest()
         );
-    }
-
-    #[test]
-    fn body_hasher_splits_chunks_at_any_write_size() {
-        let body = crate::demo::noise(2 * CHUNK as usize + 5, 7);
-        for step in [
-            1000,
-            1 << 20,
-            CHUNK as usize,
-            CHUNK as usize + 1,
-            body.len(),
-        ] {
-            let mut h = BodyHasher::new(true, true);
-            for part in body.chunks(step) {
-                h.update(part);
-            }
-            let (whole, chunks) = h.finish();
-            assert_eq!(whole, Md5::of(&body));
-            let expect: Vec<Md5> = body.chunks(CHUNK as usize).map(Md5::of).collect();
-            assert_eq!(chunks, expect, "write size {step}");
-        }
-        // A body of at most one chunk carries no chunk list.
-        for size in [0, 1, CHUNK - 1, CHUNK] {
-            let mut h = BodyHasher::new(true, true);
-            h.update(&vec![1; size as usize]);
-            assert!(h.finish().1.is_empty());
-            assert_eq!(chunk_count(size), 0);
-        }
-        assert_eq!(chunk_count(CHUNK + 1), 2);
     }
 
     #[test]
@@ -635,16 +449,5 @@ mod tests {
         let mut m = file("x", b"");
         m.mode = 0o10000;
         assert!(matches!(bad(vec![m]), ManifestError::BadMode(..)));
-    }
-
-    #[test]
-    fn wire_order_is_enforced() {
-        let entries = vec![file("b", b""), file("a", b"")];
-        let bytes = crate::wire::encode(&entries);
-        let err = crate::wire::decode_frame::<Manifest>(&bytes).unwrap_err();
-        assert!(err.to_string().contains("out of order"), "{err}");
-        let m = tree(b"x");
-        let back: Manifest = crate::wire::decode_frame(&crate::wire::encode(&m)).unwrap();
-        assert_eq!(back, m);
     }
 }

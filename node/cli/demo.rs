@@ -7,107 +7,45 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use cascade_topology::{Role, Topology};
+use clap::Args;
 
-use crate::config::NodeConfig;
-use crate::node::RunningNode;
-use crate::scan::fingerprint;
+use super::{init_logging, runtime};
+use crate::daemon::RunningNode;
+use crate::dir::fingerprint;
+use crate::testkit::{deploy, noise, Deployment};
+use crate::tree::EntryKind;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Keep the demo's files (certs, configs, directories) in DIR.
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
+}
+
+pub fn run(args: &DemoArgs) -> Result<ExitCode> {
+    init_logging("warn")?;
+    let ok = runtime()?.block_on(demo(args.keep.as_deref()))?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
 
 const RELAYS: usize = 2;
 const LEAVES_PER_RELAY: usize = 2;
 const BIG_FILE: usize = 4 * 1024 * 1024;
 
-/// A demo deployment on disk: topology, certs, and per-node configs under `base`.
-pub struct Deployment {
-    pub base: PathBuf,
-    pub topology: Topology,
-    pub configs: Vec<NodeConfig>,
-}
-
-/// Free UDP ports on 127.0.0.1 (bound then released; good enough for a local demo).
-pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let socks: Vec<UdpSocket> = (0..n)
-        .map(|_| UdpSocket::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .context("cannot find a free UDP port on 127.0.0.1")?;
-    socks.iter().map(|s| Ok(s.local_addr()?.port())).collect()
-}
-
-/// Writes a topology with `relays` relays under the origin and `leaves` leaves under each
-/// relay, all listening on 127.0.0.1, plus CA, certificates and one config file per node.
-pub fn deploy(base: &Path, relays: usize, leaves: usize) -> Result<Deployment> {
-    let ports = free_ports(1 + relays)?;
-    let addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
-    let mut topo = String::new();
-    writeln!(
-        topo,
-        "[[node]]\nname = \"origin\"\nlisten = \"{}\"\n",
-        addr(0)
-    )?;
-    for r in 1..=relays {
-        writeln!(
-            topo,
-            "[[node]]\nname = \"relay-{r}\"\nparent = \"origin\"\nlisten = \"{}\"\n",
-            addr(r)
-        )?;
-        for l in 1..=leaves {
-            writeln!(
-                topo,
-                "[[node]]\nname = \"leaf-{r}-{l}\"\nparent = \"relay-{r}\"\n"
-            )?;
-        }
-    }
-    fs::create_dir_all(base)?;
-    let topo_path = base.join("topology.toml");
-    fs::write(&topo_path, &topo)?;
-    let topology = Topology::load(&topo_path)?;
-    let certs = base.join("certs");
-    cascade_certs::init_ca(&certs, true)?;
-    let names: Vec<String> = topology.nodes().iter().map(|n| n.name.clone()).collect();
-    cascade_certs::issue(&certs, &names)?;
-    let mut configs = Vec::new();
-    for n in topology.nodes() {
-        let home = base.join(&n.name);
-        fs::create_dir_all(home.join("dir"))?;
-        let toml = format!(
-            "name = \"{}\"\ntopology = \"../topology.toml\"\ncerts = \"../certs\"\ndir = \"dir\"\ndata = \"data\"\n",
-            n.name
-        );
-        let file = home.join("node.toml");
-        fs::write(&file, toml)?;
-        configs.push(NodeConfig::load(Some(&file), [], &Default::default())?);
-    }
-    Ok(Deployment {
-        base: base.to_owned(),
-        topology,
-        configs,
-    })
-}
-
 fn write(root: &Path, rel: &str, body: &[u8]) -> Result<()> {
     let p = root.join(rel);
     fs::create_dir_all(p.parent().expect("joined paths have a parent"))?;
     fs::write(&p, body).with_context(|| p.display().to_string())
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so the big file does not compress away.
-/// Seeds `2k` and `2k + 1` give the same bytes.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn sample_site(dir: &Path) -> Result<()> {
@@ -184,7 +122,7 @@ fn verify(dep: &Deployment) -> Result<bool> {
         let same = got.root_digest() == want.root_digest();
         let files_ok = want.files().all(|(e, _, md5)| {
             got.get(&e.path)
-                .is_some_and(|(g, _)| matches!(g.kind, crate::manifest::EntryKind::File { md5: m, .. } if m == md5))
+                .is_some_and(|(g, _)| matches!(g.kind, EntryKind::File { md5: m, .. } if m == md5))
         });
         println!(
             "  {:<10} {} ({} files, tree digest {})",
@@ -216,7 +154,7 @@ fn traffic(nodes: &[RunningNode]) -> String {
 }
 
 /// Runs the demo; `keep` keeps its files there. Returns whether every check passed.
-pub async fn run(keep: Option<&Path>) -> Result<bool> {
+async fn demo(keep: Option<&Path>) -> Result<bool> {
     let tmp;
     let base = match keep {
         Some(dir) => {

@@ -6,16 +6,19 @@
 //! `lstat` calls. Entries written within [`RACY_WINDOW`] of the scan are not cached, since a
 //! later write in the same timestamp tick could go unnoticed ("racily clean", as in git).
 
-use std::collections::HashMap;
-use std::fs;
+use std::collections::{HashMap, HashSet};
+use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use fs_err as fs;
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{Entry, EntryKind, Manifest, ManifestError, Md5};
-use crate::store::{hash_body, Store, StoreError};
+use crate::data::state::{self, Kind};
+use crate::data::{Store, StoreError};
+use crate::tree::hash::hash_file;
+use crate::tree::{Body, Entry, EntryKind, Manifest, ManifestError, Md5};
 
 /// Files modified this recently before a scan (nanoseconds) are re-hashed on the next one: a
 /// write in the same timestamp tick after hashing would leave the stat unchanged. Filesystems
@@ -26,11 +29,9 @@ pub const RACY_WINDOW_COARSE: i128 = 2_000_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// A file or directory could not be read (the message names it).
+    #[error(transparent)]
+    Io(#[from] io::Error),
     #[error("{0}: file name is not valid UTF-8 (not supported yet)")]
     NotUtf8(PathBuf),
     #[error(transparent)]
@@ -49,7 +50,7 @@ struct Stat {
 }
 
 impl Stat {
-    fn of(m: &fs::Metadata) -> Self {
+    fn of(m: &std::fs::Metadata) -> Self {
         Stat {
             size: m.len(),
             mtime: (m.mtime(), m.mtime_nsec()),
@@ -59,9 +60,6 @@ impl Stat {
     }
 }
 
-/// What a file held when it was hashed: MD5, size and chunk MD5s.
-type Body = (Md5, u64, Vec<Md5>);
-
 /// Path → (stat, body) of the files seen by the last scan.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatCache {
@@ -69,18 +67,17 @@ pub struct StatCache {
 }
 
 impl StatCache {
-    /// Loads a cache saved by [`StatCache::save`]; a missing or unreadable one is empty.
+    /// Loads a cache saved by [`StatCache::save`]; a missing or unreadable one is empty
+    /// (it only saves work: every file is then read again).
     pub fn load(path: &Path) -> Self {
-        fs::read(path)
+        state::read(path, Kind::StatCache)
             .ok()
-            .and_then(|b| crate::wire::decode_frame(&b).ok())
+            .flatten()
             .unwrap_or_default()
     }
 
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, crate::wire::encode(self))?;
-        fs::rename(tmp, path)
+    pub fn save(&self, path: &Path) -> Result<(), state::StateError> {
+        state::write(path, Kind::StatCache, self)
     }
 
     pub fn len(&self) -> usize {
@@ -155,10 +152,6 @@ pub fn fingerprint(dir: &Path) -> Result<Manifest, ScanError> {
     Ok(Manifest::from_entries(w.entries)?)
 }
 
-/// Most threads reading files at once. Hashing is CPU-bound and small files cost mostly
-/// system calls, both of which spread over cores.
-const READERS: usize = 4;
-
 /// A file the walk found that must be read: its entry (a placeholder until read), path and
 /// stat before reading.
 struct ToRead {
@@ -171,7 +164,7 @@ struct Walk<'a> {
     root: &'a Path,
     store: Option<&'a Store>,
     /// The bodies the store held when the scan began.
-    held: std::collections::HashSet<Md5>,
+    held: HashSet<Md5>,
     old: &'a StatCache,
     new: StatCache,
     stats: ScanStats,
@@ -189,12 +182,8 @@ impl Walk<'_> {
         } else {
             self.root.join(rel)
         };
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| ScanError::Io { path, source }
-        };
-        for item in fs::read_dir(&abs).map_err(io(&abs))? {
-            let item = item.map_err(io(&abs))?;
+        for item in fs::read_dir(&abs)? {
+            let item = item?;
             let path = item.path();
             let name = item
                 .file_name()
@@ -206,13 +195,14 @@ impl Walk<'_> {
                 format!("{rel}/{name}")
             };
             // Relative to the open directory: no walk of the whole path per entry.
-            let meta = item.metadata().map_err(io(&path))?;
+            let meta = item.metadata()?;
             let mode = meta.permissions().mode() & 0o7777;
             let ft = meta.file_type();
             let kind = if ft.is_dir() {
                 EntryKind::Dir
             } else if ft.is_file() {
-                let (md5, size, chunks) = match self.cached(&rel_path, &meta) {
+                // A file to read gets a placeholder, filled in by `read_files`.
+                let Body { md5, size, chunks } = match self.cached(&rel_path, &meta) {
                     Some(body) => body,
                     None => {
                         self.to_read.push(ToRead {
@@ -220,7 +210,11 @@ impl Walk<'_> {
                             path: path.clone(),
                             stat: Stat::of(&meta),
                         });
-                        (Md5::of(b""), 0, Vec::new())
+                        Body {
+                            md5: Md5::of(b""),
+                            size: 0,
+                            chunks: Vec::new(),
+                        }
                     }
                 };
                 EntryKind::File {
@@ -230,7 +224,7 @@ impl Walk<'_> {
                     chunks,
                 }
             } else if ft.is_symlink() {
-                let target = fs::read_link(&path).map_err(io(&path))?;
+                let target = fs::read_link(&path)?;
                 let target = target
                     .into_os_string()
                     .into_string()
@@ -254,11 +248,11 @@ impl Walk<'_> {
     }
 
     /// The body of a file whose stat is unchanged since the last scan and whose body is held.
-    fn cached(&mut self, rel: &str, meta: &fs::Metadata) -> Option<Body> {
+    fn cached(&mut self, rel: &str, meta: &std::fs::Metadata) -> Option<Body> {
         self.store?;
         let stat = Stat::of(meta);
         let (old, body) = self.old.files.get(rel)?;
-        if *old != stat || !self.held.contains(&body.0) {
+        if *old != stat || !self.held.contains(&body.md5) {
             return None;
         }
         self.stats.cached += 1;
@@ -266,7 +260,7 @@ impl Walk<'_> {
         Some(body.clone())
     }
 
-    /// Reads the files the walk could not take from the cache, on up to [`READERS`] threads
+    /// Reads the files the walk could not take from the cache, on several threads
     /// (into the store when scanning for a publish), and fills in their entries.
     fn read_files(&mut self) -> Result<(), ScanError> {
         let jobs = std::mem::take(&mut self.to_read);
@@ -274,19 +268,18 @@ impl Walk<'_> {
             return Ok(());
         }
         let store = self.store;
-        let read = crate::par::map(&jobs, READERS, |job| {
+        let read = super::par_map(&jobs, |job| {
             let body = match store {
-                Some(store) => store.ingest(&job.path),
-                None => hash_body(&job.path, true),
-            }
-            .map_err(ScanError::Store)?;
+                Some(store) => store.ingest(&job.path).map_err(ScanError::Store)?,
+                None => hash_file(&job.path, true)?,
+            };
             // Taken right after reading, to tell whether the file changed meanwhile.
             let after = fs::symlink_metadata(&job.path).map(|m| Stat::of(&m)).ok();
             Ok::<_, ScanError>((body, after))
         })?;
-        for (job, ((md5, size, chunks), after)) in jobs.iter().zip(read) {
+        for (job, (body, after)) in jobs.iter().zip(read) {
             self.stats.hashed += 1;
-            self.stats.hashed_bytes += size;
+            self.stats.hashed_bytes += body.size;
             let entry = &mut self.entries[job.entry];
             if let EntryKind::File {
                 md5: m,
@@ -295,7 +288,7 @@ impl Walk<'_> {
                 ..
             } = &mut entry.kind
             {
-                (*m, *sz, *c) = (md5, size, chunks.clone());
+                (*m, *sz, *c) = (body.md5, body.size, body.chunks.clone());
             }
             // The file may have changed while it was read: cache only what matches the
             // stat taken before reading, and nothing modified too recently to tell.
@@ -308,12 +301,10 @@ impl Walk<'_> {
             };
             if self.store.is_some()
                 && after == Some(stat)
-                && size == stat.size
+                && body.size == stat.size
                 && self.now - mtime > window
             {
-                self.new
-                    .files
-                    .insert(entry.path.clone(), (stat, (md5, size, chunks)));
+                self.new.files.insert(entry.path.clone(), (stat, body));
             }
         }
         Ok(())
@@ -345,7 +336,7 @@ mod tests {
                 .set_modified(mtime)
                 .unwrap();
         }
-        let store = Store::open(&t.path().join("data")).unwrap();
+        let store = Store::open(&t.path().join("store")).unwrap();
         let (m1, cache, s1) = scan(&dir, &store, &StatCache::default()).unwrap();
         assert_eq!((s1.hashed, s1.cached), (3, 0));
         // The recently modified file is not trusted to the cache.

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::manifest::Md5;
+use crate::tree::Md5;
 
 /// Where a body being received stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

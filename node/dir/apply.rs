@@ -7,34 +7,31 @@
 //! so nothing is ever written through a symlink. Then anything the manifest does not list is
 //! deleted, and directory modes are set deepest first.
 
-use std::fs::{self, File, FileTimes};
+use std::fs::{FileTimes, Metadata, Permissions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::manifest::{Entry, EntryKind, Manifest};
-use crate::store::Store;
+use fs_err as fs;
+
+use crate::data::Store;
+use crate::tree::hash::hash_file;
+use crate::tree::{Entry, EntryKind, Manifest, Md5};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    /// A file in `dir` could not be read or written (the message names it).
+    #[error(transparent)]
+    Io(#[from] io::Error),
     #[error("body {0} for {1:?} is not in the store")]
     MissingBody(String, String),
     /// Found before anything was touched: these bodies must be fetched first.
     #[error("{} bodies of this release are neither in the store nor in place", .0.len())]
-    MissingBodies(Vec<crate::manifest::Md5>),
+    MissingBodies(Vec<Md5>),
     #[error("{path}: No space left for this release: it needs {need} bytes, {free} are free")]
     NoSpace { path: PathBuf, need: u64, free: u64 },
-}
-
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ApplyError + '_ {
-    move |source| ApplyError::Io {
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// What an apply changed.
@@ -49,7 +46,7 @@ pub struct ApplyStats {
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
-fn tmp_name(parent: &Path) -> PathBuf {
+pub(super) fn tmp_name(parent: &Path) -> PathBuf {
     let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
     parent.join(format!(".cascade-tmp-{}-{n}", std::process::id()))
 }
@@ -84,16 +81,16 @@ pub fn repair(dir: &Path, manifest: &Manifest, store: &Store) -> Result<ApplySta
 
 /// How an apply may take its bodies.
 #[derive(Debug, Default, Clone, Copy)]
-struct How<'a> {
+pub(super) struct How<'a> {
     /// A file that this tree of `old` holds identically (same MD5, size, mode and mtime) is
     /// hard-linked from there instead of copied from the store (atomic mode).
-    link_from: Option<&'a Path>,
+    pub link_from: Option<&'a Path>,
     /// Subtrees whose digest equals `old`'s are not looked at.
-    skip_unchanged: bool,
+    pub skip_unchanged: bool,
     /// Move bodies out of the store into `dir` instead of copying them (a node that serves
     /// nobody: its `dir` is its only copy). A body used by several paths is copied for all
     /// but the last. Falls back to copying across filesystems.
-    take: bool,
+    pub take: bool,
 }
 
 /// Whether `old` has entry `e` at the same path with the same content, type and mode.
@@ -103,7 +100,7 @@ fn same_as_old(old: Option<&Manifest>, e: &Entry) -> bool {
 }
 
 /// Whether the file on disk has the manifest's size, mtime and mode (rsync's quick check).
-fn looks_right(m: &fs::Metadata, e: &Entry) -> bool {
+fn looks_right(m: &Metadata, e: &Entry) -> bool {
     match e.kind {
         EntryKind::File { size, mtime, .. } => {
             m.is_file()
@@ -182,7 +179,7 @@ fn check_bodies(
         if looks && same_as_old(old, e) {
             return Ok(());
         }
-        if looks && crate::store::hash_file(&path).is_ok_and(|(got, _)| got == *md5) {
+        if looks && hash_file(&path, false).is_ok_and(|got| got.md5 == *md5) {
             in_place.insert(i);
         } else if seen.insert(*md5) {
             missing.push(*md5);
@@ -196,14 +193,14 @@ fn check_bodies(
     }
 }
 
-fn apply_with(
+pub(super) fn apply_with(
     dir: &Path,
     manifest: &Manifest,
     old: Option<&Manifest>,
     store: &Store,
     how: How,
 ) -> Result<ApplyStats, ApplyError> {
-    fs::create_dir_all(dir).map_err(io_at(dir))?;
+    fs::create_dir_all(dir)?;
     let skip = old.filter(|_| how.skip_unchanged);
     let in_place = check_bodies(dir, manifest, old, store, how)?;
     // Moving only helps within one filesystem.
@@ -233,10 +230,10 @@ fn apply_with(
                 match &current {
                     Some(m) if m.is_dir() => {}
                     Some(_) => {
-                        fs::remove_file(&path).map_err(io_at(&path))?;
-                        fs::create_dir(&path).map_err(io_at(&path))?;
+                        fs::remove_file(&path)?;
+                        fs::create_dir(&path)?;
                     }
-                    None => fs::create_dir(&path).map_err(io_at(&path))?,
+                    None => fs::create_dir(&path)?,
                 }
                 // Keep the directory writable while we fill it; its mode is set at the end.
             }
@@ -271,7 +268,7 @@ fn apply_with(
                     }
                 }
                 let tmp = tmp_name(path.parent().unwrap_or(dir));
-                std::os::unix::fs::symlink(target, &tmp).map_err(io_at(&tmp))?;
+                fs::os::unix::fs::symlink(target, &tmp)?;
                 replace(&tmp, &path, current.as_ref())?;
                 stats.written += 1;
             }
@@ -280,7 +277,7 @@ fn apply_with(
     })?;
     stats.unchanged += skipped;
     for (jobs, take) in [(copies, false), (moves, true)] {
-        let linked = crate::par::map(&jobs, WRITERS, |job| write_file(dir, store, job, how, take))?
+        let linked = super::par_map(&jobs, |job| write_file(dir, store, job, how, take))?
             .into_iter()
             .filter(|&linked| linked)
             .count() as u64;
@@ -291,10 +288,9 @@ fn apply_with(
     for (i, e) in manifest.entries().iter().enumerate().rev() {
         if matches!(e.kind, EntryKind::Dir) && !skip.is_some_and(|o| manifest.unchanged_in(i, o)) {
             let path = dir.join(&e.path);
-            let m = fs::symlink_metadata(&path).map_err(io_at(&path))?;
+            let m = fs::symlink_metadata(&path)?;
             if m.permissions().mode() & 0o7777 != e.mode {
-                fs::set_permissions(&path, fs::Permissions::from_mode(e.mode))
-                    .map_err(io_at(&path))?;
+                fs::set_permissions(&path, Permissions::from_mode(e.mode))?;
             }
         }
     }
@@ -305,7 +301,7 @@ fn apply_with(
 struct FileJob<'a> {
     entry: &'a Entry,
     path: PathBuf,
-    current: Option<fs::Metadata>,
+    current: Option<Metadata>,
     /// The previous release had the same body and mode here (so atomic mode can link it).
     same_as_old: bool,
 }
@@ -335,17 +331,13 @@ fn write_file(
             if !store.has(md5) {
                 return Err(ApplyError::MissingBody(md5.hex(), e.path.clone()));
             }
-            fs::copy(store.path(md5), &tmp).map_err(io_at(&tmp))?;
+            fs::copy(store.path(md5), &tmp)?;
         }
         finish_file(&tmp, e, *mtime)?;
     }
     replace(&tmp, &job.path, job.current.as_ref())?;
     Ok(linked)
 }
-
-/// Most threads writing files at once (small files cost system calls, which spread over
-/// cores).
-const WRITERS: usize = 4;
 
 fn same_filesystem(a: &Path, b: &Path) -> bool {
     match (fs::metadata(a), fs::metadata(b)) {
@@ -394,9 +386,8 @@ fn check_space(
 }
 
 fn finish_file(tmp: &Path, e: &Entry, mtime: i64) -> Result<(), ApplyError> {
-    let f = File::options().write(true).open(tmp).map_err(io_at(tmp))?;
-    f.set_permissions(fs::Permissions::from_mode(e.mode))
-        .map_err(io_at(tmp))?;
+    let f = fs::File::options().write(true).open(tmp)?;
+    f.set_permissions(Permissions::from_mode(e.mode))?;
     let t = if mtime >= 0 {
         UNIX_EPOCH + Duration::from_secs(mtime as u64)
     } else {
@@ -406,17 +397,17 @@ fn finish_file(tmp: &Path, e: &Entry, mtime: i64) -> Result<(), ApplyError> {
         FileTimes::new()
             .set_modified(t)
             .set_accessed(SystemTime::now()),
-    )
-    .map_err(io_at(tmp))?;
+    )?;
     Ok(())
 }
 
 /// Renames `tmp` over `path`; a directory in the way is removed first (a type change).
-fn replace(tmp: &Path, path: &Path, current: Option<&fs::Metadata>) -> Result<(), ApplyError> {
+fn replace(tmp: &Path, path: &Path, current: Option<&Metadata>) -> Result<(), ApplyError> {
     if current.is_some_and(|m| m.is_dir()) {
-        fs::remove_dir_all(path).map_err(io_at(path))?;
+        fs::remove_dir_all(path)?;
     }
-    fs::rename(tmp, path).map_err(io_at(path))
+    fs::rename(tmp, path)?;
+    Ok(())
 }
 
 /// Removes everything under `dir/rel` that the manifest does not list. Returns how many.
@@ -433,8 +424,8 @@ fn delete_extraneous(
         dir.join(rel)
     };
     let mut deleted = 0;
-    for item in fs::read_dir(&abs).map_err(io_at(&abs))? {
-        let item = item.map_err(io_at(&abs))?;
+    for item in fs::read_dir(&abs)? {
+        let item = item?;
         let path = item.path();
         let name = item.file_name();
         let name = name.to_string_lossy();
@@ -443,7 +434,7 @@ fn delete_extraneous(
         } else {
             format!("{rel}/{name}")
         };
-        let ft = item.file_type().map_err(io_at(&path))?;
+        let ft = item.file_type()?;
         let listed = if is_tmp(&name) {
             None
         } else {
@@ -459,153 +450,19 @@ fn delete_extraneous(
             continue;
         }
         if ft.is_dir() {
-            fs::remove_dir_all(&path).map_err(io_at(&path))?;
+            fs::remove_dir_all(&path)?;
         } else {
-            fs::remove_file(&path).map_err(io_at(&path))?;
+            fs::remove_file(&path)?;
         }
         deleted += 1;
     }
     Ok(deleted)
 }
 
-/// How a node's `dir` follows releases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApplyMode {
-    /// Files are replaced one by one in `dir` (each atomically), like `rsync -a --delete`.
-    InPlace,
-    /// `dir` is a symlink to a complete release directory under `DATA/releases`, swapped with
-    /// one rename; the newest `keep` release directories are kept.
-    Atomic { keep: usize },
-}
-
-/// Applies releases to one node's `dir` in its configured mode.
-#[derive(Debug, Clone)]
-pub struct Applier {
-    pub dir: PathBuf,
-    pub mode: ApplyMode,
-    /// `DATA/releases`, where atomic mode builds release directories.
-    pub releases: PathBuf,
-    /// Keep a copy of every applied body in the store (a node that serves children). A node
-    /// that serves nobody moves bodies into `dir` in place mode: each byte is written once.
-    pub keep_bodies: bool,
-}
-
-impl Applier {
-    /// The directory release `version` is built in (atomic mode).
-    pub fn release_dir(&self, version: u64) -> PathBuf {
-        self.releases.join(format!("v{version}"))
-    }
-
-    /// Makes `dir` show `new` (version `version`); `old` is the release it showed before.
-    pub fn apply(
-        &self,
-        version: u64,
-        new: &Manifest,
-        old: Option<(u64, &Manifest)>,
-        store: &Store,
-    ) -> Result<ApplyStats, ApplyError> {
-        match self.mode {
-            ApplyMode::InPlace => {
-                let how = How {
-                    skip_unchanged: old.is_some(),
-                    take: !self.keep_bodies,
-                    ..How::default()
-                };
-                apply_with(&self.dir, new, old.map(|(_, m)| m), store, how)
-            }
-            ApplyMode::Atomic { keep } => {
-                let target = self.release_dir(version);
-                let from = old
-                    .map(|(v, _)| self.release_dir(v))
-                    .filter(|p| p.is_dir() && *p != target);
-                let base = if from.is_some() {
-                    old.map(|(_, m)| m)
-                } else {
-                    None
-                };
-                let how = How {
-                    link_from: from.as_deref(),
-                    ..How::default()
-                };
-                let stats = apply_with(&target, new, base, store, how)?;
-                self.switch_to(&target)?;
-                self.prune(keep, version);
-                Ok(stats)
-            }
-        }
-    }
-
-    /// Re-applies the held release in place over what is on disk (repair after a restart).
-    pub fn repair(
-        &self,
-        version: u64,
-        manifest: &Manifest,
-        store: &Store,
-    ) -> Result<ApplyStats, ApplyError> {
-        match self.mode {
-            ApplyMode::InPlace => repair(&self.dir, manifest, store),
-            ApplyMode::Atomic { .. } => {
-                let target = self.release_dir(version);
-                let stats = repair(&target, manifest, store)?;
-                self.switch_to(&target)?;
-                Ok(stats)
-            }
-        }
-    }
-
-    /// Points `dir` at `target` with one rename of a fresh symlink over it.
-    fn switch_to(&self, target: &Path) -> Result<(), ApplyError> {
-        if fs::read_link(&self.dir).is_ok_and(|t| t == target) {
-            return Ok(());
-        }
-        let parent = self.dir.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(parent).map_err(io_at(parent))?;
-        if fs::symlink_metadata(&self.dir).is_ok_and(|m| m.is_dir()) {
-            // First switch of a plain directory: move it aside (kept for the operator).
-            let aside = self
-                .releases
-                .join(format!("pre-atomic-{}", std::process::id()));
-            tracing::warn!(dir = %self.dir.display(), aside = %aside.display(), "moving the existing directory aside to make dir a release symlink");
-            fs::rename(&self.dir, &aside).map_err(io_at(&self.dir))?;
-        }
-        let link = tmp_name(parent);
-        std::os::unix::fs::symlink(target, &link).map_err(io_at(&link))?;
-        fs::rename(&link, &self.dir).map_err(io_at(&self.dir))
-    }
-
-    /// Removes release directories beyond the newest `keep` (never `current`).
-    fn prune(&self, keep: usize, current: u64) {
-        let Ok(list) = fs::read_dir(&self.releases) else {
-            return;
-        };
-        let mut versions: Vec<u64> = list
-            .filter_map(|e| {
-                e.ok()?
-                    .file_name()
-                    .to_str()?
-                    .strip_prefix('v')?
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        versions.sort_unstable_by(|a, b| b.cmp(a));
-        for v in versions
-            .into_iter()
-            .filter(|&v| v != current)
-            .skip(keep.saturating_sub(1))
-        {
-            let p = self.release_dir(v);
-            if let Err(e) = fs::remove_dir_all(&p) {
-                tracing::warn!(path = %p.display(), "cannot prune old release: {e}");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scan::scan;
+    use crate::dir::scan::{fingerprint, scan};
 
     fn write(p: &Path, body: &str) {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -621,7 +478,7 @@ mod tests {
     ) -> (Manifest, ApplyStats) {
         let m = scan(src, store, &Default::default()).unwrap().0;
         let stats = apply(dst, &m, old, store).unwrap();
-        let back = crate::scan::fingerprint(dst).unwrap();
+        let back = fingerprint(dst).unwrap();
         assert_eq!(
             back.root_digest(),
             m.root_digest(),
@@ -642,7 +499,7 @@ mod tests {
         write(&src.join("with space/ünï.txt"), "u");
         fs::create_dir_all(src.join("empty")).unwrap();
         std::os::unix::fs::symlink("a/b/c.txt", src.join("link")).unwrap();
-        fs::set_permissions(src.join("file"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(src.join("file"), Permissions::from_mode(0o600)).unwrap();
         let (m1, s1) = sync(&src, &dst, &store, None);
         assert_eq!(s1.written, 4);
 
@@ -684,141 +541,6 @@ mod tests {
         sync(&src, &dst, &store, None);
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
         assert!(fs::symlink_metadata(dst.join("sub")).unwrap().is_dir());
-    }
-
-    #[test]
-    fn atomic_mode_swaps_a_symlink_links_unchanged_files_and_prunes() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        let store = Store::open(&t.path().join("data")).unwrap();
-        let applier = Applier {
-            dir: t.path().join("www"),
-            mode: ApplyMode::Atomic { keep: 2 },
-            releases: t.path().join("data/releases"),
-            keep_bodies: true,
-        };
-        // The served dir starts as a plain directory with unrelated content.
-        write(&applier.dir.join("old.txt"), "before cascade");
-        write(&src.join("same.txt"), "unchanged");
-        write(&src.join("page.html"), "v1");
-        let m1 = scan(&src, &store, &Default::default()).unwrap().0;
-        applier.apply(1, &m1, None, &store).unwrap();
-        assert_eq!(fs::read_link(&applier.dir).unwrap(), applier.release_dir(1));
-        assert_eq!(
-            scan(&applier.dir, &store, &Default::default())
-                .unwrap()
-                .0
-                .root_digest(),
-            m1.root_digest()
-        );
-
-        let mut prev = (1, m1);
-        for v in 2..=4u64 {
-            write(&src.join("page.html"), &format!("v{v}"));
-            let m = scan(&src, &store, &Default::default()).unwrap().0;
-            let stats = applier
-                .apply(v, &m, Some((prev.0, &prev.1)), &store)
-                .unwrap();
-            assert_eq!((stats.written, stats.linked), (1, 1), "{stats:?}");
-            assert_eq!(fs::read_link(&applier.dir).unwrap(), applier.release_dir(v));
-            assert_eq!(
-                fs::read_to_string(applier.dir.join("page.html")).unwrap(),
-                format!("v{v}")
-            );
-            // The previous release directory is untouched by building the new one.
-            assert_eq!(
-                fs::read_to_string(applier.release_dir(v - 1).join("page.html")).unwrap(),
-                format!("v{}", v - 1)
-            );
-            prev = (v, m);
-        }
-        let mut left: Vec<_> = fs::read_dir(&applier.releases)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        assert_eq!(
-            left[..2],
-            [
-                "pre-atomic-".to_owned() + &std::process::id().to_string(),
-                "v3".into()
-            ][..]
-        );
-        assert_eq!(left[2], "v4");
-        assert_eq!(left.len(), 3);
-    }
-
-    #[test]
-    fn a_node_serving_nobody_moves_bodies_into_dir_and_finds_them_there_again() {
-        let t = tempfile::tempdir().unwrap();
-        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
-        let store = Store::open(&t.path().join("data")).unwrap();
-        write(&src.join("a.txt"), "same body");
-        write(&src.join("b/a-again.txt"), "same body");
-        write(&src.join("c.bin"), "unique");
-        write(&src.join("empty"), "");
-        // Enough files to be written on several threads, sharing a few bodies: every copy of
-        // a body is made before the body is moved.
-        for n in 0..300 {
-            write(
-                &src.join(format!("many/{}/{n}", n % 7)),
-                &format!("{}", n % 3),
-            );
-        }
-        let m = scan(&src, &store, &Default::default()).unwrap().0;
-        let applier = Applier {
-            dir: dst.clone(),
-            mode: ApplyMode::InPlace,
-            releases: t.path().join("data/releases"),
-            keep_bodies: false,
-        };
-        let stats = applier.apply(1, &m, None, &store).unwrap();
-        assert_eq!(stats.written, 304);
-        assert_eq!(
-            crate::scan::fingerprint(&dst).unwrap().root_digest(),
-            m.root_digest()
-        );
-        // Each body left the store for its last use; the shared one was copied for the first.
-        let body = |p: &str| match m.get(p).unwrap().0.kind {
-            EntryKind::File { md5, .. } => md5,
-            _ => unreachable!(),
-        };
-        assert!(!store.has(&body("a.txt")) && !store.has(&body("c.bin")));
-        assert!(store.has(&body("empty")), "the empty body always stays");
-
-        // Without its record, the node finds the intact files in place (checked by MD5) and
-        // asks only for what changed, before touching anything.
-        write(&dst.join("c.bin"), "tampered");
-        let e = repair(&dst, &m, &store).unwrap_err();
-        assert!(
-            matches!(&e, ApplyError::MissingBodies(b) if *b == [body("c.bin")]),
-            "{e}"
-        );
-        assert_eq!(fs::read_to_string(dst.join("c.bin")).unwrap(), "tampered");
-        assert!(held_in_place(&dst, m.get("a.txt").unwrap().0));
-        assert!(!held_in_place(&dst, m.get("c.bin").unwrap().0));
-        // Once the body is back, the repair restores the file.
-        let mut w = store.writer(body("c.bin"), 6).unwrap();
-        w.write(b"unique").unwrap();
-        w.finish().unwrap();
-        let s = repair(&dst, &m, &store).unwrap();
-        assert_eq!((s.written, s.unchanged), (1, 303), "{s:?}");
-        assert_eq!(fs::read_to_string(dst.join("c.bin")).unwrap(), "unique");
-
-        // A restart's repair leaves files that pass the quick check alone, as rsync does: it
-        // does not read the whole dir (a same-size edit under the old mtime stays unseen).
-        let kept = dst.join("b/a-again.txt");
-        let mtime = fs::metadata(&kept).unwrap().modified().unwrap();
-        write(&kept, "SAME BODY");
-        File::options()
-            .write(true)
-            .open(&kept)
-            .unwrap()
-            .set_modified(mtime)
-            .unwrap();
-        let s = repair(&dst, &m, &store).unwrap();
-        assert_eq!((s.written, s.unchanged), (0, 304), "{s:?}");
-        assert_eq!(fs::read_to_string(&kept).unwrap(), "SAME BODY");
     }
 
     #[test]

@@ -1,7 +1,5 @@
-//! QUIC plumbing: endpoints with mutual TLS, and moving frames over streams.
-//!
-//! Nothing here decides anything; it carries bytes for [`crate::upstream`] and
-//! [`crate::downstream`], and turns the peer's certificate into a checked node name.
+//! QUIC endpoints with mutual TLS: transport settings, binding, dialling a parent, closing
+//! with a code, and the peer's certificate (already checked against the deployment CA).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,43 +9,12 @@ use cascade_certs::{CertError, Identity};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use rustls_pki_types::CertificateDer;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::wire::{self, ErrorCode, WireError, HEADER_LEN};
+use super::LinkError;
+use crate::wire::{self, ErrorCode};
 
 /// How long a dial may take before the parent counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-#[derive(Debug, thiserror::Error)]
-pub enum LinkError {
-    #[error(transparent)]
-    Cert(#[from] CertError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("connect to {peer} at {addr}: {reason}")]
-    Connect {
-        peer: String,
-        addr: SocketAddr,
-        reason: String,
-    },
-    #[error("connection: {0}")]
-    Connection(#[from] quinn::ConnectionError),
-    #[error("stream: {0}")]
-    Io(std::io::Error),
-    #[error("stream: {0}")]
-    Read(#[from] quinn::ReadError),
-    #[error("stream closed")]
-    Closed(#[from] quinn::ClosedStream),
-    #[error("protocol violation: {0}")]
-    Wire(#[from] WireError),
-    #[error("peer refused: {0}")]
-    Refused(String),
-}
 
 /// Per-stream receive window and per-connection send window, in bytes.
 const WINDOW: u32 = 8 * 1024 * 1024;
@@ -174,46 +141,4 @@ pub fn close(conn: &Connection, code: ErrorCode, reason: &str) {
 /// Closes every connection of an endpoint.
 pub fn close_endpoint(ep: &Endpoint, code: ErrorCode) {
     ep.close(VarInt::from_u32(code.code()), b"shutting down");
-}
-
-/// Writes an already encoded frame.
-pub async fn send_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), LinkError> {
-    w.write_all(frame).await.map_err(LinkError::Io)
-}
-
-/// Writes one message as a frame to any byte stream (QUIC stream or admin socket).
-pub async fn send<W: AsyncWrite + Unpin, T: Serialize>(
-    w: &mut W,
-    msg: &T,
-) -> Result<(), LinkError> {
-    w.write_all(&wire::encode(msg)).await.map_err(LinkError::Io)
-}
-
-/// Reads one frame and decodes it; `Ok(None)` at a clean end of stream before any byte.
-/// The length is checked against [`wire::MAX_FRAME`] before the payload is allocated.
-pub async fn recv<R: AsyncRead + Unpin, T: DeserializeOwned>(
-    r: &mut R,
-) -> Result<Option<T>, LinkError> {
-    let mut header = [0u8; HEADER_LEN];
-    let mut got = 0;
-    while got < HEADER_LEN {
-        let n = r.read(&mut header[got..]).await.map_err(LinkError::Io)?;
-        if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(WireError::Truncated.into())
-            };
-        }
-        got += n;
-    }
-    let len = wire::frame_len(header)?;
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => LinkError::Wire(WireError::Truncated),
-            _ => LinkError::Io(e),
-        })?;
-    Ok(Some(wire::decode(&payload)?))
 }

@@ -1,0 +1,206 @@
+//! `cascade publish [--wait]`: ask the running origin to publish, and with `--wait`, follow
+//! the release down the tree until every node of the topology holds it.
+
+use std::collections::HashMap;
+use std::mem::Discriminant;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use cascade_topology::Topology;
+use clap::Args;
+
+use super::{runtime, ConfigArgs};
+use crate::admin;
+use crate::config::NodeConfig;
+use crate::status::{NodeState, NodeStatus};
+use crate::wire::{AdminRequest, AdminResponse};
+
+#[derive(Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Wait until every node of the topology has applied the release.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this many seconds (exit 1, naming the nodes that lag).
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+/// How often `publish --wait` repeats a fetching node's progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// How often `publish --wait` asks the origin.
+const POLL: Duration = Duration::from_millis(200);
+
+pub fn run(args: &PublishArgs) -> Result<ExitCode> {
+    let cfg = args.config.load()?;
+    runtime()?.block_on(publish(cfg, args.wait, Duration::from_secs(args.timeout)))
+}
+
+async fn publish(cfg: NodeConfig, wait: bool, timeout: Duration) -> Result<ExitCode> {
+    let started = Instant::now();
+    let summary = match admin::request(&cfg.data, &AdminRequest::Publish).await? {
+        AdminResponse::Published(s) => s,
+        other => bail!("unexpected answer from the node: {other:?}"),
+    };
+    if summary.changed {
+        println!(
+            "published release {}: {} files, {} bytes",
+            summary.version, summary.files, summary.bytes
+        );
+    } else {
+        println!(
+            "nothing changed: release {} is current ({} files, {} bytes)",
+            summary.version, summary.files, summary.bytes
+        );
+    }
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let expected: Vec<String> = Topology::load(&cfg.topology)?
+        .nodes()
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    let mut report = Report::new(summary.version, expected);
+    loop {
+        let nodes = match admin::request(&cfg.data, &AdminRequest::Status).await? {
+            AdminResponse::Status { nodes, .. } => nodes,
+            other => bail!("unexpected answer from the node: {other:?}"),
+        };
+        for line in report.changes(&nodes, Instant::now()) {
+            println!("  {line}");
+        }
+        let lagging = report.lagging(&nodes);
+        if lagging.is_empty() {
+            println!(
+                "all {} nodes hold release {} ({:.2} s)",
+                report.expected.len(),
+                summary.version,
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if started.elapsed() >= timeout {
+            eprintln!(
+                "timed out after {} s: {} of {} nodes lack release {}:",
+                timeout.as_secs(),
+                lagging.len(),
+                report.expected.len(),
+                summary.version
+            );
+            for line in lagging {
+                eprintln!("  {line}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// What `publish --wait` has shown so far, and what it shows next.
+struct Report {
+    version: u64,
+    expected: Vec<String>,
+    /// Per node: its last shown (release, state, link) and when it was shown.
+    shown: HashMap<String, (Shown, Instant)>,
+}
+
+type Shown = (Option<u64>, Discriminant<NodeState>, bool);
+
+impl Report {
+    fn new(version: u64, expected: Vec<String>) -> Self {
+        Report {
+            version,
+            expected,
+            shown: HashMap::new(),
+        }
+    }
+
+    /// A line for each node whose release, state or link changed since it was last shown,
+    /// and for a fetching node whose progress was last shown [`PROGRESS_EVERY`] ago.
+    fn changes(&mut self, nodes: &[NodeStatus], now: Instant) -> Vec<String> {
+        let mut lines = Vec::new();
+        for s in nodes {
+            let key = (s.applied, std::mem::discriminant(&s.state), s.connected);
+            let due = match self.shown.get(&s.name) {
+                Some((k, at)) => {
+                    *k != key
+                        || (matches!(s.state, NodeState::Fetching { .. })
+                            && now.duration_since(*at) >= PROGRESS_EVERY)
+                }
+                None => true,
+            };
+            if due {
+                lines.push(s.to_string());
+                self.shown.insert(s.name.clone(), (key, now));
+            }
+        }
+        lines
+    }
+
+    /// The nodes that do not hold the release yet, each with its last known state.
+    fn lagging(&self, nodes: &[NodeStatus]) -> Vec<String> {
+        let by_name: HashMap<_, _> = nodes.iter().map(|s| (s.name.as_str(), s)).collect();
+        self.expected
+            .iter()
+            .filter_map(|n| match by_name.get(n.as_str()) {
+                Some(s) if s.applied.is_some_and(|v| v >= self.version) => None,
+                Some(s) => Some(s.to_string()),
+                None => Some(format!(
+                    "{n}: never reported (not connected since the origin started)"
+                )),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str, applied: Option<u64>, state: NodeState) -> NodeStatus {
+        NodeStatus {
+            applied,
+            state,
+            connected: true,
+            ..NodeStatus::new(name)
+        }
+    }
+
+    #[test]
+    fn shows_each_change_once_and_progress_every_two_seconds() {
+        let mut r = Report::new(2, vec!["o".into(), "a".into(), "b".into()]);
+        let t0 = Instant::now();
+        let fetching = |done| NodeState::Fetching {
+            version: 2,
+            done_bytes: done,
+            total_bytes: 10,
+        };
+        let nodes = vec![
+            status("o", Some(2), NodeState::Idle),
+            status("a", Some(1), fetching(1)),
+        ];
+        assert_eq!(r.changes(&nodes, t0).len(), 2);
+        assert!(r.changes(&nodes, t0 + Duration::from_secs(1)).is_empty());
+        let later = vec![nodes[0].clone(), status("a", Some(1), fetching(5))];
+        assert_eq!(
+            r.changes(&later, t0 + PROGRESS_EVERY),
+            ["a: applied v1, fetching v2 (5/10 bytes)"]
+        );
+        assert_eq!(
+            r.lagging(&later),
+            [
+                "a: applied v1, fetching v2 (5/10 bytes)".to_owned(),
+                "b: never reported (not connected since the origin started)".to_owned()
+            ]
+        );
+        let done = vec![
+            nodes[0].clone(),
+            status("a", Some(2), NodeState::Idle),
+            status("b", Some(3), NodeState::Idle),
+        ];
+        assert!(r.lagging(&done).is_empty());
+    }
+}

@@ -1,0 +1,259 @@
+//! A running node: loads its identity, store and last release, binds its endpoint, and runs
+//! the halves its place in the tree calls for (the parent side if it has a parent, the
+//! children side if it listens, the publisher on the origin), plus the local admin socket.
+//!
+//! Every task is owned by [`RunningNode`]; dropping it aborts them, and
+//! [`RunningNode::shutdown`] closes links cleanly first.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cascade_certs::Identity;
+use cascade_topology::{Node, Role, Topology};
+use quinn::Endpoint;
+use tokio::task::JoinSet;
+
+use crate::admin;
+use crate::config::NodeConfig;
+use crate::data::{DataDir, DataLock, LockError, StateError, Store, StoreError};
+use crate::dir::Applier;
+use crate::net::{self, Limiter, LinkError};
+use crate::status::NodeStatus;
+use crate::sync::flight::Flights;
+use crate::sync::{children, land, parent, Board, Held, PublishError, Publisher, Shared};
+use crate::tree::Manifest;
+use crate::wire::{ErrorCode, PublishSummary};
+
+/// Why a node could not start; each names the file, node or address at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Topology(#[from] cascade_topology::TopologyError),
+    #[error("node {name:?} is not in topology {topology}")]
+    NotInTopology { name: String, topology: PathBuf },
+    #[error("node {0:?} is the {1} and needs `dir` (the directory to {2}) in its config")]
+    NeedsDir(String, Role, &'static str),
+    #[error("{0}: directory to publish does not exist")]
+    NoDir(PathBuf),
+    #[error("certificates for node {name:?}: {source}")]
+    Certs {
+        name: String,
+        source: cascade_certs::CertError,
+    },
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A started node. Dropping it aborts its tasks; prefer [`RunningNode::shutdown`].
+pub struct RunningNode {
+    shared: Arc<Shared>,
+    publisher: Option<Arc<Publisher>>,
+    data: DataDir,
+    endpoint: Endpoint,
+    tasks: JoinSet<()>,
+    /// Keeps a second node off the data dir while this one runs.
+    _lock: DataLock,
+}
+
+impl RunningNode {
+    /// Starts the node described by `cfg`: every check that can fail happens before any task
+    /// is spawned, so a bad config returns one clear error.
+    pub async fn start(cfg: NodeConfig) -> Result<Self, StartError> {
+        let topology = Topology::load(&cfg.topology)?;
+        let me = topology
+            .node(&cfg.name)
+            .map_err(|_| StartError::NotInTopology {
+                name: cfg.name.clone(),
+                topology: cfg.topology.clone(),
+            })?
+            .clone();
+        match (me.role, &cfg.dir) {
+            (Role::Origin, None) => return Err(StartError::NeedsDir(me.name, me.role, "publish")),
+            (Role::Leaf, None) => {
+                return Err(StartError::NeedsDir(me.name, me.role, "keep in sync"))
+            }
+            (Role::Origin, Some(dir)) if !dir.is_dir() => {
+                return Err(StartError::NoDir(dir.clone()))
+            }
+            _ => {}
+        }
+        let identity =
+            Identity::load(&cfg.certs, &cfg.name).map_err(|source| StartError::Certs {
+                name: cfg.name.clone(),
+                source,
+            })?;
+        let data = DataDir::new(&cfg.data);
+        data.create()?;
+        let lock = data.lock()?;
+        let store = Store::open(&data.store())?;
+        let (held, pending) = Held::load(data.clone())?;
+        let parents = parents(&topology, &me);
+        let listen = listen(&topology, &me);
+        let endpoint = net::endpoint(
+            &identity,
+            listen,
+            parents.first().map(|p| p.1),
+            cfg.link_timeout,
+        )?;
+        let admin = admin::bind(&data.admin_socket())?;
+
+        let mut own = NodeStatus::new(&me.name);
+        own.applied = held.version();
+        own.connected = me.role == Role::Origin;
+        let serves = listen.is_some();
+        let applier = cfg
+            .dir
+            .clone()
+            .filter(|_| me.role != Role::Origin)
+            .map(|dir| Applier::new(dir, cfg.apply, data.releases(), serves));
+        let shared = Arc::new(Shared {
+            name: me.name.clone(),
+            role: me.role,
+            topology,
+            store,
+            held,
+            board: Board::new(own),
+            flights: Flights::default(),
+            applier,
+            serves,
+            upload: cfg.upload_limit.map(Limiter::new),
+        });
+        let publisher = match (me.role, &cfg.dir) {
+            (Role::Origin, Some(dir)) => Some(Arc::new(Publisher::new(
+                shared.clone(),
+                dir.clone(),
+                data.stat_cache(),
+            ))),
+            _ => None,
+        };
+
+        tracing::info!(
+            node = %me.name,
+            role = %me.role,
+            parent = me.parent.as_deref().unwrap_or("-"),
+            children = %if me.children.is_empty() { "-".to_owned() } else { me.children.join(",") },
+            listen = %listen.map_or("-".to_owned(), |l| l.to_string()),
+            release = %shared.held.version().map_or("none".to_owned(), |v| v.to_string()),
+            "node started"
+        );
+
+        land::recover(&shared, pending).await;
+        shared.held.offer_held();
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(admin::serve(shared.clone(), publisher.clone(), admin));
+        if listen.is_some() {
+            tasks.spawn(children::run(shared.clone(), endpoint.clone()));
+        }
+        if !parents.is_empty() {
+            tasks.spawn(parent::run(
+                shared.clone(),
+                endpoint.clone(),
+                parents,
+                cfg.failover_after,
+            ));
+        }
+        Ok(RunningNode {
+            shared,
+            publisher,
+            data,
+            endpoint,
+            tasks,
+            _lock: lock,
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The UDP address the node's endpoint is bound to.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+
+    /// Scans `dir` and cuts a new release if anything changed (origin only).
+    pub async fn publish(&self) -> Result<PublishSummary, PublishError> {
+        match &self.publisher {
+            Some(p) => p.publish().await,
+            None => Err(PublishError::NotOrigin(
+                self.shared.name.clone(),
+                self.shared.role,
+            )),
+        }
+    }
+
+    /// The node's own status and its subtree's.
+    pub fn statuses(&self) -> Vec<NodeStatus> {
+        self.shared.board.all()
+    }
+
+    /// The release this node holds, if any.
+    pub fn release(&self) -> Option<Manifest> {
+        self.shared
+            .held
+            .current()
+            .map(|h| h.release.manifest.clone())
+    }
+
+    /// Returns if one of the node's tasks ends on its own, which only a bug (a panic) can
+    /// cause: the node would otherwise run on half-dead. Says what happened.
+    pub async fn failed(&mut self) -> String {
+        match self.tasks.join_next().await {
+            Some(Err(e)) if e.is_panic() => {
+                let p = e.into_panic();
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                tracing::error!("internal task panicked: {msg}");
+                format!("internal task panicked: {msg}")
+            }
+            Some(_) => "an internal task stopped unexpectedly".to_owned(),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Closes every link with a shutdown code and stops every task.
+    pub async fn shutdown(mut self) {
+        net::close_endpoint(&self.endpoint, ErrorCode::Shutdown);
+        self.tasks.shutdown().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.endpoint.wait_idle())
+            .await;
+        let _ = fs_err::remove_file(self.data.admin_socket());
+        tracing::info!(node = %self.shared.name, "node stopped");
+    }
+}
+
+/// The parent first, then the backups, each with its listen address.
+fn parents(topology: &Topology, me: &Node) -> Vec<(String, SocketAddr)> {
+    me.parent
+        .iter()
+        .chain(&me.backup_parents)
+        .filter_map(|p| Some((p.clone(), topology.node(p).ok()?.listen?)))
+        .collect()
+}
+
+/// Where the node listens: only if it has children or serves as someone's backup parent.
+fn listen(topology: &Topology, me: &Node) -> Option<SocketAddr> {
+    let adopts = topology
+        .nodes()
+        .iter()
+        .any(|n| n.backup_parents.contains(&me.name));
+    if me.children.is_empty() && !adopts {
+        None
+    } else {
+        me.listen
+    }
+}

@@ -1,0 +1,385 @@
+//! The node's own state files (`release.bin`, `pending.bin`, `statcache.bin`) in a small
+//! versioned format of their own, so the wire protocol can change without making a node
+//! unable to read its state after an upgrade.
+//!
+//! # Format 1
+//! ```text
+//! magic   8 bytes   "CASCADE\0"
+//! kind    1 byte    1 = release, 2 = stat cache
+//! format  2 bytes   little endian; this build writes and reads 1
+//! length  8 bytes   little endian; bytes of payload
+//! md5    16 bytes   MD5 of the payload (a damaged file is refused, never half-read)
+//! payload           bincode 2 (standard config) of the record types below
+//! ```
+//! The record types are frozen for format 1: they change only with a new format number.
+//! A file without the magic is format 0, what Cascade wrote before format 1 existed: a wire
+//! frame (4-byte big-endian length, then the same bincode layout as [`ReleaseRecord`]). It is
+//! read once and rewritten as format 1 with the next release.
+//!
+//! Files are replaced atomically: written to a temporary name, flushed, renamed.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use fs_err as fs;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::tree::{Entry, EntryKind, Manifest, Md5, Release};
+
+const MAGIC: &[u8; 8] = b"CASCADE\0";
+/// The state format this build writes and reads.
+pub const FORMAT: u16 = 1;
+const HEADER: usize = 8 + 1 + 2 + 8 + 16;
+/// Largest state file read (a manifest of several million entries).
+const MAX_PAYLOAD: u64 = 1 << 32;
+
+/// What a state file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Release = 1,
+    StatCache = 2,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The file could not be read or written (the message names it).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(
+        "{path}: saved release is unreadable ({reason}); move it away to fetch the release again"
+    )]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("{path}: saved in state format {found}, newer than this Cascade reads ({FORMAT}): run the newer version, or move the file away to fetch the release again")]
+    Newer { path: PathBuf, found: u16 },
+}
+
+/// Saves `release` to `path` (replacing it atomically).
+pub fn save_release(path: &Path, release: &Release) -> Result<(), StateError> {
+    write(path, Kind::Release, &ReleaseRecord::from(release))
+}
+
+/// Loads the release saved at `path`; `None` if there is none.
+pub fn load_release(path: &Path) -> Result<Option<Release>, StateError> {
+    let Some((format, payload)) = read_file(path, Kind::Release)? else {
+        return Ok(None);
+    };
+    if format == 0 {
+        tracing::info!(path = %path.display(), "reading a release saved before state format {FORMAT}; it is saved in format {FORMAT} from the next release on");
+    }
+    let unreadable = |reason: String| StateError::Unreadable {
+        path: path.to_owned(),
+        reason,
+    };
+    let record: ReleaseRecord = decode(&payload).map_err(unreadable)?;
+    record
+        .into_release()
+        .map(Some)
+        .map_err(|e| unreadable(e.to_string()))
+}
+
+/// Writes `value` as a state file of `kind` to `path` (replacing it atomically).
+pub fn write<T: Serialize>(path: &Path, kind: Kind, value: &T) -> Result<(), StateError> {
+    let payload = bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| io::Error::other(format!("encoding {}: {e}", path.display())))?;
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.push(kind as u8);
+    out.extend_from_slice(&FORMAT.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&Md5::of(&payload).0);
+    out.extend_from_slice(&payload);
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(&out)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Reads a state file of `kind` written by [`write`]; `None` if there is none. A file that is
+/// damaged, of another kind or of another format is an error (a cache may treat it as empty).
+pub fn read<T: DeserializeOwned>(path: &Path, kind: Kind) -> Result<Option<T>, StateError> {
+    match read_file(path, kind)? {
+        None => Ok(None),
+        Some((0, _)) => Err(StateError::Unreadable {
+            path: path.to_owned(),
+            reason: "saved before state format 1".into(),
+        }),
+        Some((_, payload)) => decode(&payload)
+            .map(Some)
+            .map_err(|reason| StateError::Unreadable {
+                path: path.to_owned(),
+                reason,
+            }),
+    }
+}
+
+/// The format and checked payload of the state file at `path`.
+fn read_file(path: &Path, kind: Kind) -> Result<Option<(u16, Vec<u8>)>, StateError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    parse(&bytes, kind).map(Some).map_err(|e| match e {
+        Bad::Newer(found) => StateError::Newer {
+            path: path.to_owned(),
+            found,
+        },
+        Bad::Reason(reason) => StateError::Unreadable {
+            path: path.to_owned(),
+            reason,
+        },
+    })
+}
+
+enum Bad {
+    Newer(u16),
+    Reason(String),
+}
+
+/// Checks the header and returns the format and payload.
+fn parse(bytes: &[u8], kind: Kind) -> Result<(u16, Vec<u8>), Bad> {
+    let reason = |s: &str| Bad::Reason(s.to_owned());
+    if !bytes.starts_with(MAGIC) {
+        // Format 0: a wire frame of protocol 2, length first.
+        let len = bytes
+            .get(..4)
+            .map(|h| u32::from_be_bytes(h.try_into().expect("four bytes")) as usize);
+        return match len {
+            Some(len) if kind == Kind::Release && len == bytes.len() - 4 => {
+                Ok((0, bytes[4..].to_vec()))
+            }
+            _ => Err(reason("not a Cascade state file")),
+        };
+    }
+    if bytes.len() < HEADER {
+        return Err(reason("truncated header"));
+    }
+    if bytes[8] != kind as u8 {
+        return Err(Bad::Reason(format!(
+            "holds state of kind {}, not {}",
+            bytes[8], kind as u8
+        )));
+    }
+    let format = u16::from_le_bytes([bytes[9], bytes[10]]);
+    if format > FORMAT {
+        return Err(Bad::Newer(format));
+    }
+    let len = u64::from_le_bytes(bytes[11..19].try_into().expect("eight bytes"));
+    let payload = &bytes[HEADER..];
+    if len > MAX_PAYLOAD || payload.len() as u64 != len {
+        return Err(Bad::Reason(format!(
+            "truncated: {} of {len} payload bytes",
+            payload.len()
+        )));
+    }
+    if Md5::of(payload).0 != bytes[19..35] {
+        return Err(reason("damaged: the payload does not match its MD5"));
+    }
+    Ok((format, payload.to_vec()))
+}
+
+fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+    let config = bincode::config::standard().with_limit::<{ MAX_PAYLOAD as usize }>();
+    match bincode::serde::decode_from_slice(payload, config) {
+        Ok((value, used)) if used == payload.len() => Ok(value),
+        Ok((_, used)) => Err(format!("{} trailing bytes", payload.len() - used)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A release as format 1 stores it. Frozen: never change; add a format instead.
+#[derive(Debug, Serialize, Deserialize)]
+struct ReleaseRecord {
+    version: u64,
+    entries: Vec<EntryRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EntryRecord {
+    path: String,
+    mode: u32,
+    kind: KindRecord,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum KindRecord {
+    File {
+        size: u64,
+        md5: [u8; 16],
+        mtime: i64,
+        chunks: Vec<[u8; 16]>,
+    },
+    Dir,
+    Symlink {
+        target: String,
+    },
+}
+
+impl From<&Release> for ReleaseRecord {
+    fn from(r: &Release) -> Self {
+        let entries = r
+            .manifest
+            .entries()
+            .iter()
+            .map(|e| EntryRecord {
+                path: e.path.clone(),
+                mode: e.mode,
+                kind: match &e.kind {
+                    EntryKind::File {
+                        size,
+                        md5,
+                        mtime,
+                        chunks,
+                    } => KindRecord::File {
+                        size: *size,
+                        md5: md5.0,
+                        mtime: *mtime,
+                        chunks: chunks.iter().map(|c| c.0).collect(),
+                    },
+                    EntryKind::Dir => KindRecord::Dir,
+                    EntryKind::Symlink { target } => KindRecord::Symlink {
+                        target: target.clone(),
+                    },
+                },
+            })
+            .collect();
+        ReleaseRecord {
+            version: r.version,
+            entries,
+        }
+    }
+}
+
+impl ReleaseRecord {
+    /// The release, with its manifest checked as one from the network would be.
+    fn into_release(self) -> Result<Release, crate::tree::ManifestError> {
+        let entries = self
+            .entries
+            .into_iter()
+            .map(|e| Entry {
+                path: e.path,
+                mode: e.mode,
+                kind: match e.kind {
+                    KindRecord::File {
+                        size,
+                        md5,
+                        mtime,
+                        chunks,
+                    } => EntryKind::File {
+                        size,
+                        md5: Md5(md5),
+                        mtime,
+                        chunks: chunks.into_iter().map(Md5).collect(),
+                    },
+                    KindRecord::Dir => EntryKind::Dir,
+                    KindRecord::Symlink { target } => EntryKind::Symlink { target },
+                },
+            })
+            .collect();
+        Ok(Release {
+            version: self.version,
+            manifest: Manifest::from_sorted(entries)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Release {
+        let file = |path: &str, body: &[u8]| Entry {
+            path: path.into(),
+            mode: 0o644,
+            kind: EntryKind::File {
+                size: body.len() as u64,
+                md5: Md5::of(body),
+                mtime: 1_700_000_000,
+                chunks: vec![],
+            },
+        };
+        let manifest = Manifest::from_entries(vec![
+            Entry {
+                path: "d".into(),
+                mode: 0o755,
+                kind: EntryKind::Dir,
+            },
+            file("d/a", b"a"),
+            Entry {
+                path: "l".into(),
+                mode: 0o777,
+                kind: EntryKind::Symlink {
+                    target: "d/a".into(),
+                },
+            },
+        ])
+        .unwrap();
+        Release {
+            version: 9,
+            manifest,
+        }
+    }
+
+    #[test]
+    fn a_release_round_trips_and_a_missing_file_is_none() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("release.bin");
+        assert!(load_release(&path).unwrap().is_none());
+        save_release(&path, &sample()).unwrap();
+        assert_eq!(load_release(&path).unwrap(), Some(sample()));
+        assert!(fs::read(&path).unwrap().starts_with(MAGIC));
+    }
+
+    #[test]
+    fn format_0_is_the_protocol_2_frame_and_still_reads() {
+        // What Cascade wrote before format 1: `wire::encode(&release)`, byte for byte.
+        let r = sample();
+        let payload =
+            bincode::serde::encode_to_vec(ReleaseRecord::from(&r), bincode::config::standard())
+                .unwrap();
+        let mut legacy = (payload.len() as u32).to_be_bytes().to_vec();
+        legacy.extend(&payload);
+        assert_eq!(legacy, crate::wire::encode(&r), "format 0 is the v2 frame");
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("release.bin");
+        fs::write(&path, &legacy).unwrap();
+        assert_eq!(load_release(&path).unwrap(), Some(r));
+    }
+
+    #[test]
+    fn newer_damaged_and_foreign_files_say_what_they_are() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("release.bin");
+        save_release(&path, &sample()).unwrap();
+        let good = fs::read(&path).unwrap();
+
+        let mut newer = good.clone();
+        newer[9..11].copy_from_slice(&7u16.to_le_bytes());
+        fs::write(&path, &newer).unwrap();
+        let e = load_release(&path).unwrap_err().to_string();
+        assert!(e.contains("format 7") && e.contains("release.bin"), "{e}");
+
+        let mut damaged = good.clone();
+        *damaged.last_mut().unwrap() ^= 1;
+        fs::write(&path, &damaged).unwrap();
+        let e = load_release(&path).unwrap_err().to_string();
+        assert!(e.contains("damaged") && e.contains("move it away"), "{e}");
+
+        for cut in [0, 5, HEADER, good.len() - 1] {
+            fs::write(&path, &good[..cut]).unwrap();
+            assert!(load_release(&path).is_err(), "cut at {cut}");
+        }
+        fs::write(&path, b"hello, world").unwrap();
+        let e = load_release(&path).unwrap_err().to_string();
+        assert!(e.contains("not a Cascade state file"), "{e}");
+
+        // A stat cache is not a release.
+        write(&path, Kind::StatCache, &5u32).unwrap();
+        assert!(load_release(&path).is_err());
+        assert_eq!(read::<u32>(&path, Kind::StatCache).unwrap(), Some(5));
+    }
+}

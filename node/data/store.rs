@@ -1,0 +1,461 @@
+//! The content-addressed store: verified file bodies kept by MD5 in the node's data dir.
+//!
+//! Layout under `DATA/store`: `objects/ab/abcdef…` (the MD5 in hex, fanned out by its first
+//! byte) and `tmp/` for bodies being received. A body becomes visible under its MD5 only after
+//! its size and MD5 were checked ([`BodyWriter::finish`]), so anything in `objects/` is
+//! verified; a crash leaves at most garbage in `tmp/`, which [`Store::open`] clears. Bodies
+//! are flushed to disk per batch (a release), not per file: see [`Store::begin_batch`].
+
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fs_err as fs;
+
+use super::writer::{BodyWriter, Expected};
+use crate::tree::hash::{buffer_for, hash_file, hash_reader};
+use crate::tree::{Body, Md5};
+
+/// Suffix of a partially received body in `tmp/`.
+const PARTIAL: &str = ".partial";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file of the store could not be read or written (the message names it).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("body {expected} failed verification: got {got_size} bytes with MD5 {got}, expected {size} bytes")]
+    Mismatch {
+        expected: Md5,
+        size: u64,
+        got: Md5,
+        got_size: u64,
+    },
+    #[error("body {md5}: chunk {index} failed verification")]
+    ChunkMismatch { md5: Md5, index: usize },
+}
+
+/// Verified bodies by MD5.
+#[derive(Debug)]
+pub struct Store {
+    objects: PathBuf,
+    tmp: PathBuf,
+    /// Present while bodies written since it was created may not be on disk yet.
+    dirty: PathBuf,
+    next_tmp: AtomicU64,
+}
+
+impl Store {
+    /// Opens (creating) the store in `root` and removes leftover temporary files.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        let objects = root.join("objects");
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&objects)?;
+        fs::create_dir_all(&tmp)?;
+        // Leftovers of a crash go, except partial bodies, which later fetches resume.
+        for e in fs::read_dir(&tmp)?.flatten() {
+            if !e.file_name().to_string_lossy().ends_with(PARTIAL) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let store = Store {
+            objects,
+            tmp,
+            dirty: root.join("dirty"),
+            next_tmp: AtomicU64::new(0),
+        };
+        store.recheck_after_crash()?;
+        // The empty body is always held, so empty files never travel.
+        let empty = Md5::of(b"");
+        if !store.has(&empty) {
+            store.writer(empty, 0)?.finish()?;
+        }
+        Ok(store)
+    }
+
+    /// Starts a batch of writes (a release being fetched or published): bodies are not flushed
+    /// one by one but all at once by [`Store::commit_batch`]. Should the node die first, the
+    /// next [`Store::open`] re-verifies every body written since, so the store never holds a
+    /// body that does not match its name.
+    pub fn begin_batch(&self) -> Result<(), StoreError> {
+        // An older marker (a batch that failed) is kept: its time covers this batch too.
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&self.dirty)
+        {
+            Ok(f) => Ok(f.sync_all()?),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Flushes every body written since [`Store::begin_batch`] with one `syncfs`.
+    pub fn commit_batch(&self) -> Result<(), StoreError> {
+        let dir = fs::File::open(&self.objects)?;
+        rustix::fs::syncfs(dir.file()).map_err(|e| {
+            let e = io::Error::from(e);
+            io::Error::new(
+                e.kind(),
+                format!("failed to sync `{}`: {e}", self.objects.display()),
+            )
+        })?;
+        match fs::remove_file(&self.dirty) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// After a crash inside a batch: re-hashes bodies written since the batch began and
+    /// removes any that do not match their name.
+    fn recheck_after_crash(&self) -> Result<(), StoreError> {
+        let Ok(since) = fs::metadata(&self.dirty).and_then(|m| m.modified()) else {
+            return Ok(());
+        };
+        // Allow for timestamp granularity.
+        let since = since - std::time::Duration::from_secs(2);
+        let mut removed = 0;
+        self.for_each_object(|name, obj| {
+            let recent = obj
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since);
+            let path = obj.path();
+            if recent && hash_file(&path, false).map(|b| b.md5.hex()).ok().as_deref() != Some(name)
+            {
+                let _ = fs::remove_file(&path);
+                removed += 1;
+            }
+            Ok(())
+        })?;
+        if removed > 0 {
+            tracing::warn!(removed, "removed bodies left damaged by a crash");
+        }
+        self.commit_batch()
+    }
+
+    /// Calls `f` with the name and directory entry of every held body.
+    fn for_each_object(
+        &self,
+        mut f: impl FnMut(&str, &fs::DirEntry) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for fan in fs::read_dir(&self.objects)? {
+            for obj in fs::read_dir(fan?.path())? {
+                let obj = obj?;
+                f(&obj.file_name().to_string_lossy(), &obj)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory that holds the bodies.
+    pub fn objects(&self) -> &Path {
+        &self.objects
+    }
+
+    /// Where the body with this MD5 lives (whether or not it is held).
+    pub fn path(&self, md5: &Md5) -> PathBuf {
+        let hex = md5.hex();
+        self.objects.join(&hex[..2]).join(hex)
+    }
+
+    /// The size of a held body (`None` if it is not held).
+    pub fn size_hint(&self, md5: &Md5) -> Option<u64> {
+        fs::metadata(self.path(md5)).ok().map(|m| m.len())
+    }
+
+    pub fn has(&self, md5: &Md5) -> bool {
+        self.path(md5).is_file()
+    }
+
+    /// Every held body, from one listing of the store: cheaper than [`Store::has`] per body
+    /// when asking about a whole release (a directory read returns many names at once).
+    pub fn held(&self) -> Result<HashSet<Md5>, StoreError> {
+        let mut out = HashSet::new();
+        self.for_each_object(|name, _| {
+            out.extend(Md5::from_hex(name));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// A fresh temporary path in `tmp/` (`what` says what it is for).
+    fn tmp_path(&self, what: &str) -> PathBuf {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        self.tmp.join(format!("{what}.{}.{n}", std::process::id()))
+    }
+
+    /// Starts receiving a body that must have `size` bytes and MD5 `md5`.
+    pub fn writer(&self, md5: Md5, size: u64) -> Result<BodyWriter, StoreError> {
+        let tmp = self.tmp_path(&md5.hex());
+        let file = fs::File::create(&tmp)?;
+        let expected = Expected::whole(md5, size);
+        Ok(BodyWriter::new(expected, self.path(&md5), tmp, file, false))
+    }
+
+    /// Where a partially received body is kept (see [`Store::resume_writer`]). While it is
+    /// being received, its verified prefix may be read from here and forwarded.
+    pub fn partial_path(&self, md5: &Md5) -> PathBuf {
+        self.tmp.join(format!("{}{PARTIAL}", md5.hex()))
+    }
+
+    /// Starts or resumes receiving a body from the network. Bytes kept from an interrupted
+    /// transfer are read back to rebuild the MD5 state; [`BodyWriter::written`] is where to
+    /// ask the parent to continue. If the writer is dropped unfinished, what it has is kept for
+    /// the next attempt; a body that fails verification is discarded whole.
+    /// A chunk that fails its check is cut off, with everything after it.
+    pub fn resume_writer(&self, expected: Expected) -> Result<BodyWriter, StoreError> {
+        let tmp = self.partial_path(&expected.md5);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&tmp)?;
+        let dest = self.path(&expected.md5);
+        let mut w = BodyWriter::new(expected, dest, tmp, file, true);
+        w.reabsorb()?;
+        Ok(w)
+    }
+
+    /// Reads a local file once, hashing it while copying it to a temporary file, and keeps the
+    /// copy under its MD5 unless the store already holds that body (the origin's publish).
+    /// What is stored is what was hashed, even if the file changes meanwhile.
+    pub fn ingest(&self, src: &Path) -> Result<Body, StoreError> {
+        let mut input = fs::File::open(src)?;
+        let tmp = TmpFile(self.tmp_path("ingest"));
+        let mut out = fs::File::create(&tmp.0)?;
+        let body = hash_reader(&mut input, true, |block| out.write_all(block))?;
+        if !self.has(&body.md5) {
+            let dest = self.path(&body.md5);
+            let parent = dest.parent().expect("object paths have a fan-out parent");
+            fs::create_dir_all(parent)?;
+            fs::rename(&tmp.0, &dest)?;
+        }
+        Ok(body)
+    }
+
+    /// Copies a local file into the store as body `md5` if it is exactly that body (checked
+    /// while copying); returns whether it was. A node whose `dir` is the only copy of its
+    /// bodies takes a renamed file's body from its old path this way.
+    pub fn adopt(&self, src: &Path, md5: Md5, size: u64) -> Result<bool, StoreError> {
+        let mut input = match fs::File::open(src) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let mut w = self.writer(md5, size)?;
+        let mut buf = buffer_for(&input);
+        loop {
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            w.write(&buf[..n])?;
+            if w.written() > size {
+                return Ok(false);
+            }
+        }
+        match w.finish() {
+            Ok(()) => Ok(true),
+            Err(StoreError::Mismatch { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes every held body whose MD5 is not in `keep`; returns how many were removed.
+    pub fn retain(&self, keep: &HashSet<Md5>) -> Result<u64, StoreError> {
+        let keep_hex: HashSet<String> = keep.iter().map(Md5::hex).collect();
+        let empty = Md5::of(b"").hex();
+        let mut removed = 0;
+        self.for_each_object(|name, obj| {
+            if name != empty && !keep_hex.contains(name) {
+                fs::remove_file(obj.path())?;
+                removed += 1;
+            }
+            Ok(())
+        })?;
+        // Partial bodies nothing needs any more.
+        for e in fs::read_dir(&self.tmp)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name
+                .strip_suffix(PARTIAL)
+                .is_some_and(|hex| !keep_hex.contains(hex))
+            {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// A temporary file removed when dropped (a no-op once it was renamed away).
+struct TmpFile(PathBuf);
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::{BodyHasher, CHUNK};
+
+    /// A body of two chunks and a bit, checked chunk by chunk.
+    fn chunked(whole: bool) -> (Vec<u8>, Expected) {
+        let body = crate::testkit::content::noise(2 * CHUNK as usize + 5, 3);
+        let h = {
+            let mut h = BodyHasher::new(true, true);
+            h.update(&body);
+            h.finish()
+        };
+        let expected = Expected {
+            md5: h.md5,
+            size: body.len() as u64,
+            chunks: h.chunks,
+            whole,
+        };
+        (body, expected)
+    }
+
+    #[test]
+    fn chunks_are_verified_as_they_complete_and_a_bad_one_is_cut_off() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("store")).unwrap();
+        for whole in [false, true] {
+            let (body, exp) = chunked(whole);
+            let mut w = s.resume_writer(exp.clone()).unwrap();
+            w.write(&body[..CHUNK as usize - 1]).unwrap();
+            assert_eq!(w.verified(), 0);
+            w.write(&body[CHUNK as usize - 1..CHUNK as usize + 10])
+                .unwrap();
+            assert_eq!(w.verified(), CHUNK);
+            // A flipped byte in the second chunk: refused, cut back to the first chunk.
+            let mut bad = body[CHUNK as usize + 10..2 * CHUNK as usize].to_vec();
+            bad[7] ^= 1;
+            let e = w.write(&bad).unwrap_err();
+            assert!(
+                matches!(e, StoreError::ChunkMismatch { index: 1, .. }),
+                "{e}"
+            );
+            assert_eq!((w.written(), w.verified()), (CHUNK, CHUNK));
+            assert_eq!(fs::metadata(s.partial_path(&exp.md5)).unwrap().len(), CHUNK);
+            // The partial file on disk resumes from the verified prefix.
+            drop(w);
+            let mut w = s.resume_writer(exp.clone()).unwrap();
+            assert_eq!(w.verified(), CHUNK);
+            w.write(&body[CHUNK as usize..]).unwrap();
+            assert_eq!(w.verified(), 2 * CHUNK);
+            w.finish().unwrap();
+            assert_eq!(fs::read(s.path(&exp.md5)).unwrap(), body);
+            fs::remove_file(s.path(&exp.md5)).unwrap();
+        }
+        // A damaged partial file is cut back to its last good chunk when resumed.
+        let (mut body, exp) = chunked(false);
+        body[CHUNK as usize + 3] ^= 1;
+        fs::write(s.partial_path(&exp.md5), &body[..2 * CHUNK as usize]).unwrap();
+        assert_eq!(s.resume_writer(exp).unwrap().written(), CHUNK);
+    }
+
+    #[test]
+    fn verified_bodies_only() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("store")).unwrap();
+        assert!(s.has(&Md5::of(b"")));
+        let md5 = Md5::of(b"hello");
+        let mut w = s.writer(md5, 5).unwrap();
+        w.write(b"hellO").unwrap();
+        assert!(matches!(w.finish(), Err(StoreError::Mismatch { .. })));
+        assert!(!s.has(&md5));
+        let mut w = s.writer(md5, 5).unwrap();
+        w.write(b"hel").unwrap();
+        w.write(b"lo").unwrap();
+        w.finish().unwrap();
+        assert!(s.has(&md5));
+        assert_eq!(fs::read(s.path(&md5)).unwrap(), b"hello");
+        // Ingesting a local file stores it under its MD5 once.
+        let src = d.path().join("src.txt");
+        fs::write(&src, b"hello").unwrap();
+        assert_eq!(
+            s.ingest(&src).unwrap(),
+            Body {
+                md5,
+                size: 5,
+                chunks: vec![]
+            }
+        );
+        assert_eq!(
+            s.ingest(&src).unwrap(),
+            Body {
+                md5,
+                size: 5,
+                chunks: vec![]
+            }
+        );
+        // Garbage collection keeps what is asked for (and the empty body).
+        let other = Md5::of(b"other");
+        let mut w = s.writer(other, 5).unwrap();
+        w.write(b"other").unwrap();
+        w.finish().unwrap();
+        assert_eq!(s.retain(&[md5].into_iter().collect()).unwrap(), 1);
+        assert!(s.has(&md5) && !s.has(&other) && s.has(&Md5::of(b"")));
+        assert_eq!(s.held().unwrap(), [md5, Md5::of(b"")].into_iter().collect());
+        assert_eq!(Md5::from_hex(&md5.hex()), Some(md5));
+        assert_eq!(Md5::from_hex("xyz"), None);
+        // A resumable writer keeps its bytes when dropped and picks up where it stopped.
+        let big = Md5::of(b"0123456789");
+        let mut w = s.resume_writer(Expected::whole(big, 10)).unwrap();
+        w.write(b"01234").unwrap();
+        drop(w);
+        let s = Store::open(&d.path().join("store")).unwrap();
+        let mut w = s.resume_writer(Expected::whole(big, 10)).unwrap();
+        assert_eq!(w.written(), 5);
+        w.write(b"56789").unwrap();
+        w.finish().unwrap();
+        assert!(s.has(&big));
+        // A resumed body that turns out wrong is discarded whole.
+        let mut w = s
+            .resume_writer(Expected::whole(Md5::of(b"abc"), 3))
+            .unwrap();
+        w.write(b"ab").unwrap();
+        drop(w);
+        let mut w = s
+            .resume_writer(Expected::whole(Md5::of(b"abc"), 3))
+            .unwrap();
+        w.write(b"X").unwrap();
+        assert!(w.finish().is_err());
+        assert_eq!(
+            s.resume_writer(Expected::whole(Md5::of(b"abc"), 3))
+                .unwrap()
+                .written(),
+            0
+        );
+        // A crash inside a batch: bodies written since it began are checked on reopening.
+        s.begin_batch().unwrap();
+        let torn = Md5::of(b"torn body");
+        let mut w = s.writer(torn, 9).unwrap();
+        w.write(b"torn body").unwrap();
+        w.finish().unwrap();
+        fs::write(s.path(&torn), b"torn b\0\0\0").unwrap(); // what a crash can leave
+        drop(s);
+        let s = Store::open(&d.path().join("store")).unwrap();
+        assert!(!s.has(&torn), "a damaged body survived the crash check");
+        assert!(s.has(&big) && s.has(&md5));
+        assert!(!d.path().join("store/dirty").exists());
+        // An abandoned writer leaves nothing behind.
+        drop(s.writer(Md5::of(b"x"), 1).unwrap());
+        let leftovers = fs::read_dir(d.path().join("store/tmp"))
+            .unwrap()
+            .filter(|e| {
+                !e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(PARTIAL)
+            })
+            .count();
+        assert_eq!(leftovers, 0);
+    }
+}

@@ -1,0 +1,191 @@
+//! A body being received into the store: written to a temporary file and hashed as it goes.
+//! It becomes visible under its MD5 only once [`BodyWriter::finish`] has checked it.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use fs_err as fs;
+
+use super::StoreError;
+use crate::tree::{BodyHasher, Md5, CHUNK};
+
+/// What a body being received must be, and how to check it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub md5: Md5,
+    pub size: u64,
+    /// The manifest's chunk MD5s (empty for a body of at most one chunk). Each chunk is
+    /// checked as it completes, so the verified prefix can be forwarded before the rest comes.
+    pub chunks: Vec<Md5>,
+    /// Also check the MD5 of the whole body. A body without chunks is always checked whole;
+    /// a relay that only stores and forwards may rely on its chunks alone.
+    pub whole: bool,
+}
+
+impl Expected {
+    /// A body checked by its whole MD5 only.
+    pub fn whole(md5: Md5, size: u64) -> Self {
+        Expected {
+            md5,
+            size,
+            chunks: Vec::new(),
+            whole: true,
+        }
+    }
+
+    fn hasher(&self) -> BodyHasher {
+        BodyHasher::new(
+            self.whole || self.chunks.is_empty(),
+            !self.chunks.is_empty(),
+        )
+    }
+}
+
+/// A body being received: written to a temporary file and hashed as it goes. With a chunk
+/// list, each chunk is checked as soon as it is complete: [`BodyWriter::verified`] is the
+/// prefix known good, which a relay may forward before the body is finished.
+pub struct BodyWriter {
+    /// Where the verified body goes.
+    dest: PathBuf,
+    file: fs::File,
+    tmp: PathBuf,
+    expected: Expected,
+    written: u64,
+    hasher: BodyHasher,
+    /// Bytes known good: whole checked chunks.
+    verified: u64,
+    /// The hasher's state at `verified`, to go back to when a chunk fails.
+    at_verified: BodyHasher,
+    /// Keep the bytes if dropped unfinished (a network transfer to resume later).
+    keep_partial: bool,
+}
+
+impl BodyWriter {
+    /// A writer of `expected` into `file` (at `tmp`), moved to `dest` when it checks out.
+    pub(super) fn new(
+        expected: Expected,
+        dest: PathBuf,
+        tmp: PathBuf,
+        file: fs::File,
+        keep_partial: bool,
+    ) -> Self {
+        BodyWriter {
+            dest,
+            file,
+            tmp,
+            hasher: expected.hasher(),
+            at_verified: expected.hasher(),
+            expected,
+            written: 0,
+            verified: 0,
+            keep_partial,
+        }
+    }
+
+    /// Re-reads the bytes a resumed file already holds to rebuild the hash state, a block at
+    /// a time. A bad chunk cuts the file back to the last good one and ends the check; a file
+    /// longer than the body is emptied.
+    pub(super) fn reabsorb(&mut self) -> Result<(), StoreError> {
+        let len = self.file.metadata()?.len();
+        if len > self.expected.size {
+            self.file.set_len(0)?;
+            return Ok(());
+        }
+        let mut buf = vec![0u8; (len as usize).clamp(1, crate::tree::hash::IO_BUF)];
+        loop {
+            let n = self.file.read(&mut buf)?;
+            if n == 0 || self.absorb(&buf[..n], false).is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes and hashes `data`. A chunk that fails its check is cut off (the writer is back
+    /// at [`BodyWriter::verified`]) and reported as [`StoreError::ChunkMismatch`].
+    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.absorb(data, true)
+    }
+
+    /// Hashes `data` (appending it to the file if `append`), checking each chunk it completes.
+    fn absorb(&mut self, mut data: &[u8], append: bool) -> Result<(), StoreError> {
+        let checks_chunks = !self.expected.chunks.is_empty();
+        while !data.is_empty() {
+            // Split at chunk boundaries so the state at each boundary can be kept.
+            let take = if checks_chunks {
+                ((CHUNK - self.written % CHUNK) as usize).min(data.len())
+            } else {
+                data.len()
+            };
+            let (piece, rest) = data.split_at(take);
+            if append {
+                self.file.write_all(piece)?;
+            }
+            self.written += take as u64;
+            let done = self.hasher.update(piece);
+            for index in done {
+                if self.expected.chunks.get(index) != Some(&self.hasher.chunks()[index]) {
+                    self.file.set_len(self.verified)?;
+                    self.rewind_to_verified();
+                    return Err(StoreError::ChunkMismatch {
+                        md5: self.expected.md5,
+                        index,
+                    });
+                }
+                self.verified = self.written;
+                self.at_verified = self.hasher.clone();
+            }
+            data = rest;
+        }
+        Ok(())
+    }
+
+    fn rewind_to_verified(&mut self) {
+        self.hasher = self.at_verified.clone();
+        self.written = self.verified;
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Bytes from the start known to match the manifest (whole chunks).
+    pub fn verified(&self) -> u64 {
+        self.verified
+    }
+
+    /// Checks size, chunks and (if asked) the whole MD5, then moves the body under its name.
+    /// A mismatch deletes it.
+    pub fn finish(self) -> Result<(), StoreError> {
+        let size_ok = self.written == self.expected.size;
+        let got = self.hasher.clone().finish();
+        let whole_ok = !(self.expected.whole || self.expected.chunks.is_empty())
+            || got.md5 == self.expected.md5;
+        if !size_ok || !whole_ok || got.chunks != self.expected.chunks {
+            let _ = fs::remove_file(&self.tmp);
+            return Err(StoreError::Mismatch {
+                expected: self.expected.md5,
+                size: self.expected.size,
+                got: got.md5,
+                got_size: self.written,
+            });
+        }
+        // Flushed with the rest of the batch (Store::commit_batch), not one by one.
+        let parent = self
+            .dest
+            .parent()
+            .expect("object paths have a fan-out parent");
+        fs::create_dir_all(parent)?;
+        fs::rename(&self.tmp, &self.dest)?;
+        Ok(())
+    }
+}
+
+impl Drop for BodyWriter {
+    fn drop(&mut self) {
+        // After a successful finish the temp path no longer exists; otherwise clean up,
+        // unless these are the first bytes of a transfer to resume.
+        if !self.keep_partial {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}

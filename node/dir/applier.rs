@@ -1,0 +1,321 @@
+//! How one node's `dir` follows releases: in place or through atomic release directories,
+//! and whether `dir` is the node's only copy of its bodies (decided once, in
+//! [`Applier::new`]).
+
+use std::path::{Path, PathBuf};
+
+use fs_err as fs;
+
+use super::apply::{apply_with, held_in_place, repair, tmp_name, ApplyError, ApplyStats, How};
+use crate::data::Store;
+use crate::tree::{Entry, Manifest};
+
+/// How a node's `dir` follows releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// Files are replaced one by one in `dir` (each atomically), like `rsync -a --delete`.
+    InPlace,
+    /// `dir` is a symlink to a complete release directory under `DATA/releases`, swapped with
+    /// one rename; the newest `keep` release directories are kept.
+    Atomic { keep: usize },
+}
+
+/// Applies releases to one node's `dir` in its configured mode.
+#[derive(Debug, Clone)]
+pub struct Applier {
+    pub dir: PathBuf,
+    pub mode: ApplyMode,
+    /// `DATA/releases`, where atomic mode builds release directories.
+    pub releases: PathBuf,
+    /// Whether `dir` is the only copy of the bodies this node applies (see [`Applier::new`]).
+    only_copy: bool,
+}
+
+impl Applier {
+    /// An applier for `dir`, building atomic-mode release directories in `releases`.
+    ///
+    /// This is where a node decides whether it keeps a second copy of its bodies. A node
+    /// that serves children (`serves`) keeps every body in its store, to send them on. A node
+    /// that serves nobody and applies in place keeps none: it moves each verified body from
+    /// its store into `dir`, so each byte is written once, and later finds it there by the
+    /// quick check (confirmed by MD5 before relying on it). In atomic mode the release
+    /// directories share files by hard links, and bodies stay in the store.
+    pub fn new(dir: PathBuf, mode: ApplyMode, releases: PathBuf, serves: bool) -> Self {
+        Applier {
+            dir,
+            mode,
+            releases,
+            only_copy: !serves && mode == ApplyMode::InPlace,
+        }
+    }
+
+    /// Whether `dir` is this node's only copy of the bodies it applies: bodies are moved out
+    /// of the store into `dir`, and looked for in `dir` before they are fetched.
+    pub fn dir_is_only_copy(&self) -> bool {
+        self.only_copy
+    }
+
+    /// Whether `dir` holds the body of file entry `e`, where that counts: on a node whose
+    /// `dir` is its only copy, a file that passes the quick check (size, mtime, mode) stands
+    /// in for the store until an apply confirms it by MD5.
+    pub fn holds_in_dir(&self, e: &Entry) -> bool {
+        self.only_copy && held_in_place(&self.dir, e)
+    }
+
+    /// The directory release `version` is built in (atomic mode).
+    pub fn release_dir(&self, version: u64) -> PathBuf {
+        self.releases.join(format!("v{version}"))
+    }
+
+    /// Makes `dir` show `new` (version `version`); `old` is the release it showed before.
+    pub fn apply(
+        &self,
+        version: u64,
+        new: &Manifest,
+        old: Option<(u64, &Manifest)>,
+        store: &Store,
+    ) -> Result<ApplyStats, ApplyError> {
+        match self.mode {
+            ApplyMode::InPlace => {
+                let how = How {
+                    skip_unchanged: old.is_some(),
+                    take: self.only_copy,
+                    ..How::default()
+                };
+                apply_with(&self.dir, new, old.map(|(_, m)| m), store, how)
+            }
+            ApplyMode::Atomic { keep } => {
+                let target = self.release_dir(version);
+                let from = old
+                    .map(|(v, _)| self.release_dir(v))
+                    .filter(|p| p.is_dir() && *p != target);
+                let base = if from.is_some() {
+                    old.map(|(_, m)| m)
+                } else {
+                    None
+                };
+                let how = How {
+                    link_from: from.as_deref(),
+                    ..How::default()
+                };
+                let stats = apply_with(&target, new, base, store, how)?;
+                self.switch_to(&target)?;
+                self.prune(keep, version);
+                Ok(stats)
+            }
+        }
+    }
+
+    /// Re-applies the held release in place over what is on disk (repair after a restart).
+    pub fn repair(
+        &self,
+        version: u64,
+        manifest: &Manifest,
+        store: &Store,
+    ) -> Result<ApplyStats, ApplyError> {
+        match self.mode {
+            ApplyMode::InPlace => repair(&self.dir, manifest, store),
+            ApplyMode::Atomic { .. } => {
+                let target = self.release_dir(version);
+                let stats = repair(&target, manifest, store)?;
+                self.switch_to(&target)?;
+                Ok(stats)
+            }
+        }
+    }
+
+    /// Points `dir` at `target` with one rename of a fresh symlink over it.
+    fn switch_to(&self, target: &Path) -> Result<(), ApplyError> {
+        if fs::read_link(&self.dir).is_ok_and(|t| t == target) {
+            return Ok(());
+        }
+        let parent = self.dir.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(parent)?;
+        if fs::symlink_metadata(&self.dir).is_ok_and(|m| m.is_dir()) {
+            // First switch of a plain directory: move it aside (kept for the operator).
+            let aside = self
+                .releases
+                .join(format!("pre-atomic-{}", std::process::id()));
+            tracing::warn!(dir = %self.dir.display(), aside = %aside.display(), "moving the existing directory aside to make dir a release symlink");
+            fs::rename(&self.dir, &aside)?;
+        }
+        let link = tmp_name(parent);
+        fs::os::unix::fs::symlink(target, &link)?;
+        fs::rename(&link, &self.dir)?;
+        Ok(())
+    }
+
+    /// Removes release directories beyond the newest `keep` (never `current`).
+    fn prune(&self, keep: usize, current: u64) {
+        let Ok(list) = fs::read_dir(&self.releases) else {
+            return;
+        };
+        let mut versions: Vec<u64> = list
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix('v')?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        versions.sort_unstable_by(|a, b| b.cmp(a));
+        for v in versions
+            .into_iter()
+            .filter(|&v| v != current)
+            .skip(keep.saturating_sub(1))
+        {
+            let p = self.release_dir(v);
+            if let Err(e) = fs::remove_dir_all(&p) {
+                tracing::warn!(path = %p.display(), "cannot prune old release: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+
+    use super::*;
+    use crate::dir::scan::{fingerprint, scan};
+    use crate::tree::EntryKind;
+
+    fn write(p: &Path, body: &str) {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, body).unwrap();
+    }
+
+    #[test]
+    fn atomic_mode_swaps_a_symlink_links_unchanged_files_and_prunes() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        let store = Store::open(&t.path().join("data")).unwrap();
+        let applier = Applier::new(
+            t.path().join("www"),
+            ApplyMode::Atomic { keep: 2 },
+            t.path().join("data/releases"),
+            true,
+        );
+        // The served dir starts as a plain directory with unrelated content.
+        write(&applier.dir.join("old.txt"), "before cascade");
+        write(&src.join("same.txt"), "unchanged");
+        write(&src.join("page.html"), "v1");
+        let m1 = scan(&src, &store, &Default::default()).unwrap().0;
+        applier.apply(1, &m1, None, &store).unwrap();
+        assert_eq!(fs::read_link(&applier.dir).unwrap(), applier.release_dir(1));
+        assert_eq!(
+            scan(&applier.dir, &store, &Default::default())
+                .unwrap()
+                .0
+                .root_digest(),
+            m1.root_digest()
+        );
+
+        let mut prev = (1, m1);
+        for v in 2..=4u64 {
+            write(&src.join("page.html"), &format!("v{v}"));
+            let m = scan(&src, &store, &Default::default()).unwrap().0;
+            let stats = applier
+                .apply(v, &m, Some((prev.0, &prev.1)), &store)
+                .unwrap();
+            assert_eq!((stats.written, stats.linked), (1, 1), "{stats:?}");
+            assert_eq!(fs::read_link(&applier.dir).unwrap(), applier.release_dir(v));
+            assert_eq!(
+                fs::read_to_string(applier.dir.join("page.html")).unwrap(),
+                format!("v{v}")
+            );
+            // The previous release directory is untouched by building the new one.
+            assert_eq!(
+                fs::read_to_string(applier.release_dir(v - 1).join("page.html")).unwrap(),
+                format!("v{}", v - 1)
+            );
+            prev = (v, m);
+        }
+        let mut left: Vec<_> = fs::read_dir(&applier.releases)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left[..2],
+            [
+                "pre-atomic-".to_owned() + &std::process::id().to_string(),
+                "v3".into()
+            ][..]
+        );
+        assert_eq!(left[2], "v4");
+        assert_eq!(left.len(), 3);
+    }
+
+    #[test]
+    fn a_node_serving_nobody_moves_bodies_into_dir_and_finds_them_there_again() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        let store = Store::open(&t.path().join("data")).unwrap();
+        write(&src.join("a.txt"), "same body");
+        write(&src.join("b/a-again.txt"), "same body");
+        write(&src.join("c.bin"), "unique");
+        write(&src.join("empty"), "");
+        // Enough files to be written on several threads, sharing a few bodies: every copy of
+        // a body is made before the body is moved.
+        for n in 0..300 {
+            write(
+                &src.join(format!("many/{}/{n}", n % 7)),
+                &format!("{}", n % 3),
+            );
+        }
+        let m = scan(&src, &store, &Default::default()).unwrap().0;
+        let applier = Applier::new(
+            dst.clone(),
+            ApplyMode::InPlace,
+            t.path().join("data/releases"),
+            false,
+        );
+        let stats = applier.apply(1, &m, None, &store).unwrap();
+        assert_eq!(stats.written, 304);
+        assert_eq!(fingerprint(&dst).unwrap().root_digest(), m.root_digest());
+        // Each body left the store for its last use; the shared one was copied for the first.
+        let body = |p: &str| match m.get(p).unwrap().0.kind {
+            EntryKind::File { md5, .. } => md5,
+            _ => unreachable!(),
+        };
+        assert!(!store.has(&body("a.txt")) && !store.has(&body("c.bin")));
+        assert!(store.has(&body("empty")), "the empty body always stays");
+
+        // Without its record, the node finds the intact files in place (checked by MD5) and
+        // asks only for what changed, before touching anything.
+        write(&dst.join("c.bin"), "tampered");
+        let e = repair(&dst, &m, &store).unwrap_err();
+        assert!(
+            matches!(&e, ApplyError::MissingBodies(b) if *b == [body("c.bin")]),
+            "{e}"
+        );
+        assert_eq!(fs::read_to_string(dst.join("c.bin")).unwrap(), "tampered");
+        assert!(held_in_place(&dst, m.get("a.txt").unwrap().0));
+        assert!(!held_in_place(&dst, m.get("c.bin").unwrap().0));
+        // Once the body is back, the repair restores the file.
+        let mut w = store.writer(body("c.bin"), 6).unwrap();
+        w.write(b"unique").unwrap();
+        w.finish().unwrap();
+        let s = repair(&dst, &m, &store).unwrap();
+        assert_eq!((s.written, s.unchanged), (1, 303), "{s:?}");
+        assert_eq!(fs::read_to_string(dst.join("c.bin")).unwrap(), "unique");
+
+        // A restart's repair leaves files that pass the quick check alone, as rsync does: it
+        // does not read the whole dir (a same-size edit under the old mtime stays unseen).
+        let kept = dst.join("b/a-again.txt");
+        let mtime = fs::metadata(&kept).unwrap().modified().unwrap();
+        write(&kept, "SAME BODY");
+        File::options()
+            .write(true)
+            .open(&kept)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let s = repair(&dst, &m, &store).unwrap();
+        assert_eq!((s.written, s.unchanged), (0, 304), "{s:?}");
+        assert_eq!(fs::read_to_string(&kept).unwrap(), "SAME BODY");
+    }
+}

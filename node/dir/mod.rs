@@ -1,0 +1,61 @@
+//! The served directory, `dir`: the origin's [`scan`] reads it into a manifest (bodies into
+//! the store), a receiving node's [`apply`] makes it match a manifest, and its [`Applier`]
+//! decides how (in place or atomic) and whether `dir` is the node's only copy of its bodies.
+//!
+//! Both sides read or write many files; [`par_map`] spreads that over a few threads.
+
+pub mod applier;
+pub mod apply;
+pub mod scan;
+
+use std::sync::OnceLock;
+
+pub use applier::{Applier, ApplyMode};
+pub use apply::{held_in_place, ApplyError, ApplyStats};
+pub use scan::{fingerprint, scan, ScanError, ScanStats, StatCache};
+
+/// Most threads reading or writing files at once. Hashing is CPU-bound and small files cost
+/// mostly system calls, both of which spread over cores; more threads than cores only
+/// contend.
+const MAX_THREADS: usize = 4;
+
+/// `f` applied to every item on the file pool (up to [`MAX_THREADS`], no more than the
+/// machine's cores), results in the items' order. The first error stops the others from
+/// taking new items and is returned.
+pub fn par_map<T: Sync, R: Send, E: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<R, E> + Sync + Send,
+) -> Result<Vec<R>, E> {
+    use rayon::prelude::*;
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_THREADS);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("cascade-files-{i}"))
+            .build()
+            .ok()
+    });
+    match pool {
+        Some(pool) if items.len() > 1 => pool.install(|| items.par_iter().map(f).collect()),
+        // One item, or no threads to be had: here, in order.
+        _ => items.iter().map(f).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keeps_order_and_stops_at_an_error() {
+        let items: Vec<u32> = (0..1000).collect();
+        let out = super::par_map(&items, |&n| Ok::<_, ()>(n * 2)).unwrap();
+        assert_eq!(out, items.iter().map(|n| n * 2).collect::<Vec<_>>());
+        let err = super::par_map(&items, |&n| if n == 500 { Err(n) } else { Ok(n) });
+        assert_eq!(err, Err(500));
+        assert!(super::par_map(&[] as &[u32], |&n| Ok::<_, ()>(n))
+            .unwrap()
+            .is_empty());
+    }
+}

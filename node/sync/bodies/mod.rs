@@ -1,0 +1,108 @@
+//! The body sub-protocol, both sides: a child [`ask`]s its parent for the bodies it lacks,
+//! a parent [`serve`]s them (see the Body streams in [`crate::wire`]).
+//!
+//! How a body travels depends on its size:
+//! - at most [`SMALL`]: batched with other small bodies on one stream (up to
+//!   [`BATCH_FILES`] bodies or [`BATCH_BYTES`] bytes), one round trip for many files;
+//! - at most [`STREAM_ABOVE`]: alone on a stream, but like a batch received whole into
+//!   memory and stored by one blocking job;
+//! - larger: streamed to disk through a store writer that checks each chunk as it lands,
+//!   so a relay can forward the verified prefix while the rest arrives, and an interrupted
+//!   transfer resumes after its last good chunk.
+
+pub mod ask;
+pub mod serve;
+
+pub use ask::fetch_all;
+pub use serve::serve_body;
+
+use crate::data::Expected;
+use crate::tree::Md5;
+
+/// Bodies at most this large are fetched in batches on shared streams.
+pub const SMALL: u64 = 256 * 1024;
+/// Most bodies in one batch (at most [`crate::wire::MAX_BATCH`]).
+pub const BATCH_FILES: usize = 1024;
+/// Most bytes in one batch.
+pub const BATCH_BYTES: u64 = 8 * 1024 * 1024;
+/// Bodies larger than this are streamed to disk (and forwarded while they arrive); smaller
+/// ones are received whole into memory. Also the size of the buffers a streamed body is
+/// received in: hashing per datagram would be slow.
+pub const STREAM_ABOVE: usize = 1024 * 1024;
+
+/// How a body must be checked on this node. A node with children checks each chunk as it
+/// arrives so it can forward it at once; a node that applies bodies to a directory checks
+/// the whole MD5 too (a relay without a directory relies on the chunks, which cover every
+/// byte); a body without chunks is always checked whole.
+pub fn expected(md5: Md5, size: u64, chunks: &[Md5], serves: bool, applies: bool) -> Expected {
+    let chunks = if serves { chunks.to_vec() } else { Vec::new() };
+    Expected {
+        md5,
+        size,
+        whole: applies || chunks.is_empty(),
+        chunks,
+    }
+}
+
+/// Groups the bodies to fetch (by index, in order): each body above [`SMALL`] alone, smaller
+/// ones together on one stream, up to [`BATCH_FILES`] bodies or [`BATCH_BYTES`] bytes.
+pub fn plan(sizes: &[u64]) -> Vec<Vec<usize>> {
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
+    for (i, &size) in sizes.iter().enumerate() {
+        if size > SMALL {
+            out.push(vec![i]);
+            continue;
+        }
+        if batch.len() == BATCH_FILES || batch_bytes + size > BATCH_BYTES {
+            out.push(std::mem::take(&mut batch));
+            batch_bytes = 0;
+        }
+        batch.push(i);
+        batch_bytes += size;
+    }
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_bodies_are_batched_and_large_ones_go_alone() {
+        let big = SMALL + 1;
+        assert_eq!(
+            plan(&[1, 2, big, 3, SMALL]),
+            vec![vec![2], vec![0, 1, 3, 4]]
+        );
+        assert!(plan(&[]).is_empty());
+        let many = vec![1; BATCH_FILES + 1];
+        assert_eq!(
+            plan(&many).iter().map(Vec::len).collect::<Vec<_>>(),
+            [BATCH_FILES, 1]
+        );
+        let heavy = vec![SMALL; (BATCH_BYTES / SMALL) as usize + 1];
+        assert_eq!(plan(&heavy).len(), 2);
+    }
+
+    #[test]
+    fn relays_check_chunks_and_appliers_check_the_whole_body() {
+        let md5 = Md5::of(b"x");
+        let chunks = [Md5::of(b"a"), Md5::of(b"b")];
+        // A pure relay: chunks only.
+        let e = expected(md5, 9, &chunks, true, false);
+        assert_eq!((e.chunks.len(), e.whole), (2, false));
+        // A relay with a directory: both.
+        let e = expected(md5, 9, &chunks, true, true);
+        assert_eq!((e.chunks.len(), e.whole), (2, true));
+        // A leaf: the whole body.
+        let e = expected(md5, 9, &chunks, false, true);
+        assert_eq!((e.chunks.len(), e.whole), (0, true));
+        // No chunks: always whole.
+        assert!(expected(md5, 9, &[], true, false).whole);
+    }
+}

@@ -1,0 +1,170 @@
+//! The children side: accept this node's children, offer them every release it holds, serve
+//! their body streams, and collect their reports.
+//!
+//! A connection is accepted only if its certificate (already verified against the deployment
+//! CA) carries the name the child claims in its `Hello`, and that name is one of this node's
+//! children in the topology. A child reports only for itself and its own subtree.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
+use tokio::task::JoinSet;
+use tracing::{info, warn, Instrument};
+
+use super::bodies::serve_body;
+use super::shared::Shared;
+use crate::net::{self, LinkError};
+use crate::tree::newer;
+use crate::wire::{ErrorCode, Up};
+
+/// Time a new connection has to send its `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts children until the endpoint closes.
+pub async fn run(shared: Arc<Shared>, endpoint: Endpoint) {
+    let links: Arc<Mutex<HashMap<String, Connection>>> = Arc::default();
+    let mut conns = JoinSet::new();
+    while let Some(incoming) = endpoint.accept().await {
+        conns.spawn(handle(shared.clone(), incoming, links.clone()));
+        while conns.try_join_next().is_some() {}
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    incoming: Incoming,
+    links: Arc<Mutex<HashMap<String, Connection>>>,
+) {
+    let addr = incoming.remote_address();
+    let span = tracing::info_span!("down", node = %shared.name, peer = %addr);
+    async move {
+        let conn = match incoming.await {
+            Ok(c) => c,
+            Err(e) => return warn!("refused connection from {addr}: TLS handshake failed: {e}"),
+        };
+        let (send, mut recv) = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await {
+            Ok(Ok(s)) => s,
+            // Probes (a child checking its own parent is back) close here on purpose.
+            Ok(Err(e)) => {
+                return tracing::debug!("connection from {addr} closed before hello: {e}")
+            }
+            Err(_) => return net::close(&conn, ErrorCode::Protocol, "no hello"),
+        };
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, net::recv::<_, Up>(&mut recv)).await;
+        let (name, have) = match hello {
+            Ok(Ok(Some(Up::Hello { name, have }))) => (name, have),
+            Ok(Err(e)) => {
+                warn!("refused {addr}: bad hello: {e}");
+                return net::close(&conn, ErrorCode::Protocol, "bad hello");
+            }
+            _ => {
+                warn!("refused {addr}: no hello");
+                return net::close(&conn, ErrorCode::Protocol, "expected hello");
+            }
+        };
+        if let Err(reason) = admit(&shared, &conn, &name) {
+            warn!("refused {addr}: {reason}");
+            return net::close(&conn, ErrorCode::NotAllowed, &reason);
+        }
+        if let Some(old) = links
+            .lock()
+            .expect("links lock")
+            .insert(name.clone(), conn.clone())
+        {
+            net::close(&old, ErrorCode::Replaced, "replaced by a new connection");
+        }
+        info!(child = %name, have = ?have, "child connected");
+        let result = serve_child(&shared, &conn, &name, have, send, recv)
+            .instrument(tracing::info_span!("child", child = %name))
+            .await;
+        match result {
+            Ok(()) => info!(child = %name, "child disconnected"),
+            Err(e) => info!(child = %name, "child link ended: {e}"),
+        }
+        let mut links = links.lock().expect("links lock");
+        if links
+            .get(&name)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            links.remove(&name);
+            shared.board.disconnected(&name);
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Checks that `name` is one of our children and that the certificate was issued for it.
+fn admit(shared: &Shared, conn: &Connection, name: &str) -> Result<(), String> {
+    if !shared.topology.may_attach(name, &shared.name) {
+        return Err(format!(
+            "{name:?} is not a child of {:?} in the topology (nor names it as a backup parent)",
+            shared.name
+        ));
+    }
+    let cert = net::peer_certificate(conn).ok_or("no client certificate")?;
+    if !cascade_certs::peer_has_name(&cert, name) {
+        return Err(format!("certificate is not issued for {name:?}"));
+    }
+    Ok(())
+}
+
+async fn serve_child(
+    shared: &Arc<Shared>,
+    conn: &Connection,
+    name: &str,
+    have: Option<u64>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), LinkError> {
+    // Reports may come for any node that can attach through this child (backups included).
+    let mut subtree: HashSet<String> = shared.topology.reachable_below(name).into_iter().collect();
+    subtree.insert(name.to_owned());
+    let offers = async {
+        let mut offered = shared.held.offers();
+        let mut sent = have;
+        loop {
+            let current = offered.borrow_and_update().clone();
+            if let Some(o) = current.filter(|o| newer(o.version(), sent)) {
+                net::send_frame(&mut send, &o.offer_frame).await?;
+                info!(version = o.version(), "offered release");
+                sent = Some(o.version());
+            }
+            if offered.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    let reports = async {
+        while let Some(msg) = net::recv::<_, Up>(&mut recv).await? {
+            match msg {
+                Up::Status(list) => {
+                    shared
+                        .board
+                        .merge(list.into_iter().filter(|s| subtree.contains(&s.name)));
+                }
+                Up::Hello { .. } => return Err(LinkError::Refused("second hello".into())),
+            }
+        }
+        Ok(())
+    };
+    let bodies = async {
+        let mut streams = JoinSet::new();
+        loop {
+            let (s, r) = conn.accept_bi().await?;
+            streams.spawn(serve_body(shared.clone(), s, r));
+            while streams.try_join_next().is_some() {}
+        }
+    };
+    let r = tokio::select! {
+        r = offers => r,
+        r = reports => r,
+        r = bodies => r,
+    };
+    if let Err(LinkError::Wire(e)) = &r {
+        net::close(conn, ErrorCode::Protocol, &e.to_string());
+    }
+    r
+}

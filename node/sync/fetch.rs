@@ -1,0 +1,161 @@
+//! What to fetch for an offered release, and the steps from offer to held: find the bodies
+//! that neither the store nor (on a node whose `dir` is its only copy) `dir` holds, take
+//! renamed files' bodies from their old paths, fetch the rest, land the release, and fetch
+//! again whatever the apply finds missing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use quinn::Connection;
+use tracing::{debug, info};
+
+use super::bodies::{self, expected};
+use super::held::Offer;
+use super::land::land;
+use super::shared::Shared;
+use super::SyncError;
+use crate::data::Expected;
+use crate::dir::{Applier, ApplyError};
+use crate::status::NodeState;
+use crate::tree::{Entry, Manifest, Md5, Release};
+
+/// Above this many changed files, one listing of the store is cheaper than a lookup each.
+const LIST_STORE_ABOVE: usize = 1024;
+
+/// Fetches every body of `release` this node lacks, verifies each, applies, and holds it.
+/// A node with children offers the release to them as soon as its bodies are registered in
+/// flight, and serves each body's verified prefix while the rest arrives.
+pub async fn release(
+    shared: &Arc<Shared>,
+    conn: &Connection,
+    release: &Release,
+) -> Result<(), SyncError> {
+    let started = Instant::now();
+    let version = release.version;
+    let old = shared.held.current();
+    let wanted = wanted(shared, release, old.as_ref())?;
+    let wanted = match (&shared.applier, &old) {
+        (Some(a), Some(old)) if a.dir_is_only_copy() => adopt_moved(shared, a, old, wanted).await?,
+        _ => wanted,
+    };
+    let mut files = wanted.len() as u64;
+    let mut total: u64 = wanted.iter().map(|e| e.size).sum();
+    info!(files, bytes = total, "fetching");
+    let done = Arc::new(AtomicU64::new(0));
+    bodies::fetch_all(shared, conn, wanted, release, &done).await?;
+    debug!(ms = started.elapsed().as_millis() as u64, "bodies received");
+    shared
+        .board
+        .set_own(|s| s.state = NodeState::Applying { version });
+    match land(shared, release.clone()).await {
+        Err(SyncError::Apply(ApplyError::MissingBodies(missing))) => {
+            // Files that drifted from bodies only `dir` held: fetch those and apply again.
+            let mut missing: HashSet<Md5> = missing.into_iter().collect();
+            let wanted: Vec<Expected> = release
+                .manifest
+                .files()
+                .filter(|(_, _, md5)| missing.remove(md5) && !shared.store.has(md5))
+                .map(|(entry, size, md5)| expected(md5, size, entry.chunks(), shared.serves, true))
+                .collect();
+            info!(files = wanted.len(), "fetching bodies missing from dir");
+            files += wanted.len() as u64;
+            total += wanted.iter().map(|e| e.size).sum::<u64>();
+            bodies::fetch_all(shared, conn, wanted, release, &done).await?;
+            shared
+                .board
+                .set_own(|s| s.state = NodeState::Applying { version });
+            land(shared, release.clone()).await?;
+        }
+        r => r?,
+    }
+    // What actually crossed the link (less than `total` when transfers were resumed).
+    let fetched = done.load(Ordering::Relaxed);
+    shared.board.set_own(|s| {
+        s.fetched_bytes = fetched;
+        s.fetched_files = files;
+    });
+    info!(
+        files,
+        bytes = total,
+        ms = started.elapsed().as_millis() as u64,
+        "release {version} held"
+    );
+    Ok(())
+}
+
+/// The bodies of `release` to fetch: those of files in subtrees that changed since `old`,
+/// once each, that the store lacks and, on a node whose `dir` is its only copy, that `dir`
+/// does not hold by the quick check (the apply confirms each by MD5, or asks for it again).
+fn wanted(
+    shared: &Shared,
+    release: &Release,
+    old: Option<&Arc<Offer>>,
+) -> Result<Vec<Expected>, SyncError> {
+    let empty = Manifest::empty();
+    let old_manifest = old.map_or(&empty, |h| &h.release.manifest);
+    let changed = release.manifest.changed_files(old_manifest);
+    let listed = if changed.len() > LIST_STORE_ABOVE {
+        Some(shared.store.held()?)
+    } else {
+        None
+    };
+    let in_store = |md5: &Md5| {
+        listed
+            .as_ref()
+            .map_or_else(|| shared.store.has(md5), |h| h.contains(md5))
+    };
+    let in_dir = |e: &Entry| shared.applier.as_ref().is_some_and(|a| a.holds_in_dir(e));
+    let mut seen = HashSet::new();
+    Ok(changed
+        .into_iter()
+        .filter(|(entry, _, md5)| seen.insert(*md5) && !in_store(md5) && !in_dir(entry))
+        .map(|(entry, size, md5)| {
+            expected(
+                md5,
+                size,
+                entry.chunks(),
+                shared.serves,
+                shared.applier.is_some(),
+            )
+        })
+        .collect())
+}
+
+/// For a node whose `dir` is the only copy of its bodies: takes each wanted body that the
+/// previous release had at another path (a renamed or copied file) from that path, checked
+/// by MD5 while copying it into the store. Returns the bodies still to fetch.
+async fn adopt_moved(
+    shared: &Arc<Shared>,
+    applier: &Applier,
+    old: &Arc<Offer>,
+    wanted: Vec<Expected>,
+) -> Result<Vec<Expected>, SyncError> {
+    let (me, old, applier) = (shared.clone(), old.clone(), applier.clone());
+    tokio::task::spawn_blocking(move || {
+        let by_body: HashMap<Md5, &Entry> = old
+            .release
+            .manifest
+            .files()
+            .map(|(e, _, md5)| (md5, e))
+            .collect();
+        // Adopted bodies are flushed with the fetched ones (see `Store::begin_batch`).
+        me.store.begin_batch()?;
+        let mut rest = Vec::new();
+        for e in wanted {
+            let adopted = match by_body.get(&e.md5) {
+                Some(oe) if applier.holds_in_dir(oe) => {
+                    me.store.adopt(&applier.dir.join(&oe.path), e.md5, e.size)?
+                }
+                _ => false,
+            };
+            if !adopted {
+                rest.push(e);
+            }
+        }
+        Ok(rest)
+    })
+    .await
+    .expect("adopting bodies does not panic")
+}

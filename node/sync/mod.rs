@@ -1,0 +1,51 @@
+//! Moving releases through the tree. A node is two halves around one [`Shared`] state:
+//!
+//! - the **parent side** ([`parent`], [`session`], [`fetch`]): dial the parent (or a backup),
+//!   say which release is held, take offers, fetch what is missing ([`bodies::ask`]), land
+//!   it in `dir` ([`land`]) and report the subtree's state up;
+//! - the **children side** ([`children`]): accept children, offer them the release held (or
+//!   one still arriving, see [`flight`]), serve their body streams ([`bodies::serve`]) and
+//!   collect their reports on the [`board`].
+//!
+//! The origin has only the children side plus the [`publish`]er; a relay has both halves
+//! sharing one store; a leaf has only the parent side. What is held and offered, and its
+//! copy on disk, is [`held`].
+
+pub mod board;
+pub mod bodies;
+pub mod children;
+pub mod fetch;
+pub mod flight;
+pub mod held;
+pub mod land;
+pub mod parent;
+pub mod publish;
+pub mod session;
+pub mod shared;
+
+pub use board::Board;
+pub use held::{Held, Offer};
+pub use publish::{PublishError, Publisher};
+pub use shared::Shared;
+
+use crate::data::{StateError, StoreError};
+use crate::dir::ApplyError;
+use crate::net::LinkError;
+use crate::tree::Md5;
+
+/// Why fetching or landing a release failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("apply failed: {0}")]
+    Apply(ApplyError),
+    #[error("parent did not serve body {0} (code {1})")]
+    NotServed(Md5, u64),
+    #[error("body {md5} sent by the parent is {got}+ bytes, expected {size}")]
+    TooLong { md5: Md5, size: u64, got: u64 },
+}

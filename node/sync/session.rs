@@ -1,0 +1,141 @@
+//! The control session with the parent: say hello with the release held, take its offers
+//! (validating each manifest; a hostile one is refused whole and reported), fetch and land
+//! the newest offer that is newer than what is held, and report the subtree's state up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::Connection;
+use tokio::sync::watch;
+use tracing::{info, warn, Instrument};
+
+use super::fetch;
+use super::shared::Shared;
+use super::SyncError;
+use crate::net::{self, LinkError};
+use crate::status::NodeState;
+use crate::tree::{newer, Release};
+use crate::wire::{ErrorCode, RawDown, Up};
+
+/// Least time between two status reports to the parent.
+const REPORT_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Runs the control session over an established link until it ends.
+pub async fn run(shared: &Arc<Shared>, conn: &Connection) -> Result<(), SyncError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(LinkError::from)?;
+    let have = shared.held.version();
+    net::send(
+        &mut send,
+        &Up::Hello {
+            name: shared.name.clone(),
+            have,
+        },
+    )
+    .await?;
+    info!(have = ?have, "connected to parent");
+    shared.board.set_own(|s| s.connected = true);
+
+    let (offers_tx, offers) = watch::channel::<Option<Arc<Release>>>(None);
+    let reader = async {
+        while let Some(msg) = net::recv::<_, RawDown>(&mut recv).await? {
+            match msg {
+                RawDown::Offer(raw) => {
+                    let version = raw.version;
+                    match raw.validate() {
+                        Ok(release) => {
+                            info!(version, "offered {release}");
+                            offers_tx.send_replace(Some(Arc::new(release)));
+                        }
+                        Err(e) => {
+                            // Refused whole: the node keeps what it holds and says why.
+                            warn!(version, "refused release {version} from the parent: {e}");
+                            shared.board.set_own(|s| {
+                                s.state = NodeState::Failed {
+                                    version,
+                                    error: format!("refused release: {e}"),
+                                }
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok::<(), SyncError>(())
+    };
+    let result = tokio::select! {
+        r = reader => r,
+        r = report_up(shared, &mut send) => r,
+        r = follow_offers(shared, conn, offers) => r,
+    };
+    let _ = send.finish();
+    if let Err(SyncError::Link(LinkError::Wire(e))) = &result {
+        net::close(conn, ErrorCode::Protocol, &e.to_string());
+    }
+    // Prefer the parent's own reason (e.g. "not a child", shutting down) over a stream error.
+    match (result, conn.close_reason()) {
+        (Err(_), Some(quinn::ConnectionError::ApplicationClosed(c))) => {
+            Err(LinkError::Refused(format!(
+                "parent closed the link: {} (code {})",
+                String::from_utf8_lossy(&c.reason),
+                c.error_code
+            ))
+            .into())
+        }
+        (r, _) => r,
+    }
+}
+
+/// Sends the subtree's statuses to the parent now and after every change. The first change
+/// after a quiet spell goes up at once; bursts are rate-limited to one report per interval.
+async fn report_up(shared: &Shared, send: &mut quinn::SendStream) -> Result<(), SyncError> {
+    let mut board = shared.board.subscribe();
+    loop {
+        let statuses: Vec<_> = board.borrow_and_update().values().cloned().collect();
+        net::send(send, &Up::Status(statuses)).await?;
+        tokio::time::sleep(REPORT_INTERVAL).await;
+        board
+            .changed()
+            .await
+            .map_err(|_| LinkError::Refused("node stopping".into()))?;
+    }
+}
+
+/// Applies the newest offer whenever it is newer than what this node holds; a failed sync is
+/// reported and retried after a pause (or at once if a newer offer arrives).
+async fn follow_offers(
+    shared: &Arc<Shared>,
+    conn: &Connection,
+    mut offers: watch::Receiver<Option<Arc<Release>>>,
+) -> Result<(), SyncError> {
+    loop {
+        let offer = offers.borrow_and_update().clone();
+        let Some(release) = offer.filter(|r| newer(r.version, shared.held.version())) else {
+            offers
+                .changed()
+                .await
+                .map_err(|_| LinkError::Refused("link closed".into()))?;
+            continue;
+        };
+        let span = tracing::info_span!("sync", version = release.version);
+        match fetch::release(shared, conn, &release)
+            .instrument(span)
+            .await
+        {
+            Ok(()) => {}
+            Err(SyncError::Link(e)) => return Err(e.into()),
+            Err(e) => {
+                warn!(version = release.version, "release failed: {e}; retrying");
+                shared.board.set_own(|s| {
+                    s.state = NodeState::Failed {
+                        version: release.version,
+                        error: e.to_string(),
+                    }
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    r = offers.changed() => r.map_err(|_| LinkError::Refused("link closed".into()))?,
+                }
+            }
+        }
+    }
+}

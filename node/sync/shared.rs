@@ -1,0 +1,70 @@
+//! What the parts of one node share: who it is, its store, the release it holds, its board,
+//! the bodies it is receiving, and how it applies releases to `dir`.
+
+use std::collections::HashSet;
+
+use cascade_topology::{Role, Topology};
+
+use super::board::Board;
+use super::flight::Flights;
+use super::held::{Held, Offer};
+use crate::data::{StateError, Store};
+use crate::dir::Applier;
+use crate::net::Limiter;
+use crate::status::NodeState;
+use crate::tree::{Md5, Release};
+
+#[derive(Debug)]
+pub struct Shared {
+    pub name: String,
+    pub role: Role,
+    pub topology: Topology,
+    pub store: Store,
+    /// The release held and the one offered to children.
+    pub held: Held,
+    /// This node's and its subtree's statuses.
+    pub board: Board,
+    /// Bodies being received, for children served while they arrive.
+    pub flights: Flights,
+    /// How releases reach `dir` (none on the origin, or on a relay without `dir`).
+    pub applier: Option<Applier>,
+    /// Whether this node serves children (has children or is someone's backup parent).
+    pub serves: bool,
+    /// Caps what is sent to children (`upload_limit`).
+    pub upload: Option<Limiter>,
+}
+
+impl Shared {
+    /// Records `release` as held (saved, then offered to children) and drops from the store
+    /// every body that neither this release nor the previous one uses (the previous one's
+    /// stay for children still fetching it). Callers hold releases one at a time.
+    pub fn hold(&self, release: Release) -> Result<(), StateError> {
+        let version = release.version;
+        let (held, previous) = self.held.hold(release)?;
+        let keep: HashSet<Md5> = held
+            .release
+            .manifest
+            .files()
+            .chain(previous.iter().flat_map(|p| p.release.manifest.files()))
+            .map(|(_, _, md5)| md5)
+            .collect();
+        match self.store.retain(&keep) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "store garbage collected"),
+            Err(e) => tracing::warn!("store garbage collection: {e}"),
+        }
+        self.board.set_own(|s| {
+            s.applied = Some(version);
+            s.state = NodeState::Idle;
+        });
+        Ok(())
+    }
+
+    /// Offers `release` to children while it is still being fetched (cut-through), unless
+    /// something newer is offered already. Its bodies must be registered in `flights` first.
+    pub fn offer_early(&self, release: &Release) {
+        if self.serves {
+            self.held.offer(Offer::new(release.clone()));
+        }
+    }
+}

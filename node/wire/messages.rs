@@ -1,0 +1,113 @@
+//! The messages of protocol version 2, as serde types. Variants are append-only (the
+//! variant index is the tag on the wire).
+
+use serde::{Deserialize, Serialize};
+
+use crate::status::NodeStatus;
+use crate::tree::{Entry, Manifest, ManifestError, Md5, Release};
+
+/// Child → parent, on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Up {
+    /// First message: who the child claims to be (checked against its certificate) and the
+    /// version of the release it has applied, if any.
+    Hello { name: String, have: Option<u64> },
+    /// The current state of the child and of every node below it.
+    Status(Vec<NodeStatus>),
+}
+
+/// Parent → child, on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Down {
+    /// A verified release the parent holds completely and can serve.
+    Offer(Release),
+}
+
+/// [`Down`] as a child decodes it: the offered manifest is not validated yet, so a hostile
+/// manifest refuses that one release (see [`RawRelease::validate`]) instead of failing the
+/// whole frame. Encodes exactly like [`Down`]; variants must stay in step with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RawDown {
+    Offer(RawRelease),
+}
+
+/// A release as received: version and entries, before any check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawRelease {
+    pub version: u64,
+    pub entries: Vec<Entry>,
+}
+
+impl RawRelease {
+    /// Checks the manifest (paths, order, parents, modes) and computes its hash tree.
+    pub fn validate(self) -> Result<Release, ManifestError> {
+        Ok(Release {
+            version: self.version,
+            manifest: Manifest::from_sorted(self.entries)?,
+        })
+    }
+}
+
+/// The one request on a body stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BodyRequest {
+    /// One body from `offset` (lets an interrupted transfer resume) to its end.
+    One { md5: Md5, offset: u64 },
+    /// Whole bodies, sent back to back in this order: many small files on one stream.
+    Many(Vec<Md5>),
+}
+
+/// Local admin socket: request from `cascade publish` / `cascade status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// Scan `dir` and cut a new release if anything changed (origin only).
+    Publish,
+    /// The node's view of itself and its subtree.
+    Status,
+}
+
+/// Local admin socket: the daemon's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminResponse {
+    Published(PublishSummary),
+    Status {
+        node: String,
+        release: Option<u64>,
+        nodes: Vec<NodeStatus>,
+    },
+    Error(String),
+}
+
+/// What a publish produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishSummary {
+    pub version: u64,
+    /// False when the scan found nothing new and `version` is the existing release.
+    pub changed: bool,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// QUIC application close and reset codes. Append-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ErrorCode {
+    /// Normal close (shutdown).
+    Ok = 0,
+    /// The peer's name or certificate is not allowed on this link.
+    NotAllowed = 1,
+    /// A frame could not be decoded or broke the protocol.
+    Protocol = 2,
+    /// A requested body is not in the store.
+    NotFound = 3,
+    /// The node is shutting down.
+    Shutdown = 4,
+    /// The same child connected again; this older link is replaced.
+    Replaced = 5,
+}
+
+impl ErrorCode {
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+}

@@ -1,0 +1,441 @@
+//! Golden bytes, round-trips, corruption and fuzzing of every message.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::*;
+use crate::status::{NodeState, NodeStatus};
+use crate::tree::{Entry, EntryKind, Manifest, Md5, Release};
+
+fn sample_release() -> Release {
+    let manifest = Manifest::from_entries(vec![
+        Entry {
+            path: "a".into(),
+            mode: 0o755,
+            kind: EntryKind::Dir,
+        },
+        Entry {
+            path: "a/x.txt".into(),
+            mode: 0o644,
+            kind: EntryKind::File {
+                size: 3,
+                md5: Md5::of(b"abc"),
+                mtime: -1,
+                chunks: vec![],
+            },
+        },
+        Entry {
+            path: "big".into(),
+            mode: 0o644,
+            kind: EntryKind::File {
+                size: crate::tree::CHUNK + 1,
+                md5: Md5([9; 16]),
+                mtime: 1,
+                chunks: vec![Md5([1; 16]), Md5([2; 16])],
+            },
+        },
+        Entry {
+            path: "link".into(),
+            mode: 0o777,
+            kind: EntryKind::Symlink {
+                target: "a/x.txt".into(),
+            },
+        },
+    ])
+    .unwrap();
+    Release {
+        version: 7,
+        manifest,
+    }
+}
+
+type Samples = (
+    Vec<Up>,
+    Vec<Down>,
+    Vec<BodyRequest>,
+    Vec<AdminRequest>,
+    Vec<AdminResponse>,
+);
+
+fn all_messages() -> Samples {
+    let status = NodeStatus {
+        name: "web-1".into(),
+        applied: Some(3),
+        state: NodeState::Fetching {
+            version: 4,
+            done_bytes: 10,
+            total_bytes: 20,
+        },
+        fetched_bytes: 5,
+        fetched_files: 1,
+        connected: true,
+        sent_bytes: 9,
+        updated_ms: 1_700_000_000_000,
+    };
+    (
+        vec![
+            Up::Hello {
+                name: "web-1".into(),
+                have: None,
+            },
+            Up::Hello {
+                name: "r".into(),
+                have: Some(u64::MAX),
+            },
+            Up::Status(vec![status.clone()]),
+        ],
+        vec![Down::Offer(sample_release())],
+        vec![
+            BodyRequest::One {
+                md5: Md5::of(b""),
+                offset: 12,
+            },
+            BodyRequest::Many(vec![Md5([3; 16]), Md5([4; 16])]),
+        ],
+        vec![AdminRequest::Publish, AdminRequest::Status],
+        vec![
+            AdminResponse::Published(PublishSummary {
+                version: 1,
+                changed: true,
+                files: 2,
+                bytes: 3,
+            }),
+            AdminResponse::Status {
+                node: "o".into(),
+                release: Some(1),
+                nodes: vec![status],
+            },
+            AdminResponse::Error("no".into()),
+        ],
+    )
+}
+
+fn roundtrip<T: Serialize + DeserializeOwned + PartialEq + fmt::Debug>(m: &T) {
+    let frame = encode(m);
+    assert_eq!(decode_frame::<T>(&frame).as_ref(), Ok(m));
+    // Every strict prefix is an error, never a panic.
+    for cut in 0..frame.len() {
+        assert!(
+            decode_frame::<T>(&frame[..cut]).is_err(),
+            "prefix {cut} of {m:?}"
+        );
+    }
+    // Flipping any single byte of the payload never panics.
+    for i in HEADER_LEN..frame.len() {
+        let mut bad = frame.clone();
+        bad[i] ^= 0xff;
+        let _ = decode_frame::<T>(&bad);
+    }
+}
+
+#[test]
+fn every_message_round_trips_and_survives_corruption() {
+    let (up, down, body, areq, aresp) = all_messages();
+    up.iter().for_each(roundtrip);
+    down.iter().for_each(roundtrip);
+    body.iter().for_each(roundtrip);
+    areq.iter().for_each(roundtrip);
+    aresp.iter().for_each(roundtrip);
+}
+
+#[test]
+fn golden_bytes() {
+    // Wire compatibility: these bytes must never change within protocol version 2.
+    let hello = encode(&Up::Hello {
+        name: "ab".into(),
+        have: Some(300),
+    });
+    assert_eq!(hello, vec![0, 0, 0, 8, 0, 2, b'a', b'b', 1, 251, 44, 1]);
+    let req = encode(&BodyRequest::One {
+        md5: Md5([1; 16]),
+        offset: 0,
+    });
+    let mut want = vec![0, 0, 0, 18, 0];
+    want.extend([1u8; 16]);
+    want.push(0);
+    assert_eq!(req, want);
+    let req = encode(&BodyRequest::Many(vec![Md5([2; 16])]));
+    let mut want = vec![0, 0, 0, 18, 1, 1];
+    want.extend([2u8; 16]);
+    assert_eq!(req, want);
+    assert_eq!(encode(&AdminRequest::Status), vec![0, 0, 0, 1, 1]);
+}
+
+#[test]
+fn raw_down_encodes_like_down() {
+    let r = sample_release();
+    let raw = RawDown::Offer(RawRelease {
+        version: r.version,
+        entries: r.manifest.entries().to_vec(),
+    });
+    assert_eq!(encode(&Down::Offer(r.clone())), encode(&raw));
+    let RawDown::Offer(back) = decode_frame::<RawDown>(&encode(&Down::Offer(r.clone()))).unwrap();
+    assert_eq!(back.validate().unwrap(), r);
+}
+
+#[test]
+fn oversized_frame_is_refused_before_allocating() {
+    let header = ((MAX_FRAME + 1) as u32).to_be_bytes();
+    assert_eq!(frame_len(header), Err(WireError::TooLarge(MAX_FRAME + 1)));
+    // A huge length inside the payload (a string claiming 2^60 bytes) is an error too.
+    let mut payload = vec![0u8, 255];
+    payload.extend(1u64.wrapping_shl(60).to_le_bytes());
+    assert!(decode::<Up>(&payload).is_err());
+}
+
+#[test]
+fn trailing_bytes_are_refused() {
+    let mut frame = encode(&AdminRequest::Publish);
+    frame.push(0);
+    assert!(decode_frame::<AdminRequest>(&frame).is_err());
+}
+
+/// Decodes `payload` as every message type; none may panic.
+fn decode_all(payload: &[u8]) {
+    let _ = decode::<Up>(payload);
+    let _ = decode::<Down>(payload);
+    let _ = decode::<RawDown>(payload);
+    let _ = decode::<BodyRequest>(payload);
+    let _ = decode::<AdminRequest>(payload);
+    let _ = decode::<AdminResponse>(payload);
+    let _ = decode_frame::<Up>(payload);
+}
+
+#[test]
+fn a_million_random_and_mutated_frames_never_panic() {
+    // Deterministic xorshift fuzz; FUZZ_ITERS sets a longer (or shorter) run.
+    let iters: usize = std::env::var("FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (up, down, body, areq, aresp) = all_messages();
+    let seeds: Vec<Vec<u8>> = up
+        .iter()
+        .map(encode)
+        .chain(down.iter().map(encode))
+        .chain(body.iter().map(encode))
+        .chain(areq.iter().map(encode))
+        .chain(aresp.iter().map(encode))
+        .map(|f| f[HEADER_LEN..].to_vec())
+        .collect();
+    for i in 0..iters {
+        let mut buf = if i % 8 == 7 {
+            // Pure noise of random length.
+            (0..next() % 64).map(|_| next() as u8).collect()
+        } else {
+            seeds[i % seeds.len()].clone()
+        };
+        for _ in 0..1 + next() % 4 {
+            if buf.is_empty() {
+                break;
+            }
+            let p = (next() as usize) % buf.len();
+            match next() % 3 {
+                0 => buf[p] = next() as u8,
+                1 => buf.insert(p, next() as u8),
+                _ => {
+                    buf.remove(p);
+                }
+            }
+        }
+        if next() % 5 == 0 {
+            buf.truncate((next() as usize) % (buf.len() + 1));
+        }
+        decode_all(&buf);
+    }
+}
+
+/// A file entry with an empty body.
+fn file(path: &str) -> Entry {
+    Entry {
+        path: path.into(),
+        mode: 0o644,
+        kind: EntryKind::File {
+            size: 0,
+            md5: Md5::of(b""),
+            mtime: 0,
+            chunks: vec![],
+        },
+    }
+}
+
+#[test]
+fn wire_order_is_enforced() {
+    let entries = vec![file("b"), file("a")];
+    let bytes = encode(&entries);
+    let err = decode_frame::<Manifest>(&bytes).unwrap_err();
+    assert!(err.to_string().contains("out of order"), "{err}");
+    let m = sample_release().manifest;
+    let back: Manifest = decode_frame(&encode(&m)).unwrap();
+    assert_eq!(back, m);
+}
+
+mod props {
+    use proptest::prelude::*;
+
+    use serde::Serialize;
+
+    use super::super::*;
+    use crate::status::{NodeState, NodeStatus};
+    use crate::tree::{Entry, EntryKind, Manifest, Md5, Release};
+
+    fn name() -> impl Strategy<Value = String> {
+        (0u32..50, prop::bool::ANY).prop_map(|(i, uni)| {
+            if uni {
+                format!("fï lé {i}")
+            } else {
+                format!("n{i}")
+            }
+        })
+    }
+
+    fn md5() -> impl Strategy<Value = Md5> {
+        any::<[u8; 16]>().prop_map(Md5)
+    }
+
+    fn kind() -> impl Strategy<Value = EntryKind> {
+        prop_oneof![
+            (0..3 * crate::tree::CHUNK, md5(), any::<i64>()).prop_map(|(size, md5, mtime)| {
+                EntryKind::File {
+                    size,
+                    md5,
+                    mtime,
+                    chunks: (0..crate::tree::hash::chunk_count(size))
+                        .map(|i| Md5([i as u8; 16]))
+                        .collect(),
+                }
+            }),
+            Just(EntryKind::Dir),
+            name().prop_map(|target| EntryKind::Symlink { target }),
+        ]
+    }
+
+    /// Valid manifests: top-level entries plus files inside the directories among them.
+    fn manifest() -> impl Strategy<Value = Manifest> {
+        prop::collection::btree_map(
+            name(),
+            (
+                kind(),
+                0u32..0o7777,
+                prop::collection::btree_set(name(), 0..4),
+            ),
+            0..12,
+        )
+        .prop_map(|top| {
+            let mut entries = Vec::new();
+            for (n, (kind, mode, kids)) in top {
+                let is_dir = kind == EntryKind::Dir;
+                entries.push(Entry {
+                    path: n.clone(),
+                    mode,
+                    kind,
+                });
+                if is_dir {
+                    for k in kids {
+                        entries.push(Entry {
+                            path: format!("{n}/{k}"),
+                            mode: 0o644,
+                            kind: EntryKind::File {
+                                size: 1,
+                                md5: Md5([1; 16]),
+                                mtime: 0,
+                                chunks: vec![],
+                            },
+                        });
+                    }
+                }
+            }
+            Manifest::from_entries(entries).expect("generated manifests are valid")
+        })
+    }
+
+    fn state() -> impl Strategy<Value = NodeState> {
+        prop_oneof![
+            Just(NodeState::Idle),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(version, done_bytes, total_bytes)| NodeState::Fetching {
+                    version,
+                    done_bytes,
+                    total_bytes
+                }
+            ),
+            any::<u64>().prop_map(|version| NodeState::Applying { version }),
+            (any::<u64>(), name())
+                .prop_map(|(version, error)| NodeState::Failed { version, error }),
+        ]
+    }
+
+    fn status() -> impl Strategy<Value = NodeStatus> {
+        (
+            name(),
+            any::<Option<u64>>(),
+            state(),
+            any::<(u64, u64, bool, u64, u64)>(),
+        )
+            .prop_map(
+                |(
+                    name,
+                    applied,
+                    state,
+                    (fetched_bytes, fetched_files, connected, sent_bytes, updated_ms),
+                )| NodeStatus {
+                    name,
+                    applied,
+                    state,
+                    fetched_bytes,
+                    fetched_files,
+                    connected,
+                    sent_bytes,
+                    updated_ms,
+                },
+            )
+    }
+
+    /// Encoding round-trips and the length prefix is the payload's length.
+    fn check<T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(m: &T) {
+        let frame = encode(m);
+        assert_eq!(
+            u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize,
+            frame.len() - 4
+        );
+        assert_eq!(&decode_frame::<T>(&frame).unwrap(), m);
+    }
+
+    proptest! {
+        #[test]
+        fn up_round_trips(name in name(), have in any::<Option<u64>>(), list in prop::collection::vec(status(), 0..5)) {
+            check(&Up::Hello { name, have });
+            check(&Up::Status(list));
+        }
+
+        #[test]
+        fn down_round_trips_and_matches_raw(version in any::<u64>(), manifest in manifest()) {
+            let release = Release { version, manifest };
+            check(&Down::Offer(release.clone()));
+            let RawDown::Offer(raw) = decode_frame::<RawDown>(&encode(&Down::Offer(release.clone()))).unwrap();
+            prop_assert_eq!(raw.validate().unwrap(), release);
+        }
+
+        #[test]
+        fn body_and_admin_round_trip(md5 in md5(), offset in any::<u64>(), node in name(), release in any::<Option<u64>>(),
+                                     nodes in prop::collection::vec(status(), 0..4), err in name(),
+                                     s in any::<(u64, bool, u64, u64)>()) {
+            check(&BodyRequest::One { md5, offset });
+            check(&BodyRequest::Many(vec![md5; (offset % 50) as usize]));
+            check(&AdminRequest::Publish);
+            check(&AdminRequest::Status);
+            check(&AdminResponse::Status { node, release, nodes });
+            check(&AdminResponse::Error(err));
+            check(&AdminResponse::Published(PublishSummary { version: s.0, changed: s.1, files: s.2, bytes: s.3 }));
+        }
+    }
+}
