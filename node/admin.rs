@@ -82,7 +82,7 @@ pub enum AdminError {
 
 /// Sends one request to the node whose data dir is `data`.
 pub async fn request(data: &Path, req: &AdminRequest) -> Result<AdminResponse, AdminError> {
-    let path = DataDir::new(data).admin_socket();
+    let path = DataDir::new(data).admin_socket;
     let mut stream = UnixStream::connect(&path)
         .await
         .map_err(|source| AdminError::Connect {

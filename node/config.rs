@@ -434,9 +434,11 @@ mod count {
             Ok(Count::N(n)) => usize::try_from(n)
                 .map(Some)
                 .map_err(|_| serde::de::Error::custom(format!("{n} is too large"))),
-            Ok(Count::S(s)) => s.trim().parse().map(Some).map_err(|_| {
-                serde::de::Error::custom(format!("{s:?} is not a whole number"))
-            }),
+            Ok(Count::S(s)) => s
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a whole number"))),
             Err(_) => Err(serde::de::Error::custom("expected a whole number")),
         }
     }
@@ -483,10 +485,19 @@ pub fn env_pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 mod tests {
     use super::*;
 
+    /// The keys every config needs.
+    const REQUIRED: &str = "name = \"a\"\ntopology = \"/t\"\ncerts = \"/c\"\ndata = \"/d\"\n";
+
+    /// A scratch directory and the path of a config file `name` in it (not written yet).
+    fn scratch(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join(name);
+        (d, file)
+    }
+
     #[test]
     fn file_then_env_then_flags_with_relative_paths() {
-        let d = tempfile::tempdir().unwrap();
-        let file = d.path().join("node.toml");
+        let (d, file) = scratch("node.toml");
         std::fs::write(&file, "name = \"web-1\"\ntopology = \"topo.toml\"\ncerts = \"certs\"\ndir = \"/srv/www\"\ndata = \"state\"\n").unwrap();
         let cfg = NodeConfig::load(Some(&file), [], &Keys::default()).unwrap();
         assert_eq!(cfg.name, "web-1");
@@ -515,8 +526,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_problem() {
-        let d = tempfile::tempdir().unwrap();
-        let missing = d.path().join("nope.toml");
+        let (d, missing) = scratch("nope.toml");
         let e = NodeConfig::load(Some(&missing), [], &Keys::default())
             .unwrap_err()
             .to_string();
@@ -641,10 +651,9 @@ mod tests {
         let names = Keys::names();
         let covered: Vec<&str> = CASES.iter().map(|c| c.key).collect();
         assert_eq!(names, covered, "every key has a row, in table order");
-        let d = tempfile::tempdir().unwrap();
-        let file = d.path().join("node.toml");
+        let (_d, file) = scratch("node.toml");
         // Required keys, and apply = atomic so that keep_releases means something.
-        let base = "name = \"a\"\ntopology = \"/t\"\ncerts = \"/c\"\ndata = \"/d\"\n";
+        let base = REQUIRED;
         for case in CASES {
             let extra = if case.key == "keep_releases" {
                 "apply = \"atomic\"\n"
@@ -694,13 +703,8 @@ mod tests {
 
     #[test]
     fn unknown_variables_and_bad_values_are_named_as_the_user_wrote_them() {
-        let d = tempfile::tempdir().unwrap();
-        let file = d.path().join("node.toml");
-        std::fs::write(
-            &file,
-            "name = \"a\"\ntopology = \"/t\"\ncerts = \"/c\"\ndata = \"/d\"\n",
-        )
-        .unwrap();
+        let (_d, file) = scratch("node.toml");
+        std::fs::write(&file, REQUIRED).unwrap();
         let load_env = |pairs: &[(&str, &str)]| {
             let env = pairs
                 .iter()
@@ -734,11 +738,7 @@ mod tests {
         let e = load_env(&[("CASCADE_LOG", "loud")]);
         assert!(e.contains("loud") && e.contains("trace"), "{e}");
 
-        std::fs::write(
-            &file,
-            "name = \"a\"\ntopology = \"/t\"\ncerts = \"/c\"\ndata = \"/d\"\nfailover_after = true\n",
-        )
-        .unwrap();
+        std::fs::write(&file, format!("{REQUIRED}failover_after = true\n")).unwrap();
         let e = NodeConfig::load(Some(&file), [], &Keys::default())
             .unwrap_err()
             .to_string();
@@ -764,8 +764,7 @@ mod tests {
             upload_limit: Some("1MiB/s".into()),
             ..Default::default()
         };
-        let d = tempfile::tempdir().unwrap();
-        let file = d.path().join("node.toml");
+        let (_d, file) = scratch("node.toml");
         std::fs::write(&file, keys.to_toml()).unwrap();
         let cfg = NodeConfig::load(Some(&file), [], &Keys::default()).unwrap();
         assert_eq!(cfg.apply, ApplyMode::Atomic { keep: 4 });

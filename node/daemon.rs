@@ -95,7 +95,7 @@ impl RunningNode {
         let data = DataDir::new(&cfg.data);
         data.create()?;
         let lock = data.lock()?;
-        let store = Store::open(&data.store())?;
+        let store = Store::open(&data.store)?;
         let (held, pending) = Held::load(data.clone())?;
         let parents = parents(&topology, &me);
         let listen = listen(&topology, &me);
@@ -105,7 +105,7 @@ impl RunningNode {
             parents.first().map(|p| p.1),
             cfg.link_timeout,
         )?;
-        let admin = admin::bind(&data.admin_socket())?;
+        let admin = admin::bind(&data.admin_socket)?;
 
         let mut own = NodeStatus::new(&me.name);
         own.applied = held.version();
@@ -115,7 +115,7 @@ impl RunningNode {
             .dir
             .clone()
             .filter(|_| me.role != Role::Origin)
-            .map(|dir| Applier::new(dir, cfg.apply, data.releases(), serves));
+            .map(|dir| Applier::new(dir, cfg.apply, data.releases.clone(), serves));
         let shared = Arc::new(Shared {
             name: me.name.clone(),
             role: me.role,
@@ -132,7 +132,7 @@ impl RunningNode {
             (Role::Origin, Some(dir)) => Some(Arc::new(Publisher::new(
                 shared.clone(),
                 dir.clone(),
-                data.stat_cache(),
+                data.stat_cache.clone(),
             ))),
             _ => None,
         };
@@ -231,7 +231,7 @@ impl RunningNode {
         self.tasks.shutdown().await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.endpoint.wait_idle())
             .await;
-        let _ = fs_err::remove_file(self.data.admin_socket());
+        let _ = fs_err::remove_file(&self.data.admin_socket);
         tracing::info!(node = %self.shared.name, "node stopped");
     }
 }

@@ -62,11 +62,7 @@ fn certs_init_and_issue() {
     let certs = d.path().join("certs");
     let c = certs.to_str().unwrap();
     assert!(cascade(&["certs", "init", "--dir", c]).status.success());
-    let mode = fs::metadata(certs.join("ca.key"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = common::mode(&certs.join("ca.key"));
     assert_eq!(mode, 0o600);
     one_clear_error(&cascade(&["certs", "init", "--dir", c]), "already exists");
     assert!(cascade(&["certs", "init", "--dir", c, "--force"])
@@ -86,11 +82,7 @@ fn certs_init_and_issue() {
     assert!(out.status.success(), "{}", text(&out));
     for n in ["origin", "web-1"] {
         assert!(certs.join(format!("{n}.pem")).exists());
-        let mode = fs::metadata(certs.join(format!("{n}.key")))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = common::mode(&certs.join(format!("{n}.key")));
         assert_eq!(mode, 0o600);
     }
     let out = cascade(&["certs", "issue", "--dir", c, "web-1", "web-2"]);
@@ -158,11 +150,7 @@ fn publish_without_a_running_origin_or_from_a_leaf() {
         "only the origin can publish",
     );
     // The admin socket is private to the node's user.
-    let mode = fs::metadata(c.data("leaf-1-1").join("admin.sock"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = common::mode(&c.data("leaf-1-1").join("admin.sock"));
     assert_eq!(mode, 0o600);
 }
 
@@ -188,4 +176,32 @@ fn demo_exits_zero() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("PASS") && !t.contains("DIFFERS"), "{t}");
+}
+
+#[test]
+fn data_dir_faults_are_one_clear_line() {
+    let mut c = Cluster::new(1, 1);
+    let cfg = c.config("leaf-1-1");
+    let cfg = cfg.to_str().unwrap();
+    // A second node on a running node's data dir.
+    c.start("leaf-1-1");
+    one_clear_error(&cascade(&["node", "--config", cfg]), "node.lock");
+    assert!(
+        c.try_statuses("leaf-1-1").is_some(),
+        "the running node answers"
+    );
+    c.stop("leaf-1-1");
+
+    // A saved release written by a newer Cascade (state format 7).
+    let release = c.data("leaf-1-1").join("release.bin");
+    let mut newer = b"CASCADE\0\x01".to_vec();
+    newer.extend(7u16.to_le_bytes());
+    newer.extend([0; 24]);
+    fs::write(&release, &newer).unwrap();
+    one_clear_error(&cascade(&["node", "--config", cfg]), "format 7");
+    // A damaged one.
+    fs::write(&release, b"CASCADE\0\x01\x01\x00garbage").unwrap();
+    one_clear_error(&cascade(&["node", "--config", cfg]), "release.bin");
+    fs::remove_file(&release).unwrap();
+    c.start("leaf-1-1");
 }

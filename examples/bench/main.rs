@@ -348,7 +348,15 @@ async fn small(o: &Opts, base: &Path) -> Result<()> {
             let delete: &[&str] = match i {
                 2 => {
                     let f = src.join(format!("d{:04}/f000.bin", (run * 7) % o.small_dirs));
+                    // An edit a while after the last sync, as in real life: rsync's quick
+                    // check (size and mtime in whole seconds) misses a same-size edit
+                    // within the second of the previous sync, which a fast run can hit.
+                    let before = fs::metadata(&f)?.modified()?;
                     fs::write(&f, noise(4096, 2 * (1_000_000 + run as u64)))?;
+                    fs::File::options()
+                        .write(true)
+                        .open(&f)?
+                        .set_modified(before + Duration::from_secs(2))?;
                     &[]
                 }
                 3 => {

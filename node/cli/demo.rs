@@ -153,6 +153,25 @@ fn traffic(nodes: &[RunningNode]) -> String {
     out
 }
 
+/// Publishes on the origin (`nodes[0]`), waits until every node holds the release, and
+/// says how long each step took (after `lead`).
+async fn publish_and_converge(nodes: &[RunningNode], dep: &Deployment, lead: &str) -> Result<()> {
+    let t = Instant::now();
+    let v = nodes[0].publish().await?;
+    let scan = t.elapsed();
+    let took = converge(&nodes[0], &dep.topology, v.version, Duration::from_secs(60)).await?;
+    println!(
+        "{lead}Release {}: {} files, {} bytes (scan {:.0} ms); all {} nodes hold it {:.0} ms after publish",
+        v.version,
+        v.files,
+        v.bytes,
+        scan.as_secs_f64() * 1e3,
+        nodes.len(),
+        took.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
 /// Runs the demo; `keep` keeps its files there. Returns whether every check passed.
 async fn demo(keep: Option<&Path>) -> Result<bool> {
     let tmp;
@@ -181,49 +200,13 @@ async fn demo(keep: Option<&Path>) -> Result<bool> {
     }
     let mut ok = true;
 
-    let t = Instant::now();
-    let v1 = nodes[0].publish().await?;
-    let scan1 = t.elapsed();
-    let took = converge(
-        &nodes[0],
-        &dep.topology,
-        v1.version,
-        Duration::from_secs(60),
-    )
-    .await?;
-    println!(
-        "\nRelease {}: {} files, {} bytes (scan {:.0} ms); all {} nodes hold it {:.0} ms after publish",
-        v1.version,
-        v1.files,
-        v1.bytes,
-        scan1.as_secs_f64() * 1e3,
-        nodes.len(),
-        took.as_secs_f64() * 1e3
-    );
+    publish_and_converge(&nodes, &dep, "\n").await?;
     print!("{}", traffic(&nodes));
     ok &= verify(&dep)?;
 
     change_site(&origin_dir)?;
     println!("\nChanged js/app.js, renamed assets/video.bin, replaced a PoC file, turned empty.txt into a directory");
-    let t = Instant::now();
-    let v2 = nodes[0].publish().await?;
-    let scan2 = t.elapsed();
-    let took = converge(
-        &nodes[0],
-        &dep.topology,
-        v2.version,
-        Duration::from_secs(60),
-    )
-    .await?;
-    println!(
-        "Release {}: {} files, {} bytes (scan {:.0} ms); all {} nodes hold it {:.0} ms after publish",
-        v2.version,
-        v2.files,
-        v2.bytes,
-        scan2.as_secs_f64() * 1e3,
-        nodes.len(),
-        took.as_secs_f64() * 1e3
-    );
+    publish_and_converge(&nodes, &dep, "").await?;
     print!("{}", traffic(&nodes));
     let big_resent = nodes[0]
         .statuses()

@@ -49,18 +49,18 @@ pub fn lock(data: &Path, path: &Path) -> Result<DataLock, LockError> {
 mod tests {
     #[test]
     fn a_second_lock_is_refused_and_a_released_one_is_taken_again() {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("node.lock");
-        let first = super::lock(d.path(), &path).unwrap();
-        let e = super::lock(d.path(), &path).unwrap_err().to_string();
+        let tmp = tempfile::tempdir().unwrap();
+        let data = crate::data::DataDir::new(tmp.path());
+        let first = data.lock().unwrap();
+        let e = data.lock().unwrap_err().to_string();
         assert!(
             e.contains("already running") && e.contains("node.lock"),
             "{e}"
         );
         drop(first);
-        super::lock(d.path(), &path).unwrap();
+        data.lock().unwrap();
         // A lock file left behind (say with a stale PID in it) does not block anyone.
-        std::fs::write(&path, "12345").unwrap();
-        super::lock(d.path(), &path).unwrap();
+        std::fs::write(&data.lock_file, "12345").unwrap();
+        data.lock().unwrap();
     }
 }

@@ -9,7 +9,7 @@ pub mod writer;
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub use lock::{DataLock, LockError};
 pub use state::StateError;
@@ -19,12 +19,36 @@ pub use writer::{BodyWriter, Expected};
 /// A node's data dir and the name of everything in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataDir {
-    root: PathBuf,
+    pub root: PathBuf,
+    /// The release this node holds completely.
+    pub release: PathBuf,
+    /// The release being applied; present only while an apply may be incomplete.
+    pub pending: PathBuf,
+    /// The origin's stat cache (path → stat and body of each file it last scanned).
+    pub stat_cache: PathBuf,
+    /// The local admin socket (`cascade publish`, `cascade status`).
+    pub admin_socket: PathBuf,
+    /// Held locked while a node runs with this dir.
+    pub lock_file: PathBuf,
+    /// The content store.
+    pub store: PathBuf,
+    /// Release directories of `apply = "atomic"`.
+    pub releases: PathBuf,
 }
 
 impl DataDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        DataDir { root: root.into() }
+        let root: PathBuf = root.into();
+        DataDir {
+            release: root.join("release.bin"),
+            pending: root.join("pending.bin"),
+            stat_cache: root.join("statcache.bin"),
+            admin_socket: root.join("admin.sock"),
+            lock_file: root.join("node.lock"),
+            store: root.join("store"),
+            releases: root.join("releases"),
+            root,
+        }
     }
 
     /// Creates the dir (mode 0700: it holds the admin socket and the store).
@@ -33,47 +57,8 @@ impl DataDir {
         fs_err::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// The release this node holds completely.
-    pub fn release(&self) -> PathBuf {
-        self.root.join("release.bin")
-    }
-
-    /// The release being applied; present only while an apply may be incomplete.
-    pub fn pending(&self) -> PathBuf {
-        self.root.join("pending.bin")
-    }
-
-    /// The origin's stat cache (path → stat and body of each file it last scanned).
-    pub fn stat_cache(&self) -> PathBuf {
-        self.root.join("statcache.bin")
-    }
-
-    /// The local admin socket (`cascade publish`, `cascade status`).
-    pub fn admin_socket(&self) -> PathBuf {
-        self.root.join("admin.sock")
-    }
-
-    /// Held locked while a node runs with this dir.
-    pub fn lock_file(&self) -> PathBuf {
-        self.root.join("node.lock")
-    }
-
-    /// The content store.
-    pub fn store(&self) -> PathBuf {
-        self.root.join("store")
-    }
-
-    /// Release directories of `apply = "atomic"`.
-    pub fn releases(&self) -> PathBuf {
-        self.root.join("releases")
-    }
-
     /// Takes the lock that keeps a second node off this dir.
     pub fn lock(&self) -> Result<DataLock, LockError> {
-        lock::lock(&self.root, &self.lock_file())
+        lock::lock(&self.root, &self.lock_file)
     }
 }

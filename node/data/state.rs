@@ -290,24 +290,11 @@ impl ReleaseRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree::manifest::fixtures::{dir, file};
 
     fn sample() -> Release {
-        let file = |path: &str, body: &[u8]| Entry {
-            path: path.into(),
-            mode: 0o644,
-            kind: EntryKind::File {
-                size: body.len() as u64,
-                md5: Md5::of(body),
-                mtime: 1_700_000_000,
-                chunks: vec![],
-            },
-        };
         let manifest = Manifest::from_entries(vec![
-            Entry {
-                path: "d".into(),
-                mode: 0o755,
-                kind: EntryKind::Dir,
-            },
+            dir("d"),
             file("d/a", b"a"),
             Entry {
                 path: "l".into(),

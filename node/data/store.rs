@@ -378,22 +378,13 @@ mod tests {
         // Ingesting a local file stores it under its MD5 once.
         let src = d.path().join("src.txt");
         fs::write(&src, b"hello").unwrap();
-        assert_eq!(
-            s.ingest(&src).unwrap(),
-            Body {
-                md5,
-                size: 5,
-                chunks: vec![]
-            }
-        );
-        assert_eq!(
-            s.ingest(&src).unwrap(),
-            Body {
-                md5,
-                size: 5,
-                chunks: vec![]
-            }
-        );
+        let hello = Body {
+            md5,
+            size: 5,
+            chunks: vec![],
+        };
+        assert_eq!(s.ingest(&src).unwrap(), hello);
+        assert_eq!(s.ingest(&src).unwrap(), hello);
         // Garbage collection keeps what is asked for (and the empty body).
         let other = Md5::of(b"other");
         let mut w = s.writer(other, 5).unwrap();

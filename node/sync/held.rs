@@ -47,8 +47,8 @@ impl Held {
     /// Loads what `data` holds: the held release, and a release whose apply was interrupted
     /// (to be finished or dropped by the caller). Nothing is offered yet.
     pub fn load(data: DataDir) -> Result<(Self, Option<Release>), StateError> {
-        let held = state::load_release(&data.release())?;
-        let pending = state::load_release(&data.pending())?;
+        let held = state::load_release(&data.release)?;
+        let pending = state::load_release(&data.pending)?;
         let held = Held {
             data,
             held: watch::Sender::new(held.map(Offer::new)),
@@ -91,7 +91,7 @@ impl Held {
 
     /// Records `release` as held: saved first, then offered. Returns the release held before.
     pub fn hold(&self, release: Release) -> Result<(Arc<Offer>, Option<Arc<Offer>>), StateError> {
-        state::save_release(&self.data.release(), &release)?;
+        state::save_release(&self.data.release, &release)?;
         let held = Offer::new(release);
         let previous = self.held.send_replace(Some(held.clone()));
         self.offer(held.clone());
@@ -105,11 +105,11 @@ impl Held {
 
     /// Saves `release` as being applied, so a node killed mid-apply finishes it on restart.
     pub fn begin_apply(&self, release: &Release) -> Result<(), StateError> {
-        state::save_release(&self.data.pending(), release)
+        state::save_release(&self.data.pending, release)
     }
 
     /// The apply begun by [`Held::begin_apply`] is over (held, or given up).
     pub fn end_apply(&self) {
-        let _ = fs_err::remove_file(self.data.pending());
+        let _ = fs_err::remove_file(&self.data.pending);
     }
 }

@@ -40,10 +40,10 @@ pub enum SyncError {
     Link(#[from] LinkError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(transparent)]
-    State(#[from] StateError),
     #[error("apply failed: {0}")]
     Apply(ApplyError),
+    #[error(transparent)]
+    State(#[from] StateError),
     #[error("parent did not serve body {0} (code {1})")]
     NotServed(Md5, u64),
     #[error("body {md5} sent by the parent is {got}+ bytes, expected {size}")]

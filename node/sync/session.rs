@@ -36,34 +36,8 @@ pub async fn run(shared: &Arc<Shared>, conn: &Connection) -> Result<(), SyncErro
     shared.board.set_own(|s| s.connected = true);
 
     let (offers_tx, offers) = watch::channel::<Option<Arc<Release>>>(None);
-    let reader = async {
-        while let Some(msg) = net::recv::<_, RawDown>(&mut recv).await? {
-            match msg {
-                RawDown::Offer(raw) => {
-                    let version = raw.version;
-                    match raw.validate() {
-                        Ok(release) => {
-                            info!(version, "offered {release}");
-                            offers_tx.send_replace(Some(Arc::new(release)));
-                        }
-                        Err(e) => {
-                            // Refused whole: the node keeps what it holds and says why.
-                            warn!(version, "refused release {version} from the parent: {e}");
-                            shared.board.set_own(|s| {
-                                s.state = NodeState::Failed {
-                                    version,
-                                    error: format!("refused release: {e}"),
-                                }
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        Ok::<(), SyncError>(())
-    };
     let result = tokio::select! {
-        r = reader => r,
+        r = take_offers(shared, &mut recv, &offers_tx) => r,
         r = report_up(shared, &mut send) => r,
         r = follow_offers(shared, conn, offers) => r,
     };
@@ -83,6 +57,36 @@ pub async fn run(shared: &Arc<Shared>, conn: &Connection) -> Result<(), SyncErro
         }
         (r, _) => r,
     }
+}
+
+/// Reads the parent's offers, validates each manifest and passes the newest valid release
+/// on to [`follow_offers`]. A hostile manifest is refused whole: the node keeps what it holds
+/// and says why.
+async fn take_offers(
+    shared: &Shared,
+    recv: &mut quinn::RecvStream,
+    offers: &watch::Sender<Option<Arc<Release>>>,
+) -> Result<(), SyncError> {
+    while let Some(msg) = net::recv::<_, RawDown>(recv).await? {
+        let RawDown::Offer(raw) = msg;
+        let version = raw.version;
+        match raw.validate() {
+            Ok(release) => {
+                info!(version, "offered {release}");
+                offers.send_replace(Some(Arc::new(release)));
+            }
+            Err(e) => {
+                warn!(version, "refused release {version} from the parent: {e}");
+                shared.board.set_own(|s| {
+                    s.state = NodeState::Failed {
+                        version,
+                        error: format!("refused release: {e}"),
+                    }
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sends the subtree's statuses to the parent now and after every change. The first change

@@ -307,12 +307,14 @@ impl<'de> Deserialize<'de> for Manifest {
     }
 }
 
+/// Entries for unit tests across the crate.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::tree::CHUNK;
+pub(crate) mod fixtures {
+    use super::{Entry, EntryKind};
+    use crate::tree::Md5;
 
-    fn file(path: &str, body: &[u8]) -> Entry {
+    /// A file entry holding `body`.
+    pub fn file(path: &str, body: &[u8]) -> Entry {
         Entry {
             path: path.into(),
             mode: 0o644,
@@ -325,13 +327,21 @@ mod tests {
         }
     }
 
-    fn dir(path: &str) -> Entry {
+    /// A directory entry.
+    pub fn dir(path: &str) -> Entry {
         Entry {
             path: path.into(),
             mode: 0o755,
             kind: EntryKind::Dir,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{dir, file};
+    use super::*;
+    use crate::tree::CHUNK;
 
     fn tree(extra: &[u8]) -> Manifest {
         Manifest::from_entries(vec![

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::*;
 use crate::status::{NodeState, NodeStatus};
+use crate::tree::manifest::fixtures::file;
 use crate::tree::{Entry, EntryKind, Manifest, Md5, Release};
 
 fn sample_release() -> Release {
@@ -254,23 +255,9 @@ fn a_million_random_and_mutated_frames_never_panic() {
     }
 }
 
-/// A file entry with an empty body.
-fn file(path: &str) -> Entry {
-    Entry {
-        path: path.into(),
-        mode: 0o644,
-        kind: EntryKind::File {
-            size: 0,
-            md5: Md5::of(b""),
-            mtime: 0,
-            chunks: vec![],
-        },
-    }
-}
-
 #[test]
 fn wire_order_is_enforced() {
-    let entries = vec![file("b"), file("a")];
+    let entries = vec![file("b", b""), file("a", b"")];
     let bytes = encode(&entries);
     let err = decode_frame::<Manifest>(&bytes).unwrap_err();
     assert!(err.to_string().contains("out of order"), "{err}");

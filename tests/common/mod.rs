@@ -317,6 +317,12 @@ fn describe(m: &Manifest) -> Vec<String> {
         .collect()
 }
 
+/// The permission bits of `path` (`0o600` and the like).
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
 pub fn write(root: &Path, rel: &str, body: &[u8]) {
     let p = root.join(rel);
     fs::create_dir_all(p.parent().unwrap()).unwrap();
