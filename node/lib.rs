@@ -18,6 +18,10 @@
 //! | edges | [`testkit`] | real deployments for tests, the bench and the demo |
 //! | | [`cli`] | the `cascade` command, one file per subcommand |
 //!
+//! Two exceptions, in unit tests only: they take test content from [`testkit::content`],
+//! which imports nothing, and the state-file tests compare the old on-disk format with
+//! [`wire::encode`].
+//!
 //! The topology and the certificates are the `cascade-topology` and `cascade-certs` crates.
 
 pub mod admin;

@@ -8,7 +8,8 @@
 //! kind    1 byte    1 = release, 2 = stat cache
 //! format  2 bytes   little endian; this build writes and reads 1
 //! length  8 bytes   little endian; bytes of payload
-//! md5    16 bytes   MD5 of the payload (a damaged file is refused, never half-read)
+//! check  16 bytes   a release: MD5 of its version and manifest root digest; a cache: MD5
+//!                   of the payload (a damaged file is refused, never half-used)
 //! payload           bincode 2 (standard config) of the record types below
 //! ```
 //! The record types are frozen for format 1: they change only with a new format number.
@@ -16,8 +17,9 @@
 //! frame (4-byte big-endian length, then the same bincode layout as [`ReleaseRecord`]). It is
 //! read once and rewritten as format 1 with the next release.
 //!
-//! Files are replaced atomically: written to a temporary name, flushed, renamed.
+//! Files are replaced atomically: written to a temporary name, flushed (releases), renamed.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -57,73 +59,112 @@ pub enum StateError {
 
 /// Saves `release` to `path` (replacing it atomically).
 pub fn save_release(path: &Path, release: &Release) -> Result<(), StateError> {
-    write(path, Kind::Release, &ReleaseRecord::from(release))
+    let payload = encode(path, &ReleaseRecord::from(release))?;
+    write_file(path, Kind::Release, &payload, release_check(release))
 }
 
 /// Loads the release saved at `path`; `None` if there is none.
 pub fn load_release(path: &Path) -> Result<Option<Release>, StateError> {
-    let Some((format, payload)) = read_file(path, Kind::Release)? else {
+    let Some(file) = read_file(path, Kind::Release)? else {
         return Ok(None);
     };
-    if format == 0 {
+    if file.format == 0 {
         tracing::info!(path = %path.display(), "reading a release saved before state format {FORMAT}; it is saved in format {FORMAT} from the next release on");
     }
     let unreadable = |reason: String| StateError::Unreadable {
         path: path.to_owned(),
         reason,
     };
-    let record: ReleaseRecord = decode(&payload).map_err(unreadable)?;
-    record
+    let record: ReleaseRecord = decode(&file.payload).map_err(unreadable)?;
+    let release = record
         .into_release()
-        .map(Some)
-        .map_err(|e| unreadable(e.to_string()))
+        .map_err(|e| unreadable(e.to_string()))?;
+    match file.check {
+        Some(check) if check != release_check(&release) => Err(unreadable(
+            "damaged: the release does not match its digest".into(),
+        )),
+        _ => Ok(Some(release)),
+    }
 }
 
-/// Writes `value` as a state file of `kind` to `path` (replacing it atomically).
+/// A release's check digest: of its version and its manifest's root digest, which covers
+/// every entry (path, type, mode, size, mtime, MD5s). Costs nothing to compute on save (the
+/// root is known) or on load (the hash tree is rebuilt to validate the manifest anyway).
+fn release_check(r: &Release) -> Md5 {
+    let mut buf = r.version.to_le_bytes().to_vec();
+    buf.extend_from_slice(&r.manifest.root_digest().0);
+    Md5::of(&buf)
+}
+
+/// Writes `value` as a state file of `kind` to `path` (replacing it atomically), checked
+/// by the MD5 of its payload.
 pub fn write<T: Serialize>(path: &Path, kind: Kind, value: &T) -> Result<(), StateError> {
-    let payload = bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .map_err(|e| io::Error::other(format!("encoding {}: {e}", path.display())))?;
-    let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.push(kind as u8);
-    out.extend_from_slice(&FORMAT.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&Md5::of(&payload).0);
-    out.extend_from_slice(&payload);
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(&out)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    Ok(())
+    let payload = encode(path, value)?;
+    let check = Md5::of(&payload);
+    write_file(path, kind, &payload, check)
 }
 
 /// Reads a state file of `kind` written by [`write`]; `None` if there is none. A file that is
 /// damaged, of another kind or of another format is an error (a cache may treat it as empty).
 pub fn read<T: DeserializeOwned>(path: &Path, kind: Kind) -> Result<Option<T>, StateError> {
-    match read_file(path, kind)? {
-        None => Ok(None),
-        Some((0, _)) => Err(StateError::Unreadable {
-            path: path.to_owned(),
-            reason: "saved before state format 1".into(),
-        }),
-        Some((_, payload)) => decode(&payload)
-            .map(Some)
-            .map_err(|reason| StateError::Unreadable {
-                path: path.to_owned(),
-                reason,
-            }),
+    let Some(file) = read_file(path, kind)? else {
+        return Ok(None);
+    };
+    let unreadable = |reason: String| StateError::Unreadable {
+        path: path.to_owned(),
+        reason,
+    };
+    match file.check {
+        None => Err(unreadable("saved before state format 1".into())),
+        Some(check) if check != Md5::of(&file.payload) => Err(unreadable(
+            "damaged: the payload does not match its MD5".into(),
+        )),
+        Some(_) => decode(&file.payload).map(Some).map_err(unreadable),
     }
 }
 
-/// The format and checked payload of the state file at `path`.
-fn read_file(path: &Path, kind: Kind) -> Result<Option<(u16, Vec<u8>)>, StateError> {
+fn encode<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, StateError> {
+    Ok(
+        bincode::serde::encode_to_vec(value, bincode::config::standard())
+            .map_err(|e| io::Error::other(format!("encoding {}: {e}", path.display())))?,
+    )
+}
+
+fn write_file(path: &Path, kind: Kind, payload: &[u8], check: Md5) -> Result<(), StateError> {
+    let mut header = Vec::with_capacity(HEADER);
+    header.extend_from_slice(MAGIC);
+    header.push(kind as u8);
+    header.extend_from_slice(&FORMAT.to_le_bytes());
+    header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    header.extend_from_slice(&check.0);
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(&header)?;
+    f.write_all(payload)?;
+    // A release must survive a crash once saved; a cache lost in one costs a rehash.
+    if kind == Kind::Release {
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// A state file's header, read and checked.
+struct File {
+    format: u16,
+    /// The header's check digest (format 1 and later).
+    check: Option<Md5>,
+    payload: Vec<u8>,
+}
+
+/// The header and payload of the state file at `path`.
+fn read_file(path: &Path, kind: Kind) -> Result<Option<File>, StateError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    parse(&bytes, kind).map(Some).map_err(|e| match e {
+    parse(bytes, kind).map(Some).map_err(|e| match e {
         Bad::Newer(found) => StateError::Newer {
             path: path.to_owned(),
             found,
@@ -140,8 +181,8 @@ enum Bad {
     Reason(String),
 }
 
-/// Checks the header and returns the format and payload.
-fn parse(bytes: &[u8], kind: Kind) -> Result<(u16, Vec<u8>), Bad> {
+/// Checks the header and splits off the payload.
+fn parse(mut bytes: Vec<u8>, kind: Kind) -> Result<File, Bad> {
     let reason = |s: &str| Bad::Reason(s.to_owned());
     if !bytes.starts_with(MAGIC) {
         // Format 0: a wire frame of protocol 2, length first.
@@ -149,9 +190,11 @@ fn parse(bytes: &[u8], kind: Kind) -> Result<(u16, Vec<u8>), Bad> {
             .get(..4)
             .map(|h| u32::from_be_bytes(h.try_into().expect("four bytes")) as usize);
         return match len {
-            Some(len) if kind == Kind::Release && len == bytes.len() - 4 => {
-                Ok((0, bytes[4..].to_vec()))
-            }
+            Some(len) if kind == Kind::Release && len == bytes.len() - 4 => Ok(File {
+                format: 0,
+                check: None,
+                payload: bytes.split_off(4),
+            }),
             _ => Err(reason("not a Cascade state file")),
         };
     }
@@ -169,17 +212,19 @@ fn parse(bytes: &[u8], kind: Kind) -> Result<(u16, Vec<u8>), Bad> {
         return Err(Bad::Newer(format));
     }
     let len = u64::from_le_bytes(bytes[11..19].try_into().expect("eight bytes"));
-    let payload = &bytes[HEADER..];
+    let check = Md5(bytes[19..35].try_into().expect("sixteen bytes"));
+    let payload = bytes.split_off(HEADER);
     if len > MAX_PAYLOAD || payload.len() as u64 != len {
         return Err(Bad::Reason(format!(
             "truncated: {} of {len} payload bytes",
             payload.len()
         )));
     }
-    if Md5::of(payload).0 != bytes[19..35] {
-        return Err(reason("damaged: the payload does not match its MD5"));
-    }
-    Ok((format, payload.to_vec()))
+    Ok(File {
+        format,
+        check: Some(check),
+        payload,
+    })
 }
 
 fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
@@ -191,22 +236,23 @@ fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
     }
 }
 
-/// A release as format 1 stores it. Frozen: never change; add a format instead.
+/// A release as format 1 stores it. Frozen: never change; add a format instead. Written
+/// from borrowed strings (saving a release copies no path), read into owned ones.
 #[derive(Debug, Serialize, Deserialize)]
-struct ReleaseRecord {
+struct ReleaseRecord<'a> {
     version: u64,
-    entries: Vec<EntryRecord>,
+    entries: Vec<EntryRecord<'a>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct EntryRecord {
-    path: String,
+struct EntryRecord<'a> {
+    path: Cow<'a, str>,
     mode: u32,
-    kind: KindRecord,
+    kind: KindRecord<'a>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum KindRecord {
+enum KindRecord<'a> {
     File {
         size: u64,
         md5: [u8; 16],
@@ -215,18 +261,18 @@ enum KindRecord {
     },
     Dir,
     Symlink {
-        target: String,
+        target: Cow<'a, str>,
     },
 }
 
-impl From<&Release> for ReleaseRecord {
-    fn from(r: &Release) -> Self {
+impl<'a> From<&'a Release> for ReleaseRecord<'a> {
+    fn from(r: &'a Release) -> Self {
         let entries = r
             .manifest
             .entries()
             .iter()
             .map(|e| EntryRecord {
-                path: e.path.clone(),
+                path: Cow::Borrowed(&e.path),
                 mode: e.mode,
                 kind: match &e.kind {
                     EntryKind::File {
@@ -242,7 +288,7 @@ impl From<&Release> for ReleaseRecord {
                     },
                     EntryKind::Dir => KindRecord::Dir,
                     EntryKind::Symlink { target } => KindRecord::Symlink {
-                        target: target.clone(),
+                        target: Cow::Borrowed(target),
                     },
                 },
             })
@@ -254,14 +300,14 @@ impl From<&Release> for ReleaseRecord {
     }
 }
 
-impl ReleaseRecord {
+impl ReleaseRecord<'_> {
     /// The release, with its manifest checked as one from the network would be.
     fn into_release(self) -> Result<Release, crate::tree::ManifestError> {
         let entries = self
             .entries
             .into_iter()
             .map(|e| Entry {
-                path: e.path,
+                path: e.path.into_owned(),
                 mode: e.mode,
                 kind: match e.kind {
                     KindRecord::File {
@@ -276,7 +322,9 @@ impl ReleaseRecord {
                         chunks: chunks.into_iter().map(Md5).collect(),
                     },
                     KindRecord::Dir => EntryKind::Dir,
-                    KindRecord::Symlink { target } => EntryKind::Symlink { target },
+                    KindRecord::Symlink { target } => EntryKind::Symlink {
+                        target: target.into_owned(),
+                    },
                 },
             })
             .collect();
@@ -354,7 +402,20 @@ mod tests {
         *damaged.last_mut().unwrap() ^= 1;
         fs::write(&path, &damaged).unwrap();
         let e = load_release(&path).unwrap_err().to_string();
-        assert!(e.contains("damaged") && e.contains("move it away"), "{e}");
+        assert!(
+            e.contains("release.bin") && e.contains("move it away"),
+            "{e}"
+        );
+        // A flipped MD5 inside an entry decodes, but not to the saved release.
+        let at = good
+            .windows(16)
+            .position(|w| w == Md5::of(b"a").0)
+            .expect("the file's MD5 is in the payload");
+        let mut flipped = good.clone();
+        flipped[at] ^= 1;
+        fs::write(&path, &flipped).unwrap();
+        let e = load_release(&path).unwrap_err().to_string();
+        assert!(e.contains("damaged"), "{e}");
 
         for cut in [0, 5, HEADER, good.len() - 1] {
             fs::write(&path, &good[..cut]).unwrap();

@@ -1,8 +1,8 @@
 //! Bodies in flight: what a relay is still receiving, so it can serve a body's verified
 //! prefix to its children while the rest arrives (cut-through forwarding).
 //!
-//! The upstream half registers every body of a release it starts fetching ([`Flights::start`])
-//! and reports each one's verified length as chunks pass their check; the downstream half
+//! The parent side registers every body of a release it starts fetching ([`Flights::start`])
+//! and reports each one's verified length as chunks pass their check; the children side
 //! follows that watermark ([`Flights::get`]) and never sends a byte beyond it. A flight ends
 //! [`Flight::Done`] once the body is in the store under its MD5, or [`Flight::Failed`] when its
 //! fetch is abandoned (the child's request then fails and is retried with the release).
