@@ -473,20 +473,20 @@ mod duration {
     }
 }
 
-/// Config keys and values as the environment pairs they would be (for tests and fixtures).
-pub fn env_pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (env_var(k), (*v).to_owned()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// The keys every config needs.
     const REQUIRED: &str = "name = \"a\"\ntopology = \"/t\"\ncerts = \"/c\"\ndata = \"/d\"\n";
+
+    /// Config keys and values as the environment pairs they would be (for tests and fixtures).
+    fn env_pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (env_var(k), (*v).to_owned()))
+            .collect()
+    }
 
     /// A scratch directory and the path of a config file `name` in it (not written yet).
     fn scratch(name: &str) -> (tempfile::TempDir, PathBuf) {

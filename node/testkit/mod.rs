@@ -38,14 +38,6 @@ impl Deployment {
     pub fn config_file(&self, name: &str) -> PathBuf {
         self.home(name).join("node.toml")
     }
-
-    /// The node's loaded config.
-    pub fn config(&self, name: &str) -> &NodeConfig {
-        self.configs
-            .iter()
-            .find(|c| c.name == name)
-            .unwrap_or_else(|| panic!("no node {name} in the deployment"))
-    }
 }
 
 /// Which nodes get a `dir`.
