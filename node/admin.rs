@@ -13,7 +13,7 @@ use tracing::warn;
 
 use crate::data::DataDir;
 use crate::net::{self, LinkError};
-use crate::sync::{PublishError, Publisher, Shared};
+use crate::sync::{verify, PublishError, Publisher, Shared};
 use crate::wire::{AdminRequest, AdminResponse};
 
 /// Binds the admin socket at `path`, replacing a stale one, and restricts it to the owner.
@@ -54,6 +54,12 @@ async fn answer(shared: Arc<Shared>, publisher: Option<Arc<Publisher>>, mut stre
             };
             match published {
                 Ok(s) => AdminResponse::Published(s),
+                Err(e) => AdminResponse::Error(e.to_string()),
+            }
+        }
+        Ok(Some(AdminRequest::Verify { full })) => {
+            match verify::verify(&shared, full.unwrap_or(shared.verify_full)).await {
+                Ok(s) => AdminResponse::Verified(s),
                 Err(e) => AdminResponse::Error(e.to_string()),
             }
         }

@@ -19,7 +19,8 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::dir::ApplyMode;
+use crate::dir::{ApplyMode, Rules};
+pub use crate::hooks::Hooks;
 
 /// Every config key. The field names are the keys of the file and, upper-cased behind
 /// `CASCADE_`, the environment variables; the flags are `--<key>` (with `-` or `_`).
@@ -72,6 +73,97 @@ pub struct Keys {
     #[arg(long, alias = "upload_limit", value_name = "RATE")]
     #[serde(default, skip_serializing_if = "Option::is_none", with = "text")]
     pub upload_limit: Option<String>,
+    /// Origin: watch dir (inotify) and publish by itself once changes settle.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "flag")]
+    pub watch: Option<bool>,
+    /// With watch: publish once no change came for this long (default 1s).
+    #[arg(long, alias = "watch_settle", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "duration")]
+    pub watch_settle: Option<Duration>,
+    /// With watch: publish at the latest this long after the first change, even if changes
+    /// keep coming (default 10s).
+    #[arg(long, alias = "watch_max_delay", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "duration")]
+    pub watch_max_delay: Option<Duration>,
+    /// Origin: paths never published, gitignore-style (e.g. ["*.swp", ".git/", "/info/"]).
+    #[arg(long, value_name = "LIST", value_parser = parse_list)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<List>,
+    /// Relay or leaf: paths under dir this node owns, never deleted or overwritten by a
+    /// release (gitignore-style; with apply = atomic, plain paths like "uploads/").
+    #[arg(long, value_name = "LIST", value_parser = parse_list)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<List>,
+    /// A command (argv, no shell) run after each release reaches dir, e.g.
+    /// ["/usr/sbin/nginx", "-s", "reload"].
+    #[arg(long, alias = "on_release", value_name = "ARGV", value_parser = parse_list)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_release: Option<List>,
+    /// With apply = atomic: a command run on each release directory before the switch; a
+    /// non-zero exit refuses the release.
+    #[arg(long, value_name = "ARGV", value_parser = parse_list)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<List>,
+    /// A hook still running after this long is killed (default 60s).
+    #[arg(long, alias = "hook_timeout", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "duration")]
+    pub hook_timeout: Option<Duration>,
+    /// Check dir against the current release this often and repair what drifted (e.g. "6h";
+    /// default: only at start and on `cascade verify`).
+    #[arg(long, alias = "verify_every", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "duration")]
+    pub verify_every: Option<Duration>,
+    /// How a verify compares files: quick (size, mtime, mode; default) or full (MD5 too).
+    #[arg(long, value_name = "HOW")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyKind>,
+}
+
+/// The `verify` key's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerifyKind {
+    Quick,
+    Full,
+}
+
+/// A list of strings: in the file a TOML array; as a variable or flag, a TOML array
+/// (`["a b", "c"]`) or words separated by spaces (`*.swp .git/`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct List(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for List {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Seq(Vec<String>),
+            S(String),
+        }
+        match Either::deserialize(d) {
+            Ok(Either::Seq(v)) => Ok(List(v)),
+            Ok(Either::S(s)) => parse_list(&s).map_err(serde::de::Error::custom),
+            Err(_) => Err(serde::de::Error::custom("expected a list of strings")),
+        }
+    }
+}
+
+/// Parses a [`List`] written as one string.
+pub fn parse_list(s: &str) -> Result<List, String> {
+    let t = s.trim();
+    if t.starts_with('[') {
+        #[derive(Deserialize)]
+        struct One {
+            v: Vec<String>,
+        }
+        toml::from_str::<One>(&format!("v = {t}"))
+            .map(|o| List(o.v))
+            .map_err(|_| format!("{s:?} is not a list of strings like [\"a\", \"b c\"]"))
+    } else {
+        Ok(List(t.split_whitespace().map(str::to_owned).collect()))
+    }
 }
 
 /// The `apply` key's values.
@@ -105,6 +197,27 @@ pub struct NodeConfig {
     pub link_timeout: Duration,
     /// Cap on the bytes per second this node sends to all its children together.
     pub upload_limit: Option<u64>,
+    /// Origin: follow `dir` by itself (see [`Watch`]).
+    pub watch: Option<Watch>,
+    /// Origin: paths never published.
+    pub exclude: Rules,
+    /// Relay or leaf: paths under `dir` the node owns.
+    pub keep: Rules,
+    /// What runs when a release lands.
+    pub hooks: Hooks,
+    /// How often `dir` is checked against the release (besides at start and on demand).
+    pub verify_every: Option<Duration>,
+    /// Whether a verify reads every file (MD5) or trusts size, mtime and mode.
+    pub verify: VerifyKind,
+}
+
+/// How a watching origin batches changes into releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watch {
+    /// Publish once no change came for this long...
+    pub settle: Duration,
+    /// ...or this long after the first change, whichever is sooner.
+    pub max_delay: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +244,27 @@ const FLAGS: &str = "command line";
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 /// Shortest and longest duration a duration key accepts.
 const DURATIONS: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(86_400));
+/// What `watch_settle` accepts: short enough for a fast origin, never a busy loop.
+const SETTLE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(3600));
+const VERIFY_EVERY: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(30 * 86_400));
+
+/// A duration for a message: seconds below an hour, else humantime's words.
+fn human(d: Duration) -> String {
+    if d < Duration::from_secs(3600) {
+        format!("{} s", d.as_secs_f64())
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
+/// Whether a keep pattern is a plain path (no glob, no negation), as atomic mode needs.
+fn plain_path(p: &str) -> bool {
+    let p = p.trim_start_matches('/').trim_end_matches('/');
+    !p.is_empty()
+        && !p.contains(['*', '?', '[', ']', '!', '\\'])
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
 
 impl NodeConfig {
     /// Loads `file` (if given), then the `CASCADE_*` pairs of `env` (other pairs are ignored;
@@ -165,15 +299,20 @@ impl NodeConfig {
             upper: key.to_uppercase(),
         };
         let invalid = |msg: String| ConfigError::Invalid(format!("{origin}: {msg}"));
-        let duration = |key: &str, v: Option<Duration>, default: u64| {
-            let d = v.unwrap_or(Duration::from_secs(default));
-            if (DURATIONS.0..=DURATIONS.1).contains(&d) {
+        let within = |key: &str, d: Duration, (lo, hi): (Duration, Duration)| {
+            if (lo..=hi).contains(&d) {
                 Ok(d)
             } else {
                 Err(invalid(format!(
-                    "{key} = {d:?} is not between 0.5 s and a day"
+                    "{key} = {} is not between {} and {}",
+                    human(d),
+                    human(lo),
+                    human(hi)
                 )))
             }
+        };
+        let duration = |key: &str, v: Option<Duration>, default: u64| {
+            within(key, v.unwrap_or(Duration::from_secs(default)), DURATIONS)
         };
         let log = keys.log.unwrap_or_else(|| "info".to_owned());
         if !LOG_LEVELS.contains(&log.as_str()) {
@@ -201,7 +340,61 @@ impl NodeConfig {
                 keep => ApplyMode::Atomic { keep },
             },
         };
+        let watch = match keys.watch {
+            Some(true) => Some(Watch {
+                settle: within(
+                    "watch_settle",
+                    keys.watch_settle.unwrap_or(Duration::from_secs(1)),
+                    SETTLE,
+                )?,
+                max_delay: duration("watch_max_delay", keys.watch_max_delay, 10)?,
+            }),
+            _ if keys.watch_settle.is_some() || keys.watch_max_delay.is_some() => {
+                return Err(invalid(
+                    "watch_settle and watch_max_delay only apply with watch = true".into(),
+                ))
+            }
+            _ => None,
+        };
+        let rules = |key: &str, list: Option<List>| {
+            Rules::new(&list.unwrap_or_default().0).map_err(|e| invalid(format!("{key}: {e}")))
+        };
+        let argv = |key: &str, list: Option<List>| {
+            let v = list.unwrap_or_default().0;
+            if v.first().is_some_and(|p| p.trim().is_empty()) {
+                return Err(invalid(format!("{key}: the command is empty")));
+            }
+            Ok(v)
+        };
+        let hooks = Hooks {
+            on_release: argv("on_release", keys.on_release)?,
+            check: argv("check", keys.check)?,
+            timeout: duration("hook_timeout", keys.hook_timeout, 60)?,
+        };
+        if !hooks.check.is_empty() && apply == ApplyMode::InPlace {
+            return Err(invalid(
+                "check needs apply = \"atomic\": in place, files change one by one and there is no moment to refuse a release".into(),
+            ));
+        }
+        let verify_every = keys
+            .verify_every
+            .map(|d| within("verify_every", d, VERIFY_EVERY))
+            .transpose()?;
+        let keep = rules("keep", keys.keep)?;
+        if let ApplyMode::Atomic { .. } = apply {
+            if let Some(p) = keep.patterns().iter().find(|p| !plain_path(p)) {
+                return Err(invalid(format!(
+                    "keep: {p:?}: with apply = \"atomic\" keep lists plain paths (like \"uploads/\" or \"config.local.php\"), which each release links to"
+                )));
+            }
+        }
         Ok(NodeConfig {
+            watch,
+            exclude: rules("exclude", keys.exclude)?,
+            keep,
+            hooks,
+            verify_every,
+            verify: keys.verify.unwrap_or(VerifyKind::Quick),
             failover_after: duration("failover_after", keys.failover_after, 10)?,
             link_timeout: duration("link_timeout", keys.link_timeout, 15)?,
             upload_limit,
@@ -242,6 +435,10 @@ impl Keys {
             Some("RATE") => "a rate like \"20MiB/s\"",
             Some("MODE") => "\"in-place\" or \"atomic\"",
             Some("LEVEL") => "error, warn, info, debug or trace",
+            Some("BOOL") => "true or false",
+            Some("HOW") => "\"quick\" or \"full\"",
+            Some("LIST") => "a list of patterns, like [\"*.swp\", \".git/\"]",
+            Some("ARGV") => "a command as a list, like [\"/usr/sbin/nginx\", \"-s\", \"reload\"]",
             Some("FILE" | "DIR") => "a path",
             _ => "text",
         }
@@ -412,6 +609,35 @@ mod text {
             Text::U(n) => n.to_string(),
             Text::F(n) => n.to_string(),
         }))
+    }
+}
+
+/// A yes/no, also from a string (`CASCADE_WATCH=true`).
+mod flag {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &Option<bool>, s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Flag {
+            B(bool),
+            S(String),
+        }
+        match Flag::deserialize(d) {
+            Ok(Flag::B(b)) => Ok(Some(b)),
+            Ok(Flag::S(s)) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "on" | "1" => Ok(Some(true)),
+                "false" | "no" | "off" | "0" => Ok(Some(false)),
+                _ => Err(serde::de::Error::custom(format!(
+                    "{s:?} is not true or false"
+                ))),
+            },
+            Err(_) => Err(serde::de::Error::custom("expected true or false")),
+        }
     }
 }
 
@@ -644,6 +870,72 @@ mod tests {
             text: "20MiB/s",
             check: |c| c.upload_limit == Some(20 << 20),
         },
+        Case {
+            key: "watch",
+            file: "true",
+            text: "true",
+            check: |c| {
+                c.watch
+                    == Some(Watch {
+                        settle: Duration::from_secs(1),
+                        max_delay: Duration::from_secs(10),
+                    })
+            },
+        },
+        Case {
+            key: "watch_settle",
+            file: "\"250ms\"",
+            text: "250ms",
+            check: |c| c.watch.map(|w| w.settle) == Some(Duration::from_millis(250)),
+        },
+        Case {
+            key: "watch_max_delay",
+            file: "30",
+            text: "30",
+            check: |c| c.watch.map(|w| w.max_delay) == Some(Duration::from_secs(30)),
+        },
+        Case {
+            key: "exclude",
+            file: "[\"*.swp\", \".git/\"]",
+            text: "*.swp .git/",
+            check: |c| c.exclude.patterns() == ["*.swp", ".git/"],
+        },
+        Case {
+            key: "keep",
+            file: "[\"uploads/\"]",
+            text: "uploads/",
+            check: |c| c.keep.patterns() == ["uploads/"],
+        },
+        Case {
+            key: "on_release",
+            file: "[\"/usr/sbin/nginx\", \"-s\", \"reload\"]",
+            text: "[\"/usr/sbin/nginx\", \"-s\", \"reload\"]",
+            check: |c| c.hooks.on_release == ["/usr/sbin/nginx", "-s", "reload"],
+        },
+        Case {
+            key: "check",
+            file: "[\"/usr/bin/test\", \"-d\", \"x\"]",
+            text: "/usr/bin/test -d x",
+            check: |c| c.hooks.check == ["/usr/bin/test", "-d", "x"],
+        },
+        Case {
+            key: "hook_timeout",
+            file: "\"5m\"",
+            text: "5m",
+            check: |c| c.hooks.timeout == Duration::from_secs(300),
+        },
+        Case {
+            key: "verify_every",
+            file: "\"6h\"",
+            text: "6h",
+            check: |c| c.verify_every == Some(Duration::from_secs(6 * 3600)),
+        },
+        Case {
+            key: "verify",
+            file: "\"full\"",
+            text: "full",
+            check: |c| c.verify == VerifyKind::Full,
+        },
     ];
 
     #[test]
@@ -655,10 +947,11 @@ mod tests {
         // Required keys, and apply = atomic so that keep_releases means something.
         let base = REQUIRED;
         for case in CASES {
-            let extra = if case.key == "keep_releases" {
-                "apply = \"atomic\"\n"
-            } else {
-                ""
+            // Keys that only mean something next to another.
+            let extra = match case.key {
+                "keep_releases" | "check" => "apply = \"atomic\"\n",
+                "watch_settle" | "watch_max_delay" => "watch = true\n",
+                _ => "",
             };
             let mut text = format!("{base}{extra}");
             // From the file (a later line for the same key replaces none: keys are unique).
@@ -746,6 +1039,24 @@ mod tests {
             e.contains("node.toml") && e.contains("failover_after") && e.contains("\"10s\""),
             "{e}"
         );
+        // Keys out of their context, and bad patterns, are named.
+        for (extra, want) in [
+            ("watch_settle = 2\n", "only apply with watch = true"),
+            ("check = [\"true\"]\n", "check needs apply = \"atomic\""),
+            ("exclude = [\"{a,b\"]\n", "exclude: pattern \"{a,b\""),
+            ("apply = \"atomic\"\nkeep = [\"*.log\"]\n", "plain paths"),
+            ("on_release = [\"\"]\n", "on_release: the command is empty"),
+            ("exclude = \"*.swp\"\n", ""),
+            ("verify = \"sometimes\"\n", "\"quick\" or \"full\""),
+        ] {
+            std::fs::write(&file, format!("{REQUIRED}{extra}")).unwrap();
+            let r = NodeConfig::load(Some(&file), [], &Keys::default());
+            match (want, r) {
+                ("", r) => assert!(r.is_ok(), "{extra}: {r:?}"),
+                (want, Err(e)) => assert!(e.to_string().contains(want), "{extra}: {e}"),
+                (_, Ok(c)) => panic!("{extra} was accepted: {c:?}"),
+            }
+        }
         // A value the flag parser refuses says so before anything is loaded.
         let e = Keys::parse_flags(["cascade", "--failover-after", "soon"]).unwrap_err();
         assert!(e.to_string().contains("soon"), "{e}");

@@ -17,12 +17,17 @@ use tokio::task::JoinSet;
 
 use crate::admin;
 use crate::config::NodeConfig;
+use crate::config::VerifyKind;
 use crate::data::{DataDir, DataLock, LockError, StateError, Store, StoreError};
 use crate::dir::Applier;
+use crate::hooks;
 use crate::net::{self, Limiter, LinkError};
 use crate::status::NodeStatus;
 use crate::sync::flight::Flights;
-use crate::sync::{children, land, parent, Board, Held, PublishError, Publisher, Shared};
+use crate::sync::{
+    after, children, follow, land, parent, verify, Board, Held, HookSetup, PublishError, Publisher,
+    Shared,
+};
 use crate::tree::Manifest;
 use crate::wire::{ErrorCode, PublishSummary};
 
@@ -37,6 +42,10 @@ pub enum StartError {
     NeedsDir(String, Role, &'static str),
     #[error("{0}: directory to publish does not exist")]
     NoDir(PathBuf),
+    #[error("node {0:?} is a {1}: `{2}` applies only on {3}")]
+    NotHere(String, Role, &'static str, &'static str),
+    #[error(transparent)]
+    Watch(#[from] crate::dir::watch::WatchError),
     #[error("certificates for node {name:?}: {source}")]
     Certs {
         name: String,
@@ -87,6 +96,28 @@ impl RunningNode {
             }
             _ => {}
         }
+        let only_origin = [
+            ("watch", cfg.watch.is_some()),
+            ("exclude", !cfg.exclude.is_empty()),
+        ];
+        let only_receiver = [("keep", !cfg.keep.is_empty())];
+        match me.role {
+            Role::Origin => {
+                if let Some((key, _)) = only_receiver.iter().find(|(_, set)| *set) {
+                    return Err(StartError::NotHere(
+                        me.name,
+                        me.role,
+                        key,
+                        "a relay or a leaf",
+                    ));
+                }
+            }
+            _ => {
+                if let Some((key, _)) = only_origin.iter().find(|(_, set)| *set) {
+                    return Err(StartError::NotHere(me.name, me.role, key, "the origin"));
+                }
+            }
+        }
         let identity =
             Identity::load(&cfg.certs, &cfg.name).map_err(|source| StartError::Certs {
                 name: cfg.name.clone(),
@@ -115,7 +146,22 @@ impl RunningNode {
             .dir
             .clone()
             .filter(|_| me.role != Role::Origin)
-            .map(|dir| Applier::new(dir, cfg.apply, data.releases.clone(), serves));
+            .map(|dir| {
+                Applier::new(dir, cfg.apply, data.releases.clone(), serves)
+                    .keeping(cfg.keep.clone(), data.shared.clone())
+            });
+        if let Some(a) = &applier {
+            a.warn_kept_links();
+        }
+        for (key, argv) in [
+            ("on_release", &cfg.hooks.on_release),
+            ("check", &cfg.hooks.check),
+        ] {
+            hooks::precheck(key, argv);
+        }
+        let (hook_tx, hook_rx) = tokio::sync::mpsc::unbounded_channel();
+        let has_dir = cfg.dir.is_some();
+        let on_release = !cfg.hooks.on_release.is_empty() && has_dir;
         let shared = Arc::new(Shared {
             name: me.name.clone(),
             role: me.role,
@@ -127,12 +173,21 @@ impl RunningNode {
             applier,
             serves,
             upload: cfg.upload_limit.map(Limiter::new),
+            hooks: HookSetup {
+                hooks: cfg.hooks.clone(),
+                scratch: data.root.clone(),
+                queue: on_release.then_some(hook_tx),
+            },
+            parent_link: Default::default(),
+            landing: Default::default(),
+            verify_full: cfg.verify == VerifyKind::Full,
         });
         let publisher = match (me.role, &cfg.dir) {
             (Role::Origin, Some(dir)) => Some(Arc::new(Publisher::new(
                 shared.clone(),
                 dir.clone(),
                 data.stat_cache.clone(),
+                cfg.exclude.clone(),
             ))),
             _ => None,
         };
@@ -147,13 +202,27 @@ impl RunningNode {
             "node started"
         );
 
+        let watch = match (&publisher, cfg.watch) {
+            (Some(p), Some(w)) => Some((follow::start(p).await?, w)),
+            _ => None,
+        };
+
         land::recover(&shared, pending).await;
         shared.held.offer_held();
 
         let mut tasks = JoinSet::new();
+        if on_release {
+            tasks.spawn(after::run(shared.clone(), hook_rx));
+        }
+        if let (Some(period), true) = (cfg.verify_every, shared.applier.is_some()) {
+            tasks.spawn(verify::every(shared.clone(), period));
+        }
         tasks.spawn(admin::serve(shared.clone(), publisher.clone(), admin));
         if listen.is_some() {
             tasks.spawn(children::run(shared.clone(), endpoint.clone()));
+        }
+        if let (Some(p), Some((watch, settings))) = (&publisher, watch) {
+            tasks.spawn(follow::run(p.clone(), watch, settings));
         }
         if !parents.is_empty() {
             tasks.spawn(parent::run(

@@ -10,7 +10,8 @@
 //! | protocol, disk | [`wire`] | the protocol spec: messages and framing, no sockets |
 //! | | [`data`] | the data dir: content store, body writer, saved state, lock |
 //! | | [`net`] | QUIC endpoints with mutual TLS, frame I/O, the upload limit |
-//! | directory | [`dir`] | `dir` itself: the origin's scan, a node's apply (in place or atomic) |
+//! | directory | [`dir`] | `dir` itself: the origin's scan and watch, a node's apply (in place or atomic), exclude and keep rules |
+//! | | [`hooks`] | commands run around a release (`on_release`, `check`) |
 //! | config | [`config`] | the one table of config keys (file, `CASCADE_*`, `--flags`) |
 //! | sync | [`sync`] | moving releases: parent side, children side, bodies, publisher |
 //! | node | [`admin`] | the local socket `publish` and `status` talk to |
@@ -30,6 +31,7 @@ pub mod config;
 pub mod daemon;
 pub mod data;
 pub mod dir;
+pub mod hooks;
 pub mod net;
 pub mod status;
 pub mod sync;

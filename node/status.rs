@@ -23,6 +23,12 @@ pub struct NodeStatus {
     /// When the node last changed this status (ms since the Unix epoch, the node's clock).
     /// Reports of one node reaching the origin by two paths (after a failover) keep the newer.
     pub updated_ms: u64,
+    /// The last hook failure (which hook, why), cleared when a hook succeeds.
+    pub hook_error: Option<String>,
+    /// Paths the applied release publishes that this node keeps as its own (`keep`).
+    pub kept: Vec<String>,
+    /// Files that drifted from the release and were repaired, since the node started.
+    pub repaired: u64,
 }
 
 /// What a node is doing.
@@ -54,6 +60,9 @@ impl NodeStatus {
             connected: false,
             sent_bytes: 0,
             updated_ms: 0,
+            hook_error: None,
+            kept: Vec::new(),
+            repaired: 0,
         }
     }
 }
@@ -79,6 +88,15 @@ impl fmt::Display for NodeStatus {
         }
         if !self.connected {
             f.write_str(", disconnected")?;
+        }
+        if let Some(e) = &self.hook_error {
+            write!(f, ", HOOK FAILED: {e}")?;
+        }
+        if !self.kept.is_empty() {
+            write!(f, ", keeps its own {}", self.kept.join(" "))?;
+        }
+        if self.repaired > 0 {
+            write!(f, ", repaired {} drifted", self.repaired)?;
         }
         Ok(())
     }

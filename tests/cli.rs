@@ -129,6 +129,35 @@ fn node_start_errors_are_one_clear_line() {
         "\"nobody\" is not in topology",
     );
 
+    // Keys in the wrong place, bad patterns and hooks: named before anything starts.
+    one_clear_error(
+        &cascade(&["node", "--config", cfg, "--watch"]),
+        "`watch` applies only on the origin",
+    );
+    one_clear_error(
+        &cascade(&["node", "--config", cfg, "--exclude", "*.swp"]),
+        "`exclude` applies only on the origin",
+    );
+    one_clear_error(
+        &cascade(&["node", "--config", cfg, "--keep", "{a,b"]),
+        "keep: pattern \"{a,b\"",
+    );
+    one_clear_error(
+        &cascade(&["node", "--config", cfg, "--check", "true"]),
+        "check needs apply = \"atomic\"",
+    );
+    let origin = c.config("origin");
+    one_clear_error(
+        &cascade(&[
+            "node",
+            "--config",
+            origin.to_str().unwrap(),
+            "--keep",
+            "uploads/",
+        ]),
+        "`keep` applies only on a relay or a leaf",
+    );
+
     // Port in use: the origin's listen address is taken.
     let addr = c.dep.topology.origin().listen.unwrap();
     let _taken = std::net::UdpSocket::bind(addr).unwrap();
@@ -204,4 +233,17 @@ fn data_dir_faults_are_one_clear_line() {
     one_clear_error(&cascade(&["node", "--config", cfg]), "release.bin");
     fs::remove_file(&release).unwrap();
     c.start("leaf-1-1");
+}
+
+#[test]
+fn the_example_deployment_files_load() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/deploy");
+    for f in ["origin.toml", "relay.toml", "web.toml"] {
+        let cfg = cascade::NodeConfig::load(Some(&dir.join(f)), [], &Default::default())
+            .unwrap_or_else(|e| panic!("{f}: {e}"));
+        if f == "origin.toml" {
+            assert!(cfg.watch.is_some() && !cfg.exclude.is_empty());
+        }
+    }
+    cascade_topology::Topology::load(&dir.join("topology.toml")).unwrap();
 }

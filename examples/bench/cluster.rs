@@ -87,6 +87,17 @@ impl Cluster {
         origin_dir: &Path,
         upload_limit: Option<&str>,
     ) -> Result<Self> {
+        Self::with_origin(base, tree, origin_dir, upload_limit, Keys::default())
+    }
+
+    /// [`Cluster::new`] with extra keys for the origin (`watch`, `exclude`...).
+    pub fn with_origin(
+        base: &Path,
+        tree: &[(String, Option<String>)],
+        origin_dir: &Path,
+        upload_limit: Option<&str>,
+        origin: Keys,
+    ) -> Result<Self> {
         let _ = fs::remove_dir_all(base);
         let every_node = Keys {
             log: Some("warn".into()),
@@ -98,6 +109,7 @@ impl Cluster {
             .relays_without_dir()
             .origin_dir(origin_dir)
             .every_node(every_node)
+            .origin_keys(origin)
             .write(base)?;
         let nodes = dep
             .configs
@@ -213,6 +225,15 @@ impl Cluster {
 
     /// Peak resident memory of `name`'s process so far (VmHWM), in bytes.
     pub fn peak_rss(&self, name: &str) -> u64 {
+        self.proc_status(name, "VmHWM:")
+    }
+
+    /// Resident memory of `name`'s process now (VmRSS), in bytes.
+    pub fn rss(&self, name: &str) -> u64 {
+        self.proc_status(name, "VmRSS:")
+    }
+
+    fn proc_status(&self, name: &str, field: &str) -> u64 {
         let Some(p) = &self.node(name).process else {
             return 0;
         };
@@ -220,10 +241,32 @@ impl Cluster {
             .ok()
             .and_then(|s| {
                 s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .find_map(|l| l.strip_prefix(field))
                     .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             })
             .map_or(0, |kib| kib * 1024)
+    }
+
+    /// CPU time `name`'s process has used so far (user + system, all threads).
+    pub fn cpu_time(&self, name: &str) -> Duration {
+        let Some(p) = &self.node(name).process else {
+            return Duration::ZERO;
+        };
+        let stat = fs::read_to_string(format!("/proc/{}/stat", p.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) in parentheses; utime and
+        // stime are the 14th and 15th, in clock ticks of 1/100 s (USER_HZ).
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+        Duration::from_millis(ticks * 10)
+    }
+
+    /// The version of the release `name` holds (`None` before the first).
+    pub async fn holds(&self, name: &str) -> Option<u64> {
+        self.held(name).await
     }
 
     /// The largest peak RSS among nodes whose name starts with `prefix`.

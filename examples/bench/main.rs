@@ -7,7 +7,9 @@
 //! files of 4 KiB in 1,000 directories: first sync, nothing changed, one changed, ten deleted,
 //! vs rsync), `fanout` (one file to 1, 4, 16 and 32 leaves with every uplink capped: a 3-level
 //! tree, every leaf under the origin, and an rsync loop), `depth` (1 GiB to a leaf 1, 2 and 3
-//! hops down), `rss` (a relay forwarding 1 GiB to 4 leaves). Each prints a markdown table
+//! hops down), `rss` (a relay forwarding 1 GiB to 4 leaves), `watch` (a watched origin: a
+//! closed file to the deepest leaf of origin → relay → leaf, p50/p99 over 100 single-file
+//! changes; and CPU and memory at rest with 100,000 watched files). Each prints a markdown table
 //! with medians of `--runs` runs (3 by default) and the peak RSS of the nodes.
 //!
 //! Nodes are separate processes (this executable started as `__node CONFIG`) on 127.0.0.x.
@@ -47,6 +49,12 @@ struct Opts {
     rss_bytes: u64,
     /// GiB of `base` to write once and delete before measuring (see [`warm_up`]).
     warm_gib: u64,
+    /// Single-file changes timed through a watched origin.
+    watch_changes: usize,
+    /// Files a watched origin holds at rest.
+    watch_files: usize,
+    /// Seconds the watched origin is left at rest while its CPU time is counted.
+    idle_secs: u64,
     /// Leave the last cluster of each workload (configs, logs, data) under `base`.
     keep: bool,
 }
@@ -86,6 +94,9 @@ fn parse(args: Vec<String>) -> Result<Opts> {
         rss_bytes: 1024 * MIB,
         keep: false,
         warm_gib: 12,
+        watch_changes: 100,
+        watch_files: 100_000,
+        idle_secs: 30,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -108,18 +119,24 @@ fn parse(args: Vec<String>) -> Result<Opts> {
                 o.cap_mib = 20;
                 o.rss_bytes = 12 * MIB;
                 o.warm_gib = 0;
+                o.watch_changes = 5;
+                o.watch_files = 2000;
+                o.idle_secs = 2;
                 o.base = o.base.with_file_name("cascade-bench-smoke");
             }
-            "big" | "small" | "fanout" | "depth" | "rss" => o.workloads.push(a),
+            "--watch-changes" => {
+                o.watch_changes = it.next().context("--watch-changes N")?.parse()?
+            }
+            "big" | "small" | "fanout" | "depth" | "rss" | "watch" => o.workloads.push(a),
             "-h" | "--help" => {
-                println!("usage: bench [--runs N] [--base DIR] [--smoke] [--keep] [--warm-gib N] [--fanout-mib N] [--cap-mib N] [big|small|fanout|depth|rss]...");
+                println!("usage: bench [--runs N] [--base DIR] [--smoke] [--keep] [--warm-gib N] [--fanout-mib N] [--cap-mib N] [--watch-changes N] [big|small|fanout|depth|rss|watch]...");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
     if o.workloads.is_empty() {
-        o.workloads = ["big", "small", "fanout", "depth", "rss"]
+        o.workloads = ["big", "small", "fanout", "depth", "rss", "watch"]
             .map(String::from)
             .to_vec();
     }
@@ -149,6 +166,7 @@ fn run(o: Opts) -> Result<()> {
             "fanout" => rt.block_on(fanout(&o, &base))?,
             "depth" => rt.block_on(depth(&o, &base))?,
             "rss" => rt.block_on(rss(&o, &base))?,
+            "watch" => rt.block_on(watch(&o, &base))?,
             _ => unreachable!("checked when parsing"),
         }
         if !o.keep {
@@ -558,5 +576,108 @@ async fn rss(o: &Opts, base: &Path) -> Result<()> {
         secs(*p.reached.iter().max().expect("4 leaves")),
         secs(p.scan)
     );
+    Ok(())
+}
+
+/// Workload 6: a watched origin (`watch = true`, default settle and max delay).
+async fn watch(o: &Opts, base: &Path) -> Result<()> {
+    let src = base.join("src");
+    for d in 0..10 {
+        for f in 0..100 {
+            fs::create_dir_all(src.join(format!("d{d}")))?;
+            fs::write(
+                src.join(format!("d{d}/f{f}.html")),
+                format!("page {d}/{f}\n"),
+            )?;
+        }
+    }
+    let keys = cascade::config::Keys {
+        watch: Some(true),
+        ..Default::default()
+    };
+    let settle = Duration::from_secs(1);
+    let t = chain(2);
+    let mut c = Cluster::with_origin(&base.join("cascade"), &t, &src, None, keys.clone())?;
+    c.start().await?;
+    wait_for(&c, "leaf", 1).await?;
+    let leaf = c.dir("leaf");
+    let mut lat = Vec::new();
+    for i in 0..o.watch_changes {
+        let rel = format!("d{}/f{}.html", i % 10, i % 100);
+        let body = format!("change {i}\n");
+        fs::write(src.join(&rel), &body)?;
+        let t0 = std::time::Instant::now();
+        loop {
+            if fs::read(leaf.join(&rel)).is_ok_and(|b| b == body.as_bytes()) {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!("change {i} did not reach the leaf");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        lat.push(t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check_same(&src, &leaf)?;
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
+    println!("## 6. Watched origin (`watch = true`, watch_settle 1 s)\n");
+    println!(
+        "A file closed on the origin, until the leaf of origin → relay → leaf shows it, over {} single-file changes (target: p50 ≤ settle + 0.5 s = {}).\n",
+        lat.len(),
+        secs(settle + Duration::from_millis(500))
+    );
+    println!("| p50 | p99 | max | p50 − settle |\n|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {:.0} ms |",
+        secs(pct(0.5)),
+        secs(pct(0.99)),
+        secs(*lat.last().expect("at least one change")),
+        (pct(0.5).as_secs_f64() - settle.as_secs_f64()) * 1000.0
+    );
+    drop(c);
+
+    // At rest: a large tree, watched, nothing changing.
+    let big = base.join("big-src");
+    let per_dir = 100;
+    for f in 0..o.watch_files {
+        let d = big.join(format!("d{:04}", f / per_dir));
+        if f % per_dir == 0 {
+            fs::create_dir_all(&d)?;
+        }
+        fs::write(d.join(format!("f{f}.html")), format!("{f}\n"))?;
+    }
+    let mut c = Cluster::with_origin(&base.join("cascade"), &chain(1), &big, None, keys)?;
+    let started = std::time::Instant::now();
+    c.start().await?;
+    wait_for(&c, "leaf", 1).await?;
+    let first = started.elapsed();
+    let after_start = c.cpu_time("origin");
+    tokio::time::sleep(Duration::from_secs(o.idle_secs)).await;
+    let idle = c.cpu_time("origin") - after_start;
+    println!(
+        "\nAt rest with {} files in {} watched directories: start to first release on the leaf {}; then over {} s idle the origin used {} of CPU ({:.2} %); RSS {} (peak {}).\n",
+        o.watch_files,
+        o.watch_files.div_ceil(per_dir) + 1,
+        secs(first),
+        o.idle_secs,
+        secs(idle),
+        idle.as_secs_f64() / o.idle_secs as f64 * 100.0,
+        mib(c.rss("origin")),
+        mib(c.peak_rss("origin"))
+    );
+    Ok(())
+}
+
+/// Waits until `name` holds release `version` or a later one.
+async fn wait_for(c: &Cluster, name: &str, version: u64) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    while c.holds(name).await < Some(version) {
+        if t0.elapsed() > Duration::from_secs(600) {
+            bail!("{name} never held release {version}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod node;
 mod publish;
 mod status;
 mod topology;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,8 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Show a running node's view of itself and its subtree.
     Status(ConfigArgs),
+    /// Check a running node's directory against its release and repair what drifted.
+    Verify(verify::VerifyArgs),
     /// Run a self-contained 7-node tree on 127.0.0.1, publish, change, and verify with MD5.
     Demo(demo::DemoArgs),
 }
@@ -82,6 +85,7 @@ pub fn main() -> ExitCode {
         Command::Node(args) => node::run(&args),
         Command::Publish(args) => publish::run(&args),
         Command::Status(args) => status::run(&args),
+        Command::Verify(args) => verify::run(&args),
         Command::Demo(args) => demo::run(&args),
     };
     match result {

@@ -73,14 +73,39 @@ async fn publish(cfg: NodeConfig, wait: bool, timeout: Duration) -> Result<ExitC
             println!("  {line}");
         }
         let lagging = report.lagging(&nodes);
+        let refused = report.refused(&nodes);
         if lagging.is_empty() {
-            println!(
-                "all {} nodes hold release {} ({:.2} s)",
-                report.expected.len(),
-                summary.version,
-                started.elapsed().as_secs_f64()
-            );
-            return Ok(ExitCode::SUCCESS);
+            let hooks: Vec<_> = nodes.iter().filter(|s| s.hook_error.is_some()).collect();
+            if refused.is_empty() {
+                println!(
+                    "all {} nodes hold release {} ({:.2} s)",
+                    report.expected.len(),
+                    summary.version,
+                    started.elapsed().as_secs_f64()
+                );
+            } else {
+                eprintln!(
+                    "{} of {} nodes refused release {} (their check hook failed; they stay on their release):",
+                    refused.len(),
+                    report.expected.len(),
+                    summary.version
+                );
+                for line in &refused {
+                    eprintln!("  {line}");
+                }
+            }
+            for s in hooks {
+                eprintln!(
+                    "  hook failed on {}: {}",
+                    s.name,
+                    s.hook_error.as_deref().unwrap_or_default()
+                );
+            }
+            return Ok(if refused.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
         }
         if started.elapsed() >= timeout {
             eprintln!(
@@ -107,7 +132,7 @@ struct Report {
     shown: HashMap<String, (Shown, Instant)>,
 }
 
-type Shown = (Option<u64>, Discriminant<NodeState>, bool);
+type Shown = (Option<u64>, Discriminant<NodeState>, bool, Option<String>);
 
 impl Report {
     fn new(version: u64, expected: Vec<String>) -> Self {
@@ -123,7 +148,12 @@ impl Report {
     fn changes(&mut self, nodes: &[NodeStatus], now: Instant) -> Vec<String> {
         let mut lines = Vec::new();
         for s in nodes {
-            let key = (s.applied, std::mem::discriminant(&s.state), s.connected);
+            let key = (
+                s.applied,
+                std::mem::discriminant(&s.state),
+                s.connected,
+                s.hook_error.clone(),
+            );
             let due = match self.shown.get(&s.name) {
                 Some((k, at)) => {
                     *k != key
@@ -140,13 +170,29 @@ impl Report {
         lines
     }
 
-    /// The nodes that do not hold the release yet, each with its last known state.
+    /// Whether `s` refused this release with its check hook (it will not take it).
+    fn has_refused(&self, s: &NodeStatus) -> bool {
+        matches!(&s.state, NodeState::Failed { version, error } if *version == self.version && error.contains("refused by the check hook"))
+    }
+
+    /// The nodes whose check hook refused the release.
+    fn refused(&self, nodes: &[NodeStatus]) -> Vec<String> {
+        nodes
+            .iter()
+            .filter(|s| self.has_refused(s))
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    /// The nodes that do not hold the release yet (and did not refuse it), each with its
+    /// last known state.
     fn lagging(&self, nodes: &[NodeStatus]) -> Vec<String> {
         let by_name: HashMap<_, _> = nodes.iter().map(|s| (s.name.as_str(), s)).collect();
         self.expected
             .iter()
             .filter_map(|n| match by_name.get(n.as_str()) {
                 Some(s) if s.applied.is_some_and(|v| v >= self.version) => None,
+                Some(s) if self.has_refused(s) => None,
                 Some(s) => Some(s.to_string()),
                 None => Some(format!(
                     "{n}: never reported (not connected since the origin started)"

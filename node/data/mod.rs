@@ -34,6 +34,8 @@ pub struct DataDir {
     pub store: PathBuf,
     /// Release directories of `apply = "atomic"`.
     pub releases: PathBuf,
+    /// Atomic mode: the paths this node keeps (`keep`), linked from every release.
+    pub shared: PathBuf,
 }
 
 impl DataDir {
@@ -47,6 +49,7 @@ impl DataDir {
             lock_file: root.join("node.lock"),
             store: root.join("store"),
             releases: root.join("releases"),
+            shared: root.join("shared"),
             root,
         }
     }

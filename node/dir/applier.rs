@@ -6,7 +6,12 @@ use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
-use super::apply::{apply_with, held_in_place, repair, tmp_name, ApplyError, ApplyStats, How};
+use std::collections::HashSet;
+
+use super::apply::{
+    apply_with, drift, held_in_place, repair, tmp_name, ApplyError, ApplyStats, How,
+};
+use super::rules::Rules;
 use crate::data::Store;
 use crate::tree::{Entry, Manifest};
 
@@ -29,6 +34,18 @@ pub struct Applier {
     pub releases: PathBuf,
     /// Whether `dir` is the only copy of the bodies this node applies (see [`Applier::new`]).
     only_copy: bool,
+    /// Paths under `dir` this node owns (`keep`).
+    pub keep: Rules,
+    /// Atomic mode: where kept paths live (`DATA/shared`), linked from each release.
+    shared: PathBuf,
+}
+
+/// What a verify found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Paths that differed from the release (all repaired).
+    pub drifted: Vec<String>,
+    pub stats: ApplyStats,
 }
 
 impl Applier {
@@ -44,9 +61,48 @@ impl Applier {
         Applier {
             dir,
             mode,
+            shared: releases.with_file_name("shared"),
             releases,
             only_copy: !serves && mode == ApplyMode::InPlace,
+            keep: Rules::none(),
         }
+    }
+
+    /// The same applier leaving the paths `keep` names to the node (in atomic mode they live
+    /// in `shared` and every release links to them).
+    pub fn keeping(mut self, keep: Rules, shared: PathBuf) -> Self {
+        self.keep = keep;
+        self.shared = shared;
+        self
+    }
+
+    /// Says (once, at start) which kept paths are symlinks leading out of `dir`: they are
+    /// left alone and never written through, which may not be what the operator meant.
+    pub fn warn_kept_links(&self) {
+        let root = fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        for pattern in self.keep.patterns() {
+            let rel = pattern.trim_matches('/');
+            let path = self.dir.join(rel);
+            if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink()) {
+                continue;
+            }
+            match fs::canonicalize(&path) {
+                Ok(t) if t.starts_with(&root) => {}
+                Ok(t) => tracing::warn!(
+                    "keep: {} is a symlink to {}, outside dir: it is left alone and never written through",
+                    path.display(),
+                    t.display()
+                ),
+                Err(_) => tracing::warn!(
+                    "keep: {} is a symlink to nowhere: it is left alone",
+                    path.display()
+                ),
+            }
+        }
+    }
+
+    fn keep(&self) -> Option<&Rules> {
+        (!self.keep.is_empty()).then_some(&self.keep)
     }
 
     /// Whether `dir` is this node's only copy of the bodies it applies: bodies are moved out
@@ -75,11 +131,25 @@ impl Applier {
         old: Option<(u64, &Manifest)>,
         store: &Store,
     ) -> Result<ApplyStats, ApplyError> {
+        self.apply_checked(version, new, old, store, |_| Ok(()))
+    }
+
+    /// [`Applier::apply`], asking `check` about a complete atomic release directory before
+    /// `dir` is switched to it: an error refuses the release and `dir` stays as it was.
+    pub fn apply_checked(
+        &self,
+        version: u64,
+        new: &Manifest,
+        old: Option<(u64, &Manifest)>,
+        store: &Store,
+        check: impl FnOnce(&Path) -> Result<(), String>,
+    ) -> Result<ApplyStats, ApplyError> {
         match self.mode {
             ApplyMode::InPlace => {
                 let how = How {
                     skip_unchanged: old.is_some(),
                     take: self.only_copy,
+                    keep: self.keep(),
                     ..How::default()
                 };
                 apply_with(&self.dir, new, old.map(|(_, m)| m), store, how)
@@ -96,9 +166,16 @@ impl Applier {
                 };
                 let how = How {
                     link_from: from.as_deref(),
+                    keep: self.keep(),
                     ..How::default()
                 };
                 let stats = apply_with(&target, new, base, store, how)?;
+                self.link_kept(&target)?;
+                if let Err(why) = check(&target) {
+                    // Not switched to; a later try builds it again from scratch.
+                    let _ = fs::remove_dir_all(&target);
+                    return Err(ApplyError::Refused(why));
+                }
                 self.switch_to(&target)?;
                 self.prune(keep, version);
                 Ok(stats)
@@ -114,14 +191,112 @@ impl Applier {
         store: &Store,
     ) -> Result<ApplyStats, ApplyError> {
         match self.mode {
-            ApplyMode::InPlace => repair(&self.dir, manifest, store),
+            ApplyMode::InPlace => repair(&self.dir, manifest, store, self.keep()),
             ApplyMode::Atomic { .. } => {
                 let target = self.release_dir(version);
-                let stats = repair(&target, manifest, store)?;
+                let stats = repair(&target, manifest, store, self.keep())?;
+                self.link_kept(&target)?;
                 self.switch_to(&target)?;
                 Ok(stats)
             }
         }
+    }
+
+    /// Checks `dir` against release `version` (by the quick check, or with `full` by MD5 as
+    /// well) and repairs what differs from the store's bodies. Nothing is written if nothing
+    /// differs; a body the store lacks is asked for before anything is touched
+    /// ([`ApplyError::MissingBodies`]).
+    pub fn verify(
+        &self,
+        version: u64,
+        manifest: &Manifest,
+        store: &Store,
+        full: bool,
+    ) -> Result<Verified, ApplyError> {
+        let target = match self.mode {
+            ApplyMode::InPlace => self.dir.clone(),
+            ApplyMode::Atomic { .. } => self.release_dir(version),
+        };
+        let mut drifted = if target.is_dir() {
+            drift(&target, manifest, self.keep(), full)?
+        } else {
+            vec![String::new()]
+        };
+        let switched = match self.mode {
+            ApplyMode::InPlace => true,
+            ApplyMode::Atomic { .. } => fs::read_link(&self.dir).is_ok_and(|t| t == target),
+        };
+        if !switched {
+            drifted.push(format!("{} (not the release symlink)", self.dir.display()));
+        }
+        if drifted.is_empty() {
+            return Ok(Verified::default());
+        }
+        let rewrite: HashSet<String> = drifted.iter().cloned().collect();
+        let how = How {
+            keep: self.keep(),
+            rewrite: Some(&rewrite),
+            ..How::default()
+        };
+        let stats = apply_with(&target, manifest, Some(manifest), store, how)?;
+        if let ApplyMode::Atomic { .. } = self.mode {
+            self.link_kept(&target)?;
+            self.switch_to(&target)?;
+        }
+        drifted.retain(|p| !p.is_empty());
+        Ok(Verified { drifted, stats })
+    }
+
+    /// Atomic mode: links each kept path of release directory `target` to its copy in
+    /// `shared`, created empty if the node has none yet (a path written as `name/` is a
+    /// directory, any other a file the node's programs create).
+    fn link_kept(&self, target: &Path) -> Result<(), ApplyError> {
+        for pattern in self.keep.patterns() {
+            let rel = pattern.trim_matches('/');
+            let shared = self.shared.join(rel);
+            let parent = shared.parent().unwrap_or(&self.shared);
+            fs::create_dir_all(parent)?;
+            if pattern.ends_with('/') {
+                fs::create_dir_all(&shared)?;
+            }
+            let link = target.join(rel);
+            if fs::read_link(&link).is_ok_and(|t| t == shared) {
+                continue;
+            }
+            let link_parent = link.parent().unwrap_or(target);
+            if fs::symlink_metadata(link_parent).is_ok_and(|m| !m.is_dir()) {
+                tracing::warn!(path = %rel, "cannot link the kept path: the release has a file where its directory would be");
+                continue;
+            }
+            fs::create_dir_all(link_parent)?;
+            let tmp = tmp_name(link_parent);
+            fs::os::unix::fs::symlink(&shared, &tmp)?;
+            fs::rename(&tmp, &link)?;
+        }
+        Ok(())
+    }
+
+    /// Atomic mode, first switch of a plain `dir`: moves what it has at kept paths into
+    /// `shared` (unless `shared` has them already), so nothing the node owns is left behind.
+    fn adopt_kept(&self) -> Result<(), ApplyError> {
+        for pattern in self.keep.patterns() {
+            let rel = pattern.trim_matches('/');
+            let (from, to) = (self.dir.join(rel), self.shared.join(rel));
+            if fs::symlink_metadata(&from).is_err() {
+                continue;
+            }
+            let empty_dir = fs::read_dir(&to).is_ok_and(|mut d| d.next().is_none());
+            if empty_dir {
+                fs::remove_dir(&to)?;
+            } else if fs::symlink_metadata(&to).is_ok() {
+                continue;
+            }
+            fs::create_dir_all(to.parent().unwrap_or(&self.shared))?;
+            if let Err(e) = fs::rename(&from, &to) {
+                tracing::warn!(path = %rel, "cannot move the kept path into {}: {e}; move it there by hand", self.shared.display());
+            }
+        }
+        Ok(())
     }
 
     /// Points `dir` at `target` with one rename of a fresh symlink over it.
@@ -132,6 +307,11 @@ impl Applier {
         let parent = self.dir.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(parent)?;
         if fs::symlink_metadata(&self.dir).is_ok_and(|m| m.is_dir()) {
+            self.adopt_kept()?;
+            if !self.keep.is_empty() {
+                // The release was linked before the kept content moved into `shared`.
+                self.link_kept(target)?;
+            }
             // First switch of a plain directory: move it aside (kept for the operator).
             let aside = self
                 .releases
@@ -287,7 +467,7 @@ mod tests {
         // Without its record, the node finds the intact files in place (checked by MD5) and
         // asks only for what changed, before touching anything.
         write(&dst.join("c.bin"), "tampered");
-        let e = repair(&dst, &m, &store).unwrap_err();
+        let e = repair(&dst, &m, &store, None).unwrap_err();
         assert!(
             matches!(&e, ApplyError::MissingBodies(b) if *b == [body("c.bin")]),
             "{e}"
@@ -299,7 +479,7 @@ mod tests {
         let mut w = store.writer(body("c.bin"), 6).unwrap();
         w.write(b"unique").unwrap();
         w.finish().unwrap();
-        let s = repair(&dst, &m, &store).unwrap();
+        let s = repair(&dst, &m, &store, None).unwrap();
         assert_eq!((s.written, s.unchanged), (1, 303), "{s:?}");
         assert_eq!(fs::read_to_string(dst.join("c.bin")).unwrap(), "unique");
 
@@ -314,7 +494,7 @@ mod tests {
             .unwrap()
             .set_modified(mtime)
             .unwrap();
-        let s = repair(&dst, &m, &store).unwrap();
+        let s = repair(&dst, &m, &store, None).unwrap();
         assert_eq!((s.written, s.unchanged), (0, 304), "{s:?}");
         assert_eq!(fs::read_to_string(&kept).unwrap(), "SAME BODY");
     }

@@ -14,8 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::collections::HashSet;
+
 use fs_err as fs;
 
+use super::rules::Rules;
 use crate::data::Store;
 use crate::tree::hash::hash_file;
 use crate::tree::{Entry, EntryKind, Manifest, Md5};
@@ -30,6 +33,8 @@ pub enum ApplyError {
     /// Found before anything was touched: these bodies must be fetched first.
     #[error("{} bodies of this release are neither in the store nor in place", .0.len())]
     MissingBodies(Vec<Md5>),
+    #[error("refused by the check hook: {0}")]
+    Refused(String),
     #[error("{path}: No space left for this release: it needs {need} bytes, {free} are free")]
     NoSpace { path: PathBuf, need: u64, free: u64 },
 }
@@ -74,14 +79,30 @@ pub fn apply(
     apply_with(dir, manifest, old, store, how)
 }
 
-/// Makes `dir` hold exactly `manifest`, checking every entry on disk (after a restart).
-pub fn repair(dir: &Path, manifest: &Manifest, store: &Store) -> Result<ApplyStats, ApplyError> {
-    apply_with(dir, manifest, Some(manifest), store, How::default())
+/// Makes `dir` hold exactly `manifest` (but what `keep` names), checking every entry on disk
+/// (after a restart).
+pub fn repair(
+    dir: &Path,
+    manifest: &Manifest,
+    store: &Store,
+    keep: Option<&Rules>,
+) -> Result<ApplyStats, ApplyError> {
+    let how = How {
+        keep,
+        ..How::default()
+    };
+    apply_with(dir, manifest, Some(manifest), store, how)
 }
 
-/// How an apply may take its bodies.
+/// How an apply may take its bodies, and what it must leave alone or redo.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct How<'a> {
+    /// Paths this node owns (`keep`): never written, replaced or deleted, whatever the
+    /// release says about them.
+    pub keep: Option<&'a Rules>,
+    /// Files to write again even where they pass the quick check (a verify found them
+    /// changed inside).
+    pub rewrite: Option<&'a HashSet<String>>,
     /// A file that this tree of `old` holds identically (same MD5, size, mode and mtime) is
     /// hard-linked from there instead of copied from the store (atomic mode).
     pub link_from: Option<&'a Path>,
@@ -124,12 +145,18 @@ pub fn held_in_place(dir: &Path, e: &Entry) -> bool {
 fn walk(
     manifest: &Manifest,
     skip: Option<&Manifest>,
+    keep: Option<&Rules>,
     mut visit: impl FnMut(usize) -> Result<(), ApplyError>,
 ) -> Result<u64, ApplyError> {
     let entries = manifest.entries();
     let mut skipped = 0;
     let mut i = 0;
     while i < entries.len() {
+        if kept(keep, &entries[i]) {
+            // The node's own: the release's version of it is not applied.
+            i = manifest.subtree_end(i);
+            continue;
+        }
         if let Some(old) = skip {
             if manifest.unchanged_in(i, old) {
                 let end = manifest.subtree_end(i);
@@ -147,6 +174,34 @@ fn walk(
     Ok(skipped)
 }
 
+/// Whether `keep` names entry `e` (its parents were checked on the way down).
+fn kept(keep: Option<&Rules>, e: &Entry) -> bool {
+    keep.is_some_and(|k| k.matches(&e.path, matches!(e.kind, EntryKind::Dir)))
+}
+
+/// The release's paths that `keep` names (the node keeps its own there), top-most only.
+pub fn kept_conflicts(manifest: &Manifest, keep: &Rules) -> Vec<String> {
+    let mut out = Vec::new();
+    if keep.is_empty() {
+        return out;
+    }
+    walk_kept(manifest, keep, |e| out.push(e.path.clone()));
+    out
+}
+
+fn walk_kept(manifest: &Manifest, keep: &Rules, mut f: impl FnMut(&Entry)) {
+    let entries = manifest.entries();
+    let mut i = 0;
+    while i < entries.len() {
+        if kept(Some(keep), &entries[i]) {
+            f(&entries[i]);
+            i = manifest.subtree_end(i);
+        } else {
+            i += 1;
+        }
+    }
+}
+
 /// Before anything is touched: the bodies the apply will need that the store lacks, and
 /// the files already in place whose body the store lacks (confirmed by their MD5, which a
 /// node whose `dir` is its only copy relies on after an interrupted apply).
@@ -161,31 +216,37 @@ fn check_bodies(
     let mut missing = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let entries = manifest.entries();
-    walk(manifest, old.filter(|_| how.skip_unchanged), |i| {
-        let e = &entries[i];
-        let EntryKind::File { md5, .. } = &e.kind else {
-            return Ok(());
-        };
-        if store.has(md5)
-            || how
-                .link_from
-                .is_some_and(|from| fs::symlink_metadata(from.join(&e.path)).is_ok())
-        {
-            return Ok(());
-        }
-        let path = dir.join(&e.path);
-        let looks = fs::symlink_metadata(&path).is_ok_and(|m| looks_right(&m, e));
-        // Left alone by the apply (as rsync's quick check would): no body needed.
-        if looks && same_as_old(old, e) {
-            return Ok(());
-        }
-        if looks && hash_file(&path, false).is_ok_and(|got| got.md5 == *md5) {
-            in_place.insert(i);
-        } else if seen.insert(*md5) {
-            missing.push(*md5);
-        }
-        Ok(())
-    })?;
+    walk(
+        manifest,
+        old.filter(|_| how.skip_unchanged),
+        how.keep,
+        |i| {
+            let e = &entries[i];
+            let EntryKind::File { md5, .. } = &e.kind else {
+                return Ok(());
+            };
+            let forced = how.rewrite.is_some_and(|r| r.contains(&e.path));
+            if store.has(md5)
+                || how
+                    .link_from
+                    .is_some_and(|from| fs::symlink_metadata(from.join(&e.path)).is_ok())
+            {
+                return Ok(());
+            }
+            let path = dir.join(&e.path);
+            let looks = fs::symlink_metadata(&path).is_ok_and(|m| looks_right(&m, e));
+            // Left alone by the apply (as rsync's quick check would): no body needed.
+            if looks && same_as_old(old, e) && !forced {
+                return Ok(());
+            }
+            if looks && !forced && hash_file(&path, false).is_ok_and(|got| got.md5 == *md5) {
+                in_place.insert(i);
+            } else if seen.insert(*md5) {
+                missing.push(*md5);
+            }
+            Ok(())
+        },
+    )?;
     if missing.is_empty() {
         Ok(in_place)
     } else {
@@ -206,6 +267,7 @@ pub(super) fn apply_with(
     // Moving only helps within one filesystem.
     let take = how.take && same_filesystem(store.objects(), dir);
     check_space(dir, manifest, old, how, take)?;
+    let rewrite = |e: &Entry| how.rewrite.is_some_and(|r| r.contains(&e.path));
     let entries = manifest.entries();
     // The entry that uses each body last: the one the body is moved to.
     let last_use: std::collections::HashMap<_, _> = entries
@@ -221,7 +283,7 @@ pub(super) fn apply_with(
     // Files are written once the walk has made every directory, on several threads; bodies
     // moved out of the store go last, after every copy of them was made.
     let (mut copies, mut moves) = (Vec::new(), Vec::new());
-    let skipped = walk(manifest, skip, |i| {
+    let skipped = walk(manifest, skip, how.keep, |i| {
         let e = &entries[i];
         let path = dir.join(&e.path);
         let current = fs::symlink_metadata(&path).ok();
@@ -240,7 +302,7 @@ pub(super) fn apply_with(
             EntryKind::File { size, md5, .. } => {
                 let same_as_old = same_as_old(old, e);
                 let on_disk_ok = current.as_ref().is_some_and(|m| looks_right(m, e));
-                if (same_as_old && on_disk_ok) || in_place.contains(&i) {
+                if (same_as_old && on_disk_ok && !rewrite(e)) || in_place.contains(&i) {
                     stats.unchanged += 1;
                     return Ok(());
                 }
@@ -250,7 +312,8 @@ pub(super) fn apply_with(
                     entry: e,
                     path,
                     current,
-                    same_as_old,
+                    // A file rewritten because it drifted is not linked from anywhere.
+                    same_as_old: same_as_old && !rewrite(e),
                 };
                 if move_body {
                     moves.push(job);
@@ -284,9 +347,20 @@ pub(super) fn apply_with(
         stats.linked += linked;
         stats.written += jobs.len() as u64 - linked;
     }
-    stats.deleted = delete_extraneous(dir, "", manifest, skip)?;
+    stats.deleted = delete_extraneous(dir, manifest, skip, how.keep)?;
+    let mut kept_dirs = HashSet::new();
+    if let Some(keep) = how.keep {
+        walk_kept(manifest, keep, |e| {
+            kept_dirs.insert(e.path.clone());
+        });
+    }
     for (i, e) in manifest.entries().iter().enumerate().rev() {
-        if matches!(e.kind, EntryKind::Dir) && !skip.is_some_and(|o| manifest.unchanged_in(i, o)) {
+        let under_kept =
+            how.keep.is_some() && ancestors_or_self(&e.path).any(|p| kept_dirs.contains(p));
+        if matches!(e.kind, EntryKind::Dir)
+            && !under_kept
+            && !skip.is_some_and(|o| manifest.unchanged_in(i, o))
+        {
             let path = dir.join(&e.path);
             let m = fs::symlink_metadata(&path)?;
             if m.permissions().mode() & 0o7777 != e.mode {
@@ -359,6 +433,7 @@ fn check_space(
     let mut first_use = std::collections::HashSet::new();
     let need: u64 = manifest
         .files()
+        .filter(|(e, _, _)| !how.keep.is_some_and(|k| k.covers(&e.path, false)))
         .filter(|(e, _, _)| {
             let same = same_as_old(old, e);
             // Unchanged files cost nothing in place; in a new release dir they are hard links.
@@ -410,53 +485,143 @@ fn replace(tmp: &Path, path: &Path, current: Option<&Metadata>) -> Result<(), Ap
     Ok(())
 }
 
-/// Removes everything under `dir/rel` that the manifest does not list. Returns how many.
-/// Directories identical in `unchanged_since` are not walked.
+/// `path` and every directory above it, deepest first.
+fn ancestors_or_self(path: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(path), |p| p.rfind('/').map(|i| &p[..i]))
+}
+
+/// Removes everything in `dir` that the manifest does not list. Returns how many.
 fn delete_extraneous(
     dir: &Path,
-    rel: &str,
     manifest: &Manifest,
     unchanged_since: Option<&Manifest>,
+    keep: Option<&Rules>,
 ) -> Result<u64, ApplyError> {
-    let abs = if rel.is_empty() {
-        dir.to_owned()
-    } else {
-        dir.join(rel)
-    };
-    let mut deleted = 0;
-    for item in fs::read_dir(&abs)? {
-        let item = item?;
-        let path = item.path();
-        let name = item.file_name();
-        let name = name.to_string_lossy();
-        let rel_path = if rel.is_empty() {
-            name.to_string()
-        } else {
-            format!("{rel}/{name}")
-        };
-        let ft = item.file_type()?;
-        let listed = if is_tmp(&name) {
-            None
-        } else {
-            manifest.get(&rel_path)
-        };
-        if let Some((entry, digest)) = listed {
-            let same = unchanged_since
-                .and_then(|o| o.get(&rel_path))
-                .is_some_and(|(oe, od)| od == digest && oe.kind == entry.kind);
-            if ft.is_dir() && !same {
-                deleted += delete_extraneous(dir, &rel_path, manifest, unchanged_since)?;
-            }
-            continue;
-        }
-        if ft.is_dir() {
+    let extra = extraneous(dir, manifest, unchanged_since, keep)?;
+    for (path, is_dir) in &extra {
+        let path = dir.join(path);
+        if *is_dir {
             fs::remove_dir_all(&path)?;
         } else {
             fs::remove_file(&path)?;
         }
-        deleted += 1;
     }
-    Ok(deleted)
+    Ok(extra.len() as u64)
+}
+
+/// Everything under `dir` that the manifest does not list (and `keep` does not name), top-most
+/// only, with whether it is a directory. Directories identical in `unchanged_since` are not
+/// walked.
+fn extraneous(
+    dir: &Path,
+    manifest: &Manifest,
+    unchanged_since: Option<&Manifest>,
+    keep: Option<&Rules>,
+) -> Result<Vec<(String, bool)>, ApplyError> {
+    let mut out = Vec::new();
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let abs = if rel.is_empty() {
+            dir.to_owned()
+        } else {
+            dir.join(&rel)
+        };
+        for item in fs::read_dir(&abs)? {
+            let item = item?;
+            let name = item.file_name();
+            let name = name.to_string_lossy();
+            let rel_path = if rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let ft = item.file_type()?;
+            // A kept directory may be a symlink to one: either kind counts.
+            if keep.is_some_and(|k| k.matches(&rel_path, true) || k.matches(&rel_path, false)) {
+                continue;
+            }
+            let listed = if is_tmp(&name) {
+                None
+            } else {
+                manifest.get(&rel_path)
+            };
+            if let Some((entry, digest)) = listed {
+                let same = unchanged_since
+                    .and_then(|o| o.get(&rel_path))
+                    .is_some_and(|(oe, od)| od == digest && oe.kind == entry.kind);
+                if ft.is_dir() && !same {
+                    stack.push(rel_path);
+                }
+                continue;
+            }
+            out.push((rel_path, ft.is_dir()));
+        }
+    }
+    Ok(out)
+}
+
+/// What differs between `dir` and `manifest`, read-only: entries missing, of another type,
+/// mode or target, files failing the quick check (with `full`, also those whose MD5
+/// differs), and paths the manifest does not list. Paths `keep` names are not looked at.
+pub fn drift(
+    dir: &Path,
+    manifest: &Manifest,
+    keep: Option<&Rules>,
+    full: bool,
+) -> Result<Vec<String>, ApplyError> {
+    let entries = manifest.entries();
+    let mut out = Vec::new();
+    let mut to_hash = Vec::new();
+    walk(manifest, None, keep, |i| {
+        let e = &entries[i];
+        let m = fs::symlink_metadata(dir.join(&e.path)).ok();
+        let mode_ok = |m: &Metadata| m.permissions().mode() & 0o7777 == e.mode;
+        let ok = match (&e.kind, &m) {
+            (_, None) => false,
+            (EntryKind::Dir, Some(m)) => m.is_dir() && mode_ok(m),
+            (EntryKind::File { .. }, Some(m)) => {
+                let quick = looks_right(m, e);
+                if quick && full {
+                    to_hash.push(i);
+                }
+                quick
+            }
+            (EntryKind::Symlink { target }, Some(m)) => {
+                m.is_symlink()
+                    && fs::read_link(dir.join(&e.path))
+                        .is_ok_and(|t| t.as_os_str() == target.as_str())
+            }
+        };
+        if !ok {
+            out.push(e.path.clone());
+        }
+        Ok(())
+    })?;
+    let differs = super::par_map(&to_hash, |&i| {
+        let e = &entries[i];
+        let EntryKind::File { md5, .. } = &e.kind else {
+            return Ok(false);
+        };
+        match hash_file(&dir.join(&e.path), false) {
+            Ok(b) => Ok(b.md5 != *md5),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(ApplyError::Io(e)),
+        }
+    })?;
+    out.extend(
+        to_hash
+            .iter()
+            .zip(differs)
+            .filter(|(_, d)| *d)
+            .map(|(&i, _)| entries[i].path.clone()),
+    );
+    out.extend(
+        extraneous(dir, manifest, None, keep)?
+            .into_iter()
+            .map(|(p, _)| p),
+    );
+    out.sort_by(|a, b| crate::tree::manifest::path_order(a, b));
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -556,7 +721,7 @@ mod tests {
         let s = apply(&dst, &m, Some(&m), &store).unwrap();
         assert_eq!((s.written, s.unchanged), (0, 2));
         // ...a repair checks everything.
-        let s = repair(&dst, &m, &store).unwrap();
+        let s = repair(&dst, &m, &store, None).unwrap();
         assert_eq!((s.written, s.unchanged), (1, 1));
         assert_eq!(
             fs::read_to_string(dst.join("index.html")).unwrap(),

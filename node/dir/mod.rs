@@ -6,13 +6,19 @@
 
 pub mod applier;
 pub mod apply;
+pub mod rules;
 pub mod scan;
+pub mod watch;
 
 use std::sync::OnceLock;
 
-pub use applier::{Applier, ApplyMode};
-pub use apply::{held_in_place, ApplyError, ApplyStats};
-pub use scan::{fingerprint, scan, ScanError, ScanStats, StatCache};
+pub use applier::{Applier, ApplyMode, Verified};
+pub use apply::{held_in_place, kept_conflicts, ApplyError, ApplyStats};
+pub use rules::Rules;
+pub use scan::{
+    fingerprint, fingerprint_with, scan, scan_with, Dirty, ScanError, ScanStats, Scanned, Scope,
+    StatCache,
+};
 
 /// Most threads reading or writing files at once. Hashing is CPU-bound and small files cost
 /// mostly system calls, both of which spread over cores; more threads than cores only

@@ -6,7 +6,7 @@
 //! `lstat` calls. Entries written within [`RACY_WINDOW`] of the scan are not cached, since a
 //! later write in the same timestamp tick could go unnoticed ("racily clean", as in git).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use fs_err as fs;
 use serde::{Deserialize, Serialize};
 
+use super::rules::Rules;
 use crate::data::state::{self, Kind};
 use crate::data::{Store, StoreError};
 use crate::tree::hash::hash_file;
@@ -87,6 +88,70 @@ impl StatCache {
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
     }
+
+    /// Drops entries for paths that are no longer files of `manifest` (deleted since).
+    fn prune(&mut self, manifest: &Manifest) {
+        self.files
+            .retain(|p, _| matches!(manifest.get(p), Some((e, _)) if matches!(e.kind, EntryKind::File { .. })));
+    }
+}
+
+/// Paths (relative to `dir`) that changed since the last scan, as a watch reports them. A
+/// directory named here is walked whole; the directories above a named path are listed again;
+/// every other subtree is taken from the last scan unread.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Dirty {
+    paths: BTreeSet<String>,
+}
+
+impl Dirty {
+    pub fn add(&mut self, rel: &str) {
+        self.paths.insert(rel.to_owned());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    pub fn contains(&self, rel: &str) -> bool {
+        self.paths.contains(rel)
+    }
+
+    /// Whether a path strictly below directory `rel` is named.
+    fn has_below(&self, rel: &str) -> bool {
+        let prefix = format!("{rel}/");
+        self.paths
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|p| p.starts_with(&prefix))
+    }
+
+    pub fn extend(&mut self, other: Dirty) {
+        self.paths.extend(other.paths);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.paths.iter().map(|s| s.as_str())
+    }
+}
+
+/// What a scan covers and what it leaves as it was.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Scope<'a> {
+    /// Paths never scanned (the origin's `exclude`).
+    pub exclude: Option<&'a Rules>,
+    /// The last scan's manifest: files still being written keep their entry from it (or
+    /// stay out if new), and with `dirty`, unchanged subtrees are taken from it.
+    pub prev: Option<&'a Manifest>,
+    /// Scan only what changed since `prev` (which must be the last scan, with the same
+    /// `exclude`); `None` walks everything.
+    pub dirty: Option<&'a Dirty>,
+    /// Files open for writing: not read now, held at their `prev` entry.
+    pub writing: Option<&'a HashSet<String>>,
 }
 
 /// What a scan did besides building the manifest.
@@ -97,6 +162,22 @@ pub struct ScanStats {
     pub hashed_bytes: u64,
     /// Files whose MD5 came from the stat cache.
     pub cached: u64,
+    /// Directories listed (a full scan lists them all; a watched one only the changed).
+    pub listed: u64,
+}
+
+/// What a scan produced.
+#[derive(Debug)]
+pub struct Scanned {
+    pub manifest: Manifest,
+    /// The cache to use next time.
+    pub cache: StatCache,
+    pub stats: ScanStats,
+    /// Files held at their previous state because they were open for writing or changed
+    /// while being read: scan them again once they settle.
+    pub unsettled: Vec<String>,
+    /// The `exclude` patterns that matched something (a full scan only).
+    pub matched: HashSet<String>,
 }
 
 /// Scans `dir` into a manifest; every file body ends up verified in `store`. Returns the new
@@ -106,50 +187,62 @@ pub fn scan(
     store: &Store,
     cache: &StatCache,
 ) -> Result<(Manifest, StatCache, ScanStats), ScanError> {
+    let s = scan_with(dir, store, cache.clone(), Scope::default())?;
+    Ok((s.manifest, s.cache, s.stats))
+}
+
+/// Scans what `scope` covers of `dir` into a manifest, every file body verified in `store`,
+/// taking unchanged files' MD5s from `cache`.
+pub fn scan_with(
+    dir: &Path,
+    store: &Store,
+    cache: StatCache,
+    scope: Scope,
+) -> Result<Scanned, ScanError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128);
-    // Cached bodies count only if still held: one listing of the store checks them all.
-    let held = if cache.is_empty() {
-        Default::default()
+    // Cached bodies count only if still held: one listing of the store checks them all (a
+    // watched scan looks up the few it needs instead).
+    let held = if cache.is_empty() || scope.dirty.is_some() {
+        None
     } else {
-        store.held().map_err(ScanError::Store)?
+        Some(store.held().map_err(ScanError::Store)?)
     };
-    let mut w = Walk {
-        root: dir,
-        store: Some(store),
-        held,
-        old: cache,
-        new: StatCache::default(),
-        stats: ScanStats::default(),
-        now,
-        entries: Vec::new(),
-        to_read: Vec::new(),
-    };
-    w.walk("")?;
+    let mut w = Walk::new(dir, Some(store), held, cache, scope, now);
+    match scope.dirty.zip(scope.prev) {
+        Some((dirty, _)) if !dirty.contains("") => w.walk("", Depth::Changed)?,
+        _ => w.walk("", Depth::All)?,
+    }
     w.read_files()?;
-    let manifest = Manifest::from_entries(w.entries)?;
-    Ok((manifest, w.new, w.stats))
+    w.finish()
 }
 
 /// The manifest `dir` would publish, hashing every file but storing nothing: two directories
 /// are identical (content, types, modes, mtimes) exactly when their root digests are equal.
 pub fn fingerprint(dir: &Path) -> Result<Manifest, ScanError> {
-    let empty = StatCache::default();
-    let mut w = Walk {
-        root: dir,
-        store: None,
-        held: Default::default(),
-        old: &empty,
-        new: StatCache::default(),
-        stats: ScanStats::default(),
-        now: 0,
-        entries: Vec::new(),
-        to_read: Vec::new(),
+    fingerprint_with(dir, None)
+}
+
+/// [`fingerprint`] without the paths `exclude` names.
+pub fn fingerprint_with(dir: &Path, exclude: Option<&Rules>) -> Result<Manifest, ScanError> {
+    let scope = Scope {
+        exclude,
+        ..Scope::default()
     };
-    w.walk("")?;
+    let mut w = Walk::new(dir, None, None, StatCache::default(), scope, 0);
+    w.walk("", Depth::All)?;
     w.read_files()?;
-    Ok(Manifest::from_entries(w.entries)?)
+    Ok(w.finish()?.manifest)
+}
+
+/// How much of a directory a walk looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Depth {
+    /// Everything below.
+    All,
+    /// List this directory; below it, only what [`Scope::dirty`] names or leads to.
+    Changed,
 }
 
 /// A file the walk found that must be read: its entry (a placeholder until read), path and
@@ -163,25 +256,62 @@ struct ToRead {
 struct Walk<'a> {
     root: &'a Path,
     store: Option<&'a Store>,
-    /// The bodies the store held when the scan began.
-    held: HashSet<Md5>,
-    old: &'a StatCache,
+    /// The bodies the store held when the scan began (`None`: ask the store each time).
+    held: Option<HashSet<Md5>>,
+    /// The last scan's cache; a watched scan updates it in place, a full one builds `new`.
+    old: StatCache,
     new: StatCache,
+    scope: Scope<'a>,
     stats: ScanStats,
     /// When the scan started, in nanoseconds since the Unix epoch.
     now: i128,
     entries: Vec<Entry>,
+    /// Entries left out in the end (unsettled new files), by index.
+    dropped: HashSet<usize>,
     /// Files to read once the walk is done, on several threads.
     to_read: Vec<ToRead>,
+    unsettled: Vec<String>,
+    matched: HashSet<String>,
 }
 
-impl Walk<'_> {
-    fn walk(&mut self, rel: &str) -> Result<(), ScanError> {
+impl<'a> Walk<'a> {
+    fn new(
+        root: &'a Path,
+        store: Option<&'a Store>,
+        held: Option<HashSet<Md5>>,
+        old: StatCache,
+        scope: Scope<'a>,
+        now: i128,
+    ) -> Self {
+        Walk {
+            root,
+            store,
+            held,
+            old,
+            new: StatCache::default(),
+            scope,
+            stats: ScanStats::default(),
+            now,
+            entries: Vec::new(),
+            dropped: HashSet::new(),
+            to_read: Vec::new(),
+            unsettled: Vec::new(),
+            matched: HashSet::new(),
+        }
+    }
+
+    /// Whether this scan takes unchanged subtrees from the last one.
+    fn incremental(&self) -> bool {
+        self.scope.dirty.is_some() && self.scope.prev.is_some()
+    }
+
+    fn walk(&mut self, rel: &str, depth: Depth) -> Result<(), ScanError> {
         let abs = if rel.is_empty() {
             self.root.to_owned()
         } else {
             self.root.join(rel)
         };
+        self.stats.listed += 1;
         for item in fs::read_dir(&abs)? {
             let item = item?;
             let path = item.path();
@@ -195,12 +325,33 @@ impl Walk<'_> {
                 format!("{rel}/{name}")
             };
             // Relative to the open directory: no walk of the whole path per entry.
-            let meta = item.metadata()?;
-            let mode = meta.permissions().mode() & 0o7777;
+            let meta = match item.metadata() {
+                Ok(m) => m,
+                // Deleted since the listing: as if it had not been listed.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
             let ft = meta.file_type();
+            if let Some(pattern) = self
+                .scope
+                .exclude
+                .and_then(|x| x.matched(&rel_path, ft.is_dir()))
+            {
+                self.matched.insert(pattern.to_owned());
+                continue;
+            }
+            let mode = meta.permissions().mode() & 0o7777;
             let kind = if ft.is_dir() {
                 EntryKind::Dir
             } else if ft.is_file() {
+                if self
+                    .scope
+                    .writing
+                    .is_some_and(|w| w.contains(rel_path.as_str()))
+                {
+                    self.hold_back(&rel_path);
+                    continue;
+                }
                 // A file to read gets a placeholder, filled in by `read_files`.
                 let Body { md5, size, chunks } = match self.cached(&rel_path, &meta) {
                     Some(body) => body,
@@ -224,7 +375,11 @@ impl Walk<'_> {
                     chunks,
                 }
             } else if ft.is_symlink() {
-                let target = fs::read_link(&path)?;
+                let target = match fs::read_link(&path) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                };
                 let target = target
                     .into_os_string()
                     .into_string()
@@ -241,23 +396,71 @@ impl Walk<'_> {
                 kind,
             });
             if is_dir {
-                self.walk(&rel_path)?;
+                match self.below(&rel_path, depth) {
+                    Below::Walk(d) => self.walk(&rel_path, d)?,
+                    Below::Copy(range) => {
+                        let prev = self.scope.prev.expect("copies come from prev");
+                        self.entries.extend_from_slice(&prev.entries()[range]);
+                    }
+                }
             }
         }
         Ok(())
     }
 
+    /// What to do below directory `rel`, reached at `depth`.
+    fn below(&self, rel: &str, depth: Depth) -> Below {
+        let (Some(dirty), Some(prev), Depth::Changed) = (self.scope.dirty, self.scope.prev, depth)
+        else {
+            return Below::Walk(Depth::All);
+        };
+        if dirty.contains(rel) {
+            return Below::Walk(Depth::All);
+        }
+        if dirty.has_below(rel) {
+            return Below::Walk(Depth::Changed);
+        }
+        match prev.position(rel) {
+            Some(i) if matches!(prev.entries()[i].kind, EntryKind::Dir) => {
+                Below::Copy(i + 1..prev.subtree_end(i))
+            }
+            // New since the last scan: everything below is new too.
+            _ => Below::Walk(Depth::All),
+        }
+    }
+
+    /// Keeps file `rel` as the last scan had it (or leaves it out if it is new): it is open
+    /// for writing or changed while it was read.
+    fn hold_back(&mut self, rel: &str) {
+        self.unsettled.push(rel.to_owned());
+        let prev = self
+            .scope
+            .prev
+            .and_then(|p| p.get(rel))
+            .filter(|(e, _)| matches!(e.kind, EntryKind::File { .. }));
+        if let Some((e, _)) = prev {
+            self.entries.push(e.clone());
+        }
+    }
+
     /// The body of a file whose stat is unchanged since the last scan and whose body is held.
     fn cached(&mut self, rel: &str, meta: &std::fs::Metadata) -> Option<Body> {
-        self.store?;
+        let store = self.store?;
         let stat = Stat::of(meta);
         let (old, body) = self.old.files.get(rel)?;
-        if *old != stat || !self.held.contains(&body.md5) {
+        let held = match &self.held {
+            Some(h) => h.contains(&body.md5),
+            None => store.has(&body.md5),
+        };
+        if *old != stat || !held {
             return None;
         }
         self.stats.cached += 1;
-        self.new.files.insert(rel.to_owned(), (stat, body.clone()));
-        Some(body.clone())
+        let body = body.clone();
+        if !self.incremental() {
+            self.new.files.insert(rel.to_owned(), (stat, body.clone()));
+        }
+        Some(body)
     }
 
     /// Reads the files the walk could not take from the cache, on several threads
@@ -270,16 +473,51 @@ impl Walk<'_> {
         let store = self.store;
         let read = super::par_map(&jobs, |job| {
             let body = match store {
-                Some(store) => store.ingest(&job.path).map_err(ScanError::Store)?,
-                None => hash_file(&job.path, true)?,
+                Some(store) => store.ingest(&job.path).map_err(|e| match e {
+                    StoreError::Io(e) => ScanError::Io(e),
+                    e => ScanError::Store(e),
+                }),
+                None => hash_file(&job.path, true).map_err(ScanError::Io),
+            };
+            let body = match body {
+                Ok(b) => b,
+                // Deleted since it was listed: it is gone from this scan too.
+                Err(ScanError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
             };
             // Taken right after reading, to tell whether the file changed meanwhile.
             let after = fs::symlink_metadata(&job.path).map(|m| Stat::of(&m)).ok();
-            Ok::<_, ScanError>((body, after))
+            Ok::<_, ScanError>(Some((body, after)))
         })?;
-        for (job, (body, after)) in jobs.iter().zip(read) {
+        let incremental = self.incremental();
+        for (job, read) in jobs.iter().zip(read) {
+            let Some((body, after)) = read else {
+                self.dropped.insert(job.entry);
+                continue;
+            };
             self.stats.hashed += 1;
             self.stats.hashed_bytes += body.size;
+            let stat = job.stat;
+            let path = self.entries[job.entry].path.clone();
+            if after != Some(stat) || body.size != stat.size {
+                // Changed while it was read: what was read may be half old, half new.
+                self.unsettled.push(path.clone());
+                match self
+                    .scope
+                    .prev
+                    .and_then(|p| p.get(&path))
+                    .filter(|(e, _)| matches!(e.kind, EntryKind::File { .. }))
+                {
+                    Some((e, _)) => self.entries[job.entry] = e.clone(),
+                    None => {
+                        self.dropped.insert(job.entry);
+                    }
+                }
+                if incremental {
+                    self.old.files.remove(&path);
+                }
+                continue;
+            }
             let entry = &mut self.entries[job.entry];
             if let EntryKind::File {
                 md5: m,
@@ -290,25 +528,65 @@ impl Walk<'_> {
             {
                 (*m, *sz, *c) = (body.md5, body.size, body.chunks.clone());
             }
-            // The file may have changed while it was read: cache only what matches the
-            // stat taken before reading, and nothing modified too recently to tell.
-            let stat = job.stat;
+            // Cache nothing modified too recently to tell a later write in the same tick.
             let mtime = stat.mtime.0 as i128 * 1_000_000_000 + stat.mtime.1 as i128;
             let window = if stat.mtime.1 == 0 {
                 RACY_WINDOW_COARSE
             } else {
                 RACY_WINDOW_FINE
             };
-            if self.store.is_some()
-                && after == Some(stat)
-                && body.size == stat.size
-                && self.now - mtime > window
-            {
-                self.new.files.insert(entry.path.clone(), (stat, body));
+            let cache = if incremental {
+                &mut self.old
+            } else {
+                &mut self.new
+            };
+            if self.store.is_some() && self.now - mtime > window {
+                cache.files.insert(path, (stat, body));
+            } else if incremental {
+                cache.files.remove(&path);
             }
         }
         Ok(())
     }
+
+    /// The manifest and the cache for next time.
+    fn finish(mut self) -> Result<Scanned, ScanError> {
+        let entries = if self.dropped.is_empty() {
+            self.entries
+        } else {
+            let dropped = &self.dropped;
+            self.entries
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !dropped.contains(i))
+                .map(|(_, e)| e)
+                .collect()
+        };
+        let manifest = Manifest::from_entries(entries)?;
+        let cache = if self.scope.dirty.is_some() && self.scope.prev.is_some() {
+            // Deleted files linger in an updated cache; sweep them once they are many.
+            let files = manifest.file_count() as usize;
+            if self.old.files.len() > files + files / 4 + 1024 {
+                self.old.prune(&manifest);
+            }
+            self.old
+        } else {
+            self.new
+        };
+        Ok(Scanned {
+            manifest,
+            cache,
+            stats: self.stats,
+            unsettled: self.unsettled,
+            matched: self.matched,
+        })
+    }
+}
+
+/// Below a directory: walk it, or take its subtree (these entries) from the last scan.
+enum Below {
+    Walk(Depth),
+    Copy(std::ops::Range<usize>),
 }
 
 #[cfg(test)]
@@ -364,5 +642,43 @@ mod tests {
             Some(true)
         );
         assert!(store.has(&Md5::of(b"A")));
+    }
+
+    #[test]
+    fn a_file_changing_while_it_is_read_is_held_at_its_last_state() {
+        use std::io::Write;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("src");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("log.bin"), "first").unwrap();
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let first = scan_with(&dir, &store, StatCache::default(), Scope::default()).unwrap();
+        // Big enough that reading it takes a while; a writer appends all the time.
+        fs::write(dir.join("log.bin"), vec![7u8; 32 << 20]).unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut f = fs::File::options()
+                    .append(true)
+                    .open(dir.join("log.bin"))
+                    .unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    f.write_all(b"more").unwrap();
+                }
+            });
+            let scope = Scope {
+                prev: Some(&first.manifest),
+                ..Scope::default()
+            };
+            let s = scan_with(&dir, &store, StatCache::default(), scope).unwrap();
+            stop.store(true, Ordering::Relaxed);
+            assert_eq!(s.unsettled, ["log.bin"]);
+            assert_eq!(
+                s.manifest.get("log.bin").unwrap().0,
+                first.manifest.get("log.bin").unwrap().0
+            );
+            assert!(s.cache.is_empty(), "nothing half-read is cached");
+        });
     }
 }

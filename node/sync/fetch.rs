@@ -107,10 +107,19 @@ fn wanted(
             .map_or_else(|| shared.store.has(md5), |h| h.contains(md5))
     };
     let in_dir = |e: &Entry| shared.applier.as_ref().is_some_and(|a| a.holds_in_dir(e));
+    // Paths the node keeps as its own are not applied, so their bodies are not needed.
+    let kept = |e: &Entry| {
+        shared
+            .applier
+            .as_ref()
+            .is_some_and(|a| !a.keep.is_empty() && a.keep.covers(&e.path, false))
+    };
     let mut seen = HashSet::new();
     Ok(changed
         .into_iter()
-        .filter(|(entry, _, md5)| seen.insert(*md5) && !in_store(md5) && !in_dir(entry))
+        .filter(|(entry, _, md5)| {
+            !kept(entry) && seen.insert(*md5) && !in_store(md5) && !in_dir(entry)
+        })
         .map(|(entry, size, md5)| {
             expected(
                 md5,

@@ -1,34 +1,83 @@
 //! Landing a verified release: applying it to `dir` (where the node has one) and holding
 //! it; and, after a restart, bringing `dir` back to a complete release.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::shared::Shared;
 use super::SyncError;
-use crate::tree::{newer, Release};
+use crate::dir::{kept_conflicts, ApplyError};
+use crate::hooks::{self, HookEnv};
+use crate::tree::{newer, Manifest, Release};
 
 /// Applies `release` to `dir` (if this node has one) and holds it. The release is saved as
-/// pending first, so a node killed mid-apply finishes it when restarted.
+/// pending first, so a node killed mid-apply finishes it when restarted. In atomic mode the
+/// `check` hook sees the complete release directory before the switch and may refuse it; the
+/// `on_release` hook is queued once the release is held.
 pub async fn land(shared: &Arc<Shared>, release: Release) -> Result<(), SyncError> {
     let Some(applier) = shared.applier.clone() else {
         return Ok(shared.hold(release)?);
     };
+    let _landing = shared.landing.lock().await;
     shared.held.begin_apply(&release)?;
     let me = shared.clone();
-    let (release, stats) = tokio::task::spawn_blocking(move || {
+    let (release, changed, stats) = tokio::task::spawn_blocking(move || {
         let old = me.held.current();
-        let stats = applier.apply(
+        let empty = Manifest::empty();
+        let old_manifest = old.as_ref().map_or(&empty, |h| &h.release.manifest);
+        let changed = release.manifest.diff_paths(old_manifest);
+        let check = |target: &Path| {
+            let h = &me.hooks;
+            if h.hooks.check.is_empty() {
+                return Ok(());
+            }
+            let env = HookEnv {
+                node: &me.name,
+                release: release.version,
+                dir: target,
+                changed: &changed,
+                scratch: &h.scratch,
+            };
+            match hooks::run(&h.hooks.check, &env, h.hooks.timeout) {
+                Ok(tail) => {
+                    tracing::info!(version = release.version, output = %tail.trim(), "check hook passed");
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let stats = applier.apply_checked(
             release.version,
             &release.manifest,
             old.as_ref()
                 .map(|h| (h.release.version, &h.release.manifest)),
             &me.store,
+            check,
         );
-        (release, stats)
+        (release, changed, stats)
     })
     .await
     .expect("apply does not panic");
-    let stats = stats.map_err(SyncError::Apply)?;
+    let stats = match stats {
+        Ok(s) => s,
+        Err(ApplyError::Refused(why)) => {
+            // The node stays on its release; the refused one is not retried.
+            shared.held.end_apply();
+            tracing::warn!(
+                version = release.version,
+                "release refused by the check hook: {why}"
+            );
+            shared.board.set_own(|s| {
+                s.hook_error = Some(format!("check refused v{}: {why}", release.version))
+            });
+            return Err(SyncError::Apply(ApplyError::Refused(why)));
+        }
+        Err(e) => return Err(SyncError::Apply(e)),
+    };
+    let dir = shared
+        .applier
+        .as_ref()
+        .map_or_else(PathBuf::new, |a| a.dir.clone());
     tracing::info!(
         written = stats.written,
         linked = stats.linked,
@@ -36,15 +85,35 @@ pub async fn land(shared: &Arc<Shared>, release: Release) -> Result<(), SyncErro
         deleted = stats.deleted,
         "applied release {} to {}",
         release.version,
-        shared
-            .applier
-            .as_ref()
-            .map_or(String::new(), |a| a.dir.display().to_string())
+        dir.display()
     );
+    let version = release.version;
+    let kept = shared
+        .applier
+        .as_ref()
+        .map(|a| kept_conflicts(&release.manifest, &a.keep))
+        .unwrap_or_default();
+    if !kept.is_empty() {
+        tracing::warn!(
+            paths = %kept.join(" "),
+            "release {version} publishes paths this node keeps as its own (keep): left as they are"
+        );
+    }
     shared.hold(release)?;
     shared.held.end_apply();
+    let checked = !shared.hooks.hooks.check.is_empty();
+    shared.board.set_own(|s| {
+        s.kept = kept.into_iter().take(MAX_KEPT_REPORTED).collect();
+        if checked {
+            s.hook_error = None;
+        }
+    });
+    shared.released(version, dir, changed);
     Ok(())
 }
+
+/// Kept paths a status lists (the log has them all).
+const MAX_KEPT_REPORTED: usize = 20;
 
 /// Brings `dir` back to a complete release after a restart: a release whose apply was
 /// interrupted is finished (roll forward) if all its bodies are held; otherwise the held

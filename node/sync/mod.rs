@@ -11,22 +11,25 @@
 //! sharing one store; a leaf has only the parent side. What is held and offered, and its
 //! copy on disk, is [`held`].
 
+pub mod after;
 pub mod board;
 pub mod bodies;
 pub mod children;
 pub mod fetch;
 pub mod flight;
+pub mod follow;
 pub mod held;
 pub mod land;
 pub mod parent;
 pub mod publish;
 pub mod session;
 pub mod shared;
+pub mod verify;
 
 pub use board::Board;
 pub use held::{Held, Offer};
 pub use publish::{PublishError, Publisher};
-pub use shared::Shared;
+pub use shared::{HookSetup, Shared};
 
 use crate::data::{StateError, StoreError};
 use crate::dir::ApplyError;

@@ -3,15 +3,17 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cascade_topology::Role;
 use tokio::sync::Mutex;
 
 use super::shared::Shared;
 use crate::data::{StateError, StoreError};
-use crate::dir::scan::{scan, ScanError, StatCache};
-use crate::tree::Release;
+use crate::dir::scan::{scan_with, ScanError, Scanned, Scope, StatCache};
+use crate::dir::watch::Batch;
+use crate::dir::Rules;
+use crate::tree::{Manifest, Release};
 use crate::wire::PublishSummary;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,42 +33,131 @@ pub enum PublishError {
 pub struct Publisher {
     shared: Arc<Shared>,
     dir: PathBuf,
-    /// Where the stat cache is kept between publishes.
+    exclude: Arc<Rules>,
+    /// Where the stat cache is kept between runs.
     stat_cache: PathBuf,
-    lock: Mutex<()>,
+    state: Mutex<ScanState>,
 }
 
+/// What the publisher remembers between scans (the lock also makes publishes one at a time).
+#[derive(Debug, Default)]
+struct ScanState {
+    /// Loaded from disk at the first scan, then kept here.
+    cache: Option<StatCache>,
+    /// Whether the release held is what the last scan of this process found: a watched scan
+    /// then takes every unchanged subtree from its manifest (one copy of the tree in memory).
+    in_step: bool,
+    /// When the cache was last written to disk.
+    saved: Option<Instant>,
+    /// Exclude patterns that matched nothing were reported.
+    reported_unmatched: bool,
+}
+
+/// A watched origin writes its stat cache at most this often (a crash costs a re-read of what
+/// changed since).
+const SAVE_CACHE_EVERY: Duration = Duration::from_secs(30);
+/// A manual publish scans again (this often, at most this many times) while files change
+/// under it, before publishing them as they last were.
+const UNSETTLED_RETRY: (Duration, usize) = (Duration::from_millis(200), 5);
+
 impl Publisher {
-    pub fn new(shared: Arc<Shared>, dir: PathBuf, stat_cache: PathBuf) -> Self {
+    pub fn new(shared: Arc<Shared>, dir: PathBuf, stat_cache: PathBuf, exclude: Rules) -> Self {
         Publisher {
             shared,
             dir,
+            exclude: Arc::new(exclude),
             stat_cache,
-            lock: Mutex::new(()),
+            state: Mutex::new(ScanState::default()),
         }
     }
 
-    /// Scans `dir` and cuts a new release if anything changed.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    pub fn exclude(&self) -> &Rules {
+        &self.exclude
+    }
+
+    /// Scans all of `dir` and cuts a new release if anything changed.
     pub async fn publish(&self) -> Result<PublishSummary, PublishError> {
-        let _guard = self.lock.lock().await;
+        let mut tries = 0;
+        loop {
+            let (summary, unsettled) = self.publish_batch(Batch::default()).await?;
+            tries += 1;
+            if unsettled.is_empty() || tries > UNSETTLED_RETRY.1 {
+                if !unsettled.is_empty() {
+                    tracing::warn!(
+                        files = unsettled.len(),
+                        first = %unsettled[0],
+                        "files kept changing during the scan: published as they last were"
+                    );
+                }
+                return Ok(summary);
+            }
+            tokio::time::sleep(UNSETTLED_RETRY.0).await;
+        }
+    }
+
+    /// Scans what `batch` names (everything if it names no paths) and cuts a new release if
+    /// anything changed. Also returns the files held back because they were still changing.
+    pub async fn publish_batch(
+        &self,
+        batch: Batch,
+    ) -> Result<(PublishSummary, Vec<String>), PublishError> {
+        let mut state = self.state.lock().await;
         let shared = &self.shared;
         let started = Instant::now();
-        let (me, dir, cache_path) = (shared.clone(), self.dir.clone(), self.stat_cache.clone());
-        let (manifest, stats) = tokio::task::spawn_blocking(move || {
+        let cache = match state.cache.take() {
+            Some(c) => c,
+            None => StatCache::load(&self.stat_cache),
+        };
+        let held = shared.held.current();
+        let in_step = std::mem::take(&mut state.in_step) && held.is_some();
+        let incremental = batch.dirty.is_some() && in_step;
+        let (me, dir, exclude) = (shared.clone(), self.dir.clone(), self.exclude.clone());
+        let scanned = tokio::task::spawn_blocking(move || {
+            let scope = Scope {
+                exclude: Some(&exclude),
+                prev: held.as_ref().map(|h| &h.release.manifest),
+                dirty: batch.dirty.as_ref().filter(|_| in_step),
+                writing: Some(&batch.writing),
+            };
             me.store.begin_batch()?;
-            let (manifest, cache, stats) = scan(&dir, &me.store, &StatCache::load(&cache_path))?;
+            let scanned = scan_with(&dir, &me.store, cache, scope)?;
             me.store.commit_batch()?;
-            if let Err(e) = cache.save(&cache_path) {
-                tracing::warn!("cannot save the stat cache: {e}");
-            }
-            Ok::<_, PublishError>((manifest, stats))
+            Ok::<_, PublishError>(scanned)
         })
         .await
         .expect("scan task does not panic")?;
+        let Scanned {
+            manifest,
+            cache,
+            stats,
+            unsettled,
+            matched,
+        } = scanned;
+        if !incremental || state.saved.is_none_or(|t| t.elapsed() >= SAVE_CACHE_EVERY) {
+            if let Err(e) = cache.save(&self.stat_cache) {
+                tracing::warn!("cannot save the stat cache: {e}");
+            }
+            state.saved = Some(Instant::now());
+        }
+        state.cache = Some(cache);
+        if !incremental && !state.reported_unmatched {
+            state.reported_unmatched = true;
+            for p in self.exclude.patterns() {
+                if !matched.contains(p) && !p.starts_with('!') {
+                    tracing::warn!(dir = %self.dir.display(), "exclude pattern {p:?} matches nothing (yet)");
+                }
+            }
+        }
         tracing::info!(
             hashed = stats.hashed,
             hashed_bytes = stats.hashed_bytes,
             cached = stats.cached,
+            listed = stats.listed,
+            held_back = unsettled.len(),
             ms = started.elapsed().as_millis() as u64,
             "scanned"
         );
@@ -79,11 +170,13 @@ impl Publisher {
         };
         if let Some(p) = &prev {
             if p.release.manifest.root_digest() == manifest.root_digest() {
-                return Ok(summary(p.version(), false));
+                state.in_step = true;
+                return Ok((summary(p.version(), false), unsettled));
             }
         }
         // Above anything a node reports, so a rebuilt origin never offers an "older" version.
         let version = prev
+            .as_ref()
             .map(|p| p.version())
             .max(shared.board.highest_applied())
             .map_or(1, |v| v + 1);
@@ -94,7 +187,13 @@ impl Publisher {
             bytes = out.bytes,
             "published release"
         );
+        let changed = match &prev {
+            Some(p) => manifest.diff_paths(&p.release.manifest),
+            None => manifest.diff_paths(&Manifest::empty()),
+        };
         shared.hold(Release { version, manifest })?;
-        Ok(out)
+        state.in_step = true;
+        shared.released(version, self.dir.clone(), changed);
+        Ok((out, unsettled))
     }
 }

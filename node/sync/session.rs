@@ -12,6 +12,7 @@ use tracing::{info, warn, Instrument};
 use super::fetch;
 use super::shared::Shared;
 use super::SyncError;
+use crate::dir::ApplyError;
 use crate::net::{self, LinkError};
 use crate::status::NodeState;
 use crate::tree::{newer, Release};
@@ -34,6 +35,7 @@ pub async fn run(shared: &Arc<Shared>, conn: &Connection) -> Result<(), SyncErro
     .await?;
     info!(have = ?have, "connected to parent");
     shared.board.set_own(|s| s.connected = true);
+    *shared.parent_link.lock().expect("link lock") = Some(conn.clone());
 
     let (offers_tx, offers) = watch::channel::<Option<Arc<Release>>>(None);
     let result = tokio::select! {
@@ -42,6 +44,7 @@ pub async fn run(shared: &Arc<Shared>, conn: &Connection) -> Result<(), SyncErro
         r = follow_offers(shared, conn, offers) => r,
     };
     let _ = send.finish();
+    shared.parent_link.lock().expect("link lock").take();
     if let Err(SyncError::Link(LinkError::Wire(e))) = &result {
         net::close(conn, ErrorCode::Protocol, &e.to_string());
     }
@@ -105,15 +108,19 @@ async fn report_up(shared: &Shared, send: &mut quinn::SendStream) -> Result<(), 
 }
 
 /// Applies the newest offer whenever it is newer than what this node holds; a failed sync is
-/// reported and retried after a pause (or at once if a newer offer arrives).
+/// reported and retried after a pause (or at once if a newer offer arrives). A release the
+/// `check` hook refused is not tried again; a newer one is.
 async fn follow_offers(
     shared: &Arc<Shared>,
     conn: &Connection,
     mut offers: watch::Receiver<Option<Arc<Release>>>,
 ) -> Result<(), SyncError> {
+    let mut refused = None;
     loop {
         let offer = offers.borrow_and_update().clone();
-        let Some(release) = offer.filter(|r| newer(r.version, shared.held.version())) else {
+        let Some(release) =
+            offer.filter(|r| newer(r.version, shared.held.version()) && Some(r.version) != refused)
+        else {
             offers
                 .changed()
                 .await
@@ -127,6 +134,15 @@ async fn follow_offers(
         {
             Ok(()) => {}
             Err(SyncError::Link(e)) => return Err(e.into()),
+            Err(e @ SyncError::Apply(ApplyError::Refused(_))) => {
+                refused = Some(release.version);
+                shared.board.set_own(|s| {
+                    s.state = NodeState::Failed {
+                        version: release.version,
+                        error: e.to_string(),
+                    }
+                });
+            }
             Err(e) => {
                 warn!(version = release.version, "release failed: {e}; retrying");
                 shared.board.set_own(|s| {

@@ -2,14 +2,17 @@
 //! the bodies it is receiving, and how it applies releases to `dir`.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 
 use cascade_topology::{Role, Topology};
+use tokio::sync::mpsc;
 
 use super::board::Board;
 use super::flight::Flights;
 use super::held::{Held, Offer};
 use crate::data::{StateError, Store};
 use crate::dir::Applier;
+use crate::hooks::Hooks;
 use crate::net::Limiter;
 use crate::status::NodeState;
 use crate::tree::{Md5, Release};
@@ -32,6 +35,24 @@ pub struct Shared {
     pub serves: bool,
     /// Caps what is sent to children (`upload_limit`).
     pub upload: Option<Limiter>,
+    /// Commands run around a release, and where they run.
+    pub hooks: HookSetup,
+    /// The link to the parent while one is up (a verify fetches bodies over it).
+    pub parent_link: std::sync::Mutex<Option<quinn::Connection>>,
+    /// Held while a release is applied or `dir` is verified: one at a time.
+    pub landing: tokio::sync::Mutex<()>,
+    /// Whether a verify reads every file by default (`verify = "full"`).
+    pub verify_full: bool,
+}
+
+/// The node's hooks and what they need.
+#[derive(Debug, Default)]
+pub struct HookSetup {
+    pub hooks: Hooks,
+    /// Where `CASCADE_CHANGED` files are written (the data dir).
+    pub scratch: PathBuf,
+    /// Releases for the `on_release` runner: (version, the directory, changed paths).
+    pub queue: Option<mpsc::UnboundedSender<(u64, PathBuf, Vec<String>)>>,
 }
 
 impl Shared {
@@ -58,6 +79,13 @@ impl Shared {
             s.state = NodeState::Idle;
         });
         Ok(())
+    }
+
+    /// Hands a release that reached `dir` to the `on_release` hook (if there is one).
+    pub fn released(&self, version: u64, dir: PathBuf, changed: Vec<String>) {
+        if let Some(q) = &self.hooks.queue {
+            let _ = q.send((version, dir, changed));
+        }
     }
 
     /// Offers `release` to children while it is still being fetched (cut-through), unless

@@ -6,6 +6,7 @@
 //! `NAME/data/` and (for nodes with a directory) `NAME/dir/`. Paths inside the base are
 //! written relative to each config file, so a kept deployment can be moved and run by hand.
 
+pub mod churn;
 pub mod content;
 
 use std::fmt::Write as _;
@@ -60,6 +61,8 @@ pub struct Plan {
     origin_dir: Option<PathBuf>,
     /// Keys set on every node.
     every_node: Keys,
+    /// Keys set on the origin only (none that `every_node` sets).
+    origin: Keys,
 }
 
 /// origin → `relays` relays → `leaves` leaves each, every node with a `dir`, on 127.0.0.1.
@@ -88,6 +91,7 @@ impl Plan {
             dirs: Dirs::All,
             origin_dir: None,
             every_node: Keys::default(),
+            origin: Keys::default(),
         }
     }
 
@@ -112,6 +116,12 @@ impl Plan {
     /// Sets these keys on every node.
     pub fn every_node(mut self, keys: Keys) -> Self {
         self.every_node = keys;
+        self
+    }
+
+    /// Sets these keys on the origin (keys `every_node` does not set).
+    pub fn origin_keys(mut self, keys: Keys) -> Self {
+        self.origin = keys;
         self
     }
 
@@ -152,7 +162,11 @@ impl Plan {
                 ..self.every_node.clone()
             };
             let file = home.join("node.toml");
-            fs::write(&file, keys.to_toml())?;
+            let mut text = keys.to_toml();
+            if parent.is_none() {
+                text.push_str(&self.origin.to_toml());
+            }
+            fs::write(&file, text)?;
             configs.push(NodeConfig::load(Some(&file), [], &Keys::default())?);
         }
         Ok(Deployment {

@@ -191,6 +191,13 @@ impl Manifest {
             .map(|i| (&self.entries[i], self.digests[i]))
     }
 
+    /// The index of the entry at `path`.
+    pub fn position(&self, path: &str) -> Option<usize> {
+        self.entries
+            .binary_search_by(|e| path_order(&e.path, path))
+            .ok()
+    }
+
     pub fn file_count(&self) -> u64 {
         self.files().count() as u64
     }
@@ -229,6 +236,36 @@ impl Manifest {
                     i += 1;
                 }
                 _ => i += 1,
+            }
+        }
+        out
+    }
+
+    /// Paths of files and symlinks that `self` adds or changes relative to `old`, then those
+    /// it deletes (what a CDN purge needs), skipping subtrees identical in both.
+    pub fn diff_paths(&self, old: &Manifest) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.root == old.root {
+            return out;
+        }
+        for (a, b, deleted) in [(self, old, false), (old, self, true)] {
+            let mut i = 0;
+            while i < a.entries.len() {
+                if a.unchanged_in(i, b) {
+                    i = a.subtree_end(i);
+                    continue;
+                }
+                let e = &a.entries[i];
+                let in_b = b.get(&e.path);
+                let report = match &e.kind {
+                    EntryKind::Dir => false,
+                    _ if deleted => in_b.is_none_or(|(be, _)| matches!(be.kind, EntryKind::Dir)),
+                    _ => true,
+                };
+                if report {
+                    out.push(e.path.clone());
+                }
+                i += 1;
             }
         }
         out
@@ -415,6 +452,38 @@ mod tests {
         assert_eq!(changed, ["z/3"]);
         assert!(new.changed_files(&new).is_empty());
         assert_eq!(new.changed_files(&Manifest::empty()).len(), 4);
+    }
+
+    #[test]
+    fn diff_paths_lists_adds_changes_and_deletes() {
+        let old = Manifest::from_entries(vec![
+            dir("a"),
+            file("a/same", b"s"),
+            file("a/edit", b"1"),
+            file("gone", b"g"),
+            file("becomes-dir", b"f"),
+        ])
+        .unwrap();
+        let new = Manifest::from_entries(vec![
+            dir("a"),
+            file("a/same", b"s"),
+            file("a/edit", b"2"),
+            file("added", b"n"),
+            dir("becomes-dir"),
+            file("becomes-dir/inside", b"i"),
+        ])
+        .unwrap();
+        assert_eq!(
+            new.diff_paths(&old),
+            [
+                "a/edit",
+                "added",
+                "becomes-dir/inside",
+                "becomes-dir",
+                "gone"
+            ]
+        );
+        assert!(new.diff_paths(&new).is_empty());
     }
 
     #[test]

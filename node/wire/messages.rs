@@ -1,4 +1,4 @@
-//! The messages of protocol version 2, as serde types. Variants are append-only (the
+//! The messages of protocol version 3, as serde types. Variants are append-only (the
 //! variant index is the tag on the wire).
 
 use serde::{Deserialize, Serialize};
@@ -64,6 +64,9 @@ pub enum AdminRequest {
     Publish,
     /// The node's view of itself and its subtree.
     Status,
+    /// Check `dir` against the current release and repair what drifted; `full` reads every
+    /// file (MD5), `None` takes the node's `verify` setting.
+    Verify { full: Option<bool> },
 }
 
 /// Local admin socket: the daemon's answer.
@@ -76,6 +79,20 @@ pub enum AdminResponse {
         nodes: Vec<NodeStatus>,
     },
     Error(String),
+    Verified(VerifySummary),
+}
+
+/// What a verify found and repaired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifySummary {
+    pub version: u64,
+    pub full: bool,
+    /// Files checked.
+    pub checked: u64,
+    /// Paths that differed from the release, all repaired.
+    pub repaired: Vec<String>,
+    /// Bodies fetched from the parent for the repair.
+    pub fetched: u64,
 }
 
 /// What a publish produced.

@@ -1,7 +1,7 @@
 //! The Cascade wire protocol, version 2. This module is the spec; it has no sockets.
 //!
 //! # Links
-//! A child dials its parent over QUIC with mutual TLS 1.3; the ALPN is [`ALPN`] (`cascade/2`),
+//! A child dials its parent over QUIC with mutual TLS 1.3; the ALPN is [`ALPN`] (`cascade/3`),
 //! so a peer speaking another protocol version fails the handshake instead of misreading bytes.
 //! Both sides present certificates from the deployment CA; the parent accepts only the names of
 //! its own children, the child only its parent's name.
@@ -41,7 +41,7 @@ pub use frame::{decode, decode_frame, encode, frame_len, WireError, HEADER_LEN, 
 pub use messages::*;
 
 /// ALPN of protocol version 2 (version 1 had no chunk MD5s and one body per stream).
-pub const ALPN: &[u8] = b"cascade/2";
+pub const ALPN: &[u8] = b"cascade/3";
 
 /// Most bodies in one [`BodyRequest::Many`].
 pub const MAX_BATCH: usize = 4096;

@@ -74,6 +74,9 @@ fn all_messages() -> Samples {
         connected: true,
         sent_bytes: 9,
         updated_ms: 1_700_000_000_000,
+        hook_error: Some("`nginx -s reload` failed (exit status 1)".into()),
+        kept: vec!["uploads".into()],
+        repaired: 2,
     };
     (
         vec![
@@ -95,7 +98,11 @@ fn all_messages() -> Samples {
             },
             BodyRequest::Many(vec![Md5([3; 16]), Md5([4; 16])]),
         ],
-        vec![AdminRequest::Publish, AdminRequest::Status],
+        vec![
+            AdminRequest::Publish,
+            AdminRequest::Status,
+            AdminRequest::Verify { full: Some(true) },
+        ],
         vec![
             AdminResponse::Published(PublishSummary {
                 version: 1,
@@ -109,6 +116,13 @@ fn all_messages() -> Samples {
                 nodes: vec![status],
             },
             AdminResponse::Error("no".into()),
+            AdminResponse::Verified(VerifySummary {
+                version: 3,
+                full: false,
+                checked: 10,
+                repaired: vec!["index.html".into()],
+                fetched: 1,
+            }),
         ],
     )
 }
@@ -143,7 +157,7 @@ fn every_message_round_trips_and_survives_corruption() {
 
 #[test]
 fn golden_bytes() {
-    // Wire compatibility: these bytes must never change within protocol version 2.
+    // Wire compatibility: these bytes must never change within protocol version 3.
     let hello = encode(&Up::Hello {
         name: "ab".into(),
         have: Some(300),
@@ -367,6 +381,11 @@ mod props {
             any::<Option<u64>>(),
             state(),
             any::<(u64, u64, bool, u64, u64)>(),
+            (
+                proptest::option::of(name()),
+                proptest::collection::vec(name(), 0..3),
+                any::<u64>(),
+            ),
         )
             .prop_map(
                 |(
@@ -374,6 +393,7 @@ mod props {
                     applied,
                     state,
                     (fetched_bytes, fetched_files, connected, sent_bytes, updated_ms),
+                    (hook_error, kept, repaired),
                 )| NodeStatus {
                     name,
                     applied,
@@ -383,6 +403,9 @@ mod props {
                     connected,
                     sent_bytes,
                     updated_ms,
+                    hook_error,
+                    kept,
+                    repaired,
                 },
             )
     }

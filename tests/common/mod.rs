@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cascade::admin;
-use cascade::dir::fingerprint;
+use cascade::dir::{fingerprint, fingerprint_with, Rules};
 use cascade::status::NodeStatus;
 use cascade::testkit::{deploy, Deployment};
 use cascade::tree::Manifest;
@@ -249,6 +249,17 @@ impl Cluster {
             .map(|n| format!("==== {n} ====\n{}", tail(&self.log(n), 60)))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Waits until `name`'s dir holds what the origin publishes: the origin's dir without what
+    /// `exclude` names, compared by MD5 fingerprint.
+    pub fn wait_same_as_origin(&self, name: &str, exclude: Option<&Rules>, what: &str) {
+        let (origin, dir) = (self.dir("origin"), self.dir(name));
+        self.wait(what, Duration::from_secs(30), || {
+            let want = fingerprint_with(&origin, exclude).map(|m| m.root_digest());
+            let got = fingerprint(&dir).map(|m| m.root_digest());
+            matches!((want, got), (Ok(a), Ok(b)) if a == b)
+        });
     }
 
     /// Asserts `name`'s dir is identical to the origin's: `diff -r` and MD5 of every file.

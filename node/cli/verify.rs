@@ -1,0 +1,52 @@
+//! `cascade verify [--full]`: ask a running node to check its `dir` against its release and
+//! repair what drifted (a file edited or deleted by hand), without a new publish.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use super::{runtime, ConfigArgs};
+use crate::admin;
+use crate::wire::{AdminRequest, AdminResponse};
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Read every file and compare MD5s (default: the node's `verify` setting, quick unless
+    /// set to full: size, mtime and mode).
+    #[arg(long)]
+    full: bool,
+}
+
+pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
+    let cfg = args.config.load()?;
+    let req = AdminRequest::Verify {
+        full: args.full.then_some(true),
+    };
+    let answer = runtime()?.block_on(admin::request(&cfg.data, &req))?;
+    let AdminResponse::Verified(s) = answer else {
+        bail!("unexpected answer from the node: {answer:?}");
+    };
+    let how = if s.full { "full, MD5" } else { "quick" };
+    if s.repaired.is_empty() {
+        println!(
+            "{}: dir matches release {} ({} files checked, {how})",
+            cfg.name, s.version, s.checked
+        );
+    } else {
+        println!(
+            "{}: repaired {} paths to release {} ({} files checked, {how}; {} bodies fetched from the parent)",
+            cfg.name,
+            s.repaired.len(),
+            s.version,
+            s.checked,
+            s.fetched
+        );
+        for p in &s.repaired {
+            println!("  {p}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
