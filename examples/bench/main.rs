@@ -601,24 +601,7 @@ async fn watch(o: &Opts, base: &Path) -> Result<()> {
     c.start().await?;
     wait_for(&c, "leaf", 1).await?;
     let leaf = c.dir("leaf");
-    let mut lat = Vec::new();
-    for i in 0..o.watch_changes {
-        let rel = format!("d{}/f{}.html", i % 10, i % 100);
-        let body = format!("change {i}\n");
-        fs::write(src.join(&rel), &body)?;
-        let t0 = std::time::Instant::now();
-        loop {
-            if fs::read(leaf.join(&rel)).is_ok_and(|b| b == body.as_bytes()) {
-                break;
-            }
-            if t0.elapsed() > Duration::from_secs(60) {
-                bail!("change {i} did not reach the leaf");
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        lat.push(t0.elapsed());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut lat = latencies(&src, &leaf, o.watch_changes, 10, 100).await?;
     check_same(&src, &leaf)?;
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
@@ -648,7 +631,7 @@ async fn watch(o: &Opts, base: &Path) -> Result<()> {
         }
         fs::write(d.join(format!("f{f}.html")), format!("{f}\n"))?;
     }
-    let mut c = Cluster::with_origin(&base.join("cascade"), &chain(1), &big, None, keys)?;
+    let mut c = Cluster::with_origin(&base.join("cascade"), &t, &big, None, keys)?;
     let started = std::time::Instant::now();
     c.start().await?;
     wait_for(&c, "leaf", 1).await?;
@@ -667,7 +650,64 @@ async fn watch(o: &Opts, base: &Path) -> Result<()> {
         mib(c.rss("origin")),
         mib(c.peak_rss("origin"))
     );
+    let n = (o.watch_changes / 5).max(1);
+    let mut big_lat = latencies(&big, &c.dir("leaf"), n, o.watch_files / per_dir, per_dir).await?;
+    check_same(&big, &c.dir("leaf"))?;
+    big_lat.sort();
+    println!(
+        "In that tree, {n} single-file changes to the leaf: p50 {}, max {}.\n",
+        secs(big_lat[big_lat.len() / 2]),
+        secs(*big_lat.last().expect("at least one change"))
+    );
     Ok(())
+}
+
+/// Rewrites `n` files of `src` (laid out as `d{dir}/f{file}.html` by the caller: `dirs`
+/// directories of `per_dir` files) one at a time, each timed from its close until `leaf`
+/// shows it.
+async fn latencies(
+    src: &Path,
+    leaf: &Path,
+    n: usize,
+    dirs: usize,
+    per_dir: usize,
+) -> Result<Vec<Duration>> {
+    let mut lat = Vec::new();
+    for i in 0..n {
+        let rel = existing_file(src, i % dirs, i % per_dir)?;
+        let body = format!("change {i}\n");
+        fs::write(src.join(&rel), &body)?;
+        let t0 = std::time::Instant::now();
+        loop {
+            if fs::read(leaf.join(&rel)).is_ok_and(|b| b == body.as_bytes()) {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!("change {i} did not reach the leaf");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        lat.push(t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(lat)
+}
+
+/// The `k`-th file (in name order) of the `d`-th directory (in name order) under `src`.
+fn existing_file(src: &Path, d: usize, k: usize) -> Result<String> {
+    let mut dirs: Vec<_> = fs::read_dir(src)?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    dirs.sort();
+    let dir = dirs[d % dirs.len()].to_string_lossy().into_owned();
+    let mut files: Vec<_> = fs::read_dir(src.join(&dir))?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    files.sort();
+    let file = files[k % files.len()].to_string_lossy().into_owned();
+    Ok(format!("{dir}/{file}"))
 }
 
 /// Waits until `name` holds release `version` or a later one.
