@@ -118,6 +118,10 @@ pub struct Keys {
     #[arg(long, value_name = "HOW")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyKind>,
+    /// Apply setuid, setgid and sticky bits as releases carry them (default: dropped).
+    #[arg(long, alias = "allow_special_bits", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "flag")]
+    pub allow_special_bits: Option<bool>,
 }
 
 /// The `verify` key's values.
@@ -209,6 +213,8 @@ pub struct NodeConfig {
     pub verify_every: Option<Duration>,
     /// Whether a verify reads every file (MD5) or trusts size, mtime and mode.
     pub verify: VerifyKind,
+    /// Whether setuid, setgid and sticky bits are applied.
+    pub allow_special_bits: bool,
 }
 
 /// How a watching origin batches changes into releases.
@@ -395,6 +401,7 @@ impl NodeConfig {
             hooks,
             verify_every,
             verify: keys.verify.unwrap_or(VerifyKind::Quick),
+            allow_special_bits: keys.allow_special_bits.unwrap_or(false),
             failover_after: duration("failover_after", keys.failover_after, 10)?,
             link_timeout: duration("link_timeout", keys.link_timeout, 15)?,
             upload_limit,
@@ -935,6 +942,12 @@ mod tests {
             file: "\"full\"",
             text: "full",
             check: |c| c.verify == VerifyKind::Full,
+        },
+        Case {
+            key: "allow_special_bits",
+            file: "true",
+            text: "true",
+            check: |c| c.allow_special_bits,
         },
     ];
 

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cascade_certs::Identity;
+use cascade_certs::{Identity, ReleaseKey, ReleasePub};
 use cascade_topology::{Node, Role, Topology};
 use quinn::Endpoint;
 use tokio::task::JoinSet;
@@ -26,7 +26,7 @@ use crate::status::NodeStatus;
 use crate::sync::flight::Flights;
 use crate::sync::{
     after, children, follow, land, parent, verify, Board, Held, HookSetup, PublishError, Publisher,
-    Shared,
+    Shared, Trust,
 };
 use crate::tree::Manifest;
 use crate::wire::{ErrorCode, PublishSummary};
@@ -46,6 +46,13 @@ pub enum StartError {
     NotHere(String, Role, &'static str, &'static str),
     #[error(transparent)]
     Watch(#[from] crate::dir::watch::WatchError),
+    #[error("node {name:?}: {source} (every host needs release.pub, the origin also release.key; `cascade certs init` makes them, `cascade certs release-key` adds them to an older deployment)")]
+    ReleaseKey {
+        name: String,
+        source: cascade_certs::CertError,
+    },
+    #[error("{0}: release.key and release.pub are not one key pair")]
+    KeyMismatch(PathBuf),
     #[error("certificates for node {name:?}: {source}")]
     Certs {
         name: String,
@@ -123,6 +130,7 @@ impl RunningNode {
                 name: cfg.name.clone(),
                 source,
             })?;
+        let trust = load_trust(&cfg, me.role)?;
         let data = DataDir::new(&cfg.data);
         data.create()?;
         let lock = data.lock()?;
@@ -149,6 +157,7 @@ impl RunningNode {
             .map(|dir| {
                 Applier::new(dir, cfg.apply, data.releases.clone(), serves)
                     .keeping(cfg.keep.clone(), data.shared.clone())
+                    .allowing_special_bits(cfg.allow_special_bits)
             });
         if let Some(a) = &applier {
             a.warn_kept_links();
@@ -181,7 +190,11 @@ impl RunningNode {
             parent_link: Default::default(),
             landing: Default::default(),
             verify_full: cfg.verify == VerifyKind::Full,
+            trust,
         });
+        if me.role == Role::Origin {
+            sign_held(&shared)?;
+        }
         let publisher = match (me.role, &cfg.dir) {
             (Role::Origin, Some(dir)) => Some(Arc::new(Publisher::new(
                 shared.clone(),
@@ -303,6 +316,45 @@ impl RunningNode {
         let _ = fs_err::remove_file(&self.data.admin_socket);
         tracing::info!(node = %self.shared.name, "node stopped");
     }
+}
+
+/// The release-signing key's public half, and on the origin the key itself.
+fn load_trust(cfg: &NodeConfig, role: Role) -> Result<Trust, StartError> {
+    let err = |source| StartError::ReleaseKey {
+        name: cfg.name.clone(),
+        source,
+    };
+    let public = ReleasePub::load(&cfg.certs).map_err(err)?;
+    let key = match role {
+        Role::Origin => {
+            let key = ReleaseKey::load(&cfg.certs).map_err(err)?;
+            if key.public() != public {
+                return Err(StartError::KeyMismatch(cfg.certs.clone()));
+            }
+            Some(key)
+        }
+        _ => None,
+    };
+    Ok(Trust { key, public })
+}
+
+/// The origin signs a held release that is not signed by its key (saved by a Cascade from
+/// before signing, or before the key was replaced), so its children accept it.
+fn sign_held(shared: &Shared) -> Result<(), StartError> {
+    let Some(held) = shared.held.current() else {
+        return Ok(());
+    };
+    if shared.trust.check(&held.release).is_ok() {
+        return Ok(());
+    }
+    let mut release = held.release.clone();
+    shared.trust.sign(&mut release);
+    tracing::info!(
+        version = release.version,
+        "signed the held release with the release key"
+    );
+    shared.hold(release)?;
+    Ok(())
 }
 
 /// The parent first, then the backups, each with its listen address.

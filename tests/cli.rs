@@ -64,7 +64,18 @@ fn certs_init_and_issue() {
     assert!(cascade(&["certs", "init", "--dir", c]).status.success());
     let mode = common::mode(&certs.join("ca.key"));
     assert_eq!(mode, 0o600);
+    assert_eq!(common::mode(&certs.join("release.key")), 0o600);
+    assert!(certs.join("release.pub").exists());
     one_clear_error(&cascade(&["certs", "init", "--dir", c]), "already exists");
+    one_clear_error(
+        &cascade(&["certs", "release-key", "--dir", c]),
+        "release-signing key already exists",
+    );
+    let before = fs::read(certs.join("release.pub")).unwrap();
+    assert!(cascade(&["certs", "release-key", "--dir", c, "--force"])
+        .status
+        .success());
+    assert_ne!(before, fs::read(certs.join("release.pub")).unwrap());
     assert!(cascade(&["certs", "init", "--dir", c, "--force"])
         .status
         .success());
@@ -84,6 +95,16 @@ fn certs_init_and_issue() {
         assert!(certs.join(format!("{n}.pem")).exists());
         let mode = common::mode(&certs.join(format!("{n}.key")));
         assert_eq!(mode, 0o600);
+    }
+    // A certificate that would be expired at once, or valid past any calendar, is refused.
+    for days in ["0", "4000000000"] {
+        let out = cascade(&["certs", "issue", "--dir", c, "--days", days, "web-9"]);
+        assert!(
+            !out.status.success() && text(&out).contains("--days"),
+            "{}",
+            text(&out)
+        );
+        assert!(!text(&out).contains("panicked"));
     }
     let out = cascade(&["certs", "issue", "--dir", c, "web-1", "web-2"]);
     let t = text(&out);
@@ -116,6 +137,12 @@ fn node_start_errors_are_one_clear_line() {
         c.dep.base.join("certs/leaf-1-1.pem"),
     )
     .unwrap();
+
+    // No release.pub: the node cannot check releases, so it does not start.
+    let pubkey = c.dep.base.join("certs/release.pub");
+    fs::rename(&pubkey, c.dep.base.join("certs/moved.pub")).unwrap();
+    one_clear_error(&cascade(&["node", "--config", cfg]), "release.pub");
+    fs::rename(c.dep.base.join("certs/moved.pub"), &pubkey).unwrap();
 
     // A key others can read is refused.
     let key = c.dep.base.join("certs/leaf-1-1.key");

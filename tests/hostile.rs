@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use cascade::net;
 use cascade::status::NodeState;
-use cascade::tree::{Entry, EntryKind, Md5};
+use cascade::tree::{Entry, EntryKind, Manifest, Md5};
 use cascade::wire::{ErrorCode, RawDown, RawRelease, Up};
-use cascade_certs::Identity;
+use cascade_certs::{Identity, ReleaseKey};
 use common::Cluster;
 use quinn::{Connection, ConnectionError, Endpoint, SendStream};
 
@@ -21,6 +21,9 @@ use quinn::{Connection, ConnectionError, Endpoint, SendStream};
 struct FakeParent {
     rt: tokio::runtime::Runtime,
     endpoint: Endpoint,
+    /// The deployment's release key: this fake parent's offers are signed as the origin's
+    /// would be (what is tested here is the manifest check behind the signature check).
+    key: ReleaseKey,
 }
 
 struct FakeLink {
@@ -36,7 +39,8 @@ impl FakeParent {
         let endpoint = rt
             .block_on(async { net::endpoint(&id, Some(addr), None, Duration::from_secs(15)) })
             .unwrap();
-        FakeParent { rt, endpoint }
+        let key = ReleaseKey::load(&c.dep.base.join("certs")).unwrap();
+        FakeParent { rt, endpoint, key }
     }
 
     /// Waits for the leaf to connect and say hello.
@@ -61,8 +65,29 @@ impl FakeParent {
         })
     }
 
+    /// Offers a release signed with the deployment's key (a hostile manifest gets a signature
+    /// over nothing: it is refused before the signature is looked at).
     fn offer(&self, l: &mut FakeLink, version: u64, entries: Vec<Entry>) {
-        let frame = cascade::wire::encode(&RawDown::Offer(RawRelease { version, entries }));
+        self.offer_signed_by(l, version, entries, Some(&self.key));
+    }
+
+    fn offer_signed_by(
+        &self,
+        l: &mut FakeLink,
+        version: u64,
+        entries: Vec<Entry>,
+        key: Option<&ReleaseKey>,
+    ) {
+        let signature = match (Manifest::from_sorted(entries.clone()), key) {
+            (Ok(m), Some(k)) => k.sign(version, &m.root_digest().0),
+            (Err(_), Some(_)) => vec![0; 64],
+            (_, None) => Vec::new(),
+        };
+        let frame = cascade::wire::encode(&RawDown::Offer(RawRelease {
+            version,
+            entries,
+            signature,
+        }));
         self.raw(l, &frame);
     }
 
@@ -129,6 +154,20 @@ fn hostile_manifests_are_refused_whole_and_the_node_carries_on() {
         fake.offer(&mut l, version, entries);
         c.wait(&format!("the leaf to refuse the {what} release"), Duration::from_secs(20), || {
             matches!(leaf_state(&c), Some(NodeState::Failed { version: v, ref error }) if v == version && error.contains("refused release"))
+        });
+    }
+    // A valid manifest without the origin's signature, or signed by another key (a relay's
+    // certificate stolen, a key of the thief's own), is refused just as whole.
+    let other = c.tmp.path().join("thief");
+    cascade_certs::init_release_key(&other, false).unwrap();
+    let thief = ReleaseKey::load(&other).unwrap();
+    for (version, key, why) in [
+        (150, None, "not signed"),
+        (151, Some(&thief), "bad signature"),
+    ] {
+        fake.offer_signed_by(&mut l, version, vec![file("index.html")], key);
+        c.wait(&format!("the leaf to refuse release {version}"), Duration::from_secs(20), || {
+            matches!(leaf_state(&c), Some(NodeState::Failed { version: v, ref error }) if v == version && error.contains(why))
         });
     }
     assert!(!outside.exists(), "a hostile manifest wrote outside dir");

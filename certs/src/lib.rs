@@ -5,6 +5,11 @@
 //! - `NAME.pem`, `NAME.key`: one pair per node (`cascade certs issue`), whose only subject
 //!   alternative name is the node's DNS name from the topology.
 //!
+//! - `release.key` (origin host only) and `release.pub` (every host): the Ed25519 key the
+//!   origin signs releases with, and its public half every node checks them against (see
+//!   [`ReleaseKey`], [`ReleasePub`]). A stolen relay certificate can then open links, but
+//!   cannot make any node accept a release the origin did not sign.
+//!
 //! Key files are written with mode 0600 and [`Identity::load`] refuses a key that others can
 //! read. [`Identity::server_config`] and [`Identity::client_config`] build the rustls configs for
 //! mutual TLS 1.3 with the ring provider, trusting only the deployment CA. Which *name* a peer
@@ -21,12 +26,13 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
+use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
 /// The CA's subject; node certificates name it as their issuer.
@@ -59,6 +65,10 @@ pub enum CertError {
     Tls(#[from] rustls::Error),
     #[error("TLS verifier: {0}")]
     Verifier(String),
+    #[error("a release-signing key already exists at {0} (use --force to replace it; every host then needs the new release.pub)")]
+    ReleaseKeyExists(PathBuf),
+    #[error("{0}: not a release-signing key ({1})")]
+    BadReleaseKey(PathBuf, String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
@@ -87,7 +97,8 @@ fn ca_params() -> CertificateParams {
     params
 }
 
-/// Creates `dir/ca.pem` and `dir/ca.key`. Refuses to replace an existing CA unless `force`.
+/// Creates `dir/ca.pem` and `dir/ca.key`, and the release-signing key pair
+/// (`release.key`, `release.pub`). Refuses to replace an existing CA unless `force`.
 pub fn init_ca(dir: &Path, force: bool) -> Result<(), CertError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let cert_path = dir.join("ca.pem");
@@ -99,7 +110,155 @@ pub fn init_ca(dir: &Path, force: bool) -> Result<(), CertError> {
     let cert = ca_params().self_signed(&key)?;
     write_private(&key_path, key.serialize_pem().as_bytes())?;
     write_atomic(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    init_release_key(dir, true)
+}
+
+/// The release-signing key: the origin's private half (`release.key`).
+pub const RELEASE_KEY: &str = "release.key";
+/// Its public half, on every host (`release.pub`).
+pub const RELEASE_PUB: &str = "release.pub";
+/// What a release signature covers is prefixed with this, so it can never be mistaken for
+/// anything else signed with the same key.
+const SIGNED_PREFIX: &[u8] = b"cascade release signature v1\0";
+
+/// Creates `dir/release.key` (mode 0600) and `dir/release.pub`: a new Ed25519 key pair the
+/// origin signs releases with. Refuses to replace an existing key unless `force`.
+pub fn init_release_key(dir: &Path, force: bool) -> Result<(), CertError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let (key_path, pub_path) = (dir.join(RELEASE_KEY), dir.join(RELEASE_PUB));
+    if !force && (key_path.exists() || pub_path.exists()) {
+        return Err(CertError::ReleaseKeyExists(key_path));
+    }
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| CertError::BadReleaseKey(key_path.clone(), "key generation failed".into()))?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .map_err(|e| CertError::BadReleaseKey(key_path.clone(), e.to_string()))?;
+    write_private(
+        &key_path,
+        pem_text("PRIVATE KEY", pkcs8.as_ref()).as_bytes(),
+    )?;
+    write_atomic(
+        &pub_path,
+        format!("{}\n", hex(pair.public_key().as_ref())).as_bytes(),
+        0o644,
+    )?;
     Ok(())
+}
+
+/// The origin's release-signing key.
+pub struct ReleaseKey(Ed25519KeyPair);
+
+impl std::fmt::Debug for ReleaseKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReleaseKey(..)")
+    }
+}
+
+impl ReleaseKey {
+    /// Loads `dir/release.key`; refuses one others can read.
+    pub fn load(dir: &Path) -> Result<Self, CertError> {
+        let path = dir.join(RELEASE_KEY);
+        let meta = fs::metadata(&path).map_err(io_err(&path))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(CertError::KeyExposed(path, mode));
+        }
+        let der = PrivatePkcs8KeyDer::from_pem_file(&path)
+            .map_err(|e| pem_err(&path, "release-signing key", e))?;
+        Ed25519KeyPair::from_pkcs8(der.secret_pkcs8_der())
+            .map(ReleaseKey)
+            .map_err(|e| CertError::BadReleaseKey(path, e.to_string()))
+    }
+
+    /// Signs release `version` whose manifest has root digest `root`.
+    pub fn sign(&self, version: u64, root: &[u8]) -> Vec<u8> {
+        self.0
+            .sign(&signed_message(version, root))
+            .as_ref()
+            .to_vec()
+    }
+
+    /// The public half.
+    pub fn public(&self) -> ReleasePub {
+        let mut k = [0u8; 32];
+        k.copy_from_slice(self.0.public_key().as_ref());
+        ReleasePub(k)
+    }
+}
+
+/// The public half of the release-signing key, which every node checks releases against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReleasePub([u8; 32]);
+
+impl ReleasePub {
+    /// Loads `dir/release.pub` (64 hex digits).
+    pub fn load(dir: &Path) -> Result<Self, CertError> {
+        let path = dir.join(RELEASE_PUB);
+        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+        let bytes = unhex(text.trim())
+            .filter(|b| b.len() == 32)
+            .ok_or_else(|| {
+                CertError::BadReleaseKey(path.clone(), "expected 64 hex digits".into())
+            })?;
+        let mut k = [0u8; 32];
+        k.copy_from_slice(&bytes);
+        Ok(ReleasePub(k))
+    }
+
+    /// Whether `signature` is the origin's for release `version` with manifest root `root`.
+    pub fn verify(&self, version: u64, root: &[u8], signature: &[u8]) -> bool {
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &self.0)
+            .verify(&signed_message(version, root), signature)
+            .is_ok()
+    }
+}
+
+fn signed_message(version: u64, root: &[u8]) -> Vec<u8> {
+    let mut m = SIGNED_PREFIX.to_vec();
+    m.extend_from_slice(&version.to_be_bytes());
+    m.extend_from_slice(root);
+    m
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// `der` as a PEM block labelled `label`.
+fn pem_text(label: &str, der: &[u8]) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk.len();
+        let v = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= n {
+                b64.push(B64[(v >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 /// What [`issue`] did for one name.
@@ -409,6 +568,38 @@ mod tests {
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
         let e = Identity::load(d.path(), "n").unwrap_err().to_string();
         assert!(e.contains("n.key") && e.contains("readable"), "{e}");
+    }
+
+    #[test]
+    fn releases_are_signed_by_the_origin_key_only() {
+        let d = tempfile::tempdir().unwrap();
+        init_ca(d.path(), false).unwrap();
+        let key = ReleaseKey::load(d.path()).unwrap();
+        let public = ReleasePub::load(d.path()).unwrap();
+        assert_eq!(key.public(), public);
+        let sig = key.sign(7, &[1; 16]);
+        assert!(public.verify(7, &[1; 16], &sig));
+        assert!(!public.verify(8, &[1; 16], &sig), "another version");
+        assert!(!public.verify(7, &[2; 16], &sig), "another tree");
+        assert!(!public.verify(7, &[1; 16], &[]), "no signature");
+        // Another deployment's key signs nothing this one accepts.
+        let other = tempfile::tempdir().unwrap();
+        init_release_key(other.path(), false).unwrap();
+        let forged = ReleaseKey::load(other.path()).unwrap().sign(7, &[1; 16]);
+        assert!(!public.verify(7, &[1; 16], &forged));
+        assert!(matches!(
+            init_release_key(d.path(), false),
+            Err(CertError::ReleaseKeyExists(_))
+        ));
+        let mode = fs::metadata(d.path().join(RELEASE_KEY))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        fs::write(d.path().join(RELEASE_PUB), "zz\n").unwrap();
+        let e = ReleasePub::load(d.path()).unwrap_err().to_string();
+        assert!(e.contains("release.pub") && e.contains("hex"), "{e}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `cascade certs init|issue`: the deployment's CA and its node certificates.
+//! `cascade certs init|issue|release-key`: the deployment's CA, its node certificates, and
+//! the key the origin signs releases with.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +11,8 @@ use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum CertsCommand {
-    /// Create DIR/ca.pem and DIR/ca.key.
+    /// Create DIR/ca.pem and DIR/ca.key, and the release-signing key pair DIR/release.key
+    /// (origin host only) and DIR/release.pub (every host).
     Init {
         #[arg(long)]
         dir: PathBuf,
@@ -28,9 +30,18 @@ pub enum CertsCommand {
         /// Node names to issue for.
         #[arg(required_unless_present = "topology")]
         names: Vec<String>,
-        /// Days the certificates are valid.
-        #[arg(long, default_value_t = cascade_certs::DEFAULT_DAYS)]
+        /// Days the certificates are valid (1 to 36500).
+        #[arg(long, default_value_t = cascade_certs::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
+    },
+    /// Create only the release-signing key pair (a deployment made before releases were
+    /// signed).
+    ReleaseKey {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Replace an existing key (every host then needs the new release.pub).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -42,6 +53,11 @@ pub fn run(command: CertsCommand) -> Result<ExitCode> {
                 "created CA {}/ca.pem (key ca.key, mode 0600)",
                 dir.display()
             );
+            release_key_made(&dir);
+        }
+        CertsCommand::ReleaseKey { dir, force } => {
+            cascade_certs::init_release_key(&dir, force)?;
+            release_key_made(&dir);
         }
         CertsCommand::Issue {
             dir,
@@ -70,4 +86,11 @@ pub fn run(command: CertsCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn release_key_made(dir: &std::path::Path) {
+    println!(
+        "created release-signing key {}/release.key (mode 0600: copy it to the origin host only) and release.pub (copy it to every host, next to ca.pem)",
+        dir.display()
+    );
 }

@@ -2,17 +2,19 @@
 //! versioned format of their own, so the wire protocol can change without making a node
 //! unable to read its state after an upgrade.
 //!
-//! # Format 1
+//! # Format 2
 //! ```text
 //! magic   8 bytes   "CASCADE\0"
 //! kind    1 byte    1 = release, 2 = stat cache
-//! format  2 bytes   little endian; this build writes and reads 1
+//! format  2 bytes   little endian; this build writes 2 and reads 0 to 2
 //! length  8 bytes   little endian; bytes of payload
-//! check  16 bytes   a release: MD5 of its version and manifest root digest; a cache: MD5
-//!                   of the payload (a damaged file is refused, never half-used)
+//! check  16 bytes   a release: MD5 of its version, manifest root digest and signature; a
+//!                   cache: MD5 of the payload (a damaged file is refused, never half-used)
 //! payload           bincode 2 (standard config) of the record types below
 //! ```
-//! The record types are frozen for format 1: they change only with a new format number.
+//! The record types are frozen: they change only with a new format number. Format 2 added
+//! the origin's signature after a release's entries ([`SignedRecord`]); a format 1 release
+//! (the same header, no signature, its check over version and root only) loads unsigned.
 //! A file without the magic is format 0, what Cascade wrote before format 1 existed: a wire
 //! frame (4-byte big-endian length, then the same bincode layout as [`ReleaseRecord`]). It is
 //! read once and rewritten as format 1 with the next release.
@@ -30,8 +32,8 @@ use serde::{Deserialize, Serialize};
 use crate::tree::{Entry, EntryKind, Manifest, Md5, Release};
 
 const MAGIC: &[u8; 8] = b"CASCADE\0";
-/// The state format this build writes and reads.
-pub const FORMAT: u16 = 1;
+/// The state format this build writes (and the newest it reads).
+pub const FORMAT: u16 = 2;
 const HEADER: usize = 8 + 1 + 2 + 8 + 16;
 /// Largest state file read (a manifest of several million entries).
 const MAX_PAYLOAD: u64 = 1 << 32;
@@ -59,7 +61,11 @@ pub enum StateError {
 
 /// Saves `release` to `path` (replacing it atomically).
 pub fn save_release(path: &Path, release: &Release) -> Result<(), StateError> {
-    let payload = encode(path, &ReleaseRecord::from(release))?;
+    let record = SignedRecord {
+        release: ReleaseRecord::from(release),
+        signature: Cow::Borrowed(&release.signature),
+    };
+    let payload = encode(path, &record)?;
     write_file(path, Kind::Release, &payload, release_check(release))
 }
 
@@ -75,12 +81,23 @@ pub fn load_release(path: &Path) -> Result<Option<Release>, StateError> {
         path: path.to_owned(),
         reason,
     };
-    let record: ReleaseRecord = decode(&file.payload).map_err(unreadable)?;
-    let release = record
+    let (record, signature) = if file.format >= 2 {
+        let r: SignedRecord = decode(&file.payload).map_err(unreadable)?;
+        (r.release, r.signature.into_owned())
+    } else {
+        (decode(&file.payload).map_err(unreadable)?, Vec::new())
+    };
+    let mut release = record
         .into_release()
         .map_err(|e| unreadable(e.to_string()))?;
+    release.signature = signature;
+    let want = if file.format >= 2 {
+        release_check(&release)
+    } else {
+        unsigned_check(&release)
+    };
     match file.check {
-        Some(check) if check != release_check(&release) => Err(unreadable(
+        Some(check) if check != want => Err(unreadable(
             "damaged: the release does not match its digest".into(),
         )),
         _ => Ok(Some(release)),
@@ -91,6 +108,14 @@ pub fn load_release(path: &Path) -> Result<Option<Release>, StateError> {
 /// every entry (path, type, mode, size, mtime, MD5s). Costs nothing to compute on save (the
 /// root is known) or on load (the hash tree is rebuilt to validate the manifest anyway).
 fn release_check(r: &Release) -> Md5 {
+    let mut buf = r.version.to_le_bytes().to_vec();
+    buf.extend_from_slice(&r.manifest.root_digest().0);
+    buf.extend_from_slice(&r.signature);
+    Md5::of(&buf)
+}
+
+/// Format 1's check: version and root digest only.
+fn unsigned_check(r: &Release) -> Md5 {
     let mut buf = r.version.to_le_bytes().to_vec();
     buf.extend_from_slice(&r.manifest.root_digest().0);
     Md5::of(&buf)
@@ -236,6 +261,13 @@ fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
     }
 }
 
+/// A release as format 2 stores it: format 1's record, then the origin's signature.
+#[derive(Debug, Serialize, Deserialize)]
+struct SignedRecord<'a> {
+    release: ReleaseRecord<'a>,
+    signature: Cow<'a, [u8]>,
+}
+
 /// A release as format 1 stores it. Frozen: never change; add a format instead. Written
 /// from borrowed strings (saving a release copies no path), read into owned ones.
 #[derive(Debug, Serialize, Deserialize)]
@@ -328,10 +360,10 @@ impl ReleaseRecord<'_> {
                 },
             })
             .collect();
-        Ok(Release {
-            version: self.version,
-            manifest: Manifest::from_sorted(entries)?,
-        })
+        Ok(Release::unsigned(
+            self.version,
+            Manifest::from_sorted(entries)?,
+        ))
     }
 }
 
@@ -356,6 +388,7 @@ mod tests {
         Release {
             version: 9,
             manifest,
+            signature: vec![5; 64],
         }
     }
 
@@ -370,18 +403,24 @@ mod tests {
     }
 
     #[test]
-    fn format_0_is_the_protocol_2_frame_and_still_reads() {
-        // What Cascade wrote before format 1: `wire::encode(&release)`, byte for byte.
-        let r = sample();
+    fn formats_0_and_1_still_read_as_unsigned_releases() {
+        // What Cascade wrote before format 1: protocol 2's frame of the release, whose
+        // layout is format 1's record.
+        let r = Release::unsigned(sample().version, sample().manifest);
         let payload =
             bincode::serde::encode_to_vec(ReleaseRecord::from(&r), bincode::config::standard())
                 .unwrap();
         let mut legacy = (payload.len() as u32).to_be_bytes().to_vec();
         legacy.extend(&payload);
-        assert_eq!(legacy, crate::wire::encode(&r), "format 0 is the v2 frame");
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("release.bin");
         fs::write(&path, &legacy).unwrap();
+        assert_eq!(load_release(&path).unwrap(), Some(r.clone()));
+        // Format 1: the header, the same record, a check over version and root.
+        write_file(&path, Kind::Release, &payload, unsigned_check(&r)).unwrap();
+        let mut one = fs::read(&path).unwrap();
+        one[9..11].copy_from_slice(&1u16.to_le_bytes());
+        fs::write(&path, &one).unwrap();
         assert_eq!(load_release(&path).unwrap(), Some(r));
     }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use super::apply::{
@@ -38,6 +39,21 @@ pub struct Applier {
     pub keep: Rules,
     /// Atomic mode: where kept paths live (`DATA/shared`), linked from each release.
     shared: PathBuf,
+    /// Whether setuid, setgid and sticky bits in a release are applied (`allow_special_bits`);
+    /// by default they are dropped.
+    special_bits: bool,
+}
+
+/// Setuid, setgid and sticky.
+const SPECIAL_BITS: u32 = 0o7000;
+
+/// Paths of `m` whose mode has setuid, setgid or sticky bits.
+fn with_special_bits(m: &Manifest) -> Vec<String> {
+    m.entries()
+        .iter()
+        .filter(|e| e.mode & SPECIAL_BITS != 0)
+        .map(|e| e.path.clone())
+        .collect()
 }
 
 /// What a verify found and did.
@@ -65,7 +81,33 @@ impl Applier {
             releases,
             only_copy: !serves && mode == ApplyMode::InPlace,
             keep: Rules::none(),
+            special_bits: false,
         }
+    }
+
+    /// The same applier applying setuid, setgid and sticky bits as the release has them.
+    pub fn allowing_special_bits(mut self, allow: bool) -> Self {
+        self.special_bits = allow;
+        self
+    }
+
+    /// `m` as this node applies it: without setuid, setgid and sticky bits unless allowed.
+    /// A release without such bits (the usual case) is used as it is.
+    fn local<'a>(&self, m: &'a Manifest) -> Cow<'a, Manifest> {
+        if self.special_bits || !m.entries().iter().any(|e| e.mode & SPECIAL_BITS != 0) {
+            return Cow::Borrowed(m);
+        }
+        let entries = m
+            .entries()
+            .iter()
+            .map(|e| Entry {
+                mode: e.mode & !SPECIAL_BITS,
+                ..e.clone()
+            })
+            .collect();
+        Cow::Owned(
+            Manifest::from_sorted(entries).expect("clearing mode bits keeps a manifest valid"),
+        )
     }
 
     /// The same applier leaving the paths `keep` names to the node (in atomic mode they live
@@ -144,6 +186,20 @@ impl Applier {
         store: &Store,
         check: impl FnOnce(&Path) -> Result<(), String>,
     ) -> Result<ApplyStats, ApplyError> {
+        if !self.special_bits {
+            let special = with_special_bits(new);
+            if let Some(first) = special.first() {
+                tracing::warn!(
+                    version,
+                    entries = special.len(),
+                    first = %first,
+                    "dropped setuid, setgid and sticky bits (allow_special_bits = true keeps them)"
+                );
+            }
+        }
+        let new = &*self.local(new);
+        let old_local = old.map(|(v, m)| (v, self.local(m)));
+        let old = old_local.as_ref().map(|(v, m)| (*v, &**m));
         match self.mode {
             ApplyMode::InPlace => {
                 let how = How {
@@ -190,6 +246,7 @@ impl Applier {
         manifest: &Manifest,
         store: &Store,
     ) -> Result<ApplyStats, ApplyError> {
+        let manifest = &*self.local(manifest);
         match self.mode {
             ApplyMode::InPlace => repair(&self.dir, manifest, store, self.keep()),
             ApplyMode::Atomic { .. } => {
@@ -213,6 +270,7 @@ impl Applier {
         store: &Store,
         full: bool,
     ) -> Result<Verified, ApplyError> {
+        let manifest = &*self.local(manifest);
         let target = match self.mode {
             ApplyMode::InPlace => self.dir.clone(),
             ApplyMode::Atomic { .. } => self.release_dir(version),
@@ -427,6 +485,34 @@ mod tests {
         );
         assert_eq!(left[2], "v4");
         assert_eq!(left.len(), 3);
+    }
+
+    #[test]
+    fn setuid_setgid_and_sticky_bits_are_dropped_unless_allowed() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        let store = Store::open(&t.path().join("data")).unwrap();
+        write(&src.join("bin/su"), "#!/bin/sh\n");
+        write(&src.join("plain"), "p");
+        fs::set_permissions(src.join("bin/su"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        fs::set_permissions(src.join("bin"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let m = scan(&src, &store, &Default::default()).unwrap().0;
+        let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        for (allow, su, bin) in [(false, 0o755, 0o777), (true, 0o4755, 0o1777)] {
+            let dst = t.path().join(format!("dst-{allow}"));
+            let a = Applier::new(dst.clone(), ApplyMode::InPlace, t.path().join("r"), true)
+                .allowing_special_bits(allow);
+            a.apply(1, &m, None, &store).unwrap();
+            assert_eq!(
+                (mode(&dst.join("bin/su")), mode(&dst.join("bin"))),
+                (su, bin)
+            );
+            // What was applied counts as applied: nothing is rewritten or repaired after.
+            let again = a.apply(2, &m, Some((1, &m)), &store).unwrap();
+            assert_eq!(again.written, 0, "{again:?}");
+            assert!(a.verify(1, &m, &store, true).unwrap().drifted.is_empty());
+        }
     }
 
     #[test]

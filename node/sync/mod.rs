@@ -24,12 +24,14 @@ pub mod parent;
 pub mod publish;
 pub mod session;
 pub mod shared;
+pub mod trust;
 pub mod verify;
 
 pub use board::Board;
 pub use held::{Held, Offer};
 pub use publish::{PublishError, Publisher};
 pub use shared::{HookSetup, Shared};
+pub use trust::Trust;
 
 use crate::data::{StateError, StoreError};
 use crate::dir::ApplyError;

@@ -191,7 +191,9 @@ impl Publisher {
             Some(p) => manifest.diff_paths(&p.release.manifest),
             None => manifest.diff_paths(&Manifest::empty()),
         };
-        shared.hold(Release { version, manifest })?;
+        let mut release = Release::unsigned(version, manifest);
+        shared.trust.sign(&mut release);
+        shared.hold(release)?;
         state.in_step = true;
         shared.released(version, self.dir.clone(), changed);
         Ok((out, unsettled))

@@ -73,7 +73,11 @@ async fn take_offers(
     while let Some(msg) = net::recv::<_, RawDown>(recv).await? {
         let RawDown::Offer(raw) = msg;
         let version = raw.version;
-        match raw.validate() {
+        let checked = raw
+            .validate()
+            .map_err(|e| e.to_string())
+            .and_then(|r| shared.trust.check(&r).map(|()| r));
+        match checked {
             Ok(release) => {
                 info!(version, "offered {release}");
                 offers.send_replace(Some(Arc::new(release)));

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use super::board::Board;
 use super::flight::Flights;
 use super::held::{Held, Offer};
+use super::trust::Trust;
 use crate::data::{StateError, Store};
 use crate::dir::Applier;
 use crate::hooks::Hooks;
@@ -43,6 +44,8 @@ pub struct Shared {
     pub landing: tokio::sync::Mutex<()>,
     /// Whether a verify reads every file by default (`verify = "full"`).
     pub verify_full: bool,
+    /// The release-signing key's public half (and, on the origin, the key itself).
+    pub trust: Trust,
 }
 
 /// The node's hooks and what they need.

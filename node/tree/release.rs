@@ -6,11 +6,24 @@ use serde::{Deserialize, Serialize};
 
 use super::manifest::Manifest;
 
-/// A version number and the manifest of the tree it names.
+/// A version number, the manifest of the tree it names, and the origin's signature over
+/// both (Ed25519 over the version and the manifest's root digest; empty if unsigned).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
     pub version: u64,
     pub manifest: Manifest,
+    pub signature: Vec<u8>,
+}
+
+impl Release {
+    /// A release not signed (yet).
+    pub fn unsigned(version: u64, manifest: Manifest) -> Self {
+        Release {
+            version,
+            manifest,
+            signature: Vec::new(),
+        }
+    }
 }
 
 /// Whether release `version` is newer than `held` (`None`: nothing held yet). Versions only

@@ -31,19 +31,22 @@ pub enum RawDown {
     Offer(RawRelease),
 }
 
-/// A release as received: version and entries, before any check.
+/// A release as received: version, entries and signature, before any check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RawRelease {
     pub version: u64,
     pub entries: Vec<Entry>,
+    pub signature: Vec<u8>,
 }
 
 impl RawRelease {
-    /// Checks the manifest (paths, order, parents, modes) and computes its hash tree.
+    /// Checks the manifest (paths, order, parents, modes) and computes its hash tree. The
+    /// signature is the caller's to check, against that root.
     pub fn validate(self) -> Result<Release, ManifestError> {
         Ok(Release {
             version: self.version,
             manifest: Manifest::from_sorted(self.entries)?,
+            signature: self.signature,
         })
     }
 }

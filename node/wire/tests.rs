@@ -49,6 +49,7 @@ fn sample_release() -> Release {
     Release {
         version: 7,
         manifest,
+        signature: vec![9; 64],
     }
 }
 
@@ -184,6 +185,7 @@ fn raw_down_encodes_like_down() {
     let raw = RawDown::Offer(RawRelease {
         version: r.version,
         entries: r.manifest.entries().to_vec(),
+        signature: r.signature.clone(),
     });
     assert_eq!(encode(&Down::Offer(r.clone())), encode(&raw));
     let RawDown::Offer(back) = decode_frame::<RawDown>(&encode(&Down::Offer(r.clone()))).unwrap();
@@ -428,8 +430,8 @@ mod props {
         }
 
         #[test]
-        fn down_round_trips_and_matches_raw(version in any::<u64>(), manifest in manifest()) {
-            let release = Release { version, manifest };
+        fn down_round_trips_and_matches_raw(version in any::<u64>(), manifest in manifest(), signature in prop::collection::vec(any::<u8>(), 0..70)) {
+            let release = Release { version, manifest, signature };
             check(&Down::Offer(release.clone()));
             let RawDown::Offer(raw) = decode_frame::<RawDown>(&encode(&Down::Offer(release.clone()))).unwrap();
             prop_assert_eq!(raw.validate().unwrap(), release);

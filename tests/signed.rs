@@ -1,0 +1,115 @@
+//! Releases are signed by the origin; a stolen relay certificate cannot deface a leaf. The
+//! attack, as an attacker would run it: with `ca.pem`, `relay-1.pem` and `relay-1.key` copied
+//! from the relay host, a second `cascade node` runs as an origin named "relay-1" on the
+//! relay's address (its own topology, its own release key) and publishes.
+
+mod common;
+
+use std::fs;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cascade::status::NodeState;
+use common::{cascade, text, write, Cluster, BIN};
+
+/// Kills the attacker's node when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_stolen_relay_certificate_cannot_deface_a_leaf() {
+    let mut c = Cluster::new(1, 1);
+    c.start_all();
+    write(&c.dir("origin"), "index.html", b"the real site");
+    c.publish_wait();
+    c.stop("relay-1");
+
+    // The attacker's kit: the relay's certificate and key and the CA certificate, plus a
+    // release key of its own (it has no way to get the origin's).
+    let kit = c.tmp.path().join("attacker");
+    let certs = kit.join("certs");
+    fs::create_dir_all(&certs).unwrap();
+    for f in ["ca.pem", "relay-1.pem", "relay-1.key"] {
+        fs::copy(c.dep.base.join("certs").join(f), certs.join(f)).unwrap();
+    }
+    cascade_certs::init_release_key(&certs, false).unwrap();
+    let listen = c.dep.topology.node("relay-1").unwrap().listen.unwrap();
+    fs::write(
+        kit.join("topology.toml"),
+        format!("[[node]]\nname = \"relay-1\"\nlisten = \"{listen}\"\n\n[[node]]\nname = \"leaf-1-1\"\nparent = \"relay-1\"\n"),
+    )
+    .unwrap();
+    write(&kit.join("www"), "index.html", b"DEFACED");
+    fs::write(
+        kit.join("node.toml"),
+        "name = \"relay-1\"\ntopology = \"topology.toml\"\ncerts = \"certs\"\ndir = \"www\"\ndata = \"data\"\n",
+    )
+    .unwrap();
+    let cfg = kit.join("node.toml");
+    let log = fs::File::create(kit.join("node.log")).unwrap();
+    let _attacker = Killed(
+        Command::new(BIN)
+            .args(["node", "--config"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    // It publishes five times; the leaf connects to it (the TLS handshake succeeds: the
+    // certificate is genuine) and is offered each release.
+    for i in 0..5 {
+        write(
+            &kit.join("www"),
+            "index.html",
+            format!("DEFACED {i}").as_bytes(),
+        );
+        let mut out = cascade(&["publish", "--config", cfg.to_str().unwrap()]);
+        for _ in 0..50 {
+            if out.status.success() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            out = cascade(&["publish", "--config", cfg.to_str().unwrap()]);
+        }
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    c.wait(
+        "the leaf to refuse the forged releases",
+        Duration::from_secs(30),
+        || {
+            matches!(
+                c.status_of("leaf-1-1", "leaf-1-1").map(|s| s.state),
+                Some(NodeState::Failed { ref error, .. }) if error.contains("bad signature")
+            )
+        },
+    );
+    assert_eq!(
+        fs::read(c.dir("leaf-1-1").join("index.html")).unwrap(),
+        b"the real site"
+    );
+    assert_eq!(
+        c.status_of("leaf-1-1", "leaf-1-1").unwrap().applied,
+        Some(1)
+    );
+    assert!(c
+        .log("leaf-1-1")
+        .contains("not signed by this deployment's release key"));
+
+    // The attacker gone and the real relay back, the tree carries on.
+    drop(_attacker);
+    c.start("relay-1");
+    write(&c.dir("origin"), "index.html", b"the real site, v2");
+    c.publish_wait();
+    assert_eq!(
+        fs::read(c.dir("leaf-1-1").join("index.html")).unwrap(),
+        b"the real site, v2"
+    );
+}
