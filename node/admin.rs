@@ -16,16 +16,34 @@ use crate::net::{self, LinkError};
 use crate::sync::{verify, PublishError, Publisher, Shared};
 use crate::wire::{AdminRequest, AdminResponse};
 
-/// Binds the admin socket at `path`, replacing a stale one, and restricts it to the owner.
+/// Binds the admin socket at `path`, replacing a stale one, readable and writable by the
+/// owner only from its first moment: it is bound inside a fresh directory of mode 0700, set
+/// to 0600 there, and only then renamed to `path`. No other user can ever connect, whatever
+/// the umask.
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
-    let _ = fs_err::remove_file(path);
-    let listener = UnixListener::bind(path).map_err(|e| {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let private = tempfile::Builder::new()
+        .prefix(".admin-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(parent)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create the admin socket in `{}`: {e}",
+                    parent.display()
+                ),
+            )
+        })?;
+    let staged = private.path().join("admin.sock");
+    let listener = UnixListener::bind(&staged).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("failed to listen on `{}`: {e}", path.display()),
         )
     })?;
-    fs_err::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    fs_err::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+    fs_err::rename(&staged, path)?;
     Ok(listener)
 }
 

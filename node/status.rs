@@ -67,6 +67,44 @@ impl NodeStatus {
     }
 }
 
+/// Longest text a report carries (an error, a hook failure), and most kept paths.
+pub const MAX_TEXT: usize = 1024;
+pub const MAX_KEPT: usize = 20;
+
+impl NodeStatus {
+    /// A child's report as a parent keeps it: texts and lists cut to size (a report must
+    /// never grow a relay's own past the frame limit), and a time no later than `now_ms`
+    /// (a clock far ahead must not pin a stale entry).
+    pub fn bounded(mut self, now_ms: u64) -> Self {
+        cut(&mut self.name, 64);
+        if let NodeState::Failed { error, .. } = &mut self.state {
+            cut(error, MAX_TEXT);
+        }
+        if let Some(e) = &mut self.hook_error {
+            cut(e, MAX_TEXT);
+        }
+        self.kept.truncate(MAX_KEPT);
+        for k in &mut self.kept {
+            cut(k, 256);
+        }
+        self.updated_ms = self.updated_ms.min(now_ms);
+        self
+    }
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary, marking the cut.
+fn cut(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str("...");
+}
+
 impl fmt::Display for NodeStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.applied {
@@ -148,5 +186,26 @@ mod tests {
         // The same report with only the link state changed by a parent is taken.
         fresh.connected = true;
         assert!(merge(&mut board, [fresh]));
+    }
+
+    #[test]
+    fn a_hostile_report_is_cut_to_size_and_cannot_pin_the_future() {
+        let mut s = NodeStatus::new("web-1");
+        s.state = NodeState::Failed {
+            version: 2,
+            error: "é".repeat(100_000),
+        };
+        s.hook_error = Some("x".repeat(100_000));
+        s.kept = vec!["k".repeat(1000); 1000];
+        s.updated_ms = u64::MAX;
+        let b = s.bounded(5_000);
+        let NodeState::Failed { error, .. } = &b.state else {
+            unreachable!()
+        };
+        assert!(error.len() <= MAX_TEXT && error.ends_with("..."));
+        assert!(b.hook_error.unwrap().len() <= MAX_TEXT);
+        assert_eq!(b.kept.len(), MAX_KEPT);
+        assert!(b.kept.iter().all(|k| k.len() <= 256));
+        assert_eq!(b.updated_ms, 5_000);
     }
 }

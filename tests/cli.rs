@@ -208,6 +208,39 @@ fn publish_without_a_running_origin_or_from_a_leaf() {
     // The admin socket is private to the node's user.
     let mode = common::mode(&c.data("leaf-1-1").join("admin.sock"));
     assert_eq!(mode, 0o600);
+
+    // Another user who can reach every file but the socket cannot publish.
+    c.start("origin");
+    let origin = c.config("origin");
+    for d in origin.ancestors().skip(1) {
+        if d == std::path::Path::new("/") || !d.starts_with(c.tmp.path()) && d != c.tmp.path() {
+            break;
+        }
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::set_permissions(c.data("origin"), fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            common::BIN,
+        ])
+        .args(["publish", "--config", origin.to_str().unwrap()])
+        .output();
+    match out {
+        Ok(out) if out.status.code().is_some() => {
+            let t = text(&out);
+            assert!(!out.status.success(), "nobody published: {t}");
+            assert!(
+                t.contains("admin.sock") && t.contains("ermission denied"),
+                "{t}"
+            );
+        }
+        other => {
+            eprintln!("setpriv is not usable here ({other:?}): the second-user check is skipped")
+        }
+    }
 }
 
 #[test]

@@ -54,10 +54,14 @@ impl DataDir {
         }
     }
 
-    /// Creates the dir (mode 0700: it holds the admin socket and the store).
+    /// Creates the dir, mode 0711: other users may not list it, but may pass through it, as
+    /// a web server's workers must to read an atomic-mode release in `releases/` (or a kept
+    /// path in `shared/`) that `dir` links to. Nothing in it is more private than what the
+    /// node serves, except the admin socket, which is the owner's alone (mode 0600 from the
+    /// moment it exists; see `admin::bind`).
     pub fn create(&self) -> io::Result<()> {
         fs_err::create_dir_all(&self.root)?;
-        fs_err::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+        fs_err::set_permissions(&self.root, std::fs::Permissions::from_mode(0o711))
     }
 
     /// Takes the lock that keeps a second node off this dir.

@@ -26,6 +26,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use fs_err as fs;
+use fs_err::os::unix::fs::OpenOptionsExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -163,7 +164,14 @@ fn write_file(path: &Path, kind: Kind, payload: &[u8], check: Md5) -> Result<(),
     header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     header.extend_from_slice(&check.0);
     let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp)?;
+    // The node user's alone: a manifest names every path of the tree, private ones too.
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(&header)?;
     f.write_all(payload)?;
     // A release must survive a crash once saved; a cache lost in one costs a rehash.

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use fs_err as fs;
 
 use super::writer::{BodyWriter, Expected};
-use crate::tree::hash::{buffer_for, hash_file, hash_reader};
+use crate::tree::hash::{buffer_for, hash_file, hash_reader, open_regular};
 use crate::tree::{Body, Md5};
 
 /// Suffix of a partially received body in `tmp/`.
@@ -53,6 +53,12 @@ impl Store {
         let tmp = root.join("tmp");
         fs::create_dir_all(&objects)?;
         fs::create_dir_all(&tmp)?;
+        // Bodies may be copies of files only their owner could read on the origin: the store
+        // is the node user's alone (what the node serves is applied with its own modes).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
+        }
         // Leftovers of a crash go, except partial bodies, which later fetches resume.
         for e in fs::read_dir(&tmp)?.flatten() {
             if !e.file_name().to_string_lossy().ends_with(PARTIAL) {
@@ -221,8 +227,8 @@ impl Store {
     /// Reads a local file once, hashing it while copying it to a temporary file, and keeps the
     /// copy under its MD5 unless the store already holds that body (the origin's publish).
     /// What is stored is what was hashed, even if the file changes meanwhile.
-    pub fn ingest(&self, src: &Path) -> Result<Body, StoreError> {
-        let mut input = fs::File::open(src)?;
+    pub fn ingest(&self, src: &Path, expect: Option<(u64, u64)>) -> Result<Body, StoreError> {
+        let mut input = open_regular(src, expect)?;
         let tmp = TmpFile(self.tmp_path("ingest"));
         let mut out = fs::File::create(&tmp.0)?;
         let body = hash_reader(&mut input, true, |block| out.write_all(block))?;
@@ -239,7 +245,7 @@ impl Store {
     /// while copying); returns whether it was. A node whose `dir` is the only copy of its
     /// bodies takes a renamed file's body from its old path this way.
     pub fn adopt(&self, src: &Path, md5: Md5, size: u64) -> Result<bool, StoreError> {
-        let mut input = match fs::File::open(src) {
+        let mut input = match open_regular(src, None) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e.into()),
@@ -383,8 +389,8 @@ mod tests {
             size: 5,
             chunks: vec![],
         };
-        assert_eq!(s.ingest(&src).unwrap(), hello);
-        assert_eq!(s.ingest(&src).unwrap(), hello);
+        assert_eq!(s.ingest(&src, None).unwrap(), hello);
+        assert_eq!(s.ingest(&src, None).unwrap(), hello);
         // Garbage collection keeps what is asked for (and the empty body).
         let other = Md5::of(b"other");
         let mut w = s.writer(other, 5).unwrap();

@@ -251,6 +251,8 @@ struct ToRead {
     entry: usize,
     path: PathBuf,
     stat: Stat,
+    /// The device the walk found the file on (with the inode, what must be read).
+    dev: u64,
 }
 
 struct Walk<'a> {
@@ -360,6 +362,7 @@ impl<'a> Walk<'a> {
                             entry: self.entries.len(),
                             path: path.clone(),
                             stat: Stat::of(&meta),
+                            dev: meta.dev(),
                         });
                         Body {
                             md5: Md5::of(b""),
@@ -473,10 +476,12 @@ impl<'a> Walk<'a> {
         let store = self.store;
         let read = super::par_map(&jobs, |job| {
             let body = match store {
-                Some(store) => store.ingest(&job.path).map_err(|e| match e {
-                    StoreError::Io(e) => ScanError::Io(e),
-                    e => ScanError::Store(e),
-                }),
+                Some(store) => store
+                    .ingest(&job.path, Some((job.dev, job.stat.ino)))
+                    .map_err(|e| match e {
+                        StoreError::Io(e) => ScanError::Io(e),
+                        e => ScanError::Store(e),
+                    }),
                 None => hash_file(&job.path, true).map_err(ScanError::Io),
             };
             let body = match body {
@@ -680,5 +685,49 @@ mod tests {
             );
             assert!(s.cache.is_empty(), "nothing half-read is cached");
         });
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_symlink_or_fifo_after_the_walk_is_never_read_through() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("src");
+        fs::create_dir_all(&dir).unwrap();
+        let secret = t.path().join("shadow");
+        fs::write(&secret, "root:secret-hash").unwrap();
+        fs::write(dir.join("page.html"), "page").unwrap();
+        fs::write(dir.join("pipe"), "was a file").unwrap();
+        fs::write(dir.join("other.html"), "other").unwrap();
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let mut w = Walk::new(
+            &dir,
+            Some(&store),
+            None,
+            StatCache::default(),
+            Scope::default(),
+            0,
+        );
+        w.walk("", Depth::All).unwrap();
+        // Between the walk's lstat and the read: a symlink to a secret, a FIFO, and a file
+        // replaced by another one.
+        fs::remove_file(dir.join("page.html")).unwrap();
+        std::os::unix::fs::symlink(&secret, dir.join("page.html")).unwrap();
+        fs::remove_file(dir.join("pipe")).unwrap();
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            dir.join("pipe"),
+            rustix::fs::Mode::from(0o644),
+        )
+        .unwrap();
+        fs::write(dir.join("other.html.new"), "replaced").unwrap();
+        fs::rename(dir.join("other.html.new"), dir.join("other.html")).unwrap();
+        w.read_files().unwrap();
+        let s = w.finish().unwrap();
+        assert!(
+            !store.has(&Md5::of(b"root:secret-hash")),
+            "the secret was read"
+        );
+        for gone in ["page.html", "pipe", "other.html"] {
+            assert!(s.manifest.get(gone).is_none(), "{gone} published");
+        }
     }
 }

@@ -16,6 +16,7 @@ use tracing::{info, warn, Instrument};
 use super::bodies::serve_body;
 use super::shared::Shared;
 use crate::net::{self, LinkError};
+use crate::status::now_ms;
 use crate::tree::newer;
 use crate::wire::{ErrorCode, Up};
 
@@ -141,9 +142,12 @@ async fn serve_child(
         while let Some(msg) = net::recv::<_, Up>(&mut recv).await? {
             match msg {
                 Up::Status(list) => {
-                    shared
-                        .board
-                        .merge(list.into_iter().filter(|s| subtree.contains(&s.name)));
+                    let now = now_ms();
+                    shared.board.merge(
+                        list.into_iter()
+                            .filter(|s| subtree.contains(&s.name))
+                            .map(|s| s.bounded(now)),
+                    );
                 }
                 Up::Hello { .. } => return Err(LinkError::Refused("second hello".into())),
             }

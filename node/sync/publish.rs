@@ -13,8 +13,8 @@ use crate::data::{StateError, StoreError};
 use crate::dir::scan::{scan_with, ScanError, Scanned, Scope, StatCache};
 use crate::dir::watch::Batch;
 use crate::dir::Rules;
-use crate::tree::{Manifest, Release};
-use crate::wire::PublishSummary;
+use crate::tree::{EntryKind, Manifest, Release};
+use crate::wire::{self, Down, PublishSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -26,6 +26,101 @@ pub enum PublishError {
     Store(#[from] StoreError),
     #[error("publish failed: {0}")]
     State(#[from] StateError),
+    #[error("publish failed: no version is left above {0} (a node reports having applied it)")]
+    Versions(u64),
+    #[error("publish failed: the release of {files} files would be a {bytes}-byte offer, over the protocol's limit of {limit} bytes (exclude paths, or split the tree)")]
+    TooLarge {
+        files: u64,
+        bytes: usize,
+        limit: usize,
+    },
+}
+
+/// Refuses a release whose offer would exceed `limit` bytes: every child would refuse the
+/// frame, and the origin its own saved release after a restart. A cheap upper bound decides
+/// for any tree of ordinary size; only near the limit is the offer encoded to measure it.
+fn check_size(release: &Release, limit: usize) -> Result<(), PublishError> {
+    let bound: usize = 64
+        + release.signature.len()
+        + release
+            .manifest
+            .entries()
+            .iter()
+            .map(|e| {
+                let extra = match &e.kind {
+                    EntryKind::File { chunks, .. } => chunks.len() * 16,
+                    EntryKind::Symlink { target } => target.len(),
+                    EntryKind::Dir => 0,
+                };
+                // Varints never exceed 10 bytes; the MD5, the path and the rest are bytes.
+                e.path.len() + extra + 64
+            })
+            .sum::<usize>();
+    if bound <= limit {
+        return Ok(());
+    }
+    let bytes = wire::encode(&Down::Offer(release.clone())).len();
+    if bytes <= limit {
+        return Ok(());
+    }
+    Err(PublishError::TooLarge {
+        files: release.manifest.file_count(),
+        bytes,
+        limit,
+    })
+}
+
+/// The next release's version: above the origin's own, and above anything a node reports (a
+/// rebuilt origin must never offer an "older" version), without wrapping around.
+fn next_version(held: Option<u64>, reported: Option<u64>) -> Result<u64, PublishError> {
+    match held.max(reported) {
+        None => Ok(1),
+        Some(v) => v.checked_add(1).ok_or(PublishError::Versions(v)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::{Entry, Md5};
+
+    #[test]
+    fn a_release_over_the_frame_limit_is_refused_at_publish() {
+        let entries: Vec<Entry> = (0..2000)
+            .map(|i| Entry {
+                path: format!("file-with-a-longish-name-{i:05}.html"),
+                mode: 0o644,
+                kind: EntryKind::File {
+                    size: 5,
+                    md5: Md5::of(b"x"),
+                    mtime: 1_700_000_000,
+                    chunks: vec![],
+                },
+            })
+            .collect();
+        let mut r = Release::unsigned(3, Manifest::from_entries(entries).unwrap());
+        r.signature = vec![1; 64];
+        let exact = wire::encode(&Down::Offer(r.clone())).len();
+        assert!(check_size(&r, exact).is_ok());
+        assert!(check_size(&r, exact * 10).is_ok());
+        let e = check_size(&r, exact - 1).unwrap_err().to_string();
+        assert!(
+            e.contains("2000 files") && e.contains(&exact.to_string()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn versions_grow_past_every_report_and_never_wrap() {
+        use super::next_version;
+        assert_eq!(next_version(None, None).unwrap(), 1);
+        assert_eq!(next_version(Some(4), Some(2)).unwrap(), 5);
+        assert_eq!(next_version(None, Some(9)).unwrap(), 10);
+        let e = next_version(Some(3), Some(u64::MAX))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("18446744073709551615"), "{e}");
+    }
 }
 
 /// Publishes the origin's `dir`, one publish at a time.
@@ -174,12 +269,10 @@ impl Publisher {
                 return Ok((summary(p.version(), false), unsettled));
             }
         }
-        // Above anything a node reports, so a rebuilt origin never offers an "older" version.
-        let version = prev
-            .as_ref()
-            .map(|p| p.version())
-            .max(shared.board.highest_applied())
-            .map_or(1, |v| v + 1);
+        let version = next_version(
+            prev.as_ref().map(|p| p.version()),
+            shared.board.highest_applied(),
+        )?;
         let out = summary(version, true);
         tracing::info!(
             version,
@@ -193,6 +286,7 @@ impl Publisher {
         };
         let mut release = Release::unsigned(version, manifest);
         shared.trust.sign(&mut release);
+        check_size(&release, wire::MAX_FRAME)?;
         shared.hold(release)?;
         state.in_step = true;
         shared.released(version, self.dir.clone(), changed);

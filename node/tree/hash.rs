@@ -216,7 +216,45 @@ pub fn hash_reader(
 
 /// MD5, size and (if `chunks`) chunk MD5s of a file, in one read.
 pub fn hash_file(path: &Path, chunks: bool) -> io::Result<Body> {
-    hash_reader(&mut fs_err::File::open(path)?, chunks, |_| Ok(()))
+    hash_reader(&mut open_regular(path, None)?, chunks, |_| Ok(()))
+}
+
+/// Opens `path` for reading only if it is a regular file, and (with `expect`) the very file
+/// (device, inode) a walk found there: never through a symlink swapped in since (a content
+/// author could otherwise make a root-run origin publish `/etc/shadow`), never blocking on a
+/// FIFO. Anything else is `NotFound`: the file the walk saw is gone.
+pub fn open_regular(path: &Path, expect: Option<(u64, u64)>) -> io::Result<fs_err::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            // ELOOP: a symlink where the walk saw a file; ENXIO: a socket.
+            Some(c)
+                if c == rustix::io::Errno::LOOP.raw_os_error()
+                    || c == rustix::io::Errno::NXIO.raw_os_error() =>
+            {
+                gone(path, "is no longer a regular file")
+            }
+            _ => io::Error::new(
+                e.kind(),
+                format!("failed to open file `{}`: {e}", path.display()),
+            ),
+        })?;
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(gone(path, "is no longer a regular file"));
+    }
+    if expect.is_some_and(|id| id != (m.dev(), m.ino())) {
+        return Err(gone(path, "was replaced since it was listed"));
+    }
+    Ok(fs_err::File::from_parts(f, path))
+}
+
+fn gone(path: &Path, why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{} {why}", path.display()))
 }
 
 #[cfg(test)]
