@@ -361,7 +361,15 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CertError> {
     f.write_all(data)
         .and_then(|()| f.sync_all())
         .map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    // The rename must survive a crash too: flush the directory entry.
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 /// A node's certificate chain and key plus the deployment CA it trusts.

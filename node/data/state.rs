@@ -179,6 +179,11 @@ fn write_file(path: &Path, kind: Kind, payload: &[u8], check: Md5) -> Result<(),
         f.sync_all()?;
     }
     fs::rename(&tmp, path)?;
+    if kind == Kind::Release {
+        // The rename itself must survive a crash too: flush the directory entry.
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+        fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
+    }
     Ok(())
 }
 
