@@ -47,6 +47,12 @@ pub enum NodeState {
         version: u64,
         error: String,
     },
+    /// The node's `check` hook refused this release: it stays on its own and does not try
+    /// this version again.
+    Refused {
+        version: u64,
+        reason: String,
+    },
 }
 
 impl NodeStatus {
@@ -77,8 +83,10 @@ impl NodeStatus {
     /// (a clock far ahead must not pin a stale entry).
     pub fn bounded(mut self, now_ms: u64) -> Self {
         cut(&mut self.name, 64);
-        if let NodeState::Failed { error, .. } = &mut self.state {
-            cut(error, MAX_TEXT);
+        if let NodeState::Failed { error: text, .. } | NodeState::Refused { reason: text, .. } =
+            &mut self.state
+        {
+            cut(text, MAX_TEXT);
         }
         if let Some(e) = &mut self.hook_error {
             cut(e, MAX_TEXT);
@@ -123,6 +131,7 @@ impl fmt::Display for NodeStatus {
             )?,
             NodeState::Applying { version } => write!(f, ", applying v{version}")?,
             NodeState::Failed { version, error } => write!(f, ", FAILED v{version}: {error}")?,
+            NodeState::Refused { version, reason } => write!(f, ", REFUSED v{version}: {reason}")?,
         }
         if !self.connected {
             f.write_str(", disconnected")?;

@@ -172,7 +172,7 @@ impl Report {
 
     /// Whether `s` refused this release with its check hook (it will not take it).
     fn has_refused(&self, s: &NodeStatus) -> bool {
-        matches!(&s.state, NodeState::Failed { version, error } if *version == self.version && error.contains("refused by the check hook"))
+        matches!(&s.state, NodeState::Refused { version, .. } if *version == self.version)
     }
 
     /// The nodes whose check hook refused the release.
@@ -248,5 +248,34 @@ mod tests {
             status("b", Some(3), NodeState::Idle),
         ];
         assert!(r.lagging(&done).is_empty());
+    }
+
+    #[test]
+    fn a_node_that_refused_the_release_ends_the_wait_as_refused_not_lagging() {
+        let r = Report::new(2, vec!["o".into(), "a".into()]);
+        let refused = NodeState::Refused {
+            version: 2,
+            reason: "page is bad".into(),
+        };
+        let nodes = vec![
+            status("o", Some(2), NodeState::Idle),
+            status("a", Some(1), refused),
+        ];
+        assert!(r.lagging(&nodes).is_empty());
+        assert_eq!(
+            r.refused(&nodes),
+            ["a: applied v1, REFUSED v2: page is bad"]
+        );
+        // An older refusal does not count for this release.
+        let old = NodeState::Refused {
+            version: 1,
+            reason: "x".into(),
+        };
+        let nodes = vec![
+            status("o", Some(2), NodeState::Idle),
+            status("a", None, old),
+        ];
+        assert!(r.refused(&nodes).is_empty());
+        assert_eq!(r.lagging(&nodes).len(), 1);
     }
 }

@@ -25,7 +25,11 @@ pub async fn land(shared: &Arc<Shared>, release: Release) -> Result<(), SyncErro
         let old = me.held.current();
         let empty = Manifest::empty();
         let old_manifest = old.as_ref().map_or(&empty, |h| &h.release.manifest);
-        let changed = release.manifest.diff_paths(old_manifest);
+        let changed = if me.hooks_want_changes() {
+            release.manifest.diff_paths(old_manifest)
+        } else {
+            Vec::new()
+        };
         let check = |target: &Path| {
             let h = &me.hooks;
             if h.hooks.check.is_empty() {

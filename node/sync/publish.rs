@@ -281,6 +281,7 @@ impl Publisher {
             "published release"
         );
         let changed = match &prev {
+            _ if !shared.hooks_want_changes() => Vec::new(),
             Some(p) => manifest.diff_paths(&p.release.manifest),
             None => manifest.diff_paths(&Manifest::empty()),
         };

@@ -138,12 +138,12 @@ async fn follow_offers(
         {
             Ok(()) => {}
             Err(SyncError::Link(e)) => return Err(e.into()),
-            Err(e @ SyncError::Apply(ApplyError::Refused(_))) => {
+            Err(SyncError::Apply(ApplyError::Refused(reason))) => {
                 refused = Some(release.version);
                 shared.board.set_own(|s| {
-                    s.state = NodeState::Failed {
+                    s.state = NodeState::Refused {
                         version: release.version,
-                        error: e.to_string(),
+                        reason,
                     }
                 });
             }

@@ -84,6 +84,11 @@ impl Shared {
         Ok(())
     }
 
+    /// Whether a hook will want the paths a release changes (so they are worth listing).
+    pub fn hooks_want_changes(&self) -> bool {
+        self.hooks.queue.is_some() || !self.hooks.hooks.check.is_empty()
+    }
+
     /// Hands a release that reached `dir` to the `on_release` hook (if there is one).
     pub fn released(&self, version: u64, dir: PathBuf, changed: Vec<String>) {
         if let Some(q) = &self.hooks.queue {

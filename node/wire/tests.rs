@@ -374,6 +374,8 @@ mod props {
             any::<u64>().prop_map(|version| NodeState::Applying { version }),
             (any::<u64>(), name())
                 .prop_map(|(version, error)| NodeState::Failed { version, error }),
+            (any::<u64>(), name())
+                .prop_map(|(version, reason)| NodeState::Refused { version, reason }),
         ]
     }
 
