@@ -229,9 +229,16 @@ fn a_full_disk_keeps_the_last_release_reports_and_converges_once_freed() {
     let text = common::text(&out);
     assert!(!out.status.success(), "{text}");
     assert!(
-        text.contains("leaf-1-1: applied v1") && text.contains("No space left"),
+        text.contains("leaf-1-1: applied v1") && text.contains("No space left to fetch"),
         "{text}"
     );
+    // Refused before fetching: no partial body fills the disk.
+    let partial: u64 = fs::read_dir(c.data("leaf-1-1").join("store/tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert_eq!(partial, 0, "bytes fetched for a release that cannot fit");
     // Meanwhile it still serves release 1, intact.
     assert_same_dirs(&before, &c.dir("leaf-1-1"));
 

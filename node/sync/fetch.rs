@@ -42,6 +42,7 @@ pub async fn release(
     };
     let mut files = wanted.len() as u64;
     let mut total: u64 = wanted.iter().map(|e| e.size).sum();
+    check_room(shared, total)?;
     info!(files, bytes = total, "fetching");
     let done = Arc::new(AtomicU64::new(0));
     bodies::fetch_all(shared, conn, wanted, release, &done).await?;
@@ -82,6 +83,27 @@ pub async fn release(
         ms = started.elapsed().as_millis() as u64,
         "release {version} held"
     );
+    Ok(())
+}
+
+/// Refuses, before a byte is fetched, a release whose new bodies cannot fit on the store's
+/// filesystem: a relay (with or without `dir`) would otherwise fill its disk half-way and
+/// leave partial bodies behind. Retried like any failed sync, so it converges once there is
+/// room. (The apply checks `dir`'s own room before it writes.)
+fn check_room(shared: &Shared, need: u64) -> Result<(), SyncError> {
+    let objects = shared.store.objects();
+    let Ok(st) = rustix::fs::statvfs(objects) else {
+        return Ok(());
+    };
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    // Room for metadata and rounding to blocks: 1% and 1 MiB more.
+    if need > 0 && need + need / 100 + (1 << 20) > free {
+        return Err(SyncError::NoSpace {
+            path: objects.to_owned(),
+            need,
+            free,
+        });
+    }
     Ok(())
 }
 

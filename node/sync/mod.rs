@@ -53,4 +53,10 @@ pub enum SyncError {
     NotServed(Md5, u64),
     #[error("body {md5} sent by the parent is {got}+ bytes, expected {size}")]
     TooLong { md5: Md5, size: u64, got: u64 },
+    #[error("{path}: No space left to fetch this release: its new bodies need {need} bytes, {free} are free")]
+    NoSpace {
+        path: std::path::PathBuf,
+        need: u64,
+        free: u64,
+    },
 }
