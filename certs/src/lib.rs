@@ -83,8 +83,15 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// How long the CA is valid: as long as the longest node certificate it may sign.
+pub const CA_DAYS: u32 = 36_500;
+
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
+    // rcgen's default runs to the year 4096; a CA should end, like its certificates.
+    let validity = Validity::days(CA_DAYS);
+    params.not_before = OffsetDateTime::from(validity.not_before);
+    params.not_after = OffsetDateTime::from(validity.not_after);
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, CA_COMMON_NAME);
     params.distinguished_name = dn;
@@ -558,6 +565,25 @@ mod tests {
             issue(d.path(), &["Bad_Name"]),
             Err(CertError::BadName(_))
         ));
+    }
+
+    #[test]
+    fn the_ca_ends_when_its_longest_certificates_do() {
+        let d = tempfile::tempdir().unwrap();
+        init_ca(d.path(), false).unwrap();
+        let der = read_certs(&d.path().join("ca.pem")).unwrap().remove(0);
+        let der = der.as_ref();
+        // Validity is encoded as GeneralizedTime from 2050 on: "YYYYMMDDHHMMSSZ".
+        let end = OffsetDateTime::from(SystemTime::now() + Duration::from_secs(36_500 * 86_400));
+        let year = end.year().to_string();
+        assert!(
+            der.windows(4).any(|w| w == year.as_bytes()),
+            "no {year} in the CA"
+        );
+        assert!(
+            !der.windows(8).any(|w| w == b"40960101"),
+            "the CA runs to 4096"
+        );
     }
 
     #[test]
