@@ -73,8 +73,9 @@ impl NodeStatus {
     }
 }
 
-/// Longest text a report carries (an error, a hook failure), and most kept paths.
+/// Longest text a report carries (an error, a hook failure).
 pub const MAX_TEXT: usize = 1024;
+/// Kept paths a status lists (the node's log has them all).
 pub const MAX_KEPT: usize = 20;
 
 impl NodeStatus {

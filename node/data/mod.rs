@@ -9,12 +9,21 @@ pub mod writer;
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use lock::{DataLock, LockError};
 pub use state::StateError;
 pub use store::{Store, StoreError};
 pub use writer::{BodyWriter, Expected};
+
+/// The free bytes of `path`'s filesystem when they are too few for `need` more bytes, with
+/// room for metadata and rounding to blocks (1% and 1 MiB more); `None` when they suffice or
+/// cannot be known. Every "is there room" check (before fetching, before applying) asks this.
+pub fn short_of_room(path: &Path, need: u64) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    (need > 0 && need + need / 100 + (1 << 20) > free).then_some(free)
+}
 
 /// A node's data dir and the name of everything in it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use fs_err as fs;
 
 use super::rules::Rules;
-use crate::data::Store;
+use crate::data::{short_of_room, Store};
 use crate::tree::hash::hash_file;
 use crate::tree::{Entry, EntryKind, Manifest, Md5};
 
@@ -445,19 +445,14 @@ fn check_space(
         .filter(|(_, _, md5)| !(take && first_use.insert(*md5)))
         .map(|(_, size, _)| size)
         .sum();
-    let Ok(st) = rustix::fs::statvfs(dir) else {
-        return Ok(());
-    };
-    let free = st.f_bavail.saturating_mul(st.f_frsize);
-    // Room for metadata and rounding to blocks: 1% and 1 MiB more.
-    if need > 0 && need + need / 100 + (1 << 20) > free {
-        return Err(ApplyError::NoSpace {
+    match short_of_room(dir, need) {
+        Some(free) => Err(ApplyError::NoSpace {
             path: dir.to_owned(),
             need,
             free,
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn finish_file(tmp: &Path, e: &Entry, mtime: i64) -> Result<(), ApplyError> {

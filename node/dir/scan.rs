@@ -113,10 +113,6 @@ impl Dirty {
         self.paths.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.paths.len()
-    }
-
     pub fn contains(&self, rel: &str) -> bool {
         self.paths.contains(rel)
     }
@@ -128,14 +124,6 @@ impl Dirty {
             .range(prefix.clone()..)
             .next()
             .is_some_and(|p| p.starts_with(&prefix))
-    }
-
-    pub fn extend(&mut self, other: Dirty) {
-        self.paths.extend(other.paths);
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.paths.iter().map(|s| s.as_str())
     }
 }
 

@@ -16,7 +16,7 @@ use super::held::Offer;
 use super::land::land;
 use super::shared::Shared;
 use super::SyncError;
-use crate::data::Expected;
+use crate::data::{short_of_room, Expected};
 use crate::dir::{Applier, ApplyError};
 use crate::status::NodeState;
 use crate::tree::{Entry, Manifest, Md5, Release};
@@ -92,19 +92,14 @@ pub async fn release(
 /// room. (The apply checks `dir`'s own room before it writes.)
 fn check_room(shared: &Shared, need: u64) -> Result<(), SyncError> {
     let objects = shared.store.objects();
-    let Ok(st) = rustix::fs::statvfs(objects) else {
-        return Ok(());
-    };
-    let free = st.f_bavail.saturating_mul(st.f_frsize);
-    // Room for metadata and rounding to blocks: 1% and 1 MiB more.
-    if need > 0 && need + need / 100 + (1 << 20) > free {
-        return Err(SyncError::NoSpace {
+    match short_of_room(objects, need) {
+        Some(free) => Err(SyncError::NoSpace {
             path: objects.to_owned(),
             need,
             free,
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The bodies of `release` to fetch: those of files in subtrees that changed since `old`,

@@ -8,6 +8,7 @@ use super::shared::Shared;
 use super::SyncError;
 use crate::dir::{kept_conflicts, ApplyError};
 use crate::hooks::{self, HookEnv};
+use crate::status::MAX_KEPT;
 use crate::tree::{newer, Manifest, Release};
 
 /// Applies `release` to `dir` (if this node has one) and holds it. The release is saved as
@@ -107,7 +108,7 @@ pub async fn land(shared: &Arc<Shared>, release: Release) -> Result<(), SyncErro
     shared.held.end_apply();
     let checked = !shared.hooks.hooks.check.is_empty();
     shared.board.set_own(|s| {
-        s.kept = kept.into_iter().take(MAX_KEPT_REPORTED).collect();
+        s.kept = kept.into_iter().take(MAX_KEPT).collect();
         if checked {
             s.hook_error = None;
         }
@@ -115,9 +116,6 @@ pub async fn land(shared: &Arc<Shared>, release: Release) -> Result<(), SyncErro
     shared.released(version, dir, changed);
     Ok(())
 }
-
-/// Kept paths a status lists (the log has them all).
-const MAX_KEPT_REPORTED: usize = 20;
 
 /// Brings `dir` back to a complete release after a restart: a release whose apply was
 /// interrupted is finished (roll forward) if all its bodies are held; otherwise the held
