@@ -136,6 +136,20 @@ impl RunningNode {
         let lock = data.lock()?;
         let store = Store::open(&data.store)?;
         let (held, pending) = Held::load(data.clone())?;
+        let committed = held
+            .current()
+            .iter()
+            .map(|o| &o.release)
+            .chain(pending.as_ref())
+            .flat_map(|r| r.manifest.files().map(|(_, _, id)| id))
+            .collect();
+        let checked = store.recover(&committed)?;
+        if checked > 0 {
+            tracing::info!(
+                checked,
+                "re-verified the bodies of a batch a crash interrupted"
+            );
+        }
         let parents = parents(&topology, &me);
         let listen = listen(&topology, &me);
         let endpoint = net::endpoint(

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cascade::net;
 use cascade::status::NodeState;
-use cascade::tree::{Entry, EntryKind, Manifest, Md5};
+use cascade::tree::{Blake3, Entry, EntryKind, Manifest, Md5};
 use cascade::wire::{ErrorCode, RawDown, RawRelease, Up};
 use cascade_certs::{Identity, ReleaseKey};
 use common::Cluster;
@@ -113,6 +113,7 @@ fn file(path: &str) -> Entry {
         kind: EntryKind::File {
             size: 0,
             md5: Md5::of(b""),
+            blake3: Blake3::empty(),
             mtime: 0,
             chunks: vec![],
         },
@@ -222,4 +223,81 @@ fn assert_protocol_close(e: &ConnectionError, why: &str) {
         }
         other => panic!("expected a protocol close, got {other:?}"),
     }
+}
+
+/// A hostile child: a real QUIC client holding leaf-1-1's real certificate, scripted by the
+/// test, against a real relay. What a leaf's key buys: body streams it holds open without a
+/// request, or requests over their size limit, are reset and cost the relay nothing more.
+#[test]
+fn a_child_that_stalls_or_oversizes_body_requests_is_cut_off() {
+    let mut c = Cluster::new(1, 1);
+    c.start("origin");
+    c.start("relay-1");
+    common::write(&c.dir("origin"), "index.html", b"home");
+    let _ = c.publish(&[]);
+    c.wait_holds("relay-1", 1);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let id = Identity::load(&c.dep.base.join("certs"), "leaf-1-1").unwrap();
+    let addr: SocketAddr = c.dep.topology.node("relay-1").unwrap().listen.unwrap();
+    let reset_code = |r: Result<Option<Vec<u8>>, quinn::ReadError>| match r {
+        Err(quinn::ReadError::Reset(code)) => Some(code.into_inner()),
+        other => panic!("expected the stream to be reset, got {other:?}"),
+    };
+    rt.block_on(async {
+        let ep = net::endpoint(&id, None, Some(addr), Duration::from_secs(15)).unwrap();
+        let conn = net::connect(&ep, addr, "relay-1").await.unwrap();
+        let (mut ctl, _ctl_recv) = conn.open_bi().await.unwrap();
+        net::send(
+            &mut ctl,
+            &Up::Hello {
+                name: "leaf-1-1".into(),
+                have: None,
+            },
+        )
+        .await
+        .unwrap();
+
+        // A body stream opened and left silent: reset once the request timeout passes.
+        let started = std::time::Instant::now();
+        let (mut silent, mut silent_recv) = conn.open_bi().await.unwrap();
+        // (A stream is only seen by the peer once something is sent: one byte of a header.)
+        silent.write_all(&[0]).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(60), silent_recv.read_to_end(1024))
+            .await
+            .expect("the relay answers a silent stream within a minute");
+        let code = match got {
+            Err(quinn::ReadToEndError::Read(e)) => reset_code(Err(e)),
+            other => panic!("expected a reset, got {other:?}"),
+        };
+        assert_eq!(code, Some(ErrorCode::Protocol.code() as u64));
+        assert!(started.elapsed() >= Duration::from_secs(9));
+
+        // A request whose frame claims 2 MiB (a body request is at most 1 MiB): reset at once.
+        let (mut big, mut big_recv) = conn.open_bi().await.unwrap();
+        big.write_all(&(2u32 << 20).to_be_bytes()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), big_recv.read_to_end(1024))
+            .await
+            .expect("the relay refuses an oversized request at once");
+        match got {
+            Err(quinn::ReadToEndError::Read(e)) => {
+                assert_eq!(reset_code(Err(e)), Some(ErrorCode::Protocol.code() as u64))
+            }
+            other => panic!("expected a reset, got {other:?}"),
+        }
+
+        // The link itself is still good: a proper request is served.
+        let (mut ok, mut ok_recv) = conn.open_bi().await.unwrap();
+        net::send(
+            &mut ok,
+            &cascade::wire::BodyRequest::Many(vec![Blake3::of(b"home")]),
+        )
+        .await
+        .unwrap();
+        ok.finish().unwrap();
+        assert_eq!(ok_recv.read_to_end(1024).await.unwrap(), b"home");
+    });
+    let log = c.log("relay-1");
+    assert!(log.contains("bad body request: none within"), "{log}");
+    assert!(log.contains("exceeds the limit"), "{log}");
 }

@@ -190,13 +190,13 @@ fn corrupt_body_from_a_relay_is_detected_never_applied_and_refetched() {
     let _ = c.publish(&[]);
     c.wait_holds("relay-1", 1);
 
-    // Flip one byte of the body in the relay's store (same size, wrong MD5).
-    let md5 = cascade::tree::Md5::of(&body).hex();
+    // Flip one byte of the body in the relay's store (same size, wrong digests).
+    let name = cascade::tree::Blake3::of(&body).hex();
     let object = c
         .data("relay-1")
         .join("store/objects")
-        .join(&md5[..2])
-        .join(&md5);
+        .join(&name[..2])
+        .join(&name);
     let mut bad = body.clone();
     bad[123_456] ^= 0x01;
     fs::write(&object, &bad).unwrap();

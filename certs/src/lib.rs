@@ -125,8 +125,8 @@ pub const RELEASE_KEY: &str = "release.key";
 /// Its public half, on every host (`release.pub`).
 pub const RELEASE_PUB: &str = "release.pub";
 /// What a release signature covers is prefixed with this, so it can never be mistaken for
-/// anything else signed with the same key.
-const SIGNED_PREFIX: &[u8] = b"cascade release signature v1\0";
+/// anything else signed with the same key. Version 2: the root is a BLAKE3 (protocol 4).
+const SIGNED_PREFIX: &[u8] = b"cascade release signature v2\0";
 
 /// Creates `dir/release.key` (mode 0600) and `dir/release.pub`: a new Ed25519 key pair the
 /// origin signs releases with. Refuses to replace an existing key unless `force`.

@@ -19,7 +19,6 @@ use super::{init_logging, runtime};
 use crate::daemon::RunningNode;
 use crate::dir::fingerprint;
 use crate::testkit::{deploy, noise, Deployment};
-use crate::tree::EntryKind;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -120,15 +119,14 @@ fn verify(dep: &Deployment) -> Result<bool> {
     for cfg in &dep.configs[1..] {
         let got = fingerprint(cfg.dir.as_ref().expect("demo nodes have a dir"))?;
         let same = got.root_digest() == want.root_digest();
-        let files_ok = want.files().all(|(e, _, md5)| {
-            got.get(&e.path)
-                .is_some_and(|(g, _)| matches!(g.kind, EntryKind::File { md5: m, .. } if m == md5))
-        });
+        let files_ok = want
+            .files()
+            .all(|(e, ..)| got.get(&e.path).is_some_and(|(g, _)| g.kind == e.kind));
         println!(
             "  {:<10} {} ({} files, tree digest {})",
             cfg.name,
             if same && files_ok {
-                "identical to origin, MD5 verified"
+                "identical to origin, MD5 and BLAKE3 verified"
             } else {
                 "DIFFERS from origin"
             },

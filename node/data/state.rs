@@ -2,22 +2,23 @@
 //! versioned format of their own, so the wire protocol can change without making a node
 //! unable to read its state after an upgrade.
 //!
-//! # Format 2
+//! # Format 3
 //! ```text
 //! magic   8 bytes   "CASCADE\0"
 //! kind    1 byte    1 = release, 2 = stat cache
-//! format  2 bytes   little endian; this build writes 2 and reads 0 to 2
+//! format  2 bytes   little endian; this build writes 3
 //! length  8 bytes   little endian; bytes of payload
 //! check  16 bytes   a release: MD5 of its version, manifest root digest and signature; a
 //!                   cache: MD5 of the payload (a damaged file is refused, never half-used)
-//! payload           bincode 2 (standard config) of the record types below
+//! payload           postcard 1 of the record types below
 //! ```
-//! The record types are frozen: they change only with a new format number. Format 2 added
-//! the origin's signature after a release's entries ([`SignedRecord`]); a format 1 release
-//! (the same header, no signature, its check over version and root only) loads unsigned.
-//! A file without the magic is format 0, what Cascade wrote before format 1 existed: a wire
-//! frame (4-byte big-endian length, then the same bincode layout as [`ReleaseRecord`]). It is
-//! read once and rewritten as format 1 with the next release.
+//! The record types are frozen: they change only with a new format number. Format 3 added
+//! BLAKE3 digests to every file and chunk (bodies are named by them) and moved from bincode
+//! to postcard. A release saved in an older format (0: a bare wire frame, 1, 2: bincode)
+//! cannot be used as it is (its manifest has no BLAKE3 digests, and the store named bodies by
+//! MD5): only its version is read ([`Loaded::Older`]), so that the origin numbers its next
+//! release above it, and the release is fetched again. A stat cache of an older format is
+//! simply rebuilt.
 //!
 //! Files are replaced atomically: written to a temporary name, flushed (releases), renamed.
 
@@ -30,11 +31,11 @@ use fs_err::os::unix::fs::OpenOptionsExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::tree::{Entry, EntryKind, Manifest, Md5, Release};
+use crate::tree::{Blake3, Entry, EntryKind, Manifest, Md5, Release, Sums};
 
 const MAGIC: &[u8; 8] = b"CASCADE\0";
 /// The state format this build writes (and the newest it reads).
-pub const FORMAT: u16 = 2;
+pub const FORMAT: u16 = 3;
 const HEADER: usize = 8 + 1 + 2 + 8 + 16;
 /// Largest state file read (a manifest of several million entries).
 const MAX_PAYLOAD: u64 = 1 << 32;
@@ -62,63 +63,81 @@ pub enum StateError {
 
 /// Saves `release` to `path` (replacing it atomically).
 pub fn save_release(path: &Path, release: &Release) -> Result<(), StateError> {
-    let record = SignedRecord {
-        release: ReleaseRecord::from(release),
-        signature: Cow::Borrowed(&release.signature),
-    };
+    let record = ReleaseRecord::from(release);
     let payload = encode(path, &record)?;
     write_file(path, Kind::Release, &payload, release_check(release))
 }
 
+/// What a release file held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loaded {
+    Release(Release),
+    /// A release saved by an older Cascade (state format below 3): only its version is known.
+    Older {
+        version: u64,
+        format: u16,
+    },
+}
+
 /// Loads the release saved at `path`; `None` if there is none.
-pub fn load_release(path: &Path) -> Result<Option<Release>, StateError> {
+pub fn load_release(path: &Path) -> Result<Option<Loaded>, StateError> {
     let Some(file) = read_file(path, Kind::Release)? else {
         return Ok(None);
     };
-    if file.format == 0 {
-        tracing::info!(path = %path.display(), "reading a release saved before state format {FORMAT}; it is saved in format {FORMAT} from the next release on");
-    }
     let unreadable = |reason: String| StateError::Unreadable {
         path: path.to_owned(),
         reason,
     };
-    let (record, signature) = if file.format >= 2 {
-        let r: SignedRecord = decode(&file.payload).map_err(unreadable)?;
-        (r.release, r.signature.into_owned())
-    } else {
-        (decode(&file.payload).map_err(unreadable)?, Vec::new())
-    };
-    let mut release = record
+    if file.format < 3 {
+        let version = older_version(&file.payload).ok_or_else(|| {
+            unreadable(format!(
+                "state format {}: no version number at its start",
+                file.format
+            ))
+        })?;
+        return Ok(Some(Loaded::Older {
+            version,
+            format: file.format,
+        }));
+    }
+    let record: ReleaseRecord = decode(&file.payload).map_err(unreadable)?;
+    let release = record
         .into_release()
         .map_err(|e| unreadable(e.to_string()))?;
-    release.signature = signature;
-    let want = if file.format >= 2 {
-        release_check(&release)
-    } else {
-        unsigned_check(&release)
-    };
     match file.check {
-        Some(check) if check != want => Err(unreadable(
+        Some(check) if check != release_check(&release) => Err(unreadable(
             "damaged: the release does not match its digest".into(),
         )),
-        _ => Ok(Some(release)),
+        _ => Ok(Some(Loaded::Release(release))),
     }
 }
 
-/// A release's check digest: of its version and its manifest's root digest, which covers
-/// every entry (path, type, mode, size, mtime, MD5s). Costs nothing to compute on save (the
-/// root is known) or on load (the hash tree is rebuilt to validate the manifest anyway).
+/// The version a release of state format 0 to 2 starts with: bincode 2's varint (one byte
+/// below 251; else 251, 252 or 253 then 2, 4 or 8 bytes little endian).
+fn older_version(payload: &[u8]) -> Option<u64> {
+    let le = |n: usize| -> Option<u64> {
+        let bytes = payload.get(1..1 + n)?;
+        let mut buf = [0u8; 8];
+        buf[..n].copy_from_slice(bytes);
+        Some(u64::from_le_bytes(buf))
+    };
+    match *payload.first()? {
+        b @ 0..=250 => Some(u64::from(b)),
+        251 => le(2),
+        252 => le(4),
+        253 => le(8),
+        _ => None,
+    }
+}
+
+/// A release's check digest: of its version, its manifest's root digest, which covers every
+/// entry (path, type, mode, size, mtime, digests), and its signature. Costs nothing to
+/// compute on save (the root is known) or on load (the hash tree is rebuilt to validate the
+/// manifest anyway).
 fn release_check(r: &Release) -> Md5 {
     let mut buf = r.version.to_le_bytes().to_vec();
     buf.extend_from_slice(&r.manifest.root_digest().0);
     buf.extend_from_slice(&r.signature);
-    Md5::of(&buf)
-}
-
-/// Format 1's check: version and root digest only.
-fn unsigned_check(r: &Release) -> Md5 {
-    let mut buf = r.version.to_le_bytes().to_vec();
-    buf.extend_from_slice(&r.manifest.root_digest().0);
     Md5::of(&buf)
 }
 
@@ -141,6 +160,9 @@ pub fn read<T: DeserializeOwned>(path: &Path, kind: Kind) -> Result<Option<T>, S
         reason,
     };
     match file.check {
+        _ if file.format < FORMAT => {
+            Err(unreadable(format!("saved in state format {}", file.format)))
+        }
         None => Err(unreadable("saved before state format 1".into())),
         Some(check) if check != Md5::of(&file.payload) => Err(unreadable(
             "damaged: the payload does not match its MD5".into(),
@@ -150,10 +172,8 @@ pub fn read<T: DeserializeOwned>(path: &Path, kind: Kind) -> Result<Option<T>, S
 }
 
 fn encode<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, StateError> {
-    Ok(
-        bincode::serde::encode_to_vec(value, bincode::config::standard())
-            .map_err(|e| io::Error::other(format!("encoding {}: {e}", path.display())))?,
-    )
+    Ok(postcard::to_stdvec(value)
+        .map_err(|e| io::Error::other(format!("encoding {}: {e}", path.display())))?)
 }
 
 fn write_file(path: &Path, kind: Kind, payload: &[u8], check: Md5) -> Result<(), StateError> {
@@ -266,27 +286,20 @@ fn parse(mut bytes: Vec<u8>, kind: Kind) -> Result<File, Bad> {
 }
 
 fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
-    let config = bincode::config::standard().with_limit::<{ MAX_PAYLOAD as usize }>();
-    match bincode::serde::decode_from_slice(payload, config) {
-        Ok((value, used)) if used == payload.len() => Ok(value),
-        Ok((_, used)) => Err(format!("{} trailing bytes", payload.len() - used)),
+    match postcard::take_from_bytes(payload) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
         Err(e) => Err(e.to_string()),
     }
 }
 
-/// A release as format 2 stores it: format 1's record, then the origin's signature.
-#[derive(Debug, Serialize, Deserialize)]
-struct SignedRecord<'a> {
-    release: ReleaseRecord<'a>,
-    signature: Cow<'a, [u8]>,
-}
-
-/// A release as format 1 stores it. Frozen: never change; add a format instead. Written
+/// A release as format 3 stores it. Frozen: never change; add a format instead. Written
 /// from borrowed strings (saving a release copies no path), read into owned ones.
 #[derive(Debug, Serialize, Deserialize)]
 struct ReleaseRecord<'a> {
     version: u64,
     entries: Vec<EntryRecord<'a>>,
+    signature: Cow<'a, [u8]>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -301,8 +314,10 @@ enum KindRecord<'a> {
     File {
         size: u64,
         md5: [u8; 16],
+        blake3: [u8; 32],
         mtime: i64,
-        chunks: Vec<[u8; 16]>,
+        /// MD5 and BLAKE3 chaining value of each chunk.
+        chunks: Vec<([u8; 16], [u8; 32])>,
     },
     Dir,
     Symlink {
@@ -323,13 +338,15 @@ impl<'a> From<&'a Release> for ReleaseRecord<'a> {
                     EntryKind::File {
                         size,
                         md5,
+                        blake3,
                         mtime,
                         chunks,
                     } => KindRecord::File {
                         size: *size,
                         md5: md5.0,
+                        blake3: blake3.0,
                         mtime: *mtime,
-                        chunks: chunks.iter().map(|c| c.0).collect(),
+                        chunks: chunks.iter().map(|c| (c.md5.0, c.blake3.0)).collect(),
                     },
                     EntryKind::Dir => KindRecord::Dir,
                     EntryKind::Symlink { target } => KindRecord::Symlink {
@@ -341,6 +358,7 @@ impl<'a> From<&'a Release> for ReleaseRecord<'a> {
         ReleaseRecord {
             version: r.version,
             entries,
+            signature: Cow::Borrowed(&r.signature),
         }
     }
 }
@@ -358,13 +376,21 @@ impl ReleaseRecord<'_> {
                     KindRecord::File {
                         size,
                         md5,
+                        blake3,
                         mtime,
                         chunks,
                     } => EntryKind::File {
                         size,
                         md5: Md5(md5),
+                        blake3: Blake3(blake3),
                         mtime,
-                        chunks: chunks.into_iter().map(Md5).collect(),
+                        chunks: chunks
+                            .into_iter()
+                            .map(|(md5, blake3)| Sums {
+                                md5: Md5(md5),
+                                blake3: Blake3(blake3),
+                            })
+                            .collect(),
                     },
                     KindRecord::Dir => EntryKind::Dir,
                     KindRecord::Symlink { target } => EntryKind::Symlink {
@@ -373,10 +399,11 @@ impl ReleaseRecord<'_> {
                 },
             })
             .collect();
-        Ok(Release::unsigned(
-            self.version,
-            Manifest::from_sorted(entries)?,
-        ))
+        Ok(Release {
+            version: self.version,
+            manifest: Manifest::from_sorted(entries)?,
+            signature: self.signature.into_owned(),
+        })
     }
 }
 
@@ -411,30 +438,51 @@ mod tests {
         let path = d.path().join("release.bin");
         assert!(load_release(&path).unwrap().is_none());
         save_release(&path, &sample()).unwrap();
-        assert_eq!(load_release(&path).unwrap(), Some(sample()));
+        assert_eq!(
+            load_release(&path).unwrap(),
+            Some(Loaded::Release(sample()))
+        );
         assert!(fs::read(&path).unwrap().starts_with(MAGIC));
     }
 
     #[test]
-    fn formats_0_and_1_still_read_as_unsigned_releases() {
-        // What Cascade wrote before format 1: protocol 2's frame of the release, whose
-        // layout is format 1's record.
-        let r = Release::unsigned(sample().version, sample().manifest);
-        let payload =
-            bincode::serde::encode_to_vec(ReleaseRecord::from(&r), bincode::config::standard())
-                .unwrap();
-        let mut legacy = (payload.len() as u32).to_be_bytes().to_vec();
-        legacy.extend(&payload);
+    fn older_formats_give_their_version_only() {
+        // Bytes written by Cascade before format 3 (bincode 2 varints): format 0 is a bare
+        // frame, formats 1 and 2 the header then the record; all start with the version.
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("release.bin");
-        fs::write(&path, &legacy).unwrap();
-        assert_eq!(load_release(&path).unwrap(), Some(r.clone()));
-        // Format 1: the header, the same record, a check over version and root.
-        write_file(&path, Kind::Release, &payload, unsigned_check(&r)).unwrap();
-        let mut one = fs::read(&path).unwrap();
-        one[9..11].copy_from_slice(&1u16.to_le_bytes());
-        fs::write(&path, &one).unwrap();
-        assert_eq!(load_release(&path).unwrap(), Some(r));
+        for (version, varint) in [
+            (9u64, vec![9u8]),
+            (300, vec![251, 44, 1]),
+            (70_000, vec![252, 0x70, 0x11, 1, 0]),
+            (1 << 40, vec![253, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ] {
+            let mut payload = varint.clone();
+            payload.extend([0u8; 5]); // the rest of the record, never read
+            let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+            frame.extend(&payload);
+            fs::write(&path, &frame).unwrap();
+            assert_eq!(
+                load_release(&path).unwrap(),
+                Some(Loaded::Older { version, format: 0 })
+            );
+            for format in [1u16, 2] {
+                write_file(&path, Kind::Release, &payload, Md5::of(b"")).unwrap();
+                let mut f = fs::read(&path).unwrap();
+                f[9..11].copy_from_slice(&format.to_le_bytes());
+                fs::write(&path, &f).unwrap();
+                assert_eq!(
+                    load_release(&path).unwrap(),
+                    Some(Loaded::Older { version, format })
+                );
+            }
+        }
+        // An older stat cache is not used.
+        write(&path, Kind::StatCache, &5u32).unwrap();
+        let mut f = fs::read(&path).unwrap();
+        f[9..11].copy_from_slice(&2u16.to_le_bytes());
+        fs::write(&path, &f).unwrap();
+        assert!(read::<u32>(&path, Kind::StatCache).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A body being received into the store: written to a temporary file and hashed as it goes.
-//! It becomes visible under its MD5 only once [`BodyWriter::finish`] has checked it.
+//! It becomes visible under its name (its BLAKE3) only once [`BodyWriter::finish`] has
+//! checked it.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -7,29 +8,44 @@ use std::path::PathBuf;
 use fs_err as fs;
 
 use super::StoreError;
-use crate::tree::{BodyHasher, Md5, CHUNK};
+use crate::tree::{Blake3, Body, BodyHasher, Md5, Sums, CHUNK};
 
 /// What a body being received must be, and how to check it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expected {
     pub md5: Md5,
+    /// The body's name; always checked (it follows from the chunks' for a chunked body).
+    pub blake3: Blake3,
     pub size: u64,
-    /// The manifest's chunk MD5s (empty for a body of at most one chunk). Each chunk is
-    /// checked as it completes, so the verified prefix can be forwarded before the rest comes.
-    pub chunks: Vec<Md5>,
+    /// The manifest's chunk digests (empty for a body of at most one chunk). Each chunk is
+    /// checked as it completes (MD5 and BLAKE3), so the verified prefix can be forwarded
+    /// before the rest comes.
+    pub chunks: Vec<Sums>,
     /// Also check the MD5 of the whole body. A body without chunks is always checked whole;
     /// a relay that only stores and forwards may rely on its chunks alone.
     pub whole: bool,
 }
 
 impl Expected {
-    /// A body checked by its whole MD5 only.
-    pub fn whole(md5: Md5, size: u64) -> Self {
+    /// A body checked whole (MD5 and BLAKE3), without its chunks.
+    pub fn whole(md5: Md5, blake3: Blake3, size: u64) -> Self {
         Expected {
             md5,
+            blake3,
             size,
             chunks: Vec::new(),
             whole: true,
+        }
+    }
+
+    /// A body as a manifest describes it, checked chunk by chunk and (if `whole`) whole.
+    pub fn of(body: &Body, whole: bool) -> Self {
+        Expected {
+            md5: body.md5,
+            blake3: body.blake3,
+            size: body.size,
+            chunks: body.chunks.clone(),
+            whole,
         }
     }
 
@@ -122,12 +138,13 @@ impl BodyWriter {
             }
             self.written += take as u64;
             let done = self.hasher.update(piece);
-            for index in done {
-                if self.expected.chunks.get(index) != Some(&self.hasher.chunks()[index]) {
+            // (The BLAKE3 runs chunk by chunk in any case; only a chunk list is checked.)
+            for index in done.filter(|_| checks_chunks) {
+                if self.expected.chunks.get(index).copied() != self.hasher.chunk(index) {
                     self.file.set_len(self.verified)?;
                     self.rewind_to_verified();
                     return Err(StoreError::ChunkMismatch {
-                        md5: self.expected.md5,
+                        id: self.expected.blake3,
                         index,
                     });
                 }
@@ -153,20 +170,32 @@ impl BodyWriter {
         self.verified
     }
 
-    /// Checks size, chunks and (if asked) the whole MD5, then moves the body under its name.
-    /// A mismatch deletes it.
+    /// Checks size, chunks, BLAKE3 and (if asked) the whole MD5, then moves the body under its
+    /// name. A mismatch deletes it.
     pub fn finish(self) -> Result<(), StoreError> {
         let size_ok = self.written == self.expected.size;
         let got = self.hasher.clone().finish();
-        let whole_ok = !(self.expected.whole || self.expected.chunks.is_empty())
+        let md5_ok = !(self.expected.whole || self.expected.chunks.is_empty())
             || got.md5 == self.expected.md5;
-        if !size_ok || !whole_ok || got.chunks != self.expected.chunks {
+        if !size_ok
+            || !md5_ok
+            || got.blake3 != self.expected.blake3
+            || got.chunks != self.expected.chunks
+        {
             let _ = fs::remove_file(&self.tmp);
+            let what = if !size_ok {
+                format!(
+                    "got {} bytes, expected {}",
+                    self.written, self.expected.size
+                )
+            } else if !md5_ok {
+                format!("MD5 {}, expected {}", got.md5, self.expected.md5)
+            } else {
+                format!("BLAKE3 {}, expected {}", got.blake3, self.expected.blake3)
+            };
             return Err(StoreError::Mismatch {
-                expected: self.expected.md5,
-                size: self.expected.size,
-                got: got.md5,
-                got_size: self.written,
+                id: self.expected.blake3,
+                what,
             });
         }
         // Flushed with the rest of the batch (Store::commit_batch), not one by one.

@@ -544,7 +544,7 @@ mod tests {
         assert_eq!(fingerprint(&dst).unwrap().root_digest(), m.root_digest());
         // Each body left the store for its last use; the shared one was copied for the first.
         let body = |p: &str| match m.get(p).unwrap().0.kind {
-            EntryKind::File { md5, .. } => md5,
+            EntryKind::File { blake3, .. } => blake3,
             _ => unreachable!(),
         };
         assert!(!store.has(&body("a.txt")) && !store.has(&body("c.bin")));
@@ -562,7 +562,13 @@ mod tests {
         assert!(held_in_place(&dst, m.get("a.txt").unwrap().0));
         assert!(!held_in_place(&dst, m.get("c.bin").unwrap().0));
         // Once the body is back, the repair restores the file.
-        let mut w = store.writer(body("c.bin"), 6).unwrap();
+        let mut w = store
+            .writer(crate::data::Expected::whole(
+                crate::tree::Md5::of(b"unique"),
+                crate::tree::Blake3::of(b"unique"),
+                6,
+            ))
+            .unwrap();
         w.write(b"unique").unwrap();
         w.finish().unwrap();
         let s = repair(&dst, &m, &store, None).unwrap();

@@ -21,7 +21,7 @@ use fs_err as fs;
 use super::rules::Rules;
 use crate::data::{short_of_room, Store};
 use crate::tree::hash::hash_file;
-use crate::tree::{Entry, EntryKind, Manifest, Md5};
+use crate::tree::{Blake3, Entry, EntryKind, Manifest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -32,7 +32,7 @@ pub enum ApplyError {
     MissingBody(String, String),
     /// Found before anything was touched: these bodies must be fetched first.
     #[error("{} bodies of this release are neither in the store nor in place", .0.len())]
-    MissingBodies(Vec<Md5>),
+    MissingBodies(Vec<Blake3>),
     #[error("refused by the check hook: {0}")]
     Refused(String),
     #[error("{path}: No space left for this release: it needs {need} bytes, {free} are free")]
@@ -222,11 +222,11 @@ fn check_bodies(
         how.keep,
         |i| {
             let e = &entries[i];
-            let EntryKind::File { md5, .. } = &e.kind else {
+            let EntryKind::File { md5, blake3, .. } = &e.kind else {
                 return Ok(());
             };
             let forced = how.rewrite.is_some_and(|r| r.contains(&e.path));
-            if store.has(md5)
+            if store.has(blake3)
                 || how
                     .link_from
                     .is_some_and(|from| fs::symlink_metadata(from.join(&e.path)).is_ok())
@@ -239,10 +239,13 @@ fn check_bodies(
             if looks && same_as_old(old, e) && !forced {
                 return Ok(());
             }
-            if looks && !forced && hash_file(&path, false).is_ok_and(|got| got.md5 == *md5) {
+            if looks
+                && !forced
+                && hash_file(&path, false).is_ok_and(|got| (got.md5, got.blake3) == (*md5, *blake3))
+            {
                 in_place.insert(i);
-            } else if seen.insert(*md5) {
-                missing.push(*md5);
+            } else if seen.insert(*blake3) {
+                missing.push(*blake3);
             }
             Ok(())
         },
@@ -275,7 +278,7 @@ pub(super) fn apply_with(
         .enumerate()
         .filter(|_| take)
         .filter_map(|(i, e)| match &e.kind {
-            EntryKind::File { md5, .. } => Some((*md5, i)),
+            EntryKind::File { blake3, .. } => Some((*blake3, i)),
             _ => None,
         })
         .collect();
@@ -299,7 +302,7 @@ pub(super) fn apply_with(
                 }
                 // Keep the directory writable while we fill it; its mode is set at the end.
             }
-            EntryKind::File { size, md5, .. } => {
+            EntryKind::File { size, blake3, .. } => {
                 let same_as_old = same_as_old(old, e);
                 let on_disk_ok = current.as_ref().is_some_and(|m| looks_right(m, e));
                 if (same_as_old && on_disk_ok && !rewrite(e)) || in_place.contains(&i) {
@@ -307,7 +310,7 @@ pub(super) fn apply_with(
                     return Ok(());
                 }
                 // The empty body stays: the store always holds it.
-                let move_body = take && *size > 0 && last_use.get(md5) == Some(&i);
+                let move_body = take && *size > 0 && last_use.get(blake3) == Some(&i);
                 let job = FileJob {
                     entry: e,
                     path,
@@ -391,7 +394,7 @@ fn write_file(
     take: bool,
 ) -> Result<bool, ApplyError> {
     let e = job.entry;
-    let EntryKind::File { md5, mtime, .. } = &e.kind else {
+    let EntryKind::File { blake3, mtime, .. } = &e.kind else {
         unreachable!("only files are written by write_file");
     };
     let tmp = tmp_name(job.path.parent().unwrap_or(dir));
@@ -400,12 +403,12 @@ fn write_file(
             .link_from
             .is_some_and(|from| fs::hard_link(from.join(&e.path), &tmp).is_ok());
     if !linked {
-        let moved = take && fs::rename(store.path(md5), &tmp).is_ok();
+        let moved = take && fs::rename(store.path(blake3), &tmp).is_ok();
         if !moved {
-            if !store.has(md5) {
-                return Err(ApplyError::MissingBody(md5.hex(), e.path.clone()));
+            if !store.has(blake3) {
+                return Err(ApplyError::MissingBody(blake3.hex(), e.path.clone()));
             }
-            fs::copy(store.path(md5), &tmp)?;
+            fs::copy(store.path(blake3), &tmp)?;
         }
         finish_file(&tmp, e, *mtime)?;
     }
@@ -442,7 +445,7 @@ fn check_space(
                     || how.skip_unchanged
                     || fs::symlink_metadata(dir.join(&e.path)).is_ok()))
         })
-        .filter(|(_, _, md5)| !(take && first_use.insert(*md5)))
+        .filter(|(_, _, id)| !(take && first_use.insert(*id)))
         .map(|(_, size, _)| size)
         .sum();
     match short_of_room(dir, need) {
@@ -594,11 +597,11 @@ pub fn drift(
     })?;
     let differs = super::par_map(&to_hash, |&i| {
         let e = &entries[i];
-        let EntryKind::File { md5, .. } = &e.kind else {
+        let EntryKind::File { md5, blake3, .. } = &e.kind else {
             return Ok(false);
         };
         match hash_file(&dir.join(&e.path), false) {
-            Ok(b) => Ok(b.md5 != *md5),
+            Ok(b) => Ok((b.md5, b.blake3) != (*md5, *blake3)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
             Err(e) => Err(ApplyError::Io(e)),
         }

@@ -19,7 +19,7 @@ use super::rules::Rules;
 use crate::data::state::{self, Kind};
 use crate::data::{Store, StoreError};
 use crate::tree::hash::hash_file;
-use crate::tree::{Body, Entry, EntryKind, Manifest, ManifestError, Md5};
+use crate::tree::{Blake3, Body, Entry, EntryKind, Manifest, ManifestError, Md5};
 
 /// Files modified this recently before a scan (nanoseconds) are re-hashed on the next one: a
 /// write in the same timestamp tick after hashing would leave the stat unchanged. Filesystems
@@ -247,7 +247,7 @@ struct Walk<'a> {
     root: &'a Path,
     store: Option<&'a Store>,
     /// The bodies the store held when the scan began (`None`: ask the store each time).
-    held: Option<HashSet<Md5>>,
+    held: Option<HashSet<Blake3>>,
     /// The last scan's cache; a watched scan updates it in place, a full one builds `new`.
     old: StatCache,
     new: StatCache,
@@ -268,7 +268,7 @@ impl<'a> Walk<'a> {
     fn new(
         root: &'a Path,
         store: Option<&'a Store>,
-        held: Option<HashSet<Md5>>,
+        held: Option<HashSet<Blake3>>,
         old: StatCache,
         scope: Scope<'a>,
         now: i128,
@@ -343,7 +343,12 @@ impl<'a> Walk<'a> {
                     continue;
                 }
                 // A file to read gets a placeholder, filled in by `read_files`.
-                let Body { md5, size, chunks } = match self.cached(&rel_path, &meta) {
+                let Body {
+                    md5,
+                    blake3,
+                    size,
+                    chunks,
+                } = match self.cached(&rel_path, &meta) {
                     Some(body) => body,
                     None => {
                         self.to_read.push(ToRead {
@@ -354,6 +359,7 @@ impl<'a> Walk<'a> {
                         });
                         Body {
                             md5: Md5::of(b""),
+                            blake3: Blake3::empty(),
                             size: 0,
                             chunks: Vec::new(),
                         }
@@ -362,6 +368,7 @@ impl<'a> Walk<'a> {
                 EntryKind::File {
                     size,
                     md5,
+                    blake3,
                     mtime: meta.mtime(),
                     chunks,
                 }
@@ -440,8 +447,8 @@ impl<'a> Walk<'a> {
         let stat = Stat::of(meta);
         let (old, body) = self.old.files.get(rel)?;
         let held = match &self.held {
-            Some(h) => h.contains(&body.md5),
-            None => store.has(&body.md5),
+            Some(h) => h.contains(&body.blake3),
+            None => store.has(&body.blake3),
         };
         if *old != stat || !held {
             return None;
@@ -514,12 +521,13 @@ impl<'a> Walk<'a> {
             let entry = &mut self.entries[job.entry];
             if let EntryKind::File {
                 md5: m,
+                blake3: b,
                 size: sz,
                 chunks: c,
                 ..
             } = &mut entry.kind
             {
-                (*m, *sz, *c) = (body.md5, body.size, body.chunks.clone());
+                (*m, *b, *sz, *c) = (body.md5, body.blake3, body.size, body.chunks.clone());
             }
             // Cache nothing modified too recently to tell a later write in the same tick.
             let mtime = stat.mtime.0 as i128 * 1_000_000_000 + stat.mtime.1 as i128;
@@ -634,7 +642,7 @@ mod tests {
                 .map(|k| matches!(k, EntryKind::File { md5, .. } if md5 == Md5::of(b"A"))),
             Some(true)
         );
-        assert!(store.has(&Md5::of(b"A")));
+        assert!(store.has(&Blake3::of(b"A")));
     }
 
     #[test]
@@ -711,7 +719,7 @@ mod tests {
         w.read_files().unwrap();
         let s = w.finish().unwrap();
         assert!(
-            !store.has(&Md5::of(b"root:secret-hash")),
+            !store.has(&Blake3::of(b"root:secret-hash")),
             "the secret was read"
         );
         for gone in ["page.html", "pipe", "other.html"] {

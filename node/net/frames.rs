@@ -1,12 +1,11 @@
 //! Moving framed messages over any async byte stream: a QUIC stream or the admin socket.
 //! The framing itself is [`crate::wire`]'s; this only does the I/O.
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::LinkError;
-use crate::wire::{self, WireError, HEADER_LEN};
+use crate::wire::{self, Message, WireError, HEADER_LEN};
 
 /// Writes an already encoded frame.
 pub async fn send_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), LinkError> {
@@ -22,10 +21,9 @@ pub async fn send<W: AsyncWrite + Unpin, T: Serialize>(
 }
 
 /// Reads one frame and decodes it; `Ok(None)` at a clean end of stream before any byte.
-/// The length is checked against [`wire::MAX_FRAME`] before the payload is allocated.
-pub async fn recv<R: AsyncRead + Unpin, T: DeserializeOwned>(
-    r: &mut R,
-) -> Result<Option<T>, LinkError> {
+/// The length is checked against the message's limit ([`Message::MAX`]) before the payload
+/// is allocated.
+pub async fn recv<R: AsyncRead + Unpin, T: Message>(r: &mut R) -> Result<Option<T>, LinkError> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -39,7 +37,7 @@ pub async fn recv<R: AsyncRead + Unpin, T: DeserializeOwned>(
         }
         got += n;
     }
-    let len = wire::frame_len(header)?;
+    let len = wire::frame_len(header, T::MAX)?;
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload)
         .await

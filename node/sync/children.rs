@@ -23,13 +23,32 @@ use crate::wire::{ErrorCode, Up};
 /// Time a new connection has to send its `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most connections a node holds open or in their handshake at once: far more than its
+/// children ever need (one link each, a probe now and then), few enough that a flood of
+/// connections (certificate or not) cannot exhaust its memory.
+pub const MAX_CONNECTIONS: usize = 1024;
+
 /// Accepts children until the endpoint closes.
 pub async fn run(shared: Arc<Shared>, endpoint: Endpoint) {
     let links: Arc<Mutex<HashMap<String, Connection>>> = Arc::default();
     let mut conns = JoinSet::new();
+    let mut refused = 0u64;
     while let Some(incoming) = endpoint.accept().await {
-        conns.spawn(handle(shared.clone(), incoming, links.clone()));
         while conns.try_join_next().is_some() {}
+        if conns.len() >= MAX_CONNECTIONS {
+            // Logged at the first refusal and then every thousandth: a flood must not flood
+            // the log too.
+            if refused % 1000 == 0 {
+                warn!(
+                    peer = %incoming.remote_address(),
+                    "refused a connection: {MAX_CONNECTIONS} already open ({refused} refused before)"
+                );
+            }
+            refused += 1;
+            incoming.refuse();
+            continue;
+        }
+        conns.spawn(handle(shared.clone(), incoming, links.clone()));
     }
 }
 

@@ -19,7 +19,7 @@ use super::SyncError;
 use crate::data::{short_of_room, Expected};
 use crate::dir::{Applier, ApplyError};
 use crate::status::NodeState;
-use crate::tree::{Entry, Manifest, Md5, Release};
+use crate::tree::{Blake3, Entry, Manifest, Release};
 
 /// Above this many changed files, one listing of the store is cheaper than a lookup each.
 const LIST_STORE_ABOVE: usize = 1024;
@@ -53,12 +53,12 @@ pub async fn release(
     match land(shared, release.clone()).await {
         Err(SyncError::Apply(ApplyError::MissingBodies(missing))) => {
             // Files that drifted from bodies only `dir` held: fetch those and apply again.
-            let mut missing: HashSet<Md5> = missing.into_iter().collect();
+            let mut missing: HashSet<Blake3> = missing.into_iter().collect();
             let wanted: Vec<Expected> = release
                 .manifest
                 .files()
-                .filter(|(_, _, md5)| missing.remove(md5) && !shared.store.has(md5))
-                .map(|(entry, size, md5)| expected(md5, size, entry.chunks(), shared.serves, true))
+                .filter(|(_, _, id)| missing.remove(id) && !shared.store.has(id))
+                .filter_map(|(entry, ..)| expected(entry, shared.serves, true))
                 .collect();
             info!(files = wanted.len(), "fetching bodies missing from dir");
             files += wanted.len() as u64;
@@ -118,10 +118,10 @@ fn wanted(
     } else {
         None
     };
-    let in_store = |md5: &Md5| {
+    let in_store = |id: &Blake3| {
         listed
             .as_ref()
-            .map_or_else(|| shared.store.has(md5), |h| h.contains(md5))
+            .map_or_else(|| shared.store.has(id), |h| h.contains(id))
     };
     let in_dir = |e: &Entry| shared.applier.as_ref().is_some_and(|a| a.holds_in_dir(e));
     // Paths the node keeps as its own are not applied, so their bodies are not needed.
@@ -134,24 +134,16 @@ fn wanted(
     let mut seen = HashSet::new();
     Ok(changed
         .into_iter()
-        .filter(|(entry, _, md5)| {
-            !kept(entry) && seen.insert(*md5) && !in_store(md5) && !in_dir(entry)
+        .filter(|(entry, _, id)| {
+            !kept(entry) && seen.insert(*id) && !in_store(id) && !in_dir(entry)
         })
-        .map(|(entry, size, md5)| {
-            expected(
-                md5,
-                size,
-                entry.chunks(),
-                shared.serves,
-                shared.applier.is_some(),
-            )
-        })
+        .filter_map(|(entry, ..)| expected(entry, shared.serves, shared.applier.is_some()))
         .collect())
 }
 
 /// For a node whose `dir` is the only copy of its bodies: takes each wanted body that the
 /// previous release had at another path (a renamed or copied file) from that path, checked
-/// by MD5 while copying it into the store. Returns the bodies still to fetch.
+/// by its digests while copying it into the store. Returns the bodies still to fetch.
 async fn adopt_moved(
     shared: &Arc<Shared>,
     applier: &Applier,
@@ -160,19 +152,19 @@ async fn adopt_moved(
 ) -> Result<Vec<Expected>, SyncError> {
     let (me, old, applier) = (shared.clone(), old.clone(), applier.clone());
     tokio::task::spawn_blocking(move || {
-        let by_body: HashMap<Md5, &Entry> = old
+        let by_body: HashMap<Blake3, &Entry> = old
             .release
             .manifest
             .files()
-            .map(|(e, _, md5)| (md5, e))
+            .map(|(e, _, id)| (id, e))
             .collect();
         // Adopted bodies are flushed with the fetched ones (see `Store::begin_batch`).
         me.store.begin_batch()?;
         let mut rest = Vec::new();
         for e in wanted {
-            let adopted = match by_body.get(&e.md5) {
+            let adopted = match by_body.get(&e.blake3) {
                 Some(oe) if applier.holds_in_dir(oe) => {
-                    me.store.adopt(&applier.dir.join(&oe.path), e.md5, e.size)?
+                    me.store.adopt(&applier.dir.join(&oe.path), e.clone())?
                 }
                 _ => false,
             };

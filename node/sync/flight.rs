@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::tree::Md5;
+use crate::tree::Blake3;
 
 /// Where a body being received stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,23 +27,23 @@ pub enum Flight {
 
 /// The registry of bodies this node is receiving.
 #[derive(Debug, Clone, Default)]
-pub struct Flights(Arc<Mutex<HashMap<Md5, watch::Receiver<Flight>>>>);
+pub struct Flights(Arc<Mutex<HashMap<Blake3, watch::Receiver<Flight>>>>);
 
 impl Flights {
-    /// Registers `md5` as coming (a newer registration replaces an older one).
-    pub fn start(&self, md5: Md5) -> FlightHandle {
+    /// Registers `id` as coming (a newer registration replaces an older one).
+    pub fn start(&self, id: Blake3) -> FlightHandle {
         let (tx, rx) = watch::channel(Flight::Receiving { verified: 0 });
-        self.0.lock().expect("flights lock").insert(md5, rx);
+        self.0.lock().expect("flights lock").insert(id, rx);
         FlightHandle {
-            md5,
+            id,
             tx,
             flights: self.clone(),
         }
     }
 
-    /// The flight of `md5`, if it is being received.
-    pub fn get(&self, md5: &Md5) -> Option<watch::Receiver<Flight>> {
-        self.0.lock().expect("flights lock").get(md5).cloned()
+    /// The flight of `id`, if it is being received.
+    pub fn get(&self, id: &Blake3) -> Option<watch::Receiver<Flight>> {
+        self.0.lock().expect("flights lock").get(id).cloned()
     }
 
     pub fn len(&self) -> usize {
@@ -58,14 +58,14 @@ impl Flights {
 /// The receiving side of one flight. Dropped before [`FlightHandle::done`], the flight fails.
 #[derive(Debug)]
 pub struct FlightHandle {
-    md5: Md5,
+    id: Blake3,
     tx: watch::Sender<Flight>,
     flights: Flights,
 }
 
 impl FlightHandle {
-    pub fn md5(&self) -> Md5 {
-        self.md5
+    pub fn id(&self) -> Blake3 {
+        self.id
     }
 
     /// Bytes `..verified` may now be served.
@@ -88,10 +88,10 @@ impl FlightHandle {
         self.tx.send_replace(how);
         let mut map = self.flights.0.lock().expect("flights lock");
         if map
-            .get(&self.md5)
+            .get(&self.id)
             .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
         {
-            map.remove(&self.md5);
+            map.remove(&self.id);
         }
     }
 }
@@ -111,25 +111,25 @@ mod tests {
     #[test]
     fn a_flight_reports_progress_then_ends_and_leaves_the_registry() {
         let flights = Flights::default();
-        let md5 = Md5::of(b"x");
-        let h = flights.start(md5);
-        let rx = flights.get(&md5).unwrap();
+        let id = Blake3::of(b"x");
+        let h = flights.start(id);
+        let rx = flights.get(&id).unwrap();
         h.progress(10);
         h.progress(5); // never backwards
         assert_eq!(*rx.borrow(), Flight::Receiving { verified: 10 });
         h.done();
         assert_eq!(*rx.borrow(), Flight::Done);
-        assert!(flights.get(&md5).is_none());
+        assert!(flights.get(&id).is_none());
 
-        let h = flights.start(md5);
-        let rx = flights.get(&md5).unwrap();
+        let h = flights.start(id);
+        let rx = flights.get(&id).unwrap();
         drop(h);
         assert_eq!(*rx.borrow(), Flight::Failed);
         assert!(flights.is_empty());
 
         // An older handle ending does not remove a newer registration.
-        let old = flights.start(md5);
-        let _new = flights.start(md5);
+        let old = flights.start(id);
+        let _new = flights.start(id);
         drop(old);
         assert_eq!(flights.len(), 1);
     }

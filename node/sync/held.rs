@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::data::{state, DataDir, StateError};
+use crate::data::state::{self, Loaded};
+use crate::data::{DataDir, StateError};
 use crate::tree::{newer, Release};
 use crate::wire::{self, Down};
 
@@ -39,6 +40,9 @@ impl Offer {
 #[derive(Debug)]
 pub struct Held {
     data: DataDir,
+    /// The version of a release saved by an older Cascade, not usable as it is (see
+    /// [`state::Loaded::Older`]): the origin numbers its next release above it.
+    older: Option<u64>,
     held: watch::Sender<Option<Arc<Offer>>>,
     offered: watch::Sender<Option<Arc<Offer>>>,
 }
@@ -47,10 +51,26 @@ impl Held {
     /// Loads what `data` holds: the held release, and a release whose apply was interrupted
     /// (to be finished or dropped by the caller). Nothing is offered yet.
     pub fn load(data: DataDir) -> Result<(Self, Option<Release>), StateError> {
-        let held = state::load_release(&data.release)?;
-        let pending = state::load_release(&data.pending)?;
+        let (held, older) = match state::load_release(&data.release)? {
+            Some(Loaded::Release(r)) => (Some(r), None),
+            Some(Loaded::Older { version, format }) => {
+                tracing::warn!(
+                    path = %data.release.display(),
+                    "release v{version} was saved by an older Cascade (state format {format}, before BLAKE3 digests): it is fetched (or, on the origin, published as v{}) again",
+                    version.saturating_add(1)
+                );
+                (None, Some(version))
+            }
+            None => (None, None),
+        };
+        // An apply interrupted under an older Cascade is redone from the parent's release.
+        let pending = match state::load_release(&data.pending)? {
+            Some(Loaded::Release(r)) => Some(r),
+            _ => None,
+        };
         let held = Held {
             data,
+            older,
             held: watch::Sender::new(held.map(Offer::new)),
             offered: watch::Sender::new(None),
         };
@@ -64,6 +84,11 @@ impl Held {
 
     pub fn version(&self) -> Option<u64> {
         self.held.borrow().as_ref().map(|h| h.version())
+    }
+
+    /// The version of a release saved by an older Cascade, if that is all this node has.
+    pub fn older(&self) -> Option<u64> {
+        self.older
     }
 
     /// Follows what children are offered.

@@ -36,7 +36,7 @@ pub use trust::Trust;
 use crate::data::{StateError, StoreError};
 use crate::dir::ApplyError;
 use crate::net::LinkError;
-use crate::tree::Md5;
+use crate::tree::Blake3;
 
 /// Why fetching or landing a release failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +50,9 @@ pub enum SyncError {
     #[error(transparent)]
     State(#[from] StateError),
     #[error("parent did not serve body {0} (code {1})")]
-    NotServed(Md5, u64),
-    #[error("body {md5} sent by the parent is {got}+ bytes, expected {size}")]
-    TooLong { md5: Md5, size: u64, got: u64 },
+    NotServed(Blake3, u64),
+    #[error("body {id} sent by the parent is {got}+ bytes, expected {size}")]
+    TooLong { id: Blake3, size: u64, got: u64 },
     #[error("{path}: No space left to fetch this release: its new bodies need {need} bytes, {free} are free")]
     NoSpace {
         path: std::path::PathBuf,

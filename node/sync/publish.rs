@@ -93,6 +93,7 @@ mod tests {
                 kind: EntryKind::File {
                     size: 5,
                     md5: Md5::of(b"x"),
+                    blake3: crate::tree::Blake3::of(b"x"),
                     mtime: 1_700_000_000,
                     chunks: vec![],
                 },
@@ -270,7 +271,7 @@ impl Publisher {
             }
         }
         let version = next_version(
-            prev.as_ref().map(|p| p.version()),
+            prev.as_ref().map(|p| p.version()).or(shared.held.older()),
             shared.board.highest_applied(),
         )?;
         let out = summary(version, true);

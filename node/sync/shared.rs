@@ -16,7 +16,7 @@ use crate::dir::Applier;
 use crate::hooks::Hooks;
 use crate::net::Limiter;
 use crate::status::NodeState;
-use crate::tree::{Md5, Release};
+use crate::tree::{Blake3, Release};
 
 #[derive(Debug)]
 pub struct Shared {
@@ -65,12 +65,12 @@ impl Shared {
     pub fn hold(&self, release: Release) -> Result<(), StateError> {
         let version = release.version;
         let (held, previous) = self.held.hold(release)?;
-        let keep: HashSet<Md5> = held
+        let keep: HashSet<Blake3> = held
             .release
             .manifest
             .files()
             .chain(previous.iter().flat_map(|p| p.release.manifest.files()))
-            .map(|(_, _, md5)| md5)
+            .map(|(_, _, id)| id)
             .collect();
         match self.store.retain(&keep) {
             Ok(0) => {}

@@ -14,7 +14,7 @@ use super::shared::Shared;
 use super::SyncError;
 use crate::data::Expected;
 use crate::dir::{ApplyError, Verified};
-use crate::tree::Md5;
+use crate::tree::Blake3;
 use crate::wire::VerifySummary;
 
 #[derive(Debug, thiserror::Error)]
@@ -93,18 +93,18 @@ pub async fn verify(shared: &Arc<Shared>, full: bool) -> Result<VerifySummary, V
 async fn fetch(
     shared: &Arc<Shared>,
     release: &crate::tree::Release,
-    missing: Vec<Md5>,
+    missing: Vec<Blake3>,
 ) -> Result<(), VerifyError> {
     let conn = shared.parent_link.lock().expect("link lock").clone();
     let Some(conn) = conn else {
         return Err(VerifyError::NoParent(missing.len()));
     };
-    let mut missing: HashSet<Md5> = missing.into_iter().collect();
+    let mut missing: HashSet<Blake3> = missing.into_iter().collect();
     let wanted: Vec<Expected> = release
         .manifest
         .files()
-        .filter(|(_, _, md5)| missing.remove(md5))
-        .map(|(entry, size, md5)| expected(md5, size, entry.chunks(), shared.serves, true))
+        .filter(|(_, _, id)| missing.remove(id))
+        .filter_map(|(entry, ..)| expected(entry, shared.serves, true))
         .collect();
     info!(
         files = wanted.len(),

@@ -1,59 +1,104 @@
-//! Every MD5 Cascade computes: the digest type, the one-pass hasher of a body's whole MD5 and
-//! chunk MD5s, and hashing a file on disk. Nothing else in the crate calls the `md-5` crate
-//! except the manifest's hash tree.
+//! Every digest Cascade computes of bodies: MD5 (what users check with `md5sum`) and BLAKE3
+//! (collision-resistant: what names a body in the store, what the origin's signature covers),
+//! the one-pass hasher of a body's whole digests and chunk digests, and hashing a file on disk.
+//! Nothing else in the crate calls the `md-5` or `blake3` crates except the manifest's hash
+//! tree.
 
 use std::fmt;
 use std::io::{self, Read};
 use std::path::Path;
 
+use blake3::hazmat::{self, HasherExt};
 use md5::{Digest, Md5 as Md5Hasher};
 use serde::{Deserialize, Serialize};
 
-/// An MD5 digest.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Md5(pub [u8; 16]);
+/// A digest type: fixed bytes, shown and parsed as lowercase hex.
+macro_rules! digest {
+    ($(#[$doc:meta])* $name:ident, $len:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub struct $name(pub [u8; $len]);
+
+        impl $name {
+            pub fn hex(&self) -> String {
+                const DIGITS: &[u8; 16] = b"0123456789abcdef";
+                let mut out = String::with_capacity(2 * $len);
+                for b in self.0 {
+                    out.push(DIGITS[(b >> 4) as usize] as char);
+                    out.push(DIGITS[(b & 15) as usize] as char);
+                }
+                out
+            }
+
+            /// Parses exactly the right number of lowercase or uppercase hex digits.
+            pub fn from_hex(hex: &str) -> Option<Self> {
+                let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+                let bytes = hex.as_bytes();
+                if bytes.len() != 2 * $len {
+                    return None;
+                }
+                let mut out = [0u8; $len];
+                for (i, pair) in bytes.chunks(2).enumerate() {
+                    out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+                }
+                Some($name(out))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.hex())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self.hex())
+            }
+        }
+    };
+}
+
+digest!(
+    /// An MD5 digest: kept for every file (and chunk) so that `md5sum` checks what Cascade
+    /// delivered, and verified at every hop; not collision-resistant, so never trusted alone.
+    Md5,
+    16
+);
+
+digest!(
+    /// A BLAKE3 digest: of a whole body (what `b3sum` prints), the chaining value of a chunk's
+    /// subtree, or a manifest's hash tree. Bodies are stored and requested by it.
+    Blake3,
+    32
+);
 
 impl Md5 {
     /// The MD5 of `data`.
     pub fn of(data: &[u8]) -> Self {
         Md5(Md5Hasher::digest(data).into())
     }
+}
 
-    pub fn hex(&self) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(32);
-        for b in self.0 {
-            out.push(DIGITS[(b >> 4) as usize] as char);
-            out.push(DIGITS[(b & 15) as usize] as char);
-        }
-        out
+impl Blake3 {
+    /// The BLAKE3 of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        Blake3(*blake3::hash(data).as_bytes())
     }
 
-    /// Parses 32 lowercase or uppercase hex digits.
-    pub fn from_hex(hex: &str) -> Option<Self> {
-        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-        let bytes = hex.as_bytes();
-        if bytes.len() != 32 {
-            return None;
-        }
-        let mut out = [0u8; 16];
-        for (i, pair) in bytes.chunks(2).enumerate() {
-            out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
-        }
-        Some(Md5(out))
+    /// The BLAKE3 of the empty body (always held by every store).
+    pub fn empty() -> Self {
+        Self::of(b"")
     }
 }
 
-impl fmt::Display for Md5 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.hex())
-    }
-}
-
-impl fmt::Debug for Md5 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Md5({})", self.hex())
-    }
+/// The two digests of one chunk of a large body: its MD5, and the BLAKE3 chaining value of
+/// the chunk as a subtree of the whole body's BLAKE3 tree (so the whole BLAKE3 follows from
+/// the chunks' without hashing the bytes again; see [`BodyHasher`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sums {
+    pub md5: Md5,
+    pub blake3: Blake3,
 }
 
 /// Bytes per chunk of a large body. A body larger than one chunk carries the MD5 of each
@@ -74,87 +119,201 @@ pub fn chunk_count(size: u64) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Body {
     pub md5: Md5,
+    pub blake3: Blake3,
     pub size: u64,
-    /// The MD5 of each [`CHUNK`]; empty for a body of at most one chunk.
-    pub chunks: Vec<Md5>,
+    /// The digests of each [`CHUNK`]; empty for a body of at most one chunk.
+    pub chunks: Vec<Sums>,
 }
 
 /// I/O buffer for reading and hashing bodies.
 pub const IO_BUF: usize = 1024 * 1024;
 
-/// Data at least this large is hashed on two threads (whole and chunks) by [`BodyHasher`]:
-/// a thread costs tens of microseconds, hashing this much about a millisecond.
+/// Data at least this large is hashed on two threads by [`BodyHasher`]: a thread costs tens
+/// of microseconds, hashing this much about a millisecond.
 const PARALLEL_MIN: usize = 512 * 1024;
 
-/// MD5 of a whole body and, for a body larger than [`CHUNK`], of each chunk, in one pass.
-#[derive(Clone, Default)]
+/// The digests of a body in one pass over its bytes: its BLAKE3 (always: it names the body),
+/// its whole MD5 and its chunk MD5s (each if wanted), and for a body larger than [`CHUNK`] the
+/// chunk BLAKE3 chaining values, from which the whole BLAKE3 is merged at the end (BLAKE3 is a
+/// tree: hashing by chunks costs nothing over hashing the whole).
+#[derive(Clone)]
 pub struct BodyHasher {
-    whole: Md5Hasher,
-    chunk: Md5Hasher,
+    /// MD5 of the whole body (not needed by a relay that verifies chunks).
+    whole: Option<Md5Hasher>,
+    /// MD5 of each chunk.
+    chunk_md5: Option<ChunkMd5>,
+    b3: ChunkBlake3,
+    len: u64,
+}
+
+#[derive(Clone, Default)]
+struct ChunkMd5 {
+    hasher: Md5Hasher,
     /// Bytes hashed into the current chunk.
     in_chunk: u64,
-    chunks: Vec<Md5>,
-    len: u64,
-    /// Whether to keep the whole-body MD5 (not needed by a relay that verifies chunks).
-    want_whole: bool,
-    want_chunks: bool,
+    done: Vec<Md5>,
+}
+
+impl ChunkMd5 {
+    fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let take = ((CHUNK - self.in_chunk) as usize).min(data.len());
+            self.hasher.update(&data[..take]);
+            self.in_chunk += take as u64;
+            data = &data[take..];
+            if self.in_chunk == CHUNK {
+                self.done.push(Md5(self.hasher.finalize_reset().into()));
+                self.in_chunk = 0;
+            }
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct ChunkBlake3 {
+    /// The current chunk, as a subtree at its offset in the body.
+    hasher: blake3::Hasher,
+    in_chunk: u64,
+    /// Chaining values of the chunks completed.
+    done: Vec<Blake3>,
+    /// The root hash of the first chunk: the whole BLAKE3 if the body is exactly one chunk.
+    first_root: Option<Blake3>,
+}
+
+impl ChunkBlake3 {
+    fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let take = ((CHUNK - self.in_chunk) as usize).min(data.len());
+            self.hasher.update(&data[..take]);
+            self.in_chunk += take as u64;
+            data = &data[take..];
+            if self.in_chunk == CHUNK {
+                if self.done.is_empty() {
+                    self.first_root = Some(Blake3(*self.hasher.finalize().as_bytes()));
+                }
+                self.done.push(Blake3(self.hasher.finalize_non_root()));
+                self.hasher = blake3::Hasher::new();
+                self.hasher.set_input_offset(self.done.len() as u64 * CHUNK);
+                self.in_chunk = 0;
+            }
+        }
+    }
+
+    /// The whole BLAKE3 of a body of `len` bytes and its chunk chaining values (none for a
+    /// body of at most one chunk).
+    fn finish(mut self, len: u64) -> (Blake3, Vec<Blake3>) {
+        if len <= CHUNK {
+            let whole = match self.first_root {
+                Some(root) if len == CHUNK => root,
+                _ => Blake3(*self.hasher.finalize().as_bytes()),
+            };
+            return (whole, Vec::new());
+        }
+        if self.in_chunk > 0 {
+            self.done.push(Blake3(self.hasher.finalize_non_root()));
+        }
+        (blake3_root(&self.done, len), self.done)
+    }
+}
+
+/// The BLAKE3 of a body of `len` (> [`CHUNK`]) bytes from the chaining values of its chunks,
+/// merged along BLAKE3's left-balanced tree (every 4 MiB chunk at a 4 MiB offset is one of its
+/// subtrees). Equal to `blake3::hash` of the bytes (tested below).
+pub fn blake3_root(chunks: &[Blake3], len: u64) -> Blake3 {
+    fn subtree(chunks: &[Blake3], len: u64) -> hazmat::ChainingValue {
+        if chunks.len() <= 1 {
+            return chunks.first().map_or([0; 32], |c| c.0);
+        }
+        let (left, right, left_len) = split(chunks, len);
+        hazmat::merge_subtrees_non_root(
+            &subtree(left, left_len),
+            &subtree(right, len - left_len),
+            hazmat::Mode::Hash,
+        )
+    }
+    fn split(chunks: &[Blake3], len: u64) -> (&[Blake3], &[Blake3], u64) {
+        let left_len = hazmat::left_subtree_len(len);
+        let n = usize::try_from(left_len / CHUNK)
+            .unwrap_or(usize::MAX)
+            .min(chunks.len());
+        (&chunks[..n], &chunks[n..], left_len)
+    }
+    if chunks.len() < 2 {
+        // Not a chunked body (a manifest refuses such a chunk list); never the real digest.
+        return Blake3([0; 32]);
+    }
+    let (left, right, left_len) = split(chunks, len);
+    let root = hazmat::merge_subtrees_root(
+        &subtree(left, left_len),
+        &subtree(right, len - left_len),
+        hazmat::Mode::Hash,
+    );
+    Blake3(*root.as_bytes())
 }
 
 impl BodyHasher {
-    /// A hasher computing the whole MD5 and/or the chunk MD5s.
+    /// A hasher computing the BLAKE3, and the whole MD5 and/or the chunk MD5s.
     pub fn new(want_whole: bool, want_chunks: bool) -> Self {
         BodyHasher {
-            want_whole,
-            want_chunks,
-            ..Default::default()
+            whole: want_whole.then(Md5Hasher::new),
+            chunk_md5: want_chunks.then(ChunkMd5::default),
+            b3: ChunkBlake3::default(),
+            len: 0,
         }
     }
 
-    /// Hashes `data`; returns the MD5s of the chunks it completed. With both the whole MD5
-    /// and the chunk MD5s wanted, a large `data` is hashed on two threads (MD5 is the slowest
-    /// step of moving a body, and the two digests are independent).
+    /// Hashes `data`; returns the indexes of the chunks it completed. A large `data` is hashed
+    /// on two threads (MD5 is the slowest step of moving a body, and the digests are
+    /// independent): the whole MD5 and BLAKE3 on one, the chunk MD5s on the other.
     pub fn update(&mut self, data: &[u8]) -> std::ops::Range<usize> {
-        if self.want_whole && self.want_chunks && data.len() >= PARALLEL_MIN {
-            let mut whole = std::mem::take(&mut self.whole);
-            std::thread::scope(|s| {
-                let other = s.spawn(move || {
-                    whole.update(data);
-                    whole
-                });
-                let done = self.update_chunks(data);
-                self.whole = other.join().expect("hashing does not panic");
-                done
-            })
-        } else {
-            if self.want_whole {
-                self.whole.update(data);
-            }
-            self.update_chunks(data)
-        }
-    }
-
-    fn update_chunks(&mut self, mut data: &[u8]) -> std::ops::Range<usize> {
-        let first = self.chunks.len();
+        let first = self.b3.done.len();
         self.len += data.len() as u64;
-        if self.want_chunks {
-            while !data.is_empty() {
-                let room = (CHUNK - self.in_chunk) as usize;
-                let take = room.min(data.len());
-                self.chunk.update(&data[..take]);
-                self.in_chunk += take as u64;
-                data = &data[take..];
-                if self.in_chunk == CHUNK {
-                    self.chunks.push(Md5(self.chunk.finalize_reset().into()));
-                    self.in_chunk = 0;
+        let BodyHasher {
+            whole,
+            chunk_md5,
+            b3,
+            ..
+        } = self;
+        let heavy = data.len() >= PARALLEL_MIN;
+        match (whole.as_mut(), chunk_md5.as_mut()) {
+            (Some(w), Some(c)) if heavy => std::thread::scope(|s| {
+                s.spawn(|| {
+                    w.update(data);
+                    b3.update(data);
+                });
+                c.update(data);
+            }),
+            (Some(w), None) if heavy => std::thread::scope(|s| {
+                s.spawn(|| w.update(data));
+                b3.update(data);
+            }),
+            (None, Some(c)) if heavy => std::thread::scope(|s| {
+                s.spawn(|| c.update(data));
+                b3.update(data);
+            }),
+            (w, c) => {
+                if let Some(w) = w {
+                    w.update(data);
                 }
+                if let Some(c) = c {
+                    c.update(data);
+                }
+                b3.update(data);
             }
         }
-        first..self.chunks.len()
+        first..self.b3.done.len()
     }
 
-    /// Chunks completed so far.
-    pub fn chunks(&self) -> &[Md5] {
-        &self.chunks
+    /// The digests of chunk `index`, once it is complete (the MD5 only if chunk MD5s are
+    /// wanted; zero otherwise).
+    pub fn chunk(&self, index: usize) -> Option<Sums> {
+        let blake3 = *self.b3.done.get(index)?;
+        let md5 = self
+            .chunk_md5
+            .as_ref()
+            .and_then(|c| c.done.get(index).copied())
+            .unwrap_or(Md5([0; 16]));
+        Some(Sums { md5, blake3 })
     }
 
     pub fn len(&self) -> u64 {
@@ -165,25 +324,33 @@ impl BodyHasher {
         self.len == 0
     }
 
-    /// The whole MD5 (if wanted) and the chunk list as a manifest carries it: empty for a body
-    /// of at most one chunk.
-    pub fn finish(mut self) -> Body {
-        let md5 = Md5(self.whole.finalize().into());
+    /// The digests as a manifest carries them: the whole MD5 (zero if not wanted), the
+    /// BLAKE3, and the chunk list (empty for a body of at most one chunk, or if chunk MD5s were
+    /// not wanted).
+    pub fn finish(self) -> Body {
         let size = self.len;
-        if !self.want_chunks || self.len <= CHUNK {
-            return Body {
-                md5,
-                size,
-                chunks: Vec::new(),
-            };
-        }
-        if self.in_chunk > 0 {
-            self.chunks.push(Md5(self.chunk.finalize().into()));
-        }
+        let md5 = self
+            .whole
+            .map_or(Md5([0; 16]), |w| Md5(w.finalize().into()));
+        let (blake3, cvs) = self.b3.finish(size);
+        let chunks = match self.chunk_md5 {
+            Some(mut c) if size > CHUNK => {
+                if c.in_chunk > 0 {
+                    c.done.push(Md5(c.hasher.finalize().into()));
+                }
+                c.done
+                    .into_iter()
+                    .zip(cvs)
+                    .map(|(md5, blake3)| Sums { md5, blake3 })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         Body {
             md5,
+            blake3,
             size,
-            chunks: self.chunks,
+            chunks,
         }
     }
 }
@@ -214,7 +381,7 @@ pub fn hash_reader(
     }
 }
 
-/// MD5, size and (if `chunks`) chunk MD5s of a file, in one read.
+/// MD5, BLAKE3, size and (if `chunks`) chunk digests of a file, in one read.
 pub fn hash_file(path: &Path, chunks: bool) -> io::Result<Body> {
     hash_reader(&mut open_regular(path, None)?, chunks, |_| Ok(()))
 }
@@ -261,6 +428,22 @@ fn gone(path: &Path, why: &str) -> io::Error {
 mod tests {
     use super::*;
 
+    /// The digests of each chunk, computed on its own (MD5) and as a subtree (BLAKE3).
+    fn chunk_sums(body: &[u8]) -> Vec<Sums> {
+        body.chunks(CHUNK as usize)
+            .enumerate()
+            .map(|(i, c)| {
+                let mut h = blake3::Hasher::new();
+                h.set_input_offset(i as u64 * CHUNK);
+                h.update(c);
+                Sums {
+                    md5: Md5::of(c),
+                    blake3: Blake3(h.finalize_non_root()),
+                }
+            })
+            .collect()
+    }
+
     #[test]
     fn body_hasher_splits_chunks_at_any_write_size() {
         let body = crate::testkit::noise(2 * CHUNK as usize + 5, 7);
@@ -277,17 +460,45 @@ mod tests {
             }
             let got = h.finish();
             assert_eq!(got.md5, Md5::of(&body));
-            let expect: Vec<Md5> = body.chunks(CHUNK as usize).map(Md5::of).collect();
-            assert_eq!(got.chunks, expect, "write size {step}");
+            assert_eq!(got.blake3, Blake3::of(&body));
+            assert_eq!(got.chunks, chunk_sums(&body), "write size {step}");
         }
         // A body of at most one chunk carries no chunk list.
         for size in [0, 1, CHUNK - 1, CHUNK] {
             let mut h = BodyHasher::new(true, true);
-            h.update(&vec![1; size as usize]);
-            assert!(h.finish().chunks.is_empty());
+            let body = vec![1; size as usize];
+            h.update(&body);
+            let got = h.finish();
+            assert!(got.chunks.is_empty());
+            assert_eq!(got.blake3, Blake3::of(&body), "size {size}");
             assert_eq!(chunk_count(size), 0);
         }
         assert_eq!(chunk_count(CHUNK + 1), 2);
+    }
+
+    #[test]
+    fn the_whole_blake3_follows_from_the_chunks_for_every_tree_shape() {
+        // 2 to 9 chunks cover balanced and unbalanced trees; the last chunk full or short.
+        let body = crate::testkit::noise(9 * CHUNK as usize, 11);
+        for chunks in 2..=9u64 {
+            for tail in [CHUNK, 1, CHUNK / 2 + 3] {
+                let len = (chunks - 1) * CHUNK + tail;
+                let bytes = &body[..len as usize];
+                let sums = chunk_sums(bytes);
+                let cvs: Vec<Blake3> = sums.iter().map(|s| s.blake3).collect();
+                assert_eq!(
+                    blake3_root(&cvs, len),
+                    Blake3::of(bytes),
+                    "{chunks} chunks, tail {tail}"
+                );
+                // Without the chunk MD5s (a leaf checking the whole body only).
+                let mut h = BodyHasher::new(true, false);
+                h.update(bytes);
+                let got = h.finish();
+                assert_eq!((got.md5, got.blake3), (Md5::of(bytes), Blake3::of(bytes)));
+                assert!(got.chunks.is_empty());
+            }
+        }
     }
 
     #[test]
@@ -296,5 +507,8 @@ mod tests {
         assert_eq!(md5.hex(), "5d41402abc4b2a76b9719d911017c592");
         assert_eq!(Md5::from_hex(&md5.hex()), Some(md5));
         assert_eq!(Md5::from_hex("xyz"), None);
+        let b3 = Blake3::of(b"hello");
+        assert_eq!(Blake3::from_hex(&b3.hex()), Some(b3));
+        assert_eq!(Blake3::from_hex(&md5.hex()), None);
     }
 }

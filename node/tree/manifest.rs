@@ -13,22 +13,24 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
 
-use md5::{Digest, Md5 as Md5Hasher};
 use serde::{Deserialize, Serialize};
 
-use super::hash::{chunk_count, Md5};
+use super::hash::{blake3_root, chunk_count, Blake3, Md5, Sums};
 
 /// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
-    /// `mtime` is seconds since the Unix epoch, kept so that servers agree on Last-Modified.
-    /// `chunks` holds the MD5 of each [`CHUNK`](super::hash::CHUNK) of a body larger than one chunk (see
+    /// `blake3` names the body (the store keeps it by that name) and is what nodes trust;
+    /// `md5` is what users check with `md5sum`, verified at every hop too. `mtime` is seconds
+    /// since the Unix epoch, kept so that servers agree on Last-Modified. `chunks` holds the
+    /// digests of each [`CHUNK`](super::hash::CHUNK) of a body larger than one chunk (see
     /// [`chunk_count`]), empty otherwise.
     File {
         size: u64,
         md5: Md5,
+        blake3: Blake3,
         mtime: i64,
-        chunks: Vec<Md5>,
+        chunks: Vec<Sums>,
     },
     Dir,
     Symlink {
@@ -56,8 +58,8 @@ impl Entry {
     pub fn parent(&self) -> &str {
         self.path.rsplit_once('/').map_or("", |(p, _)| p)
     }
-    /// The chunk MD5s of a file's body (empty for a small file or a non-file).
-    pub fn chunks(&self) -> &[Md5] {
+    /// The chunk digests of a file's body (empty for a small file or a non-file).
+    pub fn chunks(&self) -> &[Sums] {
         match &self.kind {
             EntryKind::File { chunks, .. } => chunks,
             _ => &[],
@@ -82,6 +84,8 @@ pub enum ManifestError {
     BadMode(String, u32),
     #[error("{0:?} lists {1} chunk digests; a body of its size has {2}")]
     BadChunks(String, usize, u64),
+    #[error("{0:?}: its chunk digests do not add up to its BLAKE3")]
+    ChunksDisagree(String),
 }
 
 /// A validated, ordered list of entries with a digest per entry and for the whole tree.
@@ -89,8 +93,8 @@ pub enum ManifestError {
 pub struct Manifest {
     entries: Vec<Entry>,
     /// Per entry: a file's or symlink's own hash, a directory's subtree digest.
-    digests: Vec<Md5>,
-    root: Md5,
+    digests: Vec<Blake3>,
+    root: Blake3,
 }
 
 impl fmt::Debug for Manifest {
@@ -143,6 +147,17 @@ impl Manifest {
                         chunk_count(*size),
                     ));
                 }
+                EntryKind::File {
+                    size,
+                    blake3,
+                    chunks,
+                    ..
+                } if !chunks.is_empty() => {
+                    let cvs: Vec<Blake3> = chunks.iter().map(|c| c.blake3).collect();
+                    if blake3_root(&cvs, *size) != *blake3 {
+                        return Err(ManifestError::ChunksDisagree(e.path.clone()));
+                    }
+                }
                 _ => {}
             }
             if i > 0 {
@@ -178,13 +193,14 @@ impl Manifest {
         &self.entries
     }
 
-    /// The digest of the whole tree: equal digests mean identical trees.
-    pub fn root_digest(&self) -> Md5 {
+    /// The digest of the whole tree (BLAKE3 over every entry): equal digests mean identical
+    /// trees. The origin signs it.
+    pub fn root_digest(&self) -> Blake3 {
         self.root
     }
 
     /// The entry at `path` and its digest.
-    pub fn get(&self, path: &str) -> Option<(&Entry, Md5)> {
+    pub fn get(&self, path: &str) -> Option<(&Entry, Blake3)> {
         self.entries
             .binary_search_by(|e| path_order(&e.path, path))
             .ok()
@@ -206,17 +222,17 @@ impl Manifest {
         self.files().map(|(_, size, _)| size).sum()
     }
 
-    /// Every file entry as (entry, size, md5).
-    pub fn files(&self) -> impl Iterator<Item = (&Entry, u64, Md5)> {
+    /// Every file entry as (entry, size, BLAKE3: the name of its body).
+    pub fn files(&self) -> impl Iterator<Item = (&Entry, u64, Blake3)> {
         self.entries.iter().filter_map(|e| match e.kind {
-            EntryKind::File { size, md5, .. } => Some((e, size, md5)),
+            EntryKind::File { size, blake3, .. } => Some((e, size, blake3)),
             _ => None,
         })
     }
 
     /// Files of `self` that lie in subtrees differing from `old`: whole subtrees whose digest
     /// equals the one at the same path in `old` are skipped without being walked.
-    pub fn changed_files<'a>(&'a self, old: &Manifest) -> Vec<(&'a Entry, u64, Md5)> {
+    pub fn changed_files<'a>(&'a self, old: &Manifest) -> Vec<(&'a Entry, u64, Blake3)> {
         let mut out = Vec::new();
         if self.root == old.root {
             return out;
@@ -229,9 +245,9 @@ impl Manifest {
                 .is_some_and(|(oe, od)| od == self.digests[i] && oe.kind == e.kind);
             match &e.kind {
                 EntryKind::Dir if same => i = self.subtree_end(i),
-                EntryKind::File { size, md5, .. } => {
+                EntryKind::File { size, blake3, .. } => {
                     if !same {
-                        out.push((e, *size, *md5));
+                        out.push((e, *size, *blake3));
                     }
                     i += 1;
                 }
@@ -290,44 +306,48 @@ impl Manifest {
 }
 
 /// Computes per-entry digests and the root digest, bottom-up over the pre-order list.
-fn hash_tree(entries: &[Entry]) -> (Vec<Md5>, Md5) {
-    let mut digests = vec![Md5([0; 16]); entries.len()];
+fn hash_tree(entries: &[Entry]) -> (Vec<Blake3>, Blake3) {
+    let mut digests = vec![Blake3([0; 32]); entries.len()];
     // Per directory path: the serialized (name, digest) of its children, in reverse order.
     let mut children: HashMap<&str, Vec<u8>> = HashMap::new();
     for (i, e) in entries.iter().enumerate().rev() {
-        let mut h = Md5Hasher::new();
-        h.update(e.mode.to_le_bytes());
+        let mut h = blake3::Hasher::new();
+        h.update(&e.mode.to_le_bytes());
         match &e.kind {
             EntryKind::File {
                 size,
                 md5,
+                blake3,
                 mtime,
                 chunks,
             } => {
+                // The chunk BLAKE3s follow from the whole one (checked above); their MD5s not.
                 h.update(b"f");
-                h.update(size.to_le_bytes());
-                h.update(md5.0);
-                h.update(mtime.to_le_bytes());
+                h.update(&size.to_le_bytes());
+                h.update(&md5.0);
+                h.update(&blake3.0);
+                h.update(&mtime.to_le_bytes());
                 for c in chunks {
-                    h.update(c.0);
+                    h.update(&c.md5.0);
                 }
             }
             EntryKind::Symlink { target } => {
                 h.update(b"l");
+                h.update(&(target.len() as u64).to_le_bytes());
                 h.update(target.as_bytes());
             }
             EntryKind::Dir => {
                 h.update(b"d");
-                h.update(children.remove(e.path.as_str()).unwrap_or_default());
+                h.update(&children.remove(e.path.as_str()).unwrap_or_default());
             }
         }
-        digests[i] = Md5(h.finalize().into());
+        digests[i] = Blake3(*h.finalize().as_bytes());
         let acc = children.entry(e.parent()).or_default();
         acc.extend((e.name().len() as u64).to_le_bytes());
         acc.extend(e.name().as_bytes());
         acc.extend(digests[i].0);
     }
-    let root = Md5::of(&children.remove("").unwrap_or_default());
+    let root = Blake3::of(&children.remove("").unwrap_or_default());
     (digests, root)
 }
 
@@ -348,18 +368,22 @@ impl<'de> Deserialize<'de> for Manifest {
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::{Entry, EntryKind};
-    use crate::tree::Md5;
+    use crate::tree::BodyHasher;
 
     /// A file entry holding `body`.
     pub fn file(path: &str, body: &[u8]) -> Entry {
+        let mut h = BodyHasher::new(true, true);
+        h.update(body);
+        let b = h.finish();
         Entry {
             path: path.into(),
             mode: 0o644,
             kind: EntryKind::File {
-                size: body.len() as u64,
-                md5: Md5::of(body),
+                size: b.size,
+                md5: b.md5,
+                blake3: b.blake3,
                 mtime: 1_700_000_000,
-                chunks: Vec::new(),
+                chunks: b.chunks,
             },
         }
     }
@@ -428,15 +452,28 @@ mod tests {
     #[test]
     fn a_chunk_list_of_the_wrong_length_is_refused() {
         let mut e = file("big", b"x");
+        let sums = Sums {
+            md5: Md5::of(b"x"),
+            blake3: Blake3::of(b"x"),
+        };
         e.kind = EntryKind::File {
             size: CHUNK + 1,
             md5: Md5::of(b"x"),
+            blake3: Blake3::of(b"x"),
             mtime: 0,
-            chunks: vec![Md5::of(b"x")],
+            chunks: vec![sums],
         };
         assert_eq!(
-            Manifest::from_entries(vec![e]),
+            Manifest::from_entries(vec![e.clone()]),
             Err(ManifestError::BadChunks("big".into(), 1, 2))
+        );
+        // Chunk BLAKE3s that do not merge into the whole one.
+        if let EntryKind::File { chunks, .. } = &mut e.kind {
+            chunks.push(sums);
+        }
+        assert_eq!(
+            Manifest::from_entries(vec![e]),
+            Err(ManifestError::ChunksDisagree("big".into()))
         );
     }
 

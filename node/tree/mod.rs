@@ -1,14 +1,14 @@
-//! The model of a release, with no I/O but reading files to hash them: [`hash`] (MD5s of
-//! bodies and chunks), [`manifest`] (a tree's entries with a digest per directory) and
+//! The model of a release, with no I/O but reading files to hash them: [`hash`] (MD5s and
+//! BLAKE3s of bodies and chunks), [`manifest`] (a tree's entries with a digest per directory) and
 //! [`release`] (a numbered manifest).
 //!
 //! Everything above builds on these types: the wire carries them, the store keeps bodies by
-//! their [`Md5`], the scan produces a [`Manifest`] and the apply follows one.
+//! their [`Blake3`], the scan produces a [`Manifest`] and the apply follows one.
 
 pub mod hash;
 pub mod manifest;
 pub mod release;
 
-pub use hash::{Body, BodyHasher, Md5, CHUNK};
+pub use hash::{Blake3, Body, BodyHasher, Md5, Sums, CHUNK};
 pub use manifest::{Entry, EntryKind, Manifest, ManifestError};
 pub use release::{newer, Release};

@@ -1,10 +1,11 @@
-//! Framing: a 4-byte big-endian length, then the message encoded with bincode 2 through
+//! Framing: a 4-byte big-endian length, then the message encoded with postcard 1 through
 //! serde. The only place that knows the encoding; swapping it touches this file alone.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// Largest frame accepted (a manifest of about a million entries).
+/// Largest frame of any message (a manifest of about a million entries); each message type
+/// has its own, smaller or equal limit ([`super::Message::MAX`]).
 pub const MAX_FRAME: usize = 128 * 1024 * 1024;
 
 /// Bytes of the length prefix.
@@ -12,8 +13,8 @@ pub const HEADER_LEN: usize = 4;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
-    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME}")]
-    TooLarge(usize),
+    #[error("frame of {0} bytes exceeds the limit of {1} for this message")]
+    TooLarge(usize, usize),
     #[error("truncated frame")]
     Truncated,
     #[error("malformed message: {0}")]
@@ -22,41 +23,34 @@ pub enum WireError {
     Trailing(usize),
 }
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_FRAME>()
-}
-
 /// Encodes `msg` as one frame (length prefix included).
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
-    let mut out = vec![0u8; HEADER_LEN];
-    // Encoding into a Vec cannot fail for our plain data types.
-    bincode::serde::encode_into_std_write(msg, &mut out, config())
+    // Encoding plain data into a Vec cannot fail (no maps of unknown length, no I/O).
+    let mut out = postcard::to_extend(msg, vec![0u8; HEADER_LEN])
         .expect("encoding plain data into a Vec cannot fail");
     let len = (out.len() - HEADER_LEN) as u32;
     out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
     out
 }
 
-/// Reads the payload length from a frame header, refusing oversized frames.
-pub fn frame_len(header: [u8; HEADER_LEN]) -> Result<usize, WireError> {
+/// Reads the payload length from a frame header, refusing a frame over `max` bytes before
+/// anything is allocated for it.
+pub fn frame_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, WireError> {
     let len = u32::from_be_bytes(header) as usize;
-    if len > MAX_FRAME {
-        return Err(WireError::TooLarge(len));
+    if len > max.min(MAX_FRAME) {
+        return Err(WireError::TooLarge(len, max.min(MAX_FRAME)));
     }
     Ok(len)
 }
 
 /// Decodes one message payload (without the length prefix); the whole payload must be used.
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
-    let (msg, used) =
-        bincode::serde::decode_from_slice(payload, config()).map_err(|e| match e {
-            bincode::error::DecodeError::UnexpectedEnd { .. } => WireError::Truncated,
-            other => WireError::Malformed(other.to_string()),
-        })?;
-    if used != payload.len() {
-        return Err(WireError::Trailing(payload.len() - used));
+    match postcard::take_from_bytes(payload) {
+        Ok((msg, [])) => Ok(msg),
+        Ok((_, rest)) => Err(WireError::Trailing(rest.len())),
+        Err(postcard::Error::DeserializeUnexpectedEnd) => Err(WireError::Truncated),
+        Err(e) => Err(WireError::Malformed(e.to_string())),
     }
-    Ok(msg)
 }
 
 /// Decodes one whole frame (prefix + payload) from a buffer.
@@ -65,7 +59,7 @@ pub fn decode_frame<T: DeserializeOwned>(frame: &[u8]) -> Result<T, WireError> {
         .get(..HEADER_LEN)
         .and_then(|h| h.try_into().ok())
         .ok_or(WireError::Truncated)?;
-    let len = frame_len(header)?;
+    let len = frame_len(header, MAX_FRAME)?;
     let payload = &frame[HEADER_LEN..];
     if payload.len() < len {
         return Err(WireError::Truncated);

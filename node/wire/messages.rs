@@ -1,10 +1,11 @@
-//! The messages of protocol version 3, as serde types. Variants are append-only (the
-//! variant index is the tag on the wire).
+//! The messages of protocol version 4, as serde types. Variants are append-only (the
+//! variant index is the tag on the wire). Each message type has its own frame limit
+//! ([`Message::MAX`]): a peer can make a node allocate at most that much per frame.
 
 use serde::{Deserialize, Serialize};
 
 use crate::status::NodeStatus;
-use crate::tree::{Entry, Manifest, ManifestError, Md5, Release};
+use crate::tree::{Blake3, Entry, Manifest, ManifestError, Release};
 
 /// Child → parent, on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,13 +52,13 @@ impl RawRelease {
     }
 }
 
-/// The one request on a body stream.
+/// The one request on a body stream. Bodies are named by their BLAKE3.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BodyRequest {
     /// One body from `offset` (lets an interrupted transfer resume) to its end.
-    One { md5: Md5, offset: u64 },
+    One { id: Blake3, offset: u64 },
     /// Whole bodies, sent back to back in this order: many small files on one stream.
-    Many(Vec<Md5>),
+    Many(Vec<Blake3>),
 }
 
 /// Local admin socket: request from `cascade publish` / `cascade status`.
@@ -106,6 +107,48 @@ pub struct PublishSummary {
     pub changed: bool,
     pub files: u64,
     pub bytes: u64,
+}
+
+/// A message of the protocol, with the largest frame a node reads of it: the length prefix
+/// is checked against this before a byte of the payload is allocated.
+pub trait Message: Serialize + serde::de::DeserializeOwned {
+    const MAX: usize;
+}
+
+/// 1 MiB: a hello, a request, a summary.
+const SMALL: usize = 1 << 20;
+
+impl Message for Up {
+    /// A subtree's reports: each bounded ([`NodeStatus::bounded`]), a few hundred bytes, so
+    /// 16 MiB carries tens of thousands of nodes.
+    const MAX: usize = 16 << 20;
+}
+
+impl Message for Down {
+    /// A whole manifest (about a million entries).
+    const MAX: usize = super::MAX_FRAME;
+}
+
+impl Message for RawDown {
+    const MAX: usize = super::MAX_FRAME;
+}
+
+impl Message for BodyRequest {
+    /// [`super::MAX_BATCH`] names of 32 bytes and their length prefixes fit with room.
+    const MAX: usize = SMALL;
+}
+
+impl Message for AdminRequest {
+    const MAX: usize = SMALL;
+}
+
+impl Message for AdminResponse {
+    /// A whole tree's status.
+    const MAX: usize = 64 << 20;
+}
+
+impl Message for Manifest {
+    const MAX: usize = super::MAX_FRAME;
 }
 
 /// QUIC application close and reset codes. Append-only.

@@ -1,16 +1,17 @@
-//! The Cascade wire protocol, version 2. This module is the spec; it has no sockets.
+//! The Cascade wire protocol, version 4. This module is the spec; it has no sockets.
 //!
 //! # Links
-//! A child dials its parent over QUIC with mutual TLS 1.3; the ALPN is [`ALPN`] (`cascade/3`),
+//! A child dials its parent over QUIC with mutual TLS 1.3; the ALPN is [`ALPN`] (`cascade/4`),
 //! so a peer speaking another protocol version fails the handshake instead of misreading bytes.
 //! Both sides present certificates from the deployment CA; the parent accepts only the names of
 //! its own children, the child only its parent's name.
 //!
 //! # Frames
 //! Every message is one frame: a 4-byte big-endian length, then that many bytes of the message
-//! encoded with bincode 2 (standard config: little endian, varints) through serde. A length above
-//! [`MAX_FRAME`] is refused before anything is allocated. Enums are encoded with their variant
-//! index as the tag, so variants are append-only: never reorder or remove one.
+//! encoded with postcard 1 (varints, little endian) through serde. A length above the
+//! message type's limit ([`Message::MAX`], at most [`MAX_FRAME`]) is refused before anything
+//! is allocated. Enums are encoded with their variant index as the tag, so variants are
+//! append-only: never reorder or remove one.
 //!
 //! # Streams
 //! - **Control** (the first bidirectional stream, opened by the child): the child sends
@@ -24,12 +25,20 @@
 //!   for and finishes, or resets the stream with [`ErrorCode::NotFound`]. For
 //!   [`BodyRequest::One`], that is one body from `offset` to its end; for
 //!   [`BodyRequest::Many`] (small files, at most [`MAX_BATCH`]), the whole bodies back to back
-//!   in the order asked. The child knows sizes and MD5s from the manifest and checks them.
+//!   in the order asked. Bodies are named by their BLAKE3; the child knows sizes, MD5s and
+//!   BLAKE3s from the manifest and checks them.
 //!
 //! # Chunks
-//! A body larger than [`crate::tree::CHUNK`] (4 MiB) carries the MD5 of each chunk in its
-//! manifest entry. A relay checks each chunk as it completes and forwards only checked
-//! chunks; a node that applies the body to its directory also checks the whole MD5.
+//! A body larger than [`crate::tree::CHUNK`] (4 MiB) carries the MD5 and BLAKE3 chaining
+//! value of each chunk in its manifest entry. A relay checks each chunk as it completes and
+//! forwards only checked chunks; a node that applies the body to its directory also checks
+//! the whole MD5. The whole BLAKE3 follows from the chunks' and is always checked.
+//!
+//! # Trust
+//! Every release carries the origin's Ed25519 signature over its version and its manifest's
+//! root digest (BLAKE3 over every entry); every node checks it before it stores, forwards or
+//! applies anything (see [`crate::sync::trust`]). Version 4 added BLAKE3 (version 3 trusted
+//! MD5 alone, and named bodies by it) and moved from bincode to postcard.
 //!
 //! A receiver pulls what it lacks, so the same exchange serves a push after a publish and a
 //! catch-up after a reconnect.
@@ -40,8 +49,8 @@ mod messages;
 pub use frame::{decode, decode_frame, encode, frame_len, WireError, HEADER_LEN, MAX_FRAME};
 pub use messages::*;
 
-/// ALPN of protocol version 2 (version 1 had no chunk MD5s and one body per stream).
-pub const ALPN: &[u8] = b"cascade/3";
+/// ALPN of protocol version 4: a peer of another version fails the handshake.
+pub const ALPN: &[u8] = b"cascade/4";
 
 /// Most bodies in one [`BodyRequest::Many`].
 pub const MAX_BATCH: usize = 4096;

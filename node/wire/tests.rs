@@ -7,8 +7,9 @@ use serde::Serialize;
 
 use super::*;
 use crate::status::{NodeState, NodeStatus};
+use crate::tree::hash::blake3_root;
 use crate::tree::manifest::fixtures::file;
-use crate::tree::{Entry, EntryKind, Manifest, Md5, Release};
+use crate::tree::{Blake3, Entry, EntryKind, Manifest, Md5, Release, Sums};
 
 fn sample_release() -> Release {
     let manifest = Manifest::from_entries(vec![
@@ -23,6 +24,7 @@ fn sample_release() -> Release {
             kind: EntryKind::File {
                 size: 3,
                 md5: Md5::of(b"abc"),
+                blake3: Blake3::of(b"abc"),
                 mtime: -1,
                 chunks: vec![],
             },
@@ -33,8 +35,18 @@ fn sample_release() -> Release {
             kind: EntryKind::File {
                 size: crate::tree::CHUNK + 1,
                 md5: Md5([9; 16]),
+                blake3: blake3_root(&[Blake3([1; 32]), Blake3([2; 32])], crate::tree::CHUNK + 1),
                 mtime: 1,
-                chunks: vec![Md5([1; 16]), Md5([2; 16])],
+                chunks: vec![
+                    Sums {
+                        md5: Md5([1; 16]),
+                        blake3: Blake3([1; 32]),
+                    },
+                    Sums {
+                        md5: Md5([2; 16]),
+                        blake3: Blake3([2; 32]),
+                    },
+                ],
             },
         },
         Entry {
@@ -94,10 +106,10 @@ fn all_messages() -> Samples {
         vec![Down::Offer(sample_release())],
         vec![
             BodyRequest::One {
-                md5: Md5::of(b""),
+                id: Blake3::empty(),
                 offset: 12,
             },
-            BodyRequest::Many(vec![Md5([3; 16]), Md5([4; 16])]),
+            BodyRequest::Many(vec![Blake3([3; 32]), Blake3([4; 32])]),
         ],
         vec![
             AdminRequest::Publish,
@@ -158,23 +170,23 @@ fn every_message_round_trips_and_survives_corruption() {
 
 #[test]
 fn golden_bytes() {
-    // Wire compatibility: these bytes must never change within protocol version 3.
+    // Wire compatibility: these bytes must never change within protocol version 4.
     let hello = encode(&Up::Hello {
         name: "ab".into(),
         have: Some(300),
     });
-    assert_eq!(hello, vec![0, 0, 0, 8, 0, 2, b'a', b'b', 1, 251, 44, 1]);
+    assert_eq!(hello, vec![0, 0, 0, 7, 0, 2, b'a', b'b', 1, 0xac, 0x02]);
     let req = encode(&BodyRequest::One {
-        md5: Md5([1; 16]),
+        id: Blake3([1; 32]),
         offset: 0,
     });
-    let mut want = vec![0, 0, 0, 18, 0];
-    want.extend([1u8; 16]);
+    let mut want = vec![0, 0, 0, 34, 0];
+    want.extend([1u8; 32]);
     want.push(0);
     assert_eq!(req, want);
-    let req = encode(&BodyRequest::Many(vec![Md5([2; 16])]));
-    let mut want = vec![0, 0, 0, 18, 1, 1];
-    want.extend([2u8; 16]);
+    let req = encode(&BodyRequest::Many(vec![Blake3([2; 32])]));
+    let mut want = vec![0, 0, 0, 34, 1, 1];
+    want.extend([2u8; 32]);
     assert_eq!(req, want);
     assert_eq!(encode(&AdminRequest::Status), vec![0, 0, 0, 1, 1]);
 }
@@ -195,7 +207,17 @@ fn raw_down_encodes_like_down() {
 #[test]
 fn oversized_frame_is_refused_before_allocating() {
     let header = ((MAX_FRAME + 1) as u32).to_be_bytes();
-    assert_eq!(frame_len(header), Err(WireError::TooLarge(MAX_FRAME + 1)));
+    assert_eq!(
+        frame_len(header, MAX_FRAME),
+        Err(WireError::TooLarge(MAX_FRAME + 1, MAX_FRAME))
+    );
+    // Each message type has its own limit: a body request is small.
+    let header = ((BodyRequest::MAX + 1) as u32).to_be_bytes();
+    assert!(frame_len(header, BodyRequest::MAX).is_err());
+    assert!(frame_len(header, Up::MAX).is_ok());
+    // The largest real body request fits its limit.
+    let most = encode(&BodyRequest::Many(vec![Blake3([0xff; 32]); MAX_BATCH]));
+    assert!(most.len() - HEADER_LEN <= BodyRequest::MAX);
     // A huge length inside the payload (a string claiming 2^60 bytes) is an error too.
     let mut payload = vec![0u8, 255];
     payload.extend(1u64.wrapping_shl(60).to_le_bytes());
@@ -275,7 +297,16 @@ fn a_million_random_and_mutated_frames_never_panic() {
 fn wire_order_is_enforced() {
     let entries = vec![file("b", b""), file("a", b"")];
     let bytes = encode(&entries);
-    let err = decode_frame::<Manifest>(&bytes).unwrap_err();
+    // postcard keeps no text of a custom error; a node decodes offers as `RawDown` and
+    // validates them itself, which names the reason.
+    assert!(decode_frame::<Manifest>(&bytes).is_err());
+    let raw: RawRelease = decode_frame(&encode(&RawRelease {
+        version: 1,
+        entries,
+        signature: vec![],
+    }))
+    .unwrap();
+    let err = raw.validate().unwrap_err();
     assert!(err.to_string().contains("out of order"), "{err}");
     let m = sample_release().manifest;
     let back: Manifest = decode_frame(&encode(&m)).unwrap();
@@ -289,7 +320,8 @@ mod props {
 
     use super::super::*;
     use crate::status::{NodeState, NodeStatus};
-    use crate::tree::{Entry, EntryKind, Manifest, Md5, Release};
+    use crate::tree::hash::{blake3_root, chunk_count};
+    use crate::tree::{Blake3, Entry, EntryKind, Manifest, Md5, Release, Sums};
 
     fn name() -> impl Strategy<Value = String> {
         (0u32..50, prop::bool::ANY).prop_map(|(i, uni)| {
@@ -305,18 +337,34 @@ mod props {
         any::<[u8; 16]>().prop_map(Md5)
     }
 
+    fn blake3() -> impl Strategy<Value = Blake3> {
+        any::<[u8; 32]>().prop_map(Blake3)
+    }
+
     fn kind() -> impl Strategy<Value = EntryKind> {
         prop_oneof![
-            (0..3 * crate::tree::CHUNK, md5(), any::<i64>()).prop_map(|(size, md5, mtime)| {
-                EntryKind::File {
-                    size,
-                    md5,
-                    mtime,
-                    chunks: (0..crate::tree::hash::chunk_count(size))
-                        .map(|i| Md5([i as u8; 16]))
-                        .collect(),
+            (0..3 * crate::tree::CHUNK, md5(), blake3(), any::<i64>()).prop_map(
+                |(size, md5, blake3, mtime)| {
+                    let chunks: Vec<Sums> = (0..chunk_count(size))
+                        .map(|i| Sums {
+                            md5: Md5([i as u8; 16]),
+                            blake3: Blake3([i as u8; 32]),
+                        })
+                        .collect();
+                    let cvs: Vec<Blake3> = chunks.iter().map(|c| c.blake3).collect();
+                    EntryKind::File {
+                        size,
+                        md5,
+                        blake3: if chunks.is_empty() {
+                            blake3
+                        } else {
+                            blake3_root(&cvs, size)
+                        },
+                        mtime,
+                        chunks,
+                    }
                 }
-            }),
+            ),
             Just(EntryKind::Dir),
             name().prop_map(|target| EntryKind::Symlink { target }),
         ]
@@ -350,6 +398,7 @@ mod props {
                             kind: EntryKind::File {
                                 size: 1,
                                 md5: Md5([1; 16]),
+                                blake3: Blake3([1; 32]),
                                 mtime: 0,
                                 chunks: vec![],
                             },
@@ -440,11 +489,11 @@ mod props {
         }
 
         #[test]
-        fn body_and_admin_round_trip(md5 in md5(), offset in any::<u64>(), node in name(), release in any::<Option<u64>>(),
+        fn body_and_admin_round_trip(id in blake3(), offset in any::<u64>(), node in name(), release in any::<Option<u64>>(),
                                      nodes in prop::collection::vec(status(), 0..4), err in name(),
                                      s in any::<(u64, bool, u64, u64)>()) {
-            check(&BodyRequest::One { md5, offset });
-            check(&BodyRequest::Many(vec![md5; (offset % 50) as usize]));
+            check(&BodyRequest::One { id, offset });
+            check(&BodyRequest::Many(vec![id; (offset % 50) as usize]));
             check(&AdminRequest::Publish);
             check(&AdminRequest::Status);
             check(&AdminResponse::Status { node, release, nodes });

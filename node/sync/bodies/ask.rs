@@ -17,8 +17,8 @@ use super::STREAM_ABOVE;
 use crate::data::{BodyWriter, Expected, StoreError};
 use crate::net::{self, LinkError};
 use crate::status::NodeState;
-use crate::tree::{Md5, Release};
-use crate::wire::BodyRequest;
+use crate::tree::{Blake3, Release};
+use crate::wire::{BodyRequest, ErrorCode};
 
 /// Requests (a large body, or a batch of small ones) in flight at once on parallel streams.
 const PARALLEL_BODIES: usize = 16;
@@ -61,7 +61,7 @@ pub async fn fetch_all(
                 .into_iter()
                 .map(|i| {
                     let e = wanted[i].take().expect("plan uses each body once");
-                    let flight = shared.flights.start(e.md5);
+                    let flight = shared.flights.start(e.blake3);
                     (e, flight)
                 })
                 .collect()
@@ -155,26 +155,26 @@ impl Asker {
     /// received whole on one stream, and stores them in one blocking job: one job and one
     /// round trip for up to [`super::BATCH_FILES`] files.
     async fn whole(&self, bodies: &[(Expected, FlightHandle)]) -> Result<(), SyncError> {
-        let missing: Vec<(Md5, u64)> = bodies
+        let missing: Vec<Expected> = bodies
             .iter()
-            .map(|(e, _)| (e.md5, e.size))
-            .filter(|(md5, _)| !self.shared.store.has(md5))
+            .map(|(e, _)| e.clone())
+            .filter(|e| !self.shared.store.has(&e.blake3))
             .collect();
-        let Some(&(first, _)) = missing.first() else {
+        let Some(first) = missing.first().map(|e| e.blake3) else {
             return Ok(());
         };
-        let total = missing.iter().map(|(_, s)| s).sum();
-        let req = BodyRequest::Many(missing.iter().map(|(m, _)| *m).collect());
+        let total = missing.iter().map(|e| e.size).sum();
+        let req = BodyRequest::Many(missing.iter().map(|e| e.blake3).collect());
         let mut recv = self.request(&req).await?;
         let data = read_whole(&mut recv, first, total).await?;
         self.done.fetch_add(data.len() as u64, Ordering::Relaxed);
         let me = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let mut at = 0usize;
-            for (md5, size) in missing {
-                let body = data.get(at..at + size as usize).unwrap_or(&data[at..]);
+            for e in missing {
+                let body = data.get(at..at + e.size as usize).unwrap_or(&data[at..]);
                 at += body.len();
-                let mut w = me.store.writer(md5, size)?;
+                let mut w = me.store.writer(e)?;
                 w.write(body)?;
                 w.finish()?;
             }
@@ -191,7 +191,7 @@ impl Asker {
     /// from this body. Dropped midway (link lost, node stopping), the writer keeps what it
     /// has for a later resume.
     async fn streamed(&self, exp: Expected, flight: &FlightHandle) -> Result<(), SyncError> {
-        let (md5, size) = (exp.md5, exp.size);
+        let (id, size) = (exp.blake3, exp.size);
         let me = self.shared.clone();
         let mut writer = tokio::task::spawn_blocking(move || me.store.resume_writer(exp))
             .await
@@ -200,10 +200,10 @@ impl Asker {
         let offset = writer.written();
         if offset < size {
             if offset > 0 {
-                debug!(%md5, offset, size, "resuming body");
+                debug!(%id, offset, size, "resuming body");
             }
-            let mut recv = self.request(&BodyRequest::One { md5, offset }).await?;
-            writer = self.receive(&mut recv, writer, md5, size, flight).await?;
+            let mut recv = self.request(&BodyRequest::One { id, offset }).await?;
+            writer = self.receive(&mut recv, writer, id, size, flight).await?;
         }
         tokio::task::spawn_blocking(move || writer.finish())
             .await
@@ -218,7 +218,7 @@ impl Asker {
         &self,
         recv: &mut RecvStream,
         writer: BodyWriter,
-        md5: Md5,
+        id: Blake3,
         size: u64,
         flight: &FlightHandle,
     ) -> Result<BodyWriter, SyncError> {
@@ -238,11 +238,11 @@ impl Asker {
             buf.clear();
             eof = read_up_to(recv, &mut buf, STREAM_ABOVE)
                 .await
-                .map_err(|e| read_failed(md5, e))?;
+                .map_err(|e| read_failed(id, e))?;
             received += buf.len() as u64;
             if received > size {
                 return Err(SyncError::TooLong {
-                    md5,
+                    id,
                     size,
                     got: received,
                 });
@@ -277,12 +277,18 @@ impl SyncError {
 
 /// A failed body read: a reset means the parent could not serve it (retried with the
 /// release); anything else is the link failing.
-fn read_failed(md5: Md5, e: quinn::ReadError) -> SyncError {
+fn read_failed(id: Blake3, e: quinn::ReadError) -> SyncError {
     match e {
-        quinn::ReadError::Reset(code) => SyncError::NotServed(md5, code.into_inner()),
+        quinn::ReadError::Reset(code) => SyncError::NotServed(id, code.into_inner()),
         e => LinkError::from(e).into(),
     }
 }
+
+/// Longest a body stream may go without a byte before it is given up (and the body asked
+/// again, resuming after its last good chunk): a parent that keeps the link alive but
+/// stops sending never stalls a fetch for good. Long enough for a relay serving a body it
+/// still receives over a slow link (one 4 MiB chunk at 40 KB/s).
+const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Appends received bytes to `buf` until it holds `limit` bytes or the stream ends (then
 /// returns true). Takes many received chunks per call: reading a packet's worth at a time
@@ -294,7 +300,14 @@ async fn read_up_to(
 ) -> Result<bool, quinn::ReadError> {
     let mut chunks: [_; 64] = std::array::from_fn(|_| Default::default());
     while buf.len() < limit {
-        let Some(n) = recv.read_chunks(&mut chunks).await? else {
+        let read = tokio::time::timeout(STALL_TIMEOUT, recv.read_chunks(&mut chunks)).await;
+        let Ok(read) = read else {
+            let _ = recv.stop(quinn::VarInt::from_u32(ErrorCode::Protocol.code()));
+            return Err(quinn::ReadError::ConnectionLost(
+                quinn::ConnectionError::TimedOut,
+            ));
+        };
+        let Some(n) = read? else {
             return Ok(true);
         };
         for c in &chunks[..n] {
@@ -306,14 +319,14 @@ async fn read_up_to(
 
 /// Receives whole bodies of `size` bytes in all, back to back on one stream, and reads the
 /// stream to its end (one more byte is an error).
-async fn read_whole(recv: &mut RecvStream, first: Md5, size: u64) -> Result<Vec<u8>, SyncError> {
+async fn read_whole(recv: &mut RecvStream, first: Blake3, size: u64) -> Result<Vec<u8>, SyncError> {
     let mut buf = Vec::with_capacity(size as usize);
     let eof = read_up_to(recv, &mut buf, size as usize + 1)
         .await
         .map_err(|e| read_failed(first, e))?;
     if !eof || buf.len() as u64 > size {
         return Err(SyncError::TooLong {
-            md5: first,
+            id: first,
             size,
             got: buf.len() as u64,
         });

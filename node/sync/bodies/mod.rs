@@ -17,7 +17,7 @@ pub use ask::fetch_all;
 pub use serve::serve_body;
 
 use crate::data::Expected;
-use crate::tree::Md5;
+use crate::tree::{Entry, EntryKind};
 
 /// Bodies at most this large are fetched in batches on shared streams.
 pub const SMALL: u64 = 256 * 1024;
@@ -33,15 +33,27 @@ pub const STREAM_ABOVE: usize = 1024 * 1024;
 /// How a body must be checked on this node. A node with children checks each chunk as it
 /// arrives so it can forward it at once; a node that applies bodies to a directory checks
 /// the whole MD5 too (a relay without a directory relies on the chunks, which cover every
-/// byte); a body without chunks is always checked whole.
-pub fn expected(md5: Md5, size: u64, chunks: &[Md5], serves: bool, applies: bool) -> Expected {
-    let chunks = if serves { chunks.to_vec() } else { Vec::new() };
-    Expected {
-        md5,
+/// byte); a body without chunks is always checked whole. The BLAKE3 is always checked.
+/// `None` for an entry that is not a file.
+pub fn expected(entry: &Entry, serves: bool, applies: bool) -> Option<Expected> {
+    let EntryKind::File {
         size,
+        md5,
+        blake3,
+        chunks,
+        ..
+    } = &entry.kind
+    else {
+        return None;
+    };
+    let chunks = if serves { chunks.clone() } else { Vec::new() };
+    Some(Expected {
+        md5: *md5,
+        blake3: *blake3,
+        size: *size,
         whole: applies || chunks.is_empty(),
         chunks,
-    }
+    })
 }
 
 /// Groups the bodies to fetch (by index, in order): each body above [`SMALL`] alone, smaller
@@ -91,18 +103,19 @@ mod tests {
 
     #[test]
     fn relays_check_chunks_and_appliers_check_the_whole_body() {
-        let md5 = Md5::of(b"x");
-        let chunks = [Md5::of(b"a"), Md5::of(b"b")];
+        use crate::tree::manifest::fixtures::{dir, file};
+        let big = file("big", &vec![7; crate::tree::CHUNK as usize + 9]);
         // A pure relay: chunks only.
-        let e = expected(md5, 9, &chunks, true, false);
+        let e = expected(&big, true, false).unwrap();
         assert_eq!((e.chunks.len(), e.whole), (2, false));
         // A relay with a directory: both.
-        let e = expected(md5, 9, &chunks, true, true);
+        let e = expected(&big, true, true).unwrap();
         assert_eq!((e.chunks.len(), e.whole), (2, true));
         // A leaf: the whole body.
-        let e = expected(md5, 9, &chunks, false, true);
+        let e = expected(&big, false, true).unwrap();
         assert_eq!((e.chunks.len(), e.whole), (0, true));
         // No chunks: always whole.
-        assert!(expected(md5, 9, &[], true, false).whole);
+        assert!(expected(&file("small", b"x"), true, false).unwrap().whole);
+        assert!(expected(&dir("d"), true, true).is_none());
     }
 }

@@ -4,6 +4,7 @@
 
 use std::io::SeekFrom;
 use std::sync::Arc;
+use std::time::Duration;
 
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -14,21 +15,33 @@ use super::super::flight::Flight;
 use super::super::shared::Shared;
 use crate::net::{self, LinkError};
 use crate::tree::hash::IO_BUF;
-use crate::tree::Md5;
+use crate::tree::Blake3;
 use crate::wire::{BodyRequest, ErrorCode, MAX_BATCH};
 
+/// Time a child has to send the request on a body stream it opened.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Answers one body stream: reads its request and sends what it asks for, or resets the
-/// stream with [`ErrorCode::NotFound`].
+/// stream with [`ErrorCode::NotFound`]. A stream whose request does not come within
+/// [`REQUEST_TIMEOUT`], or is malformed or over its size limit, is reset with
+/// [`ErrorCode::Protocol`].
 pub async fn serve_body(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream) {
-    let req = match net::recv::<_, BodyRequest>(&mut recv).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return,
-        Err(e) => return warn!("bad body request: {e}"),
+    let req = tokio::time::timeout(REQUEST_TIMEOUT, net::recv::<_, BodyRequest>(&mut recv)).await;
+    let mut refused = |why: String| {
+        warn!("bad body request: {why}");
+        let _ = send.reset(VarInt::from_u32(ErrorCode::Protocol.code()));
+        let _ = recv.stop(VarInt::from_u32(ErrorCode::Protocol.code()));
+    };
+    let req = match req {
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => return refused(e.to_string()),
+        Err(_) => return refused(format!("none within {REQUEST_TIMEOUT:?}")),
     };
     let mut buf = Vec::new();
     let result = match &req {
-        BodyRequest::One { md5, offset } => {
-            send_body(&shared, &mut send, *md5, *offset, &mut buf).await
+        BodyRequest::One { id, offset } => {
+            send_body(&shared, &mut send, *id, *offset, &mut buf).await
         }
         BodyRequest::Many(list) if list.len() > MAX_BATCH => Err(LinkError::Refused(format!(
             "{} bodies asked at once (at most {MAX_BATCH})",
@@ -36,8 +49,8 @@ pub async fn serve_body(shared: Arc<Shared>, mut send: SendStream, mut recv: Rec
         ))),
         BodyRequest::Many(list) => {
             let mut r = Ok(());
-            for md5 in list {
-                r = send_body(&shared, &mut send, *md5, 0, &mut buf).await;
+            for id in list {
+                r = send_body(&shared, &mut send, *id, 0, &mut buf).await;
                 if r.is_err() {
                     break;
                 }
@@ -62,11 +75,11 @@ struct Source {
 }
 
 impl Source {
-    fn new(shared: &Shared, md5: Md5) -> Result<Self, LinkError> {
+    fn new(shared: &Shared, id: Blake3) -> Result<Self, LinkError> {
         // The flight first: a body that lands in the store meanwhile is then still found.
-        let flight = shared.flights.get(&md5);
-        if flight.is_none() && !shared.store.has(&md5) {
-            return Err(LinkError::Refused(format!("body {md5} is not held")));
+        let flight = shared.flights.get(&id);
+        if flight.is_none() && !shared.store.has(&id) {
+            return Err(LinkError::Refused(format!("body {id} is not held")));
         }
         Ok(Source { file: None, flight })
     }
@@ -99,15 +112,15 @@ impl Source {
     async fn open(
         &mut self,
         shared: &Shared,
-        md5: Md5,
+        id: Blake3,
         pos: u64,
         whole: bool,
     ) -> Result<&mut tokio::fs::File, LinkError> {
         if self.file.is_none() {
             let path = if whole {
-                shared.store.path(&md5)
+                shared.store.path(&id)
             } else {
-                shared.store.partial_path(&md5)
+                shared.store.partial_path(&id)
             };
             let mut file = tokio::fs::File::open(&path).await.map_err(LinkError::Io)?;
             if pos > 0 {
@@ -121,19 +134,19 @@ impl Source {
     }
 }
 
-/// Sends body `md5` from `offset` to its end (without finishing the stream).
+/// Sends body `id` from `offset` to its end (without finishing the stream).
 async fn send_body(
     shared: &Shared,
     send: &mut SendStream,
-    md5: Md5,
+    id: Blake3,
     offset: u64,
     buf: &mut Vec<u8>,
 ) -> Result<(), LinkError> {
-    let mut source = Source::new(shared, md5)?;
+    let mut source = Source::new(shared, id)?;
     // One buffer per stream, grown to the largest body served on it (up to IO_BUF).
     let size = shared
         .store
-        .size_hint(&md5)
+        .size_hint(&id)
         .map_or(u64::MAX, |s| s.saturating_sub(offset));
     // Unknown (still arriving): a full buffer. Known: the body plus one, so its end shows.
     let want = size.saturating_add(1).min(IO_BUF as u64) as usize;
@@ -144,12 +157,12 @@ async fn send_body(
     loop {
         let limit = source.readable(pos).await?;
         let want = limit.map_or(buf.len(), |l| (l - pos).min(buf.len() as u64) as usize);
-        let file = source.open(shared, md5, pos, limit.is_none()).await?;
+        let file = source.open(shared, id, pos, limit.is_none()).await?;
         let n = file.read(&mut buf[..want]).await.map_err(LinkError::Io)?;
         if n == 0 {
             if limit.is_some() {
                 return Err(LinkError::Refused(format!(
-                    "body {md5} ended before its verified length"
+                    "body {id} ended before its verified length"
                 )));
             }
             return Ok(());
