@@ -24,6 +24,7 @@ use crate::hooks;
 use crate::net::{self, Limiter, LinkError};
 use crate::status::NodeStatus;
 use crate::sync::flight::Flights;
+use crate::sync::keys::{self, KeyFiles, Keys};
 use crate::sync::{
     after, children, follow, land, parent, verify, Board, Held, HookSetup, PublishError, Publisher,
     Shared, Trust,
@@ -152,11 +153,16 @@ impl RunningNode {
         }
         let parents = parents(&topology, &me);
         let listen = listen(&topology, &me);
+        let keys = Keys::new(
+            topology.revoked(),
+            held.current().as_ref().map(|o| &o.release),
+        );
         let endpoint = net::endpoint(
             &identity,
             listen,
             parents.first().map(|p| p.1),
             cfg.link_timeout,
+            &keys.revoked(),
         )?;
         let admin = admin::bind(&data.admin_socket)?;
 
@@ -205,6 +211,7 @@ impl RunningNode {
             landing: Default::default(),
             verify_full: cfg.verify == VerifyKind::Full,
             trust,
+            keys,
         });
         if me.role == Role::Origin {
             sign_held(&shared)?;
@@ -245,6 +252,18 @@ impl RunningNode {
             tasks.spawn(verify::every(shared.clone(), period));
         }
         tasks.spawn(admin::serve(shared.clone(), publisher.clone(), admin));
+        tasks.spawn(keys::run(
+            shared.clone(),
+            endpoint.clone(),
+            KeyFiles {
+                certs: cfg.certs.clone(),
+                topology: cfg.topology.clone(),
+                idle: cfg.link_timeout,
+                listens: listen.is_some(),
+            },
+            identity,
+            publisher.clone(),
+        ));
         if listen.is_some() {
             tasks.spawn(children::run(shared.clone(), endpoint.clone()));
         }

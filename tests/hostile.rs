@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cascade::net;
 use cascade::status::NodeState;
-use cascade::tree::{Blake3, Entry, EntryKind, Manifest, Md5};
+use cascade::tree::{Blake3, Entry, EntryKind, Manifest, Md5, Release};
 use cascade::wire::{ErrorCode, RawDown, RawRelease, Up};
 use cascade_certs::{Identity, ReleaseKey};
 use common::Cluster;
@@ -37,7 +37,15 @@ impl FakeParent {
         let id = Identity::load(&c.dep.base.join("certs"), "relay-1").unwrap();
         let addr: SocketAddr = c.dep.topology.node("relay-1").unwrap().listen.unwrap();
         let endpoint = rt
-            .block_on(async { net::endpoint(&id, Some(addr), None, Duration::from_secs(15)) })
+            .block_on(async {
+                net::endpoint(
+                    &id,
+                    Some(addr),
+                    None,
+                    Duration::from_secs(15),
+                    &Default::default(),
+                )
+            })
             .unwrap();
         let key = ReleaseKey::load(&c.dep.base.join("certs")).unwrap();
         FakeParent { rt, endpoint, key }
@@ -79,13 +87,14 @@ impl FakeParent {
         key: Option<&ReleaseKey>,
     ) {
         let signature = match (Manifest::from_sorted(entries.clone()), key) {
-            (Ok(m), Some(k)) => k.sign(version, &m.root_digest().0),
+            (Ok(m), Some(k)) => k.sign(version, &Release::unsigned(version, m).signed_digest().0),
             (Err(_), Some(_)) => vec![0; 64],
             (_, None) => Vec::new(),
         };
         let frame = cascade::wire::encode(&RawDown::Offer(RawRelease {
             version,
             entries,
+            revoked: vec![],
             signature,
         }));
         self.raw(l, &frame);
@@ -245,7 +254,14 @@ fn a_child_that_stalls_or_oversizes_body_requests_is_cut_off() {
         other => panic!("expected the stream to be reset, got {other:?}"),
     };
     rt.block_on(async {
-        let ep = net::endpoint(&id, None, Some(addr), Duration::from_secs(15)).unwrap();
+        let ep = net::endpoint(
+            &id,
+            None,
+            Some(addr),
+            Duration::from_secs(15),
+            &Default::default(),
+        )
+        .unwrap();
         let conn = net::connect(&ep, addr, "relay-1").await.unwrap();
         let (mut ctl, _ctl_recv) = conn.open_bi().await.unwrap();
         net::send(

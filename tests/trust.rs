@@ -42,6 +42,7 @@ fn client(id: &Identity) -> quinn::Endpoint {
         None,
         Some("127.0.0.1:1".parse().unwrap()),
         Duration::from_secs(15),
+        &Default::default(),
     )
     .unwrap()
 }

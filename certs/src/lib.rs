@@ -12,8 +12,12 @@
 //!
 //! Key files are written with mode 0600 and [`Identity::load`] refuses a key that others can
 //! read. [`Identity::server_config`] and [`Identity::client_config`] build the rustls configs for
-//! mutual TLS 1.3 with the ring provider, trusting only the deployment CA. Which *name* a peer
+//! mutual TLS 1.3 with the ring provider, trusting only the deployment CA and refusing at the
+//! handshake any certificate whose fingerprint is in the [`Revoked`] set. Which *name* a peer
 //! may have is the caller's decision: see [`peer_has_name`].
+//!
+//! A certificate is named by its [`Fingerprint`] (SHA-256 of its DER, what `openssl x509
+//! -fingerprint -sha256` prints): that is what a revocation list holds.
 
 use std::fs;
 use std::io::Write;
@@ -27,12 +31,15 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose,
 };
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::RootCertStore;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{ServerName, UnixTime};
 use time::OffsetDateTime;
 
 /// The CA's subject; node certificates name it as their issuer.
@@ -308,17 +315,7 @@ pub fn issue_with<S: AsRef<str>>(
     names: &[S],
     validity: Validity,
 ) -> Result<Vec<Issued>, CertError> {
-    let ca_key_path = dir.join("ca.key");
-    if !ca_key_path.exists() || !dir.join("ca.pem").exists() {
-        return Err(CertError::NoCa(dir.join("ca.pem"), dir.to_owned()));
-    }
-    let ca_key_pem = fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| CertError::BadPem {
-        path: ca_key_path.clone(),
-        what: "private key",
-        reason: e.to_string(),
-    })?;
-    let issuer = Issuer::new(ca_params(), ca_key);
+    let issuer = ca_issuer(dir)?;
     let mut out = Vec::new();
     for name in names {
         let name = name.as_ref();
@@ -331,24 +328,77 @@ pub fn issue_with<S: AsRef<str>>(
             out.push(Issued::AlreadyPresent(name.to_owned()));
             continue;
         }
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![name.to_owned()])?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        params.distinguished_name = dn;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_before = OffsetDateTime::from(validity.not_before);
-        params.not_after = OffsetDateTime::from(validity.not_after);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params.signed_by(&key, &issuer)?;
-        write_private(&key_path, key.serialize_pem().as_bytes())?;
-        write_atomic(&cert_path, cert.pem().as_bytes(), 0o644)?;
+        issue_one(dir, &issuer, name, validity)?;
         out.push(Issued::Created(name.to_owned()));
     }
     Ok(out)
+}
+
+/// Loads the CA in `dir` as an issuer.
+fn ca_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, CertError> {
+    let ca_key_path = dir.join("ca.key");
+    if !ca_key_path.exists() || !dir.join("ca.pem").exists() {
+        return Err(CertError::NoCa(dir.join("ca.pem"), dir.to_owned()));
+    }
+    let ca_key_pem = fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| CertError::BadPem {
+        path: ca_key_path.clone(),
+        what: "private key",
+        reason: e.to_string(),
+    })?;
+    Ok(Issuer::new(ca_params(), ca_key))
+}
+
+/// Writes a new key and certificate for `name` (replacing any), key first: a node that reads
+/// the pair between the two writes finds them mismatched, keeps what it had, and reads them
+/// again once the certificate is written. Returns the new certificate's fingerprint.
+fn issue_one(
+    dir: &Path,
+    issuer: &Issuer<'_, KeyPair>,
+    name: &str,
+    validity: Validity,
+) -> Result<Fingerprint, CertError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![name.to_owned()])?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.not_before = OffsetDateTime::from(validity.not_before);
+    params.not_after = OffsetDateTime::from(validity.not_after);
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params.signed_by(&key, issuer)?;
+    write_private(
+        &dir.join(format!("{name}.key")),
+        key.serialize_pem().as_bytes(),
+    )?;
+    write_atomic(
+        &dir.join(format!("{name}.pem")),
+        cert.pem().as_bytes(),
+        0o644,
+    )?;
+    Ok(Fingerprint::of(cert.der()))
+}
+
+/// Issues `name` a new key and certificate in place of the ones it has (renewal before
+/// expiry, or replacement of a stolen key): a running node picks them up without a restart.
+/// Returns the old certificate's fingerprint (to revoke it if its key was stolen) and the new
+/// one's.
+pub fn renew(
+    dir: &Path,
+    name: &str,
+    validity: Validity,
+) -> Result<(Option<Fingerprint>, Fingerprint), CertError> {
+    if !cascade_topology::is_dns_label(name) {
+        return Err(CertError::BadName(name.to_owned()));
+    }
+    let issuer = ca_issuer(dir)?;
+    let old = fingerprint_file(&dir.join(format!("{name}.pem"))).ok();
+    let new = issue_one(dir, &issuer, name, validity)?;
+    Ok((old, new))
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), CertError> {
@@ -430,13 +480,27 @@ impl Identity {
         })
     }
 
-    /// A server config that requires a client certificate from the deployment CA.
-    pub fn server_config(&self, alpn: &[u8]) -> Result<rustls::ServerConfig, CertError> {
+    /// The fingerprint of this node's own certificate.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&self.chain[0])
+    }
+
+    /// A server config that requires a client certificate from the deployment CA, not in
+    /// `revoked`.
+    pub fn server_config(
+        &self,
+        alpn: &[u8],
+        revoked: &Revoked,
+    ) -> Result<rustls::ServerConfig, CertError> {
         let provider = provider();
-        let verifier =
+        let inner =
             WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
                 .build()
                 .map_err(|e| CertError::Verifier(e.to_string()))?;
+        let verifier = Arc::new(Unrevoked {
+            inner,
+            revoked: revoked.clone(),
+        });
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
@@ -445,20 +509,177 @@ impl Identity {
         Ok(cfg)
     }
 
-    /// A client config that presents this identity and trusts only the deployment CA. The
-    /// server name passed when connecting is what the server's certificate must carry.
-    pub fn client_config(&self, alpn: &[u8]) -> Result<rustls::ClientConfig, CertError> {
+    /// A client config that presents this identity and trusts only the deployment CA, refusing
+    /// a server certificate in `revoked`. The server name passed when connecting is what the
+    /// server's certificate must carry.
+    pub fn client_config(
+        &self,
+        alpn: &[u8],
+        revoked: &Revoked,
+    ) -> Result<rustls::ClientConfig, CertError> {
         let provider = provider();
-        let verifier =
+        let inner =
             WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
                 .build()
                 .map_err(|e| CertError::Verifier(e.to_string()))?;
+        let verifier = Arc::new(Unrevoked {
+            inner,
+            revoked: revoked.clone(),
+        });
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_webpki_verifier(verifier)
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
         cfg.alpn_protocols = vec![alpn.to_vec()];
         Ok(cfg)
+    }
+}
+
+/// The SHA-256 of a certificate's DER encoding.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    pub fn of(cert: &CertificateDer<'_>) -> Self {
+        let d = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+        Fingerprint(d.as_ref().try_into().expect("SHA-256 is 32 bytes"))
+    }
+
+    /// Parses `sha256:` followed by 64 hex digits, or the 64 digits alone; colons between
+    /// bytes (as `openssl x509 -fingerprint` prints them) and either case are accepted.
+    pub fn parse(text: &str) -> Option<Self> {
+        let t = text.trim();
+        let t = t
+            .strip_prefix("sha256:")
+            .or_else(|| t.strip_prefix("SHA256:"))
+            .or_else(|| t.strip_prefix("sha256 Fingerprint="))
+            .unwrap_or(t);
+        let hex: String = t.chars().filter(|c| *c != ':').collect();
+        let bytes = unhex(&hex)?;
+        Some(Fingerprint(bytes.try_into().ok()?))
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sha256:{}", hex(&self.0))
+    }
+}
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// Certificates refused at every handshake, whatever CA signed them.
+pub type Revoked = Arc<std::collections::BTreeSet<Fingerprint>>;
+
+/// The fingerprint of the certificate in the PEM file at `path`.
+pub fn fingerprint_file(path: &Path) -> Result<Fingerprint, CertError> {
+    Ok(Fingerprint::of(&read_certs(path)?[0]))
+}
+
+/// A WebPKI verifier (client or server side) that also refuses revoked certificates.
+#[derive(Debug)]
+struct Unrevoked<V: ?Sized> {
+    inner: Arc<V>,
+    revoked: Revoked,
+}
+
+impl<V: ?Sized> Unrevoked<V> {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        if self.revoked.contains(&Fingerprint::of(end_entity)) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ClientCertVerifier for Unrevoked<dyn ClientCertVerifier> {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        self.check(end_entity)?;
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+impl ServerCertVerifier for Unrevoked<WebPkiServerVerifier> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ok = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        self.check(end_entity)?;
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

@@ -1,5 +1,5 @@
-//! `cascade certs init|issue|release-key`: the deployment's CA, its node certificates, and
-//! the key the origin signs releases with.
+//! `cascade certs init|issue|renew|fingerprint|release-key`: the deployment's CA, its node
+//! certificates, and the key the origin signs releases with.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +34,31 @@ pub enum CertsCommand {
         #[arg(long, default_value_t = cascade_certs::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
     },
+    /// Issue NAME a new key and certificate in place of its current ones (before they expire,
+    /// or when its key was stolen). A running node uses them for its next link, without a
+    /// restart. Prints the old and new fingerprints: to shut out a stolen key, add the old one
+    /// to the topology's `revoked` list on the origin.
+    ///
+    /// Example: cascade certs renew --dir /etc/cascade/certs web-3
+    Renew {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node to renew.
+        name: String,
+        /// Days the new certificate is valid (1 to 36500).
+        #[arg(long, default_value_t = cascade_certs::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
+    },
+    /// Print the SHA-256 fingerprint of NAME's certificate (DIR/NAME.pem), or of a PEM file,
+    /// as the topology's `revoked` list takes it.
+    ///
+    /// Example: cascade certs fingerprint --dir /etc/cascade/certs relay-east
+    Fingerprint {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// A node name, or the path of a certificate file.
+        name: String,
+    },
     /// Create only the release-signing key pair (a deployment made before releases were
     /// signed).
     ReleaseKey {
@@ -58,6 +83,25 @@ pub fn run(command: CertsCommand) -> Result<ExitCode> {
         CertsCommand::ReleaseKey { dir, force } => {
             cascade_certs::init_release_key(&dir, force)?;
             release_key_made(&dir);
+        }
+        CertsCommand::Renew { dir, name, days } => {
+            let (old, new) =
+                cascade_certs::renew(&dir, &name, cascade_certs::Validity::days(days))?;
+            println!(
+                "renewed {}/{name}.pem (key {name}.key, mode 0600): {new}",
+                dir.display()
+            );
+            if let Some(old) = old {
+                println!("the old certificate was {old}: if its key may be stolen, add it to the topology's `revoked` list on the origin");
+            }
+        }
+        CertsCommand::Fingerprint { dir, name } => {
+            let path = if name.ends_with(".pem") || name.contains('/') {
+                PathBuf::from(&name)
+            } else {
+                dir.join(format!("{name}.pem"))
+            };
+            println!("{}", cascade_certs::fingerprint_file(&path)?);
         }
         CertsCommand::Issue {
             dir,

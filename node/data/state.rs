@@ -130,13 +130,13 @@ fn older_version(payload: &[u8]) -> Option<u64> {
     }
 }
 
-/// A release's check digest: of its version, its manifest's root digest, which covers every
-/// entry (path, type, mode, size, mtime, digests), and its signature. Costs nothing to
+/// A release's check digest: of its version, its signed digest, which covers every entry
+/// (path, type, mode, size, mtime, digests) and the revocations, and its signature. Costs nothing to
 /// compute on save (the root is known) or on load (the hash tree is rebuilt to validate the
 /// manifest anyway).
 fn release_check(r: &Release) -> Md5 {
     let mut buf = r.version.to_le_bytes().to_vec();
-    buf.extend_from_slice(&r.manifest.root_digest().0);
+    buf.extend_from_slice(&r.signed_digest().0);
     buf.extend_from_slice(&r.signature);
     Md5::of(&buf)
 }
@@ -299,6 +299,7 @@ fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
 struct ReleaseRecord<'a> {
     version: u64,
     entries: Vec<EntryRecord<'a>>,
+    revoked: Cow<'a, [[u8; 32]]>,
     signature: Cow<'a, [u8]>,
 }
 
@@ -358,6 +359,7 @@ impl<'a> From<&'a Release> for ReleaseRecord<'a> {
         ReleaseRecord {
             version: r.version,
             entries,
+            revoked: Cow::Borrowed(&r.revoked),
             signature: Cow::Borrowed(&r.signature),
         }
     }
@@ -402,6 +404,7 @@ impl ReleaseRecord<'_> {
         Ok(Release {
             version: self.version,
             manifest: Manifest::from_sorted(entries)?,
+            revoked: self.revoked.into_owned(),
             signature: self.signature.into_owned(),
         })
     }
@@ -428,6 +431,7 @@ mod tests {
         Release {
             version: 9,
             manifest,
+            revoked: vec![[7; 32]],
             signature: vec![5; 64],
         }
     }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cascade_certs::{CertError, Identity};
+use cascade_certs::{CertError, Identity, Revoked};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use rustls_pki_types::CertificateDer;
@@ -37,18 +37,26 @@ fn transport(idle: Duration) -> TransportConfig {
     t
 }
 
-/// A server config for a node that has children.
-pub fn server_config(id: &Identity, idle: Duration) -> Result<quinn::ServerConfig, LinkError> {
-    let tls = id.server_config(wire::ALPN)?;
+/// A server config for a node that has children, refusing revoked client certificates.
+pub fn server_config(
+    id: &Identity,
+    idle: Duration,
+    revoked: &Revoked,
+) -> Result<quinn::ServerConfig, LinkError> {
+    let tls = id.server_config(wire::ALPN, revoked)?;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| CertError::Verifier(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(Arc::new(transport(idle)));
     Ok(cfg)
 }
 
-/// A client config for dialling a parent.
-pub fn client_config(id: &Identity, idle: Duration) -> Result<quinn::ClientConfig, LinkError> {
-    let tls = id.client_config(wire::ALPN)?;
+/// A client config for dialling a parent, refusing a revoked server certificate.
+pub fn client_config(
+    id: &Identity,
+    idle: Duration,
+    revoked: &Revoked,
+) -> Result<quinn::ClientConfig, LinkError> {
+    let tls = id.client_config(wire::ALPN, revoked)?;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| CertError::Verifier(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     cfg.transport_config(Arc::new(transport(idle)));
@@ -56,14 +64,16 @@ pub fn client_config(id: &Identity, idle: Duration) -> Result<quinn::ClientConfi
 }
 
 /// Binds the node's endpoint: a server on `listen` if it has children, else a client socket.
+/// Certificates in `revoked` are refused at every handshake, both ways.
 pub fn endpoint(
     id: &Identity,
     listen: Option<SocketAddr>,
     parent: Option<SocketAddr>,
     idle: Duration,
+    revoked: &Revoked,
 ) -> Result<Endpoint, LinkError> {
     let (addr, server) = match listen {
-        Some(addr) => (addr, Some(server_config(id, idle)?)),
+        Some(addr) => (addr, Some(server_config(id, idle, revoked)?)),
         None => match parent {
             Some(SocketAddr::V6(_)) => ("[::]:0".parse().expect("valid literal"), None),
             _ => ("0.0.0.0:0".parse().expect("valid literal"), None),
@@ -74,8 +84,26 @@ pub fn endpoint(
         .ok_or_else(|| LinkError::Refused("no async runtime to run QUIC on".into()))?;
     let mut ep = Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
         .map_err(|source| LinkError::Bind { addr, source })?;
-    ep.set_default_client_config(client_config(id, idle)?);
+    ep.set_default_client_config(client_config(id, idle, revoked)?);
     Ok(ep)
+}
+
+/// Makes every later handshake accepted by `ep` use `id` and refuse `revoked` (a certificate
+/// renewed on disk, a revocation list changed), and returns the client config later dials
+/// must use ([`connect_with`]); links already up keep theirs. `serves`: whether the endpoint
+/// accepts connections.
+pub fn reconfigure(
+    ep: &Endpoint,
+    id: &Identity,
+    idle: Duration,
+    revoked: &Revoked,
+    serves: bool,
+) -> Result<quinn::ClientConfig, LinkError> {
+    let client = client_config(id, idle, revoked)?;
+    if serves {
+        ep.set_server_config(Some(server_config(id, idle, revoked)?));
+    }
+    Ok(client)
 }
 
 /// UDP socket buffers. The kernel default (208 KiB) drops bursts of a fast sender: each
@@ -111,12 +139,26 @@ fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, LinkError> {
 
 /// Dials `peer` at `addr`; the TLS handshake checks its certificate carries `peer`.
 pub async fn connect(ep: &Endpoint, addr: SocketAddr, peer: &str) -> Result<Connection, LinkError> {
+    connect_with(ep, None, addr, peer).await
+}
+
+/// [`connect`] with `config` instead of the endpoint's default (one made by [`reconfigure`]).
+pub async fn connect_with(
+    ep: &Endpoint,
+    config: Option<quinn::ClientConfig>,
+    addr: SocketAddr,
+    peer: &str,
+) -> Result<Connection, LinkError> {
     let err = |reason: String| LinkError::Connect {
         peer: peer.to_owned(),
         addr,
         reason,
     };
-    let connecting = ep.connect(addr, peer).map_err(|e| err(e.to_string()))?;
+    let connecting = match config {
+        Some(c) => ep.connect_with(c, addr, peer),
+        None => ep.connect(addr, peer),
+    }
+    .map_err(|e| err(e.to_string()))?;
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(r) => r.map_err(|e| err(e.to_string())),
         Err(_) => Err(err(format!(

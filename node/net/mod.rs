@@ -6,7 +6,10 @@ pub mod endpoint;
 pub mod frames;
 pub mod limit;
 
-pub use endpoint::{close, close_endpoint, connect, endpoint, peer_certificate, CONNECT_TIMEOUT};
+pub use endpoint::{
+    close, close_endpoint, connect, connect_with, endpoint, peer_certificate, reconfigure,
+    CONNECT_TIMEOUT,
+};
 pub use frames::{recv, send, send_frame};
 pub use limit::Limiter;
 

@@ -185,6 +185,7 @@ async fn serve_child(
         r = offers => r,
         r = reports => r,
         r = bodies => r,
+        e = shared.keys.watch_peer(conn) => Err(e),
     };
     if let Err(LinkError::Wire(e)) = &r {
         net::close(conn, ErrorCode::Protocol, &e.to_string());

@@ -19,6 +19,7 @@ pub mod fetch;
 pub mod flight;
 pub mod follow;
 pub mod held;
+pub mod keys;
 pub mod land;
 pub mod parent;
 pub mod publish;

@@ -38,7 +38,7 @@ pub async fn run(
         let mut down_since: Option<Instant> = None;
         loop {
             let started = Instant::now();
-            match net::connect(&endpoint, primary.1, &primary.0).await {
+            match net::connect_with(&endpoint, shared.keys.dial(), primary.1, &primary.0).await {
                 Ok(conn) => {
                     down_since = None;
                     attached(&shared, &conn, &primary.0).await;
@@ -74,7 +74,7 @@ async fn via_backup(
     down_for: Duration,
 ) {
     for (name, addr) in backups {
-        let conn = match net::connect(endpoint, *addr, name).await {
+        let conn = match net::connect_with(endpoint, shared.keys.dial(), *addr, name).await {
             Ok(c) => c,
             Err(e) => {
                 warn!("backup parent: {e}");
@@ -88,7 +88,7 @@ async fn via_backup(
         );
         tokio::select! {
             () = attached(shared, &conn, name) => {}
-            () = wait_until_reachable(endpoint, primary) => {
+            () = wait_until_reachable(shared, endpoint, primary) => {
                 info!("parent {} is reachable again: leaving backup parent {name}", primary.0);
                 net::close(&conn, ErrorCode::Ok, "returning to own parent");
             }
@@ -98,10 +98,10 @@ async fn via_backup(
 }
 
 /// Returns once `peer` completes a handshake (the probe connection is closed at once).
-async fn wait_until_reachable(endpoint: &Endpoint, peer: &(String, SocketAddr)) {
+async fn wait_until_reachable(shared: &Shared, endpoint: &Endpoint, peer: &(String, SocketAddr)) {
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;
-        if let Ok(conn) = net::connect(endpoint, peer.1, &peer.0).await {
+        if let Ok(conn) = net::connect_with(endpoint, shared.keys.dial(), peer.1, &peer.0).await {
             net::close(&conn, ErrorCode::Ok, "probe");
             return;
         }

@@ -264,8 +264,13 @@ impl Publisher {
             files: manifest.file_count(),
             bytes: manifest.total_bytes(),
         };
+        // The origin's own revocation list goes into every release it signs: a change to it
+        // alone is a new release.
+        let revoked = shared.keys.local();
         if let Some(p) = &prev {
-            if p.release.manifest.root_digest() == manifest.root_digest() {
+            if p.release.manifest.root_digest() == manifest.root_digest()
+                && p.release.revoked == revoked
+            {
                 state.in_step = true;
                 return Ok((summary(p.version(), false), unsettled));
             }
@@ -287,6 +292,7 @@ impl Publisher {
             None => manifest.diff_paths(&Manifest::empty()),
         };
         let mut release = Release::unsigned(version, manifest);
+        release.revoked = revoked;
         shared.trust.sign(&mut release);
         check_size(&release, wire::MAX_FRAME)?;
         shared.hold(release)?;

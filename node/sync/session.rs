@@ -42,6 +42,7 @@ pub async fn run(shared: &Arc<Shared>, conn: &Connection) -> Result<(), SyncErro
         r = take_offers(shared, &mut recv, &offers_tx) => r,
         r = report_up(shared, &mut send) => r,
         r = follow_offers(shared, conn, offers) => r,
+        e = shared.keys.watch_peer(conn) => Err(e.into()),
     };
     let _ = send.finish();
     shared.parent_link.lock().expect("link lock").take();

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use super::board::Board;
 use super::flight::Flights;
 use super::held::{Held, Offer};
+use super::keys::Keys;
 use super::trust::Trust;
 use crate::data::{StateError, Store};
 use crate::dir::Applier;
@@ -46,6 +47,8 @@ pub struct Shared {
     pub verify_full: bool,
     /// The release-signing key's public half (and, on the origin, the key itself).
     pub trust: Trust,
+    /// The certificates refused at every handshake.
+    pub keys: Keys,
 }
 
 /// The node's hooks and what they need.
@@ -65,6 +68,7 @@ impl Shared {
     pub fn hold(&self, release: Release) -> Result<(), StateError> {
         let version = release.version;
         let (held, previous) = self.held.hold(release)?;
+        self.keys.release_held(&held.release);
         let keep: HashSet<Blake3> = held
             .release
             .manifest

@@ -20,7 +20,7 @@ impl Trust {
     /// Signs `release` (the origin).
     pub fn sign(&self, release: &mut Release) {
         if let Some(k) = &self.key {
-            release.signature = k.sign(release.version, &release.manifest.root_digest().0);
+            release.signature = k.sign(release.version, &release.signed_digest().0);
         }
     }
 
@@ -33,7 +33,7 @@ impl Trust {
         }
         if self.public.verify(
             release.version,
-            &release.manifest.root_digest().0,
+            &release.signed_digest().0,
             &release.signature,
         ) {
             Ok(())

@@ -4,25 +4,45 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::hash::Blake3;
 use super::manifest::Manifest;
 
-/// A version number, the manifest of the tree it names, and the origin's signature over
-/// both (Ed25519 over the version and the manifest's root digest; empty if unsigned).
+/// A version number, the manifest of the tree it names, the certificates the origin revokes,
+/// and the origin's signature over all three (Ed25519 over the version and
+/// [`Release::signed_digest`]; empty if unsigned).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
     pub version: u64,
     pub manifest: Manifest,
+    /// SHA-256 fingerprints of the certificates every node refuses at the handshake (the
+    /// origin's topology's `revoked` list), carried with the release so that one change on
+    /// the origin reaches every node.
+    pub revoked: Vec<[u8; 32]>,
     pub signature: Vec<u8>,
 }
 
 impl Release {
-    /// A release not signed (yet).
+    /// A release not signed (yet), revoking nothing.
     pub fn unsigned(version: u64, manifest: Manifest) -> Self {
         Release {
             version,
             manifest,
+            revoked: Vec::new(),
             signature: Vec::new(),
         }
+    }
+
+    /// What the signature covers besides the version: BLAKE3 over the manifest's root digest
+    /// and the revocation list.
+    pub fn signed_digest(&self) -> Blake3 {
+        let mut h = blake3::Hasher::new();
+        h.update(b"cascade release 4\0");
+        h.update(&self.manifest.root_digest().0);
+        h.update(&(self.revoked.len() as u64).to_le_bytes());
+        for fp in &self.revoked {
+            h.update(fp);
+        }
+        Blake3(*h.finalize().as_bytes())
     }
 }
 

@@ -32,11 +32,12 @@ pub enum RawDown {
     Offer(RawRelease),
 }
 
-/// A release as received: version, entries and signature, before any check.
+/// A release as received: version, entries, revocations and signature, before any check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RawRelease {
     pub version: u64,
     pub entries: Vec<Entry>,
+    pub revoked: Vec<[u8; 32]>,
     pub signature: Vec<u8>,
 }
 
@@ -47,6 +48,7 @@ impl RawRelease {
         Ok(Release {
             version: self.version,
             manifest: Manifest::from_sorted(self.entries)?,
+            revoked: self.revoked,
             signature: self.signature,
         })
     }

@@ -61,6 +61,7 @@ fn sample_release() -> Release {
     Release {
         version: 7,
         manifest,
+        revoked: vec![[3; 32]],
         signature: vec![9; 64],
     }
 }
@@ -197,6 +198,7 @@ fn raw_down_encodes_like_down() {
     let raw = RawDown::Offer(RawRelease {
         version: r.version,
         entries: r.manifest.entries().to_vec(),
+        revoked: r.revoked.clone(),
         signature: r.signature.clone(),
     });
     assert_eq!(encode(&Down::Offer(r.clone())), encode(&raw));
@@ -303,6 +305,7 @@ fn wire_order_is_enforced() {
     let raw: RawRelease = decode_frame(&encode(&RawRelease {
         version: 1,
         entries,
+        revoked: vec![],
         signature: vec![],
     }))
     .unwrap();
@@ -481,8 +484,8 @@ mod props {
         }
 
         #[test]
-        fn down_round_trips_and_matches_raw(version in any::<u64>(), manifest in manifest(), signature in prop::collection::vec(any::<u8>(), 0..70)) {
-            let release = Release { version, manifest, signature };
+        fn down_round_trips_and_matches_raw(version in any::<u64>(), manifest in manifest(), revoked in prop::collection::vec(any::<[u8; 32]>(), 0..3), signature in prop::collection::vec(any::<u8>(), 0..70)) {
+            let release = Release { version, manifest, revoked, signature };
             check(&Down::Offer(release.clone()));
             let RawDown::Offer(raw) = decode_frame::<RawDown>(&encode(&Down::Offer(release.clone()))).unwrap();
             prop_assert_eq!(raw.validate().unwrap(), release);

@@ -86,6 +86,8 @@ pub enum TopologyError {
     },
     #[error("no node named {0:?} in the topology")]
     UnknownNode(String),
+    #[error("line {line}: revoked entry {entry:?} is not a certificate fingerprint (`sha256:` then 64 hex digits, as `cascade certs fingerprint` prints it)")]
+    BadRevoked { entry: String, line: usize },
 }
 
 /// A node's role, derived from its position in the tree.
@@ -132,6 +134,9 @@ pub struct Topology {
     nodes: Vec<Node>,
     by_name: HashMap<String, usize>,
     root: usize,
+    /// SHA-256 fingerprints of certificates refused at every handshake (`revoked = [...]`,
+    /// before the first `[[node]]`).
+    revoked: Vec<[u8; 32]>,
 }
 
 impl Topology {
@@ -155,6 +160,11 @@ impl Topology {
             .get(name)
             .map(|&i| &self.nodes[i])
             .ok_or_else(|| TopologyError::UnknownNode(name.to_owned()))
+    }
+
+    /// The fingerprints of revoked certificates, in file order.
+    pub fn revoked(&self) -> &[[u8; 32]] {
+        &self.revoked
     }
 
     /// The origin (root) node.
@@ -387,6 +397,25 @@ parent = "relay-b"
             e.contains("\"relay-a\"") && e.contains("no listen address") && e.contains("web-1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn revoked_fingerprints_are_parsed_or_named_by_line() {
+        let fp = "ab".repeat(32);
+        let colons = vec!["AB"; 32].join(":");
+        let t = Topology::parse(&format!(
+            "revoked = [\"sha256:{fp}\", \"{colons}\"]\n[[node]]\nname = \"o\"\n"
+        ))
+        .unwrap();
+        assert_eq!(t.revoked(), [[0xab; 32], [0xab; 32]]);
+        for bad in ["sha256:abc", &format!("sha256:+{}", &fp[1..]), "md5:00"] {
+            let e = Topology::parse(&format!(
+                "\nrevoked = [\"{bad}\"]\n[[node]]\nname = \"o\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.starts_with("line 2: revoked entry"), "{e}");
+        }
     }
 
     #[test]

@@ -23,6 +23,8 @@ use super::{Node, Role, Topology, TopologyError};
 #[serde(deny_unknown_fields)]
 struct RawFile {
     #[serde(default)]
+    revoked: Vec<Spanned<String>>,
+    #[serde(default)]
     node: Vec<RawNode>,
 }
 
@@ -48,13 +50,41 @@ pub(super) fn parse(text: &str) -> Result<Topology, TopologyError> {
     if raw.node.is_empty() {
         return Err(TopologyError::Empty);
     }
+    let revoked = raw
+        .revoked
+        .iter()
+        .map(|r| {
+            fingerprint(r.get_ref()).ok_or_else(|| TopologyError::BadRevoked {
+                entry: r.get_ref().clone(),
+                line: line_at(text, r.span().start),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let draft = Draft::new(text, raw.node)?;
     let (graph, root) = draft.tree()?;
     let children = draft.children();
     draft.check_listens(&children)?;
     let depth = draft.depths(&graph, root)?;
     draft.check_backups()?;
-    Ok(draft.into_topology(root, children, depth))
+    let mut t = draft.into_topology(root, children, depth);
+    t.revoked = revoked;
+    Ok(t)
+}
+
+/// `sha256:` then 64 hex digits (the prefix optional, colons between bytes allowed).
+fn fingerprint(text: &str) -> Option<[u8; 32]> {
+    let t = text.trim();
+    let t = t.strip_prefix("sha256:").unwrap_or(t);
+    let hex: Vec<u8> = t.bytes().filter(|&c| c != b':').collect();
+    if hex.len() != 64 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
 }
 
 impl Draft {
@@ -285,6 +315,7 @@ impl Draft {
             nodes,
             by_name: self.by_name,
             root,
+            revoked: Vec::new(),
         }
     }
 }

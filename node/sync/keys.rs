@@ -1,0 +1,280 @@
+//! Certificates and revocations that change while the node runs, without a restart.
+//!
+//! - **Renewal.** The node re-reads `ca.pem`, `NAME.pem` and `NAME.key` when they change on
+//!   disk (polled every [`POLL`]) or on `SIGHUP`: every later handshake uses them, links
+//!   already up keep theirs. A pair that does not load (half written, key and certificate
+//!   mismatched, a key readable by others) is reported in one line and the current one kept.
+//! - **Revocation.** The certificates refused at every handshake, both ways, are this node's
+//!   topology's `revoked` list plus the list of the release it holds: the origin puts its own
+//!   topology's list into every release it signs, and publishes again when that list changes,
+//!   so one edit on the origin reaches every node with the next release. A link whose peer's
+//!   certificate becomes revoked is closed at once ([`Keys::watch_peer`]).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use cascade_certs::{Fingerprint, Identity, Revoked};
+use cascade_topology::Topology;
+use quinn::{Connection, Endpoint};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::publish::Publisher;
+use super::shared::Shared;
+use crate::net::{self, LinkError};
+use crate::tree::Release;
+use crate::wire::ErrorCode;
+
+/// How often the key files and the topology are checked for changes.
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// This node's topology file's revocation list, and the held release's.
+type Lists = (Vec<[u8; 32]>, Vec<[u8; 32]>);
+
+/// The revocation lists a node enforces, and their union.
+#[derive(Debug)]
+pub struct Keys {
+    lists: Mutex<Lists>,
+    revoked: watch::Sender<Revoked>,
+    /// What dials use once the keys changed (`None`: the endpoint's own, from the start).
+    dial: Mutex<Option<quinn::ClientConfig>>,
+}
+
+impl Keys {
+    pub fn new(local: &[[u8; 32]], held: Option<&Release>) -> Self {
+        let lists = (
+            local.to_vec(),
+            held.map(|r| r.revoked.clone()).unwrap_or_default(),
+        );
+        Keys {
+            revoked: watch::Sender::new(union(&lists)),
+            lists: Mutex::new(lists),
+            dial: Mutex::new(None),
+        }
+    }
+
+    /// The certificates refused now.
+    pub fn revoked(&self) -> Revoked {
+        self.revoked.borrow().clone()
+    }
+
+    /// This node's own topology's list (what the origin signs into its releases).
+    pub fn local(&self) -> Vec<[u8; 32]> {
+        self.lists.lock().expect("keys lock").0.clone()
+    }
+
+    /// Replaces this node's topology's list; returns whether it changed.
+    pub fn set_local(&self, list: &[[u8; 32]]) -> bool {
+        self.update(|l| {
+            let changed = l.0 != list;
+            l.0 = list.to_vec();
+            changed
+        })
+    }
+
+    /// Takes the list of a release just held.
+    pub fn release_held(&self, release: &Release) {
+        self.update(|l| {
+            let changed = l.1 != release.revoked;
+            l.1 = release.revoked.clone();
+            changed
+        });
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Lists) -> bool) -> bool {
+        let mut lists = self.lists.lock().expect("keys lock");
+        if !f(&mut lists) {
+            return false;
+        }
+        let new = union(&lists);
+        self.revoked.send_if_modified(|r| {
+            let changed = **r != *new;
+            *r = new;
+            changed
+        })
+    }
+
+    /// The client config a dial must use (see [`net::connect_with`]).
+    pub fn dial(&self) -> Option<quinn::ClientConfig> {
+        self.dial.lock().expect("keys lock").clone()
+    }
+
+    fn reconfigure(
+        &self,
+        endpoint: &Endpoint,
+        id: &Identity,
+        files: &KeyFiles,
+        revoked: &Revoked,
+    ) -> Result<(), LinkError> {
+        let client = net::reconfigure(endpoint, id, files.idle, revoked, files.listens)?;
+        *self.dial.lock().expect("keys lock") = Some(client);
+        Ok(())
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Revoked> {
+        self.revoked.subscribe()
+    }
+
+    /// Resolves (closing `conn`) once the peer's certificate is revoked; never otherwise.
+    pub async fn watch_peer(&self, conn: &Connection) -> LinkError {
+        let peer = net::peer_certificate(conn).map(|c| Fingerprint::of(&c));
+        let mut rx = self.subscribe();
+        loop {
+            if let Some(fp) = peer.filter(|fp| rx.borrow_and_update().contains(fp)) {
+                net::close(conn, ErrorCode::NotAllowed, "certificate revoked");
+                return LinkError::Refused(format!("the peer's certificate {fp} was revoked"));
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+fn union(lists: &Lists) -> Revoked {
+    Arc::new(
+        lists
+            .0
+            .iter()
+            .chain(&lists.1)
+            .map(|b| Fingerprint(*b))
+            .collect::<BTreeSet<_>>(),
+    )
+}
+
+/// Where a node's keys and topology live.
+#[derive(Debug, Clone)]
+pub struct KeyFiles {
+    pub certs: PathBuf,
+    pub topology: PathBuf,
+    /// The link timeout the TLS configs are built with.
+    pub idle: Duration,
+    /// Whether the endpoint accepts connections (has a server config to replace).
+    pub listens: bool,
+}
+
+impl KeyFiles {
+    /// What identifies the current content of each file (a rewrite or a rename changes it).
+    fn stamp(&self, name: &str) -> Vec<Option<(SystemTime, u64, u64)>> {
+        use std::os::unix::fs::MetadataExt;
+        [
+            self.certs.join("ca.pem"),
+            self.certs.join(format!("{name}.pem")),
+            self.certs.join(format!("{name}.key")),
+            self.topology.clone(),
+        ]
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p).ok().map(|m| {
+                (
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    m.len(),
+                    m.ino(),
+                )
+            })
+        })
+        .collect()
+    }
+}
+
+/// Follows the key files, the topology's revocation list, `SIGHUP` and the held release's
+/// revocations; reconfigures `endpoint` whenever the identity or the revoked set changes.
+pub async fn run(
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    files: KeyFiles,
+    mut identity: Identity,
+    publisher: Option<Arc<Publisher>>,
+) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(POLL);
+    let mut seen = files.stamp(&shared.name);
+    let mut revoked = shared.keys.subscribe();
+    let mut applied = revoked.borrow_and_update().clone();
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = async {
+                match &mut hup {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                info!("SIGHUP: reading the certificates and the topology's revocation list again");
+                true
+            }
+            Ok(()) = revoked.changed() => false,
+        };
+        let stamp = files.stamp(&shared.name);
+        if forced || stamp != seen {
+            seen = stamp;
+            reread_revocations(&shared, &files, publisher.as_deref()).await;
+            match Identity::load(&files.certs, &shared.name) {
+                Ok(id) if id.fingerprint() != identity.fingerprint() => {
+                    let now = shared.keys.revoked();
+                    match shared.keys.reconfigure(&endpoint, &id, &files, &now) {
+                        Ok(()) => {
+                            info!(
+                                "certificate reloaded: later links present {}",
+                                id.fingerprint()
+                            );
+                            identity = id;
+                            applied = now;
+                        }
+                        Err(e) => {
+                            warn!("keeping the current certificate: the new one does not load: {e}")
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => warn!("keeping the current certificate: {e}"),
+            }
+        }
+        let now = revoked.borrow_and_update().clone();
+        if now != applied {
+            match shared.keys.reconfigure(&endpoint, &identity, &files, &now) {
+                Ok(()) => {
+                    info!(
+                        revoked = now.len(),
+                        "revocation list applied to every later handshake"
+                    );
+                    if now.contains(&identity.fingerprint()) {
+                        warn!(
+                            "this node's own certificate {} is revoked: issue it a new one (`cascade certs renew {}`)",
+                            identity.fingerprint(),
+                            shared.name
+                        );
+                    }
+                    applied = now;
+                }
+                Err(e) => warn!("could not apply the revocation list: {e}"),
+            }
+        }
+    }
+}
+
+/// Reads this node's topology's `revoked` list again; the origin publishes when it changed.
+async fn reread_revocations(shared: &Shared, files: &KeyFiles, publisher: Option<&Publisher>) {
+    let topology = match Topology::load(&files.topology) {
+        Ok(t) => t,
+        Err(e) => return warn!("keeping the current revocation list: {e}"),
+    };
+    if !shared.keys.set_local(topology.revoked()) {
+        return;
+    }
+    info!(
+        revoked = topology.revoked().len(),
+        "the topology's revocation list changed"
+    );
+    if let Some(p) = publisher {
+        match p.publish().await {
+            Ok(s) => info!(
+                version = s.version,
+                "published the revocation list to every node"
+            ),
+            Err(e) => warn!("could not publish the revocation list: {e}"),
+        }
+    }
+}
