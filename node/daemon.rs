@@ -358,17 +358,18 @@ fn load_trust(cfg: &NodeConfig, role: Role) -> Result<Trust, StartError> {
         source,
     };
     let public = ReleasePub::load(&cfg.certs).map_err(err)?;
-    let key = match role {
+    let signing = match role {
         Role::Origin => {
             let key = ReleaseKey::load(&cfg.certs).map_err(err)?;
             if key.public() != public {
                 return Err(StartError::KeyMismatch(cfg.certs.clone()));
             }
-            Some(key)
+            let endorsement = cascade_certs::load_endorsement(&cfg.certs).map_err(err)?;
+            Some((key, endorsement))
         }
         _ => None,
     };
-    Ok(Trust { key, public })
+    Trust::new(public, signing, cfg.data.join("release.pub")).map_err(err)
 }
 
 /// The origin signs a held release that is not signed by its key (saved by a Cascade from
@@ -377,7 +378,7 @@ fn sign_held(shared: &Shared) -> Result<(), StartError> {
     let Some(held) = shared.held.current() else {
         return Ok(());
     };
-    if shared.trust.check(&held.release).is_ok() {
+    if shared.trust.signed_now(&held.release) {
         return Ok(());
     }
     let mut release = held.release.clone();

@@ -96,6 +96,7 @@ impl FakeParent {
             entries,
             revoked: vec![],
             signature,
+            rotation: None,
         }));
         self.raw(l, &frame);
     }

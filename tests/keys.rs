@@ -114,3 +114,44 @@ fn a_revoked_leaf_is_shut_out_everywhere_and_its_renewed_certificate_lets_it_bac
     c.wait_holds("leaf-1-1", 4);
     fs::write(&pem, good).unwrap();
 }
+
+#[test]
+fn the_release_key_rotates_on_a_running_tree_through_an_endorsement() {
+    let mut c = Cluster::new(1, 1);
+    c.start_all();
+    write(&c.dir("origin"), "index.html", b"one");
+    c.publish_wait();
+
+    let certs = c.dep.base.join("certs");
+    let out = cascade(&[
+        "certs",
+        "rotate-release-key",
+        "--dir",
+        certs.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let new_pub = fs::read_to_string(certs.join("release.pub")).unwrap();
+    // The running origin takes the new key and publishes by itself; every node checks the
+    // endorsement against the key it trusts and moves to the new one.
+    for node in ["relay-1", "leaf-1-1"] {
+        c.wait_holds(node, 2);
+        c.wait(
+            &format!("{node} to move to the new key"),
+            Duration::from_secs(10),
+            || c.log(node).contains("release key rotated"),
+        );
+        assert_eq!(
+            fs::read_to_string(c.data(node).join("release.pub")).unwrap(),
+            new_pub
+        );
+    }
+    write(&c.dir("origin"), "index.html", b"three");
+    c.publish_wait();
+    c.assert_same_as_origin("leaf-1-1");
+    // A restarted origin starts with the rotated key pair.
+    c.stop("origin");
+    c.start("origin");
+    write(&c.dir("origin"), "index.html", b"four");
+    c.publish_wait();
+    c.assert_same_as_origin("leaf-1-1");
+}

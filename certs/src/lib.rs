@@ -131,9 +131,63 @@ pub fn init_ca(dir: &Path, force: bool) -> Result<(), CertError> {
 pub const RELEASE_KEY: &str = "release.key";
 /// Its public half, on every host (`release.pub`).
 pub const RELEASE_PUB: &str = "release.pub";
+/// The previous key's signature over the current public key, written by a rotation
+/// ([`rotate_release_key`]): lets nodes that trust the previous key move to the current one.
+pub const RELEASE_ENDORSEMENT: &str = "release.endorsement";
 /// What a release signature covers is prefixed with this, so it can never be mistaken for
 /// anything else signed with the same key. Version 2: the root is a BLAKE3 (protocol 4).
 const SIGNED_PREFIX: &[u8] = b"cascade release signature v2\0";
+/// What an endorsement of a next key covers is prefixed with this.
+const ENDORSE_PREFIX: &[u8] = b"cascade release key endorsement v1\0";
+
+/// Replaces the release-signing key in `dir` with a new one endorsed by the current one:
+/// writes the new `release.key` and `release.pub`, `release.endorsement` (the old key's
+/// signature over the new public key) and keeps the old public key as `release.pub.previous`.
+/// Returns the old and new public keys.
+pub fn rotate_release_key(dir: &Path) -> Result<(ReleasePub, ReleasePub), CertError> {
+    let old = ReleaseKey::load(dir)?;
+    let key_path = dir.join(RELEASE_KEY);
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| CertError::BadReleaseKey(key_path.clone(), "key generation failed".into()))?;
+    let new = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .map(ReleaseKey)
+        .map_err(|e| CertError::BadReleaseKey(key_path.clone(), e.to_string()))?;
+    let endorsement = old.endorse(&new.public());
+    write_atomic(
+        &dir.join("release.pub.previous"),
+        format!("{}\n", hex(&old.public().0)).as_bytes(),
+        0o644,
+    )?;
+    write_atomic(
+        &dir.join(RELEASE_ENDORSEMENT),
+        format!("{}\n", hex(&endorsement)).as_bytes(),
+        0o644,
+    )?;
+    write_private(
+        &key_path,
+        pem_text("PRIVATE KEY", pkcs8.as_ref()).as_bytes(),
+    )?;
+    write_atomic(
+        &dir.join(RELEASE_PUB),
+        format!("{}\n", hex(&new.public().0)).as_bytes(),
+        0o644,
+    )?;
+    Ok((old.public(), new.public()))
+}
+
+/// Reads `dir/release.endorsement` if there is one.
+pub fn load_endorsement(dir: &Path) -> Result<Option<Vec<u8>>, CertError> {
+    let path = dir.join(RELEASE_ENDORSEMENT);
+    match fs::read_to_string(&path) {
+        Ok(text) => unhex(text.trim())
+            .filter(|b| b.len() == 64)
+            .map(Some)
+            .ok_or_else(|| CertError::BadReleaseKey(path, "expected 128 hex digits".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CertError::Io { path, source: e }),
+    }
+}
 
 /// Creates `dir/release.key` (mode 0600) and `dir/release.pub`: a new Ed25519 key pair the
 /// origin signs releases with. Refuses to replace an existing key unless `force`.
@@ -193,6 +247,13 @@ impl ReleaseKey {
             .to_vec()
     }
 
+    /// Signs `next` as the key that follows this one.
+    pub fn endorse(&self, next: &ReleasePub) -> Vec<u8> {
+        let mut m = ENDORSE_PREFIX.to_vec();
+        m.extend_from_slice(&next.0);
+        self.0.sign(&m).as_ref().to_vec()
+    }
+
     /// The public half.
     pub fn public(&self) -> ReleasePub {
         let mut k = [0u8; 32];
@@ -202,13 +263,30 @@ impl ReleaseKey {
 }
 
 /// The public half of the release-signing key, which every node checks releases against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReleasePub([u8; 32]);
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ReleasePub(pub [u8; 32]);
+
+impl std::fmt::Debug for ReleasePub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReleasePub({})", hex(&self.0))
+    }
+}
+
+impl std::fmt::Display for ReleasePub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
 
 impl ReleasePub {
     /// Loads `dir/release.pub` (64 hex digits).
     pub fn load(dir: &Path) -> Result<Self, CertError> {
-        let path = dir.join(RELEASE_PUB);
+        Self::load_file(&dir.join(RELEASE_PUB))
+    }
+
+    /// Loads a public key file (64 hex digits).
+    pub fn load_file(path: &Path) -> Result<Self, CertError> {
+        let path = path.to_owned();
         let text = fs::read_to_string(&path).map_err(io_err(&path))?;
         let bytes = unhex(text.trim())
             .filter(|b| b.len() == 32)
@@ -218,6 +296,20 @@ impl ReleasePub {
         let mut k = [0u8; 32];
         k.copy_from_slice(&bytes);
         Ok(ReleasePub(k))
+    }
+
+    /// Writes this key to `path` (64 hex digits), replacing it atomically.
+    pub fn save(&self, path: &Path) -> Result<(), CertError> {
+        write_atomic(path, format!("{}\n", hex(&self.0)).as_bytes(), 0o600)
+    }
+
+    /// Whether `endorsement` is this key's signature over `next` (see [`ReleaseKey::endorse`]).
+    pub fn endorses(&self, next: &ReleasePub, endorsement: &[u8]) -> bool {
+        let mut m = ENDORSE_PREFIX.to_vec();
+        m.extend_from_slice(&next.0);
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &self.0)
+            .verify(&m, endorsement)
+            .is_ok()
     }
 
     /// Whether `signature` is the origin's for release `version` with manifest root `root`.

@@ -1,4 +1,4 @@
-//! `cascade certs init|issue|renew|fingerprint|release-key`: the deployment's CA, its node
+//! `cascade certs init|issue|renew|fingerprint|release-key|rotate-release-key`: the deployment's CA, its node
 //! certificates, and the key the origin signs releases with.
 
 use std::path::PathBuf;
@@ -59,6 +59,17 @@ pub enum CertsCommand {
         /// A node name, or the path of a certificate file.
         name: String,
     },
+    /// Replace the release-signing key with a new one that the current one endorses (on the
+    /// origin host, in its certs dir). The running origin signs with the new key from its next
+    /// release on; every node moves to the new key when it takes that release, and refuses the
+    /// old key's signatures afterwards. Keep release.endorsement until every host's release.pub
+    /// is the new one.
+    ///
+    /// Example: cascade certs rotate-release-key --dir /etc/cascade/certs
+    RotateReleaseKey {
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Create only the release-signing key pair (a deployment made before releases were
     /// signed).
     ReleaseKey {
@@ -83,6 +94,16 @@ pub fn run(command: CertsCommand) -> Result<ExitCode> {
         CertsCommand::ReleaseKey { dir, force } => {
             cascade_certs::init_release_key(&dir, force)?;
             release_key_made(&dir);
+        }
+        CertsCommand::RotateReleaseKey { dir } => {
+            let (old, new) = cascade_certs::rotate_release_key(&dir)?;
+            println!(
+                "rotated the release-signing key in {}: {old} -> {new}\n\
+                 release.endorsement holds the old key's signature over the new one; the origin \
+                 signs with the new key from its next release, and every node follows. Then \
+                 copy the new release.pub to every host.",
+                dir.display()
+            );
         }
         CertsCommand::Renew { dir, name, days } => {
             let (old, new) =

@@ -31,7 +31,7 @@ use fs_err::os::unix::fs::OpenOptionsExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::tree::{Blake3, Entry, EntryKind, Manifest, Md5, Release, Sums};
+use crate::tree::{Blake3, Entry, EntryKind, Manifest, Md5, Release, Rotation, Sums};
 
 const MAGIC: &[u8; 8] = b"CASCADE\0";
 /// The state format this build writes (and the newest it reads).
@@ -131,13 +131,18 @@ fn older_version(payload: &[u8]) -> Option<u64> {
 }
 
 /// A release's check digest: of its version, its signed digest, which covers every entry
-/// (path, type, mode, size, mtime, digests) and the revocations, and its signature. Costs nothing to
+/// (path, type, mode, size, mtime, digests) and the revocations, its signature and its key
+/// endorsement. Costs nothing to
 /// compute on save (the root is known) or on load (the hash tree is rebuilt to validate the
 /// manifest anyway).
 fn release_check(r: &Release) -> Md5 {
     let mut buf = r.version.to_le_bytes().to_vec();
     buf.extend_from_slice(&r.signed_digest().0);
     buf.extend_from_slice(&r.signature);
+    if let Some(rot) = &r.rotation {
+        buf.extend_from_slice(&rot.next);
+        buf.extend_from_slice(&rot.endorsement);
+    }
     Md5::of(&buf)
 }
 
@@ -301,6 +306,7 @@ struct ReleaseRecord<'a> {
     entries: Vec<EntryRecord<'a>>,
     revoked: Cow<'a, [[u8; 32]]>,
     signature: Cow<'a, [u8]>,
+    rotation: Option<Rotation>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -361,6 +367,7 @@ impl<'a> From<&'a Release> for ReleaseRecord<'a> {
             entries,
             revoked: Cow::Borrowed(&r.revoked),
             signature: Cow::Borrowed(&r.signature),
+            rotation: r.rotation.clone(),
         }
     }
 }
@@ -406,6 +413,7 @@ impl ReleaseRecord<'_> {
             manifest: Manifest::from_sorted(entries)?,
             revoked: self.revoked.into_owned(),
             signature: self.signature.into_owned(),
+            rotation: self.rotation,
         })
     }
 }
@@ -433,6 +441,10 @@ mod tests {
             manifest,
             revoked: vec![[7; 32]],
             signature: vec![5; 64],
+            rotation: Some(Rotation {
+                next: [8; 32],
+                endorsement: vec![9; 64],
+            }),
         }
     }
 

@@ -163,6 +163,8 @@ impl KeyFiles {
             self.certs.join("ca.pem"),
             self.certs.join(format!("{name}.pem")),
             self.certs.join(format!("{name}.key")),
+            self.certs.join(cascade_certs::RELEASE_KEY),
+            self.certs.join(cascade_certs::RELEASE_ENDORSEMENT),
             self.topology.clone(),
         ]
         .iter()
@@ -210,7 +212,8 @@ pub async fn run(
         let stamp = files.stamp(&shared.name);
         if forced || stamp != seen {
             seen = stamp;
-            reread_revocations(&shared, &files, publisher.as_deref()).await;
+            let rotated = publisher.is_some() && reread_release_key(&shared, &files);
+            reread_revocations(&shared, &files, publisher.as_deref(), rotated).await;
             match Identity::load(&files.certs, &shared.name) {
                 Ok(id) if id.fingerprint() != identity.fingerprint() => {
                     let now = shared.keys.revoked();
@@ -255,26 +258,56 @@ pub async fn run(
     }
 }
 
-/// Reads this node's topology's `revoked` list again; the origin publishes when it changed.
-async fn reread_revocations(shared: &Shared, files: &KeyFiles, publisher: Option<&Publisher>) {
+/// The origin reads its release-signing key and endorsement again (after `cascade certs
+/// rotate-release-key`); returns whether they changed.
+fn reread_release_key(shared: &Shared, files: &KeyFiles) -> bool {
+    let loaded = cascade_certs::ReleaseKey::load(&files.certs)
+        .and_then(|k| cascade_certs::load_endorsement(&files.certs).map(|e| (k, e)));
+    match loaded {
+        Ok((key, endorsement)) => {
+            let public = key.public();
+            let changed = shared.trust.set_signing(key, endorsement);
+            if changed {
+                info!(key = %public, "release-signing key reloaded: releases are signed with it from now on");
+            }
+            changed
+        }
+        Err(e) => {
+            warn!("keeping the current release-signing key: {e}");
+            false
+        }
+    }
+}
+
+/// Reads this node's topology's `revoked` list again; the origin publishes when it changed
+/// (or when `publish` says its signing key did).
+async fn reread_revocations(
+    shared: &Shared,
+    files: &KeyFiles,
+    publisher: Option<&Publisher>,
+    publish: bool,
+) {
     let topology = match Topology::load(&files.topology) {
         Ok(t) => t,
         Err(e) => return warn!("keeping the current revocation list: {e}"),
     };
-    if !shared.keys.set_local(topology.revoked()) {
+    let changed = shared.keys.set_local(topology.revoked());
+    if changed {
+        info!(
+            revoked = topology.revoked().len(),
+            "the topology's revocation list changed"
+        );
+    }
+    if !changed && !publish {
         return;
     }
-    info!(
-        revoked = topology.revoked().len(),
-        "the topology's revocation list changed"
-    );
     if let Some(p) = publisher {
         match p.publish().await {
             Ok(s) => info!(
                 version = s.version,
-                "published the revocation list to every node"
+                "published the revocation list and release key to every node"
             ),
-            Err(e) => warn!("could not publish the revocation list: {e}"),
+            Err(e) => warn!("could not publish the revocation list and release key: {e}"),
         }
     }
 }

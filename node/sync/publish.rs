@@ -270,6 +270,7 @@ impl Publisher {
         if let Some(p) = &prev {
             if p.release.manifest.root_digest() == manifest.root_digest()
                 && p.release.revoked == revoked
+                && shared.trust.signed_now(&p.release)
             {
                 state.in_step = true;
                 return Ok((summary(p.version(), false), unsettled));

@@ -11,4 +11,4 @@ pub mod release;
 
 pub use hash::{Blake3, Body, BodyHasher, Md5, Sums, CHUNK};
 pub use manifest::{Entry, EntryKind, Manifest, ManifestError};
-pub use release::{newer, Release};
+pub use release::{newer, Release, Rotation};

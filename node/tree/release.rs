@@ -19,6 +19,19 @@ pub struct Release {
     /// the origin reaches every node.
     pub revoked: Vec<[u8; 32]>,
     pub signature: Vec<u8>,
+    /// Set while the origin's key is a rotated one: the previous key's endorsement of it, so
+    /// nodes that trust the previous key move to this one (see `sync::trust`). Not covered by
+    /// the signature: it proves itself.
+    pub rotation: Option<Rotation>,
+}
+
+/// A release key endorsed by the one before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    /// The new key's public half (Ed25519).
+    pub next: [u8; 32],
+    /// The previous key's signature over `next`.
+    pub endorsement: Vec<u8>,
 }
 
 impl Release {
@@ -29,6 +42,7 @@ impl Release {
             manifest,
             revoked: Vec::new(),
             signature: Vec::new(),
+            rotation: None,
         }
     }
 

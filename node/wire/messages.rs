@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::status::NodeStatus;
-use crate::tree::{Blake3, Entry, Manifest, ManifestError, Release};
+use crate::tree::{Blake3, Entry, Manifest, ManifestError, Release, Rotation};
 
 /// Child → parent, on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +39,7 @@ pub struct RawRelease {
     pub entries: Vec<Entry>,
     pub revoked: Vec<[u8; 32]>,
     pub signature: Vec<u8>,
+    pub rotation: Option<Rotation>,
 }
 
 impl RawRelease {
@@ -50,6 +51,7 @@ impl RawRelease {
             manifest: Manifest::from_sorted(self.entries)?,
             revoked: self.revoked,
             signature: self.signature,
+            rotation: self.rotation,
         })
     }
 }

@@ -63,6 +63,7 @@ fn sample_release() -> Release {
         manifest,
         revoked: vec![[3; 32]],
         signature: vec![9; 64],
+        rotation: None,
     }
 }
 
@@ -200,6 +201,7 @@ fn raw_down_encodes_like_down() {
         entries: r.manifest.entries().to_vec(),
         revoked: r.revoked.clone(),
         signature: r.signature.clone(),
+        rotation: r.rotation.clone(),
     });
     assert_eq!(encode(&Down::Offer(r.clone())), encode(&raw));
     let RawDown::Offer(back) = decode_frame::<RawDown>(&encode(&Down::Offer(r.clone()))).unwrap();
@@ -307,6 +309,7 @@ fn wire_order_is_enforced() {
         entries,
         revoked: vec![],
         signature: vec![],
+        rotation: None,
     }))
     .unwrap();
     let err = raw.validate().unwrap_err();
@@ -324,7 +327,7 @@ mod props {
     use super::super::*;
     use crate::status::{NodeState, NodeStatus};
     use crate::tree::hash::{blake3_root, chunk_count};
-    use crate::tree::{Blake3, Entry, EntryKind, Manifest, Md5, Release, Sums};
+    use crate::tree::{Blake3, Entry, EntryKind, Manifest, Md5, Release, Rotation, Sums};
 
     fn name() -> impl Strategy<Value = String> {
         (0u32..50, prop::bool::ANY).prop_map(|(i, uni)| {
@@ -485,7 +488,8 @@ mod props {
 
         #[test]
         fn down_round_trips_and_matches_raw(version in any::<u64>(), manifest in manifest(), revoked in prop::collection::vec(any::<[u8; 32]>(), 0..3), signature in prop::collection::vec(any::<u8>(), 0..70)) {
-            let release = Release { version, manifest, revoked, signature };
+            let rotation = (version % 2 == 0).then(|| Rotation { next: [version as u8; 32], endorsement: signature.clone() });
+            let release = Release { version, manifest, revoked, signature, rotation };
             check(&Down::Offer(release.clone()));
             let RawDown::Offer(raw) = decode_frame::<RawDown>(&encode(&Down::Offer(release.clone()))).unwrap();
             prop_assert_eq!(raw.validate().unwrap(), release);
