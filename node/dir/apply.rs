@@ -3,9 +3,11 @@
 //! Every body comes from the store (so it was verified), is copied under a temporary hidden
 //! name in the destination directory and renamed over the real name: a reader sees the old
 //! file or the new one, never a partial one. Entries are processed in manifest order, parents
-//! first, and each parent is made a real directory (a symlink or file in its way is removed),
-//! so nothing is ever written through a symlink. Then anything the manifest does not list is
-//! deleted, and directory modes are set deepest first.
+//! first, and each parent is made a real directory (a symlink or file in its way is removed).
+//! Then anything the manifest does not list is deleted, and directory modes are set deepest
+//! first. Every change goes through directory descriptors opened without following symlinks
+//! ([`Beneath`]), so nothing is ever written, deleted or chmod'ed through a symlink, even one
+//! swapped in while the apply runs.
 
 use std::fs::{FileTimes, Metadata, Permissions};
 use std::io;
@@ -18,6 +20,7 @@ use std::collections::HashSet;
 
 use fs_err as fs;
 
+use super::beneath::Beneath;
 use super::rules::Rules;
 use crate::data::{short_of_room, Store};
 use crate::tree::hash::hash_file;
@@ -52,8 +55,20 @@ pub struct ApplyStats {
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 pub(super) fn tmp_name(parent: &Path) -> PathBuf {
+    parent.join(tmp_base())
+}
+
+fn tmp_base() -> String {
     let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-    parent.join(format!(".cascade-tmp-{}-{n}", std::process::id()))
+    format!(".cascade-tmp-{}-{n}", std::process::id())
+}
+
+/// A temporary name next to `rel` (relative to the tree's root).
+fn tmp_beside(rel: &str) -> String {
+    match rel.rsplit_once('/') {
+        Some((parent, _)) => format!("{parent}/{}", tmp_base()),
+        None => tmp_base(),
+    }
 }
 
 /// Whether a name is one of our temporary files (left over by a crash).
@@ -265,6 +280,7 @@ pub(super) fn apply_with(
     how: How,
 ) -> Result<ApplyStats, ApplyError> {
     fs::create_dir_all(dir)?;
+    let tree = Beneath::open(dir)?;
     let skip = old.filter(|_| how.skip_unchanged);
     let in_place = check_bodies(dir, manifest, old, store, how)?;
     // Moving only helps within one filesystem.
@@ -295,10 +311,10 @@ pub(super) fn apply_with(
                 match &current {
                     Some(m) if m.is_dir() => {}
                     Some(_) => {
-                        fs::remove_file(&path)?;
-                        fs::create_dir(&path)?;
+                        tree.remove(&e.path)?;
+                        tree.mkdir(&e.path, 0o755)?;
                     }
-                    None => fs::create_dir(&path)?,
+                    None => tree.mkdir(&e.path, 0o755)?,
                 }
                 // Keep the directory writable while we fill it; its mode is set at the end.
             }
@@ -313,7 +329,6 @@ pub(super) fn apply_with(
                 let move_body = take && *size > 0 && last_use.get(blake3) == Some(&i);
                 let job = FileJob {
                     entry: e,
-                    path,
                     current,
                     // A file rewritten because it drifted is not linked from anywhere.
                     same_as_old: same_as_old && !rewrite(e),
@@ -333,9 +348,9 @@ pub(super) fn apply_with(
                         return Ok(());
                     }
                 }
-                let tmp = tmp_name(path.parent().unwrap_or(dir));
-                fs::os::unix::fs::symlink(target, &tmp)?;
-                replace(&tmp, &path, current.as_ref())?;
+                let tmp = tmp_beside(&e.path);
+                tree.symlink(target, &tmp)?;
+                replace(&tree, &tmp, &e.path, current.as_ref())?;
                 stats.written += 1;
             }
         }
@@ -343,14 +358,14 @@ pub(super) fn apply_with(
     })?;
     stats.unchanged += skipped;
     for (jobs, take) in [(copies, false), (moves, true)] {
-        let linked = super::par_map(&jobs, |job| write_file(dir, store, job, how, take))?
+        let linked = super::par_map(&jobs, |job| write_file(&tree, store, job, how, take))?
             .into_iter()
             .filter(|&linked| linked)
             .count() as u64;
         stats.linked += linked;
         stats.written += jobs.len() as u64 - linked;
     }
-    stats.deleted = delete_extraneous(dir, manifest, skip, how.keep)?;
+    stats.deleted = delete_extraneous(&tree, dir, manifest, skip, how.keep)?;
     let mut kept_dirs = HashSet::new();
     if let Some(keep) = how.keep {
         walk_kept(manifest, keep, |e| {
@@ -364,10 +379,9 @@ pub(super) fn apply_with(
             && !under_kept
             && !skip.is_some_and(|o| manifest.unchanged_in(i, o))
         {
-            let path = dir.join(&e.path);
-            let m = fs::symlink_metadata(&path)?;
+            let m = fs::symlink_metadata(dir.join(&e.path))?;
             if m.permissions().mode() & 0o7777 != e.mode {
-                fs::set_permissions(&path, Permissions::from_mode(e.mode))?;
+                tree.chmod_dir(&e.path, e.mode)?;
             }
         }
     }
@@ -377,7 +391,6 @@ pub(super) fn apply_with(
 /// A file an apply must write.
 struct FileJob<'a> {
     entry: &'a Entry,
-    path: PathBuf,
     current: Option<Metadata>,
     /// The previous release had the same body and mode here (so atomic mode can link it).
     same_as_old: bool,
@@ -387,7 +400,7 @@ struct FileJob<'a> {
 /// the previous release directory if it can be, else moved (`take`) or copied from the
 /// store. Returns whether it was linked.
 fn write_file(
-    dir: &Path,
+    tree: &Beneath,
     store: &Store,
     job: &FileJob,
     how: How,
@@ -397,22 +410,28 @@ fn write_file(
     let EntryKind::File { blake3, mtime, .. } = &e.kind else {
         unreachable!("only files are written by write_file");
     };
-    let tmp = tmp_name(job.path.parent().unwrap_or(dir));
+    let tmp = tmp_beside(&e.path);
     let linked = job.same_as_old
         && how
             .link_from
-            .is_some_and(|from| fs::hard_link(from.join(&e.path), &tmp).is_ok());
+            .is_some_and(|from| tree.link_in(&from.join(&e.path), &tmp).is_ok());
     if !linked {
-        let moved = take && fs::rename(store.path(blake3), &tmp).is_ok();
-        if !moved {
+        let moved = take && tree.move_in(&store.path(blake3), &tmp).is_ok();
+        let file = if moved {
+            tree.open_file(&tmp)?
+        } else {
             if !store.has(blake3) {
                 return Err(ApplyError::MissingBody(blake3.hex(), e.path.clone()));
             }
-            fs::copy(store.path(blake3), &tmp)?;
-        }
-        finish_file(&tmp, e, *mtime)?;
+            let mut out = tree.create(&tmp, 0o600)?;
+            // A std file both ways: the copy is done in the kernel (copy_file_range).
+            let mut body = fs::File::open(store.path(blake3))?.into_file();
+            io::copy(&mut body, &mut out)?;
+            out
+        };
+        finish_file(&file, e, *mtime)?;
     }
-    replace(&tmp, &job.path, job.current.as_ref())?;
+    replace(tree, &tmp, &e.path, job.current.as_ref())?;
     Ok(linked)
 }
 
@@ -458,8 +477,8 @@ fn check_space(
     }
 }
 
-fn finish_file(tmp: &Path, e: &Entry, mtime: i64) -> Result<(), ApplyError> {
-    let f = fs::File::options().write(true).open(tmp)?;
+/// Sets a written file's mode and mtime through its descriptor.
+fn finish_file(f: &std::fs::File, e: &Entry, mtime: i64) -> Result<(), ApplyError> {
     f.set_permissions(Permissions::from_mode(e.mode))?;
     let t = if mtime >= 0 {
         UNIX_EPOCH + Duration::from_secs(mtime as u64)
@@ -474,12 +493,17 @@ fn finish_file(tmp: &Path, e: &Entry, mtime: i64) -> Result<(), ApplyError> {
     Ok(())
 }
 
-/// Renames `tmp` over `path`; a directory in the way is removed first (a type change).
-fn replace(tmp: &Path, path: &Path, current: Option<&Metadata>) -> Result<(), ApplyError> {
+/// Renames `tmp` over `rel`; a directory in the way is removed first (a type change).
+fn replace(
+    tree: &Beneath,
+    tmp: &str,
+    rel: &str,
+    current: Option<&Metadata>,
+) -> Result<(), ApplyError> {
     if current.is_some_and(|m| m.is_dir()) {
-        fs::remove_dir_all(path)?;
+        tree.remove(rel)?;
     }
-    fs::rename(tmp, path)?;
+    tree.rename(tmp, rel)?;
     Ok(())
 }
 
@@ -490,19 +514,15 @@ fn ancestors_or_self(path: &str) -> impl Iterator<Item = &str> {
 
 /// Removes everything in `dir` that the manifest does not list. Returns how many.
 fn delete_extraneous(
+    tree: &Beneath,
     dir: &Path,
     manifest: &Manifest,
     unchanged_since: Option<&Manifest>,
     keep: Option<&Rules>,
 ) -> Result<u64, ApplyError> {
     let extra = extraneous(dir, manifest, unchanged_since, keep)?;
-    for (path, is_dir) in &extra {
-        let path = dir.join(path);
-        if *is_dir {
-            fs::remove_dir_all(&path)?;
-        } else {
-            fs::remove_file(&path)?;
-        }
+    for (path, _) in &extra {
+        tree.remove(path)?;
     }
     Ok(extra.len() as u64)
 }
@@ -650,6 +670,69 @@ mod tests {
             m.entries()
         );
         (m, stats)
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_during_applies_never_leads_outside() {
+        // A local user who can write in `dir` swaps `site` for a symlink to a directory
+        // outside, and back, as fast as it can, while releases are applied (as root, in
+        // production). Whatever an apply does or fails, nothing outside changes.
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst, outside) = (
+            t.path().join("src"),
+            t.path().join("dst"),
+            t.path().join("outside"),
+        );
+        let store = Store::open(&t.path().join("data")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        write(&outside.join("passwd"), "root:x:0:0");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (dst, outside, stop) = (dst.clone(), outside.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (site, aside) = (dst.join("site"), dst.join("site.real"));
+                while !stop.load(Ordering::Relaxed) {
+                    if std::fs::rename(&site, &aside).is_ok() {
+                        let _ = std::os::unix::fs::symlink(&outside, &site);
+                        std::thread::yield_now();
+                        let _ = std::fs::remove_file(&site);
+                        let _ = std::fs::rename(&aside, &site);
+                    }
+                    std::thread::yield_now();
+                }
+            })
+        };
+        let mut old: Option<Manifest> = None;
+        for round in 0..40 {
+            for i in 0..50 {
+                write(&src.join(format!("site/f{i}")), &format!("round {round}"));
+            }
+            fs::set_permissions(
+                src.join("site"),
+                Permissions::from_mode(0o700 + round % 2 * 0o55),
+            )
+            .unwrap();
+            let m = scan(&src, &store, &Default::default()).unwrap().0;
+            // An apply may fail (it met the symlink); the next one starts from a full check.
+            let ok = apply(&dst, &m, old.as_ref(), &store).is_ok();
+            old = ok.then_some(m);
+        }
+        stop.store(true, Ordering::Relaxed);
+        swapper.join().unwrap();
+        let names: Vec<_> = fs::read_dir(&outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["passwd"], "an apply wrote outside dir");
+        assert_eq!(
+            fs::read_to_string(outside.join("passwd")).unwrap(),
+            "root:x:0:0"
+        );
+        assert_eq!(
+            fs::metadata(&outside).unwrap().permissions().mode() & 0o777,
+            0o755,
+            "an apply chmod'ed outside dir"
+        );
     }
 
     #[test]

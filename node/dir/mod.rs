@@ -6,6 +6,7 @@
 
 pub mod applier;
 pub mod apply;
+pub mod beneath;
 pub mod rules;
 pub mod scan;
 pub mod watch;
