@@ -91,6 +91,10 @@ impl FakeParent {
             (Err(_), Some(_)) => vec![0; 64],
             (_, None) => Vec::new(),
         };
+        self.send_offer(l, version, entries, signature);
+    }
+
+    fn send_offer(&self, l: &mut FakeLink, version: u64, entries: Vec<Entry>, signature: Vec<u8>) {
         let frame = cascade::wire::encode(&RawDown::Offer(RawRelease {
             version,
             entries,
@@ -181,6 +185,26 @@ fn hostile_manifests_are_refused_whole_and_the_node_carries_on() {
             matches!(leaf_state(&c), Some(NodeState::Failed { version: v, ref error }) if v == version && error.contains(why))
         });
     }
+    // The origin's real signature, forwarded over a manifest the relay rewrote (a body
+    // swapped, its MD5 recomputed): refused, and the status names the relay that sent it.
+    let real = fake.key.sign(
+        152,
+        &Release::unsigned(
+            152,
+            Manifest::from_sorted(vec![file("index.html")]).unwrap(),
+        )
+        .signed_digest()
+        .0,
+    );
+    let mut rewritten = file("index.html");
+    if let EntryKind::File { size, md5, .. } = &mut rewritten.kind {
+        *size = 7;
+        *md5 = Md5::of(b"defaced");
+    }
+    fake.send_offer(&mut l, 152, vec![rewritten], real);
+    c.wait("the leaf to refuse the rewritten release", Duration::from_secs(20), || {
+        matches!(leaf_state(&c), Some(NodeState::Failed { version: 152, ref error }) if error.contains("bad signature") && error.contains("from relay-1"))
+    });
     assert!(!outside.exists(), "a hostile manifest wrote outside dir");
     assert_eq!(fs::read_dir(c.dir("leaf-1-1")).unwrap().count(), 0);
     assert_eq!(c.status_of("leaf-1-1", "leaf-1-1").unwrap().applied, None);
@@ -191,7 +215,7 @@ fn hostile_manifests_are_refused_whole_and_the_node_carries_on() {
     assert!(c.dir("leaf-1-1").join("ok/empty").is_file());
     assert!(c
         .log("leaf-1-1")
-        .contains("refused release 100 from the parent"));
+        .contains("refused release 100 from the parent relay-1"));
 }
 
 #[test]

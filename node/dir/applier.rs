@@ -155,7 +155,7 @@ impl Applier {
 
     /// Whether `dir` holds the body of file entry `e`, where that counts: on a node whose
     /// `dir` is its only copy, a file that passes the quick check (size, mtime, mode) stands
-    /// in for the store until an apply confirms it by MD5.
+    /// in for the store until an apply confirms it by its digests (MD5 and BLAKE3).
     pub fn holds_in_dir(&self, e: &Entry) -> bool {
         self.only_copy && held_in_place(&self.dir, e)
     }

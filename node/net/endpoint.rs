@@ -16,6 +16,9 @@ use crate::wire::{self, ErrorCode};
 /// How long a dial may take before the parent counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most streams a peer may have open at once on a link.
+pub const MAX_STREAMS: u32 = 32;
+
 /// Per-stream receive window and per-connection send window, in bytes.
 const WINDOW: u32 = 8 * 1024 * 1024;
 
@@ -32,7 +35,10 @@ fn transport(idle: Duration) -> TransportConfig {
     t.stream_receive_window(VarInt::from_u32(WINDOW));
     t.receive_window(VarInt::from_u32(4 * WINDOW));
     t.send_window(u64::from(WINDOW));
-    t.max_concurrent_bidi_streams(VarInt::from_u32(256));
+    // Streams the peer may have open at once: a child asks for at most 16 bodies at a time
+    // (plus its control stream); each served stream holds a buffer of up to 1 MiB, so this
+    // caps what one link can make its parent hold.
+    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t
 }

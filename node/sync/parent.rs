@@ -111,7 +111,7 @@ async fn wait_until_reachable(shared: &Shared, endpoint: &Endpoint, peer: &(Stri
 /// Runs one session over an established link and logs how it ended.
 async fn attached(shared: &Arc<Shared>, conn: &Connection, parent: &str) {
     let span = tracing::info_span!("link", parent = %parent);
-    match session::run(shared, conn).instrument(span).await {
+    match session::run(shared, conn, parent).instrument(span).await {
         Ok(()) => info!("parent {parent} closed the link"),
         Err(e) => warn!("link to parent {parent}: {e}"),
     }

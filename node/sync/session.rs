@@ -21,8 +21,8 @@ use crate::wire::{ErrorCode, RawDown, Up};
 /// Least time between two status reports to the parent.
 const REPORT_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Runs the control session over an established link until it ends.
-pub async fn run(shared: &Arc<Shared>, conn: &Connection) -> Result<(), SyncError> {
+/// Runs the control session over an established link to `parent` until it ends.
+pub async fn run(shared: &Arc<Shared>, conn: &Connection, parent: &str) -> Result<(), SyncError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(LinkError::from)?;
     let have = shared.held.version();
     net::send(
@@ -39,7 +39,7 @@ pub async fn run(shared: &Arc<Shared>, conn: &Connection) -> Result<(), SyncErro
 
     let (offers_tx, offers) = watch::channel::<Option<Arc<Release>>>(None);
     let result = tokio::select! {
-        r = take_offers(shared, &mut recv, &offers_tx) => r,
+        r = take_offers(shared, parent, &mut recv, &offers_tx) => r,
         r = report_up(shared, &mut send) => r,
         r = follow_offers(shared, conn, offers) => r,
         e = shared.keys.watch_peer(conn) => Err(e.into()),
@@ -68,6 +68,7 @@ pub async fn run(shared: &Arc<Shared>, conn: &Connection) -> Result<(), SyncErro
 /// and says why.
 async fn take_offers(
     shared: &Shared,
+    parent: &str,
     recv: &mut quinn::RecvStream,
     offers: &watch::Sender<Option<Arc<Release>>>,
 ) -> Result<(), SyncError> {
@@ -84,11 +85,14 @@ async fn take_offers(
                 offers.send_replace(Some(Arc::new(release)));
             }
             Err(e) => {
-                warn!(version, "refused release {version} from the parent: {e}");
+                warn!(
+                    version,
+                    "refused release {version} from the parent {parent}: {e}"
+                );
                 shared.board.set_own(|s| {
                     s.state = NodeState::Failed {
                         version,
-                        error: format!("refused release: {e}"),
+                        error: format!("refused release from {parent}: {e}"),
                     }
                 });
             }
