@@ -24,7 +24,8 @@ use crate::hooks;
 use crate::net::{self, Limiter, LinkError};
 use crate::status::NodeStatus;
 use crate::sync::flight::Flights;
-use crate::sync::keys::{self, KeyFiles, Keys};
+use crate::sync::keys::{KeyFiles, Keys};
+use crate::sync::reload;
 use crate::sync::{
     after, children, follow, land, parent, verify, Board, Held, HookSetup, PublishError, Publisher,
     Shared, Trust,
@@ -252,7 +253,7 @@ impl RunningNode {
             tasks.spawn(verify::every(shared.clone(), period));
         }
         tasks.spawn(admin::serve(shared.clone(), publisher.clone(), admin));
-        tasks.spawn(keys::run(
+        tasks.spawn(reload::run(
             shared.clone(),
             endpoint.clone(),
             KeyFiles {

@@ -1,7 +1,7 @@
 //! Certificates and revocations that change while the node runs, without a restart.
 //!
 //! - **Renewal.** The node re-reads `ca.pem`, `NAME.pem` and `NAME.key` when they change on
-//!   disk (polled every [`POLL`]) or on `SIGHUP`: every later handshake uses them, links
+//!   disk (polled every [`super::reload::POLL`]) or on `SIGHUP`: every later handshake uses them, links
 //!   already up keep theirs. A pair that does not load (half written, key and certificate
 //!   mismatched, a key readable by others) is reported in one line and the current one kept.
 //! - **Revocation.** The certificates refused at every handshake, both ways, are this node's
@@ -9,6 +9,8 @@
 //!   topology's list into every release it signs, and publishes again when that list changes,
 //!   so one edit on the origin reaches every node with the next release. A link whose peer's
 //!   certificate becomes revoked is closed at once ([`Keys::watch_peer`]).
+//!
+//! This module holds the state; [`super::reload`] is the task that follows the files.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -16,19 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use cascade_certs::{Fingerprint, Identity, Revoked};
-use cascade_topology::Topology;
 use quinn::{Connection, Endpoint};
 use tokio::sync::watch;
-use tracing::{info, warn};
 
-use super::publish::Publisher;
-use super::shared::Shared;
 use crate::net::{self, LinkError};
 use crate::tree::Release;
 use crate::wire::ErrorCode;
-
-/// How often the key files and the topology are checked for changes.
-pub const POLL: Duration = Duration::from_secs(2);
 
 /// This node's topology file's revocation list, and the held release's.
 type Lists = (Vec<[u8; 32]>, Vec<[u8; 32]>);
@@ -101,7 +96,7 @@ impl Keys {
         self.dial.lock().expect("keys lock").clone()
     }
 
-    fn reconfigure(
+    pub(super) fn reconfigure(
         &self,
         endpoint: &Endpoint,
         id: &Identity,
@@ -157,7 +152,7 @@ pub struct KeyFiles {
 
 impl KeyFiles {
     /// What identifies the current content of each file (a rewrite or a rename changes it).
-    fn stamp(&self, name: &str) -> Vec<Option<(SystemTime, u64, u64)>> {
+    pub(super) fn stamp(&self, name: &str) -> Vec<Option<(SystemTime, u64, u64)>> {
         use std::os::unix::fs::MetadataExt;
         [
             self.certs.join("ca.pem"),
@@ -178,136 +173,5 @@ impl KeyFiles {
             })
         })
         .collect()
-    }
-}
-
-/// Follows the key files, the topology's revocation list, `SIGHUP` and the held release's
-/// revocations; reconfigures `endpoint` whenever the identity or the revoked set changes.
-pub async fn run(
-    shared: Arc<Shared>,
-    endpoint: Endpoint,
-    files: KeyFiles,
-    mut identity: Identity,
-    publisher: Option<Arc<Publisher>>,
-) {
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut tick = tokio::time::interval(POLL);
-    let mut seen = files.stamp(&shared.name);
-    let mut revoked = shared.keys.subscribe();
-    let mut applied = revoked.borrow_and_update().clone();
-    loop {
-        let forced = tokio::select! {
-            _ = tick.tick() => false,
-            Some(()) = async {
-                match &mut hup {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                info!("SIGHUP: reading the certificates and the topology's revocation list again");
-                true
-            }
-            Ok(()) = revoked.changed() => false,
-        };
-        let stamp = files.stamp(&shared.name);
-        if forced || stamp != seen {
-            seen = stamp;
-            let rotated = publisher.is_some() && reread_release_key(&shared, &files);
-            reread_revocations(&shared, &files, publisher.as_deref(), rotated).await;
-            match Identity::load(&files.certs, &shared.name) {
-                Ok(id) if id.fingerprint() != identity.fingerprint() => {
-                    let now = shared.keys.revoked();
-                    match shared.keys.reconfigure(&endpoint, &id, &files, &now) {
-                        Ok(()) => {
-                            info!(
-                                "certificate reloaded: later links present {}",
-                                id.fingerprint()
-                            );
-                            identity = id;
-                            applied = now;
-                        }
-                        Err(e) => {
-                            warn!("keeping the current certificate: the new one does not load: {e}")
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => warn!("keeping the current certificate: {e}"),
-            }
-        }
-        let now = revoked.borrow_and_update().clone();
-        if now != applied {
-            match shared.keys.reconfigure(&endpoint, &identity, &files, &now) {
-                Ok(()) => {
-                    info!(
-                        revoked = now.len(),
-                        "revocation list applied to every later handshake"
-                    );
-                    if now.contains(&identity.fingerprint()) {
-                        warn!(
-                            "this node's own certificate {} is revoked: issue it a new one (`cascade certs renew {}`)",
-                            identity.fingerprint(),
-                            shared.name
-                        );
-                    }
-                    applied = now;
-                }
-                Err(e) => warn!("could not apply the revocation list: {e}"),
-            }
-        }
-    }
-}
-
-/// The origin reads its release-signing key and endorsement again (after `cascade certs
-/// rotate-release-key`); returns whether they changed.
-fn reread_release_key(shared: &Shared, files: &KeyFiles) -> bool {
-    let loaded = cascade_certs::ReleaseKey::load(&files.certs)
-        .and_then(|k| cascade_certs::load_endorsement(&files.certs).map(|e| (k, e)));
-    match loaded {
-        Ok((key, endorsement)) => {
-            let public = key.public();
-            let changed = shared.trust.set_signing(key, endorsement);
-            if changed {
-                info!(key = %public, "release-signing key reloaded: releases are signed with it from now on");
-            }
-            changed
-        }
-        Err(e) => {
-            warn!("keeping the current release-signing key: {e}");
-            false
-        }
-    }
-}
-
-/// Reads this node's topology's `revoked` list again; the origin publishes when it changed
-/// (or when `publish` says its signing key did).
-async fn reread_revocations(
-    shared: &Shared,
-    files: &KeyFiles,
-    publisher: Option<&Publisher>,
-    publish: bool,
-) {
-    let topology = match Topology::load(&files.topology) {
-        Ok(t) => t,
-        Err(e) => return warn!("keeping the current revocation list: {e}"),
-    };
-    let changed = shared.keys.set_local(topology.revoked());
-    if changed {
-        info!(
-            revoked = topology.revoked().len(),
-            "the topology's revocation list changed"
-        );
-    }
-    if !changed && !publish {
-        return;
-    }
-    if let Some(p) = publisher {
-        match p.publish().await {
-            Ok(s) => info!(
-                version = s.version,
-                "published the revocation list and release key to every node"
-            ),
-            Err(e) => warn!("could not publish the revocation list and release key: {e}"),
-        }
     }
 }

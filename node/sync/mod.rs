@@ -23,6 +23,7 @@ pub mod keys;
 pub mod land;
 pub mod parent;
 pub mod publish;
+pub mod reload;
 pub mod session;
 pub mod shared;
 pub mod trust;

@@ -1,0 +1,149 @@
+//! The task that re-reads a node's keys and its topology's revocation list when they change
+//! on disk (polled every [`POLL`]) or on `SIGHUP`, and reconfigures the node's endpoint when
+//! its identity or the revoked set changes (see [`super::keys`] for what each change means).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cascade_certs::Identity;
+use cascade_topology::Topology;
+use quinn::Endpoint;
+use tracing::{info, warn};
+
+use super::keys::KeyFiles;
+use super::publish::Publisher;
+use super::shared::Shared;
+
+/// How often the key files and the topology are checked for changes.
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// Follows the key files, the topology's revocation list, `SIGHUP` and the held release's
+/// revocations; reconfigures `endpoint` whenever the identity or the revoked set changes.
+pub async fn run(
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    files: KeyFiles,
+    mut identity: Identity,
+    publisher: Option<Arc<Publisher>>,
+) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(POLL);
+    let mut seen = files.stamp(&shared.name);
+    let mut revoked = shared.keys.subscribe();
+    let mut applied = revoked.borrow_and_update().clone();
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = async {
+                match &mut hup {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                info!("SIGHUP: reading the certificates and the topology's revocation list again");
+                true
+            }
+            Ok(()) = revoked.changed() => false,
+        };
+        let stamp = files.stamp(&shared.name);
+        if forced || stamp != seen {
+            seen = stamp;
+            let rotated = publisher.is_some() && reread_release_key(&shared, &files);
+            reread_revocations(&shared, &files, publisher.as_deref(), rotated).await;
+            match Identity::load(&files.certs, &shared.name) {
+                Ok(id) if id.fingerprint() != identity.fingerprint() => {
+                    let now = shared.keys.revoked();
+                    match shared.keys.reconfigure(&endpoint, &id, &files, &now) {
+                        Ok(()) => {
+                            info!(
+                                "certificate reloaded: later links present {}",
+                                id.fingerprint()
+                            );
+                            identity = id;
+                            applied = now;
+                        }
+                        Err(e) => {
+                            warn!("keeping the current certificate: the new one does not load: {e}")
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => warn!("keeping the current certificate: {e}"),
+            }
+        }
+        let now = revoked.borrow_and_update().clone();
+        if now != applied {
+            match shared.keys.reconfigure(&endpoint, &identity, &files, &now) {
+                Ok(()) => {
+                    info!(
+                        revoked = now.len(),
+                        "revocation list applied to every later handshake"
+                    );
+                    if now.contains(&identity.fingerprint()) {
+                        warn!(
+                            "this node's own certificate {} is revoked: issue it a new one (`cascade certs renew {}`)",
+                            identity.fingerprint(),
+                            shared.name
+                        );
+                    }
+                    applied = now;
+                }
+                Err(e) => warn!("could not apply the revocation list: {e}"),
+            }
+        }
+    }
+}
+
+/// The origin reads its release-signing key and endorsement again (after `cascade certs
+/// rotate-release-key`); returns whether they changed.
+fn reread_release_key(shared: &Shared, files: &KeyFiles) -> bool {
+    let loaded = cascade_certs::ReleaseKey::load(&files.certs)
+        .and_then(|k| cascade_certs::load_endorsement(&files.certs).map(|e| (k, e)));
+    match loaded {
+        Ok((key, endorsement)) => {
+            let public = key.public();
+            let changed = shared.trust.set_signing(key, endorsement);
+            if changed {
+                info!(key = %public, "release-signing key reloaded: releases are signed with it from now on");
+            }
+            changed
+        }
+        Err(e) => {
+            warn!("keeping the current release-signing key: {e}");
+            false
+        }
+    }
+}
+
+/// Reads this node's topology's `revoked` list again; the origin publishes when it changed
+/// (or when `publish` says its signing key did).
+async fn reread_revocations(
+    shared: &Shared,
+    files: &KeyFiles,
+    publisher: Option<&Publisher>,
+    publish: bool,
+) {
+    let topology = match Topology::load(&files.topology) {
+        Ok(t) => t,
+        Err(e) => return warn!("keeping the current revocation list: {e}"),
+    };
+    let changed = shared.keys.set_local(topology.revoked());
+    if changed {
+        info!(
+            revoked = topology.revoked().len(),
+            "the topology's revocation list changed"
+        );
+    }
+    if !changed && !publish {
+        return;
+    }
+    if let Some(p) = publisher {
+        match p.publish().await {
+            Ok(s) => info!(
+                version = s.version,
+                "published the revocation list and release key to every node"
+            ),
+            Err(e) => warn!("could not publish the revocation list and release key: {e}"),
+        }
+    }
+}
