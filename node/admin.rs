@@ -81,6 +81,7 @@ async fn answer(shared: Arc<Shared>, publisher: Option<Arc<Publisher>>, mut stre
                 Err(e) => AdminResponse::Error(e.to_string()),
             }
         }
+        Ok(Some(AdminRequest::Topology)) => AdminResponse::Topology(shared.topology_text.clone()),
         Ok(Some(AdminRequest::Status)) => AdminResponse::Status {
             node: shared.name.clone(),
             release: shared.held.version(),

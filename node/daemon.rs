@@ -87,7 +87,13 @@ impl RunningNode {
     /// Starts the node described by `cfg`: every check that can fail happens before any task
     /// is spawned, so a bad config returns one clear error.
     pub async fn start(cfg: NodeConfig) -> Result<Self, StartError> {
-        let topology = Topology::load(&cfg.topology)?;
+        let topology_text = std::fs::read_to_string(&cfg.topology).map_err(|source| {
+            cascade_topology::TopologyError::Read {
+                path: cfg.topology.display().to_string(),
+                source,
+            }
+        })?;
+        let topology = Topology::parse(&topology_text)?;
         let me = topology
             .node(&cfg.name)
             .map_err(|_| StartError::NotInTopology {
@@ -196,6 +202,7 @@ impl RunningNode {
             name: me.name.clone(),
             role: me.role,
             topology,
+            topology_text,
             store,
             held,
             board: Board::new(own),

@@ -57,6 +57,85 @@ fn topology_check_prints_the_tree_or_names_the_fault() {
 }
 
 #[test]
+fn topology_plan_compares_with_the_running_origin_or_a_file() {
+    let text_of = text;
+    let mut c = Cluster::new(2, 1);
+    c.start("origin");
+    let current = c.dep.base.join("topology.toml");
+    let text = fs::read_to_string(&current).unwrap();
+    // Move leaf-2-1 under relay-1 and add a leaf under relay-1.
+    let new = c.dep.base.join("new.toml");
+    let moved = text.replace(
+        "name = \"leaf-2-1\"\nparent = \"relay-2\"",
+        "name = \"leaf-2-1\"\nparent = \"relay-1\"",
+    );
+    assert_ne!(
+        moved, text,
+        "the test's topology has leaf-2-1 under relay-2"
+    );
+    fs::write(
+        &new,
+        format!("{moved}\n[[node]]\nname = \"leaf-1-9\"\nparent = \"relay-1\"\n"),
+    )
+    .unwrap();
+    let cfg = c.config("origin");
+    let out = cascade(&[
+        "topology",
+        "plan",
+        new.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let t = text_of(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("3 change(s) from the topology origin runs with"),
+        "{t}"
+    );
+    assert!(t.contains("move leaf-2-1: relay-2 -> relay-1"), "{t}");
+    assert!(t.contains("relay-2 becomes a leaf (was a relay)"), "{t}");
+    assert!(t.contains("add leaf-1-9 under relay-1"), "{t}");
+    assert!(t.contains("+ │   └── leaf-1-9 (leaf"), "{t}");
+    // Offline, from a file; the same file again: no change.
+    let out = cascade(&[
+        "topology",
+        "plan",
+        current.to_str().unwrap(),
+        "--from",
+        current.to_str().unwrap(),
+    ]);
+    assert!(text_of(&out).contains("no change"), "{}", text_of(&out));
+    // An invalid file is refused with check's error; so is a new origin.
+    let bad = c.dep.base.join("bad.toml");
+    fs::write(&bad, "[[node]]\nname = \"relay-1\"\n").unwrap();
+    one_clear_error(
+        &cascade(&[
+            "topology",
+            "plan",
+            bad.to_str().unwrap(),
+            "--from",
+            current.to_str().unwrap(),
+        ]),
+        "origin cannot change",
+    );
+    fs::write(
+        &bad,
+        moved.replace("parent = \"relay-1\"", "parent = \"ghost\""),
+    )
+    .unwrap();
+    one_clear_error(
+        &cascade(&[
+            "topology",
+            "plan",
+            bad.to_str().unwrap(),
+            "--from",
+            current.to_str().unwrap(),
+        ]),
+        "unknown parent \"ghost\"",
+    );
+}
+
+#[test]
 fn certs_init_and_issue() {
     let d = tempfile::tempdir().unwrap();
     let certs = d.path().join("certs");

@@ -1,22 +1,84 @@
-//! `cascade topology check FILE`: validate a topology and print its tree.
+//! `cascade topology check FILE`: validate a topology and print its tree;
+//! `cascade topology plan FILE`: what would change from the running topology to FILE.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use cascade_topology::Topology;
 use clap::Subcommand;
+
+use super::{runtime, ConfigArgs};
+use crate::admin;
+use crate::wire::{AdminRequest, AdminResponse};
 
 #[derive(Subcommand)]
 pub enum TopologyCommand {
     /// Validate a topology file and print the tree with roles and depths.
+    ///
+    /// Example: cascade topology check /etc/cascade/topology.toml
     Check { file: PathBuf },
+    /// Print what would change from the running topology (asked of the node given by
+    /// --config, usually the origin) or from --from FILE, to FILE: nodes added, removed,
+    /// moved, role, listen address and backup parent changes, in words and as a marked tree.
+    /// Runs every check `check` runs.
+    ///
+    /// Example: cascade topology plan new-topology.toml --config /etc/cascade/node.toml
+    Plan {
+        file: PathBuf,
+        /// Compare with this topology file instead of asking a running node.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        #[command(flatten)]
+        node: ConfigArgs,
+    },
 }
 
 pub fn run(command: TopologyCommand) -> Result<ExitCode> {
-    let TopologyCommand::Check { file } = command;
-    let t = Topology::load(&file).with_context(|| format!("{}", file.display()))?;
-    print!("{}", t.render_tree());
-    println!("{}: {} nodes, valid", file.display(), t.nodes().len());
+    match command {
+        TopologyCommand::Check { file } => {
+            let t = load(&file)?;
+            print!("{}", t.render_tree());
+            println!("{}: {} nodes, valid", file.display(), t.nodes().len());
+        }
+        TopologyCommand::Plan { file, from, node } => {
+            let new = load(&file)?;
+            let (old, what) = match from {
+                Some(f) => (load(&f)?, f.display().to_string()),
+                None => {
+                    let cfg = node.load()?;
+                    let answer =
+                        runtime()?.block_on(admin::request(&cfg.data, &AdminRequest::Topology))?;
+                    let AdminResponse::Topology(text) = answer else {
+                        bail!("unexpected answer from the node: {answer:?}");
+                    };
+                    let t = Topology::parse(&text)
+                        .with_context(|| format!("the topology {} runs with", cfg.name))?;
+                    (t, format!("the topology {} runs with", cfg.name))
+                }
+            };
+            old.can_change_to(&new)
+                .with_context(|| format!("{}", file.display()))?;
+            let changes = old.changes_to(&new);
+            if changes.is_empty() {
+                println!("{}: no change from {what}", file.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{}: {} change(s) from {what}:",
+                file.display(),
+                changes.len()
+            );
+            for c in &changes {
+                println!("  {c}");
+            }
+            println!();
+            print!("{}", old.render_changes_to(&new));
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn load(file: &std::path::Path) -> Result<Topology> {
+    Topology::load(file).with_context(|| format!("{}", file.display()))
 }

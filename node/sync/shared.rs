@@ -24,6 +24,8 @@ pub struct Shared {
     pub name: String,
     pub role: Role,
     pub topology: Topology,
+    /// The text `topology` was read from (what `cascade topology plan` compares with).
+    pub topology_text: String,
     pub store: Store,
     /// The release held and the one offered to children.
     pub held: Held,

@@ -75,6 +75,8 @@ pub enum AdminRequest {
     /// Check `dir` against the current release and repair what drifted; `full` reads every
     /// file (MD5), `None` takes the node's `verify` setting.
     Verify { full: Option<bool> },
+    /// The topology the node runs with, as text.
+    Topology,
 }
 
 /// Local admin socket: the daemon's answer.
@@ -88,6 +90,7 @@ pub enum AdminResponse {
     },
     Error(String),
     Verified(VerifySummary),
+    Topology(String),
 }
 
 /// What a verify found and repaired.

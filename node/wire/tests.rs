@@ -117,6 +117,7 @@ fn all_messages() -> Samples {
             AdminRequest::Publish,
             AdminRequest::Status,
             AdminRequest::Verify { full: Some(true) },
+            AdminRequest::Topology,
         ],
         vec![
             AdminResponse::Published(PublishSummary {
@@ -131,6 +132,7 @@ fn all_messages() -> Samples {
                 nodes: vec![status],
             },
             AdminResponse::Error("no".into()),
+            AdminResponse::Topology("[[node]]\nname = \"o\"\n".into()),
             AdminResponse::Verified(VerifySummary {
                 version: 3,
                 full: false,

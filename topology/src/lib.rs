@@ -86,6 +86,8 @@ pub enum TopologyError {
     },
     #[error("no node named {0:?} in the topology")]
     UnknownNode(String),
+    #[error("the origin cannot change while the tree runs: {old:?} is the origin, the new topology makes {new:?} the origin")]
+    OriginChanged { old: String, new: String },
     #[error("line {line}: revoked entry {entry:?} is not a certificate fingerprint (`sha256:` then 64 hex digits, as `cascade certs fingerprint` prints it)")]
     BadRevoked { entry: String, line: usize },
 }
@@ -248,6 +250,210 @@ impl Topology {
     }
 }
 
+/// One difference between a running topology and a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Added {
+        name: String,
+        parent: Option<String>,
+    },
+    Removed {
+        name: String,
+        parent: Option<String>,
+    },
+    Moved {
+        name: String,
+        from: Option<String>,
+        to: Option<String>,
+    },
+    Role {
+        name: String,
+        from: Role,
+        to: Role,
+    },
+    Listen {
+        name: String,
+        from: Option<SocketAddr>,
+        to: Option<SocketAddr>,
+    },
+    Backups {
+        name: String,
+        from: Vec<String>,
+        to: Vec<String>,
+    },
+    Revoked {
+        added: usize,
+        removed: usize,
+    },
+}
+
+impl Change {
+    /// The node the change is about (`None` for the revocation list).
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Change::Added { name, .. }
+            | Change::Removed { name, .. }
+            | Change::Moved { name, .. }
+            | Change::Role { name, .. }
+            | Change::Listen { name, .. }
+            | Change::Backups { name, .. } => Some(name),
+            Change::Revoked { .. } => None,
+        }
+    }
+}
+
+fn or_none<T: fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or("none".to_owned(), |v| v.to_string())
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Added { name, parent } => {
+                write!(f, "add {name} under {}", or_none(parent))
+            }
+            Change::Removed { name, parent } => {
+                write!(f, "remove {name} (was under {})", or_none(parent))
+            }
+            Change::Moved { name, from, to } => {
+                write!(f, "move {name}: {} -> {}", or_none(from), or_none(to))
+            }
+            Change::Role { name, from, to } => write!(f, "{name} becomes a {to} (was a {from})"),
+            Change::Listen { name, from, to } => {
+                write!(
+                    f,
+                    "{name} listens on {} (was {})",
+                    or_none(to),
+                    or_none(from)
+                )
+            }
+            Change::Backups { name, from, to } => write!(
+                f,
+                "{name} backup parents: [{}] (were [{}])",
+                to.join(", "),
+                from.join(", ")
+            ),
+            Change::Revoked { added, removed } => write!(
+                f,
+                "revocation list: {added} certificate(s) added, {removed} removed"
+            ),
+        }
+    }
+}
+
+impl Topology {
+    /// What changes from `self` (running) to `new`, node by node in `new`'s file order, then
+    /// the removed nodes, then the revocation list.
+    pub fn changes_to(&self, new: &Topology) -> Vec<Change> {
+        let mut out = Vec::new();
+        for n in &new.nodes {
+            let Ok(o) = self.node(&n.name) else {
+                out.push(Change::Added {
+                    name: n.name.clone(),
+                    parent: n.parent.clone(),
+                });
+                continue;
+            };
+            if o.parent != n.parent {
+                out.push(Change::Moved {
+                    name: n.name.clone(),
+                    from: o.parent.clone(),
+                    to: n.parent.clone(),
+                });
+            }
+            if o.role != n.role {
+                out.push(Change::Role {
+                    name: n.name.clone(),
+                    from: o.role,
+                    to: n.role,
+                });
+            }
+            if o.listen != n.listen {
+                out.push(Change::Listen {
+                    name: n.name.clone(),
+                    from: o.listen,
+                    to: n.listen,
+                });
+            }
+            if o.backup_parents != n.backup_parents {
+                out.push(Change::Backups {
+                    name: n.name.clone(),
+                    from: o.backup_parents.clone(),
+                    to: n.backup_parents.clone(),
+                });
+            }
+        }
+        for o in &self.nodes {
+            if new.node(&o.name).is_err() {
+                out.push(Change::Removed {
+                    name: o.name.clone(),
+                    parent: o.parent.clone(),
+                });
+            }
+        }
+        let (added, removed) = (
+            new.revoked
+                .iter()
+                .filter(|r| !self.revoked.contains(r))
+                .count(),
+            self.revoked
+                .iter()
+                .filter(|r| !new.revoked.contains(r))
+                .count(),
+        );
+        if added + removed > 0 {
+            out.push(Change::Revoked { added, removed });
+        }
+        out
+    }
+
+    /// Whether a running tree can move from `self` to `new`: the origin stays the same node
+    /// (a tree cannot change its origin while it runs).
+    pub fn can_change_to(&self, new: &Topology) -> Result<(), TopologyError> {
+        let (old, now) = (&self.origin().name, &new.origin().name);
+        if old != now {
+            return Err(TopologyError::OriginChanged {
+                old: old.clone(),
+                new: now.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `new`'s tree with each node marked: `+` added, `~` changed (moved, role, listen
+    /// address or backups), ` ` unchanged; then the removed nodes, marked `-`.
+    pub fn render_changes_to(&self, new: &Topology) -> String {
+        let changes = self.changes_to(new);
+        let changed: std::collections::HashSet<&str> =
+            changes.iter().filter_map(Change::node).collect();
+        let mut out = String::new();
+        for line in new.render_tree().lines() {
+            let name = line
+                .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+                .split(' ')
+                .next()
+                .unwrap_or("");
+            let mark = if self.node(name).is_err() {
+                '+'
+            } else if changed.contains(name) {
+                '~'
+            } else {
+                ' '
+            };
+            out.push(mark);
+            out.push(' ');
+            out.push_str(line);
+            out.push('\n');
+        }
+        for c in &changes {
+            if let Change::Removed { name, parent } = c {
+                out.push_str(&format!("- {name} (was under {})\n", or_none(parent)));
+            }
+        }
+        out
+    }
+}
+
 /// RFC 1123 label: 1-63 chars of lowercase a-z, 0-9 and '-', not starting or ending with '-'.
 pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
@@ -397,6 +603,85 @@ parent = "relay-b"
             e.contains("\"relay-a\"") && e.contains("no listen address") && e.contains("web-1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn changes_between_two_topologies_are_listed_and_marked_on_the_tree() {
+        let old = Topology::parse(
+            r#"
+[[node]]
+name = "origin"
+listen = "10.0.0.1:7400"
+[[node]]
+name = "east"
+parent = "origin"
+listen = "10.0.1.1:7400"
+[[node]]
+name = "west"
+parent = "origin"
+listen = "10.0.2.1:7400"
+[[node]]
+name = "web-1"
+parent = "east"
+[[node]]
+name = "web-2"
+parent = "east"
+[[node]]
+name = "web-3"
+parent = "west"
+"#,
+        )
+        .unwrap();
+        let new = Topology::parse(
+            r#"
+revoked = ["sha256:abababababababababababababababababababababababababababababababab"]
+[[node]]
+name = "origin"
+listen = "10.0.0.1:7400"
+[[node]]
+name = "east"
+parent = "origin"
+listen = "10.0.1.9:7400"
+[[node]]
+name = "west"
+parent = "origin"
+listen = "10.0.2.1:7400"
+backup_parents = ["east"]
+[[node]]
+name = "web-1"
+parent = "west"
+listen = "10.0.3.1:7400"
+[[node]]
+name = "web-4"
+parent = "web-1"
+"#,
+        )
+        .unwrap();
+        let words: Vec<String> = old.changes_to(&new).iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            words,
+            [
+                "east becomes a leaf (was a relay)",
+                "east listens on 10.0.1.9:7400 (was 10.0.1.1:7400)",
+                "west backup parents: [east] (were [])",
+                "move web-1: east -> west",
+                "web-1 becomes a relay (was a leaf)",
+                "web-1 listens on 10.0.3.1:7400 (was none)",
+                "add web-4 under web-1",
+                "remove web-2 (was under east)",
+                "remove web-3 (was under west)",
+                "revocation list: 1 certificate(s) added, 0 removed",
+            ]
+        );
+        let tree = old.render_changes_to(&new);
+        assert!(tree.contains("~ ├── east (leaf"), "{tree}");
+        assert!(tree.contains("+         └── web-4 (leaf"), "{tree}");
+        assert!(tree.contains("- web-2 (was under east)"), "{tree}");
+        assert!(old.changes_to(&old).is_empty());
+        assert!(old.can_change_to(&new).is_ok());
+        let other_origin = Topology::parse("[[node]]\nname = \"east\"\n").unwrap();
+        let e = old.can_change_to(&other_origin).unwrap_err().to_string();
+        assert!(e.contains("origin cannot change"), "{e}");
     }
 
     #[test]
