@@ -81,7 +81,19 @@ async fn answer(shared: Arc<Shared>, publisher: Option<Arc<Publisher>>, mut stre
                 Err(e) => AdminResponse::Error(e.to_string()),
             }
         }
-        Ok(Some(AdminRequest::Topology)) => AdminResponse::Topology(shared.topology_text.clone()),
+        Ok(Some(AdminRequest::ApplyTopology(text))) => {
+            let applied = match &publisher {
+                Some(p) => p.apply_topology(text).await,
+                None => Err(PublishError::NotOrigin(shared.name.clone(), shared.role)),
+            };
+            match applied {
+                Ok(s) => AdminResponse::Published(s),
+                Err(e) => AdminResponse::Error(e.to_string()),
+            }
+        }
+        Ok(Some(AdminRequest::Topology)) => {
+            AdminResponse::Topology(shared.layouts.current().text.to_string())
+        }
         Ok(Some(AdminRequest::Status)) => AdminResponse::Status {
             node: shared.name.clone(),
             release: shared.held.version(),

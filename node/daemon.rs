@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cascade_certs::{Identity, ReleaseKey, ReleasePub};
-use cascade_topology::{Node, Role, Topology};
+use cascade_topology::Role;
 use quinn::Endpoint;
 use tokio::task::JoinSet;
 
@@ -25,6 +25,7 @@ use crate::net::{self, Limiter, LinkError};
 use crate::status::NodeStatus;
 use crate::sync::flight::Flights;
 use crate::sync::keys::{KeyFiles, Keys};
+use crate::sync::layout::Layouts;
 use crate::sync::reload;
 use crate::sync::{
     after, children, follow, land, parent, verify, Board, Held, HookSetup, PublishError, Publisher,
@@ -87,13 +88,9 @@ impl RunningNode {
     /// Starts the node described by `cfg`: every check that can fail happens before any task
     /// is spawned, so a bad config returns one clear error.
     pub async fn start(cfg: NodeConfig) -> Result<Self, StartError> {
-        let topology_text = std::fs::read_to_string(&cfg.topology).map_err(|source| {
-            cascade_topology::TopologyError::Read {
-                path: cfg.topology.display().to_string(),
-                source,
-            }
-        })?;
-        let topology = Topology::parse(&topology_text)?;
+        let layouts = Layouts::load(&cfg.topology, &cfg.data)?;
+        let layout = layouts.current();
+        let topology = layout.topology.clone();
         let me = topology
             .node(&cfg.name)
             .map_err(|_| StartError::NotInTopology {
@@ -158,8 +155,8 @@ impl RunningNode {
                 "re-verified the bodies of a batch a crash interrupted"
             );
         }
-        let parents = parents(&topology, &me);
-        let listen = listen(&topology, &me);
+        let parents = layout.parents(&me.name);
+        let listen = layout.listen(&me.name);
         let keys = Keys::new(
             topology.revoked(),
             held.current().as_ref().map(|o| &o.release),
@@ -201,8 +198,7 @@ impl RunningNode {
         let shared = Arc::new(Shared {
             name: me.name.clone(),
             role: me.role,
-            topology,
-            topology_text,
+            layouts,
             store,
             held,
             board: Board::new(own),
@@ -278,11 +274,10 @@ impl RunningNode {
         if let (Some(p), Some((watch, settings))) = (&publisher, watch) {
             tasks.spawn(follow::run(p.clone(), watch, settings));
         }
-        if !parents.is_empty() {
+        if me.role != Role::Origin {
             tasks.spawn(parent::run(
                 shared.clone(),
                 endpoint.clone(),
-                parents,
                 cfg.failover_after,
             ));
         }
@@ -397,26 +392,4 @@ fn sign_held(shared: &Shared) -> Result<(), StartError> {
     );
     shared.hold(release)?;
     Ok(())
-}
-
-/// The parent first, then the backups, each with its listen address.
-fn parents(topology: &Topology, me: &Node) -> Vec<(String, SocketAddr)> {
-    me.parent
-        .iter()
-        .chain(&me.backup_parents)
-        .filter_map(|p| Some((p.clone(), topology.node(p).ok()?.listen?)))
-        .collect()
-}
-
-/// Where the node listens: only if it has children or serves as someone's backup parent.
-fn listen(topology: &Topology, me: &Node) -> Option<SocketAddr> {
-    let adopts = topology
-        .nodes()
-        .iter()
-        .any(|n| n.backup_parents.contains(&me.name));
-    if me.children.is_empty() && !adopts {
-        None
-    } else {
-        me.listen
-    }
 }

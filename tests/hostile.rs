@@ -100,6 +100,7 @@ impl FakeParent {
             entries,
             revoked: vec![],
             signature,
+            topology: None,
             rotation: None,
         }));
         self.raw(l, &frame);

@@ -60,7 +60,9 @@ fn a_revoked_leaf_is_shut_out_everywhere_and_its_renewed_certificate_lets_it_bac
         Duration::from_secs(30),
         || c.log("relay-1").contains("was revoked"),
     );
-    assert!(c.log("origin").contains("published the revocation list"));
+    assert!(c
+        .log("origin")
+        .contains("applied the changed topology file"));
     write(&c.dir("origin"), "index.html", b"three");
     let _ = c.publish(&[]);
     c.wait_holds("leaf-1-1", 3);

@@ -35,12 +35,25 @@ const POLL: Duration = Duration::from_millis(200);
 
 pub fn run(args: &PublishArgs) -> Result<ExitCode> {
     let cfg = args.config.load()?;
-    runtime()?.block_on(publish(cfg, args.wait, Duration::from_secs(args.timeout)))
+    runtime()?.block_on(publish(
+        cfg,
+        AdminRequest::Publish,
+        args.wait,
+        Duration::from_secs(args.timeout),
+    ))
 }
 
-async fn publish(cfg: NodeConfig, wait: bool, timeout: Duration) -> Result<ExitCode> {
+/// Sends `request` (a publish, or a topology to apply) to the origin and, with `wait`,
+/// follows the release it cut down the tree until every node of the topology it carries
+/// holds it.
+pub(super) async fn publish(
+    cfg: NodeConfig,
+    request: AdminRequest,
+    wait: bool,
+    timeout: Duration,
+) -> Result<ExitCode> {
     let started = Instant::now();
-    let summary = match admin::request(&cfg.data, &AdminRequest::Publish).await? {
+    let summary = match admin::request(&cfg.data, &request).await? {
         AdminResponse::Published(s) => s,
         other => bail!("unexpected answer from the node: {other:?}"),
     };
@@ -58,7 +71,12 @@ async fn publish(cfg: NodeConfig, wait: bool, timeout: Duration) -> Result<ExitC
     if !wait {
         return Ok(ExitCode::SUCCESS);
     }
-    let expected: Vec<String> = Topology::load(&cfg.topology)?
+    // The nodes of the topology the origin runs under now (the one just applied, if so).
+    let text = match admin::request(&cfg.data, &AdminRequest::Topology).await? {
+        AdminResponse::Topology(t) => t,
+        other => bail!("unexpected answer from the node: {other:?}"),
+    };
+    let expected: Vec<String> = Topology::parse(&text)?
         .nodes()
         .iter()
         .map(|n| n.name.clone())

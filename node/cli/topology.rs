@@ -32,10 +32,45 @@ pub enum TopologyCommand {
         #[command(flatten)]
         node: ConfigArgs,
     },
+    /// Make FILE the tree's topology without restarting any node: the origin (given by
+    /// --config) checks it as `plan` does, and signs it into a new release that every node
+    /// takes from its parent; moved nodes dial their new parent, relays take new children and
+    /// drop removed ones, removed nodes stop syncing. With --wait, report each node as it runs
+    /// under the new topology.
+    ///
+    /// Example: cascade topology apply new-topology.toml --config /etc/cascade/node.toml --wait
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        node: ConfigArgs,
+        /// Wait until every node of the new topology runs under it.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds (exit 1, naming the nodes that lag).
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
 }
 
 pub fn run(command: TopologyCommand) -> Result<ExitCode> {
     match command {
+        TopologyCommand::Apply {
+            file,
+            node,
+            wait,
+            timeout,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            load(&file)?;
+            let cfg = node.load()?;
+            return runtime()?.block_on(super::publish::publish(
+                cfg,
+                AdminRequest::ApplyTopology(text),
+                wait,
+                std::time::Duration::from_secs(timeout),
+            ));
+        }
         TopologyCommand::Check { file } => {
             let t = load(&file)?;
             print!("{}", t.render_tree());

@@ -71,7 +71,7 @@ pub fn save_release(path: &Path, release: &Release) -> Result<(), StateError> {
 /// What a release file held.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Loaded {
-    Release(Release),
+    Release(Box<Release>),
     /// A release saved by an older Cascade (state format below 3): only its version is known.
     Older {
         version: u64,
@@ -108,7 +108,7 @@ pub fn load_release(path: &Path) -> Result<Option<Loaded>, StateError> {
         Some(check) if check != release_check(&release) => Err(unreadable(
             "damaged: the release does not match its digest".into(),
         )),
-        _ => Ok(Some(Loaded::Release(release))),
+        _ => Ok(Some(Loaded::Release(Box::new(release)))),
     }
 }
 
@@ -306,6 +306,7 @@ struct ReleaseRecord<'a> {
     entries: Vec<EntryRecord<'a>>,
     revoked: Cow<'a, [[u8; 32]]>,
     signature: Cow<'a, [u8]>,
+    topology: Option<Cow<'a, str>>,
     rotation: Option<Rotation>,
 }
 
@@ -367,6 +368,7 @@ impl<'a> From<&'a Release> for ReleaseRecord<'a> {
             entries,
             revoked: Cow::Borrowed(&r.revoked),
             signature: Cow::Borrowed(&r.signature),
+            topology: r.topology.as_deref().map(Cow::Borrowed),
             rotation: r.rotation.clone(),
         }
     }
@@ -413,6 +415,7 @@ impl ReleaseRecord<'_> {
             manifest: Manifest::from_sorted(entries)?,
             revoked: self.revoked.into_owned(),
             signature: self.signature.into_owned(),
+            topology: self.topology.map(Cow::into_owned),
             rotation: self.rotation,
         })
     }
@@ -441,6 +444,7 @@ mod tests {
             manifest,
             revoked: vec![[7; 32]],
             signature: vec![5; 64],
+            topology: Some("[[node]]\nname = \"o\"\n".into()),
             rotation: Some(Rotation {
                 next: [8; 32],
                 endorsement: vec![9; 64],
@@ -456,7 +460,7 @@ mod tests {
         save_release(&path, &sample()).unwrap();
         assert_eq!(
             load_release(&path).unwrap(),
-            Some(Loaded::Release(sample()))
+            Some(Loaded::Release(Box::new(sample())))
         );
         assert!(fs::read(&path).unwrap().starts_with(MAGIC));
     }

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn, Instrument};
 
 use super::bodies::serve_body;
+use super::layout::Layout;
 use super::shared::Shared;
 use crate::net::{self, LinkError};
 use crate::status::now_ms;
@@ -86,6 +87,7 @@ async fn handle(
         };
         if let Err(reason) = admit(&shared, &conn, &name) {
             warn!("refused {addr}: {reason}");
+            redirect(&shared, &conn, &name, have, send).await;
             return net::close(&conn, ErrorCode::NotAllowed, &reason);
         }
         if let Some(old) = links
@@ -116,9 +118,45 @@ async fn handle(
     .await
 }
 
+/// How long a node that is no longer a child here has to take the release that moves it.
+const REDIRECT_GRACE: Duration = Duration::from_secs(5);
+
+/// A node of the deployment (its certificate names it) that dials a parent it no longer has
+/// (it was down when it was moved or removed, or its moving release has not reached it yet)
+/// is sent this node's newest release, which carries the topology, so that it learns where
+/// it belongs or that it left the tree; nothing else (no body is served). The link is closed
+/// once it leaves, or after [`REDIRECT_GRACE`].
+async fn redirect(
+    shared: &Shared,
+    conn: &Connection,
+    name: &str,
+    have: Option<u64>,
+    mut send: SendStream,
+) {
+    let certified =
+        net::peer_certificate(conn).is_some_and(|c| cascade_certs::peer_has_name(&c, name));
+    let offered = shared.held.offers().borrow().clone();
+    let Some(offer) = offered
+        .or_else(|| shared.held.current())
+        .filter(|o| certified && newer(o.version(), have))
+    else {
+        return;
+    };
+    if net::send_frame(&mut send, &offer.offer_frame).await.is_ok() {
+        let _ = send.finish();
+        info!(node = %name, version = offer.version(), "sent the release with the current topology to a node that is not a child here");
+        let _ = tokio::time::timeout(REDIRECT_GRACE, conn.closed()).await;
+    }
+}
+
 /// Checks that `name` is one of our children and that the certificate was issued for it.
 fn admit(shared: &Shared, conn: &Connection, name: &str) -> Result<(), String> {
-    if !shared.topology.may_attach(name, &shared.name) {
+    if !shared
+        .layouts
+        .current()
+        .topology
+        .may_attach(name, &shared.name)
+    {
         return Err(format!(
             "{name:?} is not a child of {:?} in the topology (nor names it as a backup parent)",
             shared.name
@@ -131,6 +169,43 @@ fn admit(shared: &Shared, conn: &Connection, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Resolves (closing `conn`) once the topology no longer lets `name` attach here: first the
+/// release that carries that topology is offered to it (by the offers of [`serve_child`]),
+/// so it learns where it belongs, or that it left the tree; the link is closed when it leaves
+/// or after [`REDIRECT_GRACE`].
+async fn no_longer_a_child(shared: &Shared, conn: &Connection, name: &str) -> LinkError {
+    let mut layouts = shared.layouts.subscribe();
+    let version = loop {
+        if layouts.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let layout = layouts.borrow_and_update().clone();
+        if !layout.topology.may_attach(name, &shared.name) {
+            break layout.version;
+        }
+    };
+    let mut offers = shared.held.offers();
+    let offered = async {
+        loop {
+            let v = offers.borrow_and_update().as_ref().map(|o| o.version());
+            if v >= version {
+                return;
+            }
+            if offers.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(2 * REDIRECT_GRACE, offered).await;
+    let _ = tokio::time::timeout(REDIRECT_GRACE, conn.closed()).await;
+    let why = format!(
+        "{name} is no longer a child of {} in the topology",
+        shared.name
+    );
+    net::close(conn, ErrorCode::NotAllowed, &why);
+    LinkError::Refused(why)
+}
+
 async fn serve_child(
     shared: &Arc<Shared>,
     conn: &Connection,
@@ -139,9 +214,15 @@ async fn serve_child(
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), LinkError> {
-    // Reports may come for any node that can attach through this child (backups included).
-    let mut subtree: HashSet<String> = shared.topology.reachable_below(name).into_iter().collect();
-    subtree.insert(name.to_owned());
+    // Reports may come for any node that can attach through this child (backups included),
+    // in the topology of the moment.
+    let subtree_of = |layout: &Layout| -> HashSet<String> {
+        let mut s: HashSet<String> = layout.topology.reachable_below(name).into_iter().collect();
+        s.insert(name.to_owned());
+        s
+    };
+    let mut layouts = shared.layouts.subscribe();
+    let mut subtree = subtree_of(&layouts.borrow_and_update());
     let offers = async {
         let mut offered = shared.held.offers();
         let mut sent = have;
@@ -159,6 +240,9 @@ async fn serve_child(
     };
     let reports = async {
         while let Some(msg) = net::recv::<_, Up>(&mut recv).await? {
+            if layouts.has_changed().unwrap_or(false) {
+                subtree = subtree_of(&layouts.borrow_and_update());
+            }
             match msg {
                 Up::Status(list) => {
                     let now = now_ms();
@@ -186,6 +270,7 @@ async fn serve_child(
         r = reports => r,
         r = bodies => r,
         e = shared.keys.watch_peer(conn) => Err(e),
+        e = no_longer_a_child(shared, conn, name) => Err(e),
     };
     if let Err(LinkError::Wire(e)) = &r {
         net::close(conn, ErrorCode::Protocol, &e.to_string());

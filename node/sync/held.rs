@@ -52,7 +52,7 @@ impl Held {
     /// (to be finished or dropped by the caller). Nothing is offered yet.
     pub fn load(data: DataDir) -> Result<(Self, Option<Release>), StateError> {
         let (held, older) = match state::load_release(&data.release)? {
-            Some(Loaded::Release(r)) => (Some(r), None),
+            Some(Loaded::Release(r)) => (Some(*r), None),
             Some(Loaded::Older { version, format }) => {
                 tracing::warn!(
                     path = %data.release.display(),
@@ -65,7 +65,7 @@ impl Held {
         };
         // An apply interrupted under an older Cascade is redone from the parent's release.
         let pending = match state::load_release(&data.pending)? {
-            Some(Loaded::Release(r)) => Some(r),
+            Some(Loaded::Release(r)) => Some(*r),
             _ => None,
         };
         let held = Held {

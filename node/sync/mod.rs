@@ -21,6 +21,7 @@ pub mod follow;
 pub mod held;
 pub mod keys;
 pub mod land;
+pub mod layout;
 pub mod parent;
 pub mod publish;
 pub mod reload;

@@ -20,59 +20,160 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How often the parent is probed while attached to a backup.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Runs the link upward until the task is aborted. `parents` is the parent followed by the
-/// backup parents. While the parent has been unreachable for `failover_after`, the first
-/// reachable backup is used; the parent is probed meanwhile and taken back once it answers.
-pub async fn run(
-    shared: Arc<Shared>,
-    endpoint: Endpoint,
-    parents: Vec<(String, SocketAddr)>,
-    failover_after: Duration,
-) {
+/// Runs the link upward until the task is aborted, under the topology of the moment: the
+/// parent followed by the backup parents. While the parent has been unreachable for
+/// `failover_after`, the first reachable backup is used; the parent is probed meanwhile and
+/// taken back once it answers. When a new topology gives this node other parents, the link
+/// is closed (a release being applied finishes first) and the new parent dialled; when it no
+/// longer has the node at all, the node stops syncing and keeps its `dir` as it is.
+pub async fn run(shared: Arc<Shared>, endpoint: Endpoint, failover_after: Duration) {
     let span = tracing::info_span!("up", node = %shared.name);
     async move {
-        let Some((primary, backups)) = parents.split_first() else {
-            return;
-        };
-        let mut backoff = BACKOFF_MIN;
-        let mut down_since: Option<Instant> = None;
+        let mut layouts = shared.layouts.subscribe();
         loop {
-            let started = Instant::now();
-            match net::connect_with(&endpoint, shared.keys.dial(), primary.1, &primary.0).await {
-                Ok(conn) => {
-                    down_since = None;
-                    attached(&shared, &conn, &primary.0).await;
-                    down_since.get_or_insert_with(Instant::now);
+            let layout = layouts.borrow_and_update().clone();
+            let parents = layout.parents(&shared.name);
+            if parents.is_empty() {
+                if layout.node(&shared.name).is_none() {
+                    warn!(
+                        "removed from the topology (release {:?}): no longer syncing; dir stays as it is",
+                        layout.version
+                    );
+                    shared.board.set_own(|s| s.connected = false);
                 }
-                Err(e) => {
-                    warn!("{e}");
-                    down_since.get_or_insert(started);
+                if layouts.changed().await.is_err() {
+                    return;
                 }
+                continue;
             }
-            shared.board.set_own(|s| s.connected = false);
-            if down_since.is_some_and(|t| t.elapsed() >= failover_after) && !backups.is_empty() {
-                via_backup(&shared, &endpoint, primary, backups, failover_after).await;
-            }
-            if started.elapsed() > BACKOFF_MAX {
-                backoff = BACKOFF_MIN;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let moved = parents_change(&mut layouts, &shared.name, &parents);
+            follow(&shared, &endpoint, &parents, failover_after, moved).await;
+            info!(
+                "the topology gives this node new parents: leaving {}",
+                parents[0].0
+            );
         }
     }
     .instrument(span)
     .await
 }
 
+/// Resolves once the topology gives `name` parents other than `parents`.
+async fn parents_change(
+    layouts: &mut tokio::sync::watch::Receiver<super::layout::Layout>,
+    name: &str,
+    parents: &[(String, SocketAddr)],
+) {
+    loop {
+        if layouts.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if layouts.borrow_and_update().parents(name) != parents {
+            return;
+        }
+    }
+}
+
+/// Attaches to `parents` (failing over to the backups) until `moved` resolves.
+async fn follow(
+    shared: &Arc<Shared>,
+    endpoint: &Endpoint,
+    parents: &[(String, SocketAddr)],
+    failover_after: Duration,
+    moved: impl std::future::Future<Output = ()>,
+) {
+    let Some((primary, backups)) = parents.split_first() else {
+        return;
+    };
+    tokio::pin!(moved);
+    let mut backoff = BACKOFF_MIN;
+    let mut down_since: Option<Instant> = None;
+    loop {
+        let started = Instant::now();
+        let dialled = tokio::select! {
+            r = net::connect_with(endpoint, shared.keys.dial(), primary.1, &primary.0) => r,
+            () = &mut moved => return,
+        };
+        match dialled {
+            Ok(conn) => {
+                down_since = None;
+                if attached_until(
+                    shared,
+                    &conn,
+                    &primary.0,
+                    &mut moved,
+                    "moving to a new parent",
+                )
+                .await
+                {
+                    return;
+                }
+                down_since.get_or_insert_with(Instant::now);
+            }
+            Err(e) => {
+                warn!("{e}");
+                down_since.get_or_insert(started);
+            }
+        }
+        shared.board.set_own(|s| s.connected = false);
+        let fail_over =
+            down_since.is_some_and(|t| t.elapsed() >= failover_after) && !backups.is_empty();
+        if fail_over
+            && via_backup(
+                shared,
+                endpoint,
+                primary,
+                backups,
+                failover_after,
+                &mut moved,
+            )
+            .await
+        {
+            return;
+        }
+        if started.elapsed() > BACKOFF_MAX {
+            backoff = BACKOFF_MIN;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = &mut moved => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Runs the session on `conn` until it ends (false), or until `stop` resolves: then the link
+/// is closed with `why` and the session winds down on its own, an apply in progress
+/// finishing first, before this returns (true).
+async fn attached_until(
+    shared: &Arc<Shared>,
+    conn: &Connection,
+    name: &str,
+    stop: impl std::future::Future<Output = ()>,
+    why: &str,
+) -> bool {
+    let session = attached(shared, conn, name);
+    tokio::pin!(session);
+    tokio::select! {
+        () = &mut session => false,
+        () = stop => {
+            net::close(conn, ErrorCode::Ok, why);
+            session.await;
+            true
+        }
+    }
+}
+
 /// Attaches to the first reachable backup and stays until that link ends or the primary
-/// parent answers again.
+/// parent answers again; returns true if `moved` resolved meanwhile.
 async fn via_backup(
     shared: &Arc<Shared>,
     endpoint: &Endpoint,
     primary: &(String, SocketAddr),
     backups: &[(String, SocketAddr)],
     down_for: Duration,
-) {
+    moved: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> bool {
     for (name, addr) in backups {
         let conn = match net::connect_with(endpoint, shared.keys.dial(), *addr, name).await {
             Ok(c) => c,
@@ -86,15 +187,21 @@ async fn via_backup(
             primary.0,
             down_for.as_secs_f64()
         );
-        tokio::select! {
-            () = attached(shared, &conn, name) => {}
-            () = wait_until_reachable(shared, endpoint, primary) => {
-                info!("parent {} is reachable again: leaving backup parent {name}", primary.0);
-                net::close(&conn, ErrorCode::Ok, "returning to own parent");
+        let back = std::sync::atomic::AtomicBool::new(false);
+        let stop = async {
+            tokio::select! {
+                () = wait_until_reachable(shared, endpoint, primary) => {
+                    info!("parent {} is reachable again: leaving backup parent {name}", primary.0);
+                    back.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                () = moved.as_mut() => {}
             }
-        }
-        return;
+        };
+        let why = "returning to own parent";
+        let stopped = attached_until(shared, &conn, name, stop, why).await;
+        return stopped && !back.load(std::sync::atomic::Ordering::Relaxed);
     }
+    false
 }
 
 /// Returns once `peer` completes a handshake (the probe connection is closed at once).

@@ -34,6 +34,8 @@ pub enum PublishError {
         bytes: usize,
         limit: usize,
     },
+    #[error("topology refused: {0}")]
+    Topology(String),
 }
 
 /// Refuses a release whose offer would exceed `limit` bytes: every child would refuse the
@@ -147,6 +149,8 @@ struct ScanState {
     saved: Option<Instant>,
     /// Exclude patterns that matched nothing were reported.
     reported_unmatched: bool,
+    /// A topology to run under from the next release on (`cascade topology apply`).
+    topology: Option<String>,
 }
 
 /// A watched origin writes its stat cache at most this often (a crash costs a re-read of what
@@ -173,6 +177,20 @@ impl Publisher {
 
     pub fn exclude(&self) -> &Rules {
         &self.exclude
+    }
+
+    /// Makes `text` the tree's topology: checked (every check of `topology check`, and the
+    /// origin must stay this node), then carried by a new release to every node.
+    pub async fn apply_topology(&self, text: String) -> Result<PublishSummary, PublishError> {
+        let new = cascade_topology::Topology::parse(&text)
+            .map_err(|e| PublishError::Topology(e.to_string()))?;
+        let current = self.shared.layouts.current();
+        current
+            .topology
+            .can_change_to(&new)
+            .map_err(|e| PublishError::Topology(e.to_string()))?;
+        self.state.lock().await.topology = Some(text);
+        self.publish().await
     }
 
     /// Scans all of `dir` and cuts a new release if anything changed.
@@ -267,9 +285,15 @@ impl Publisher {
         // The origin's own revocation list goes into every release it signs: a change to it
         // alone is a new release.
         let revoked = shared.keys.local();
+        // So does the topology the tree runs under.
+        let topology: String = match &state.topology {
+            Some(t) => t.clone(),
+            None => shared.layouts.current().text.to_string(),
+        };
         if let Some(p) = &prev {
             if p.release.manifest.root_digest() == manifest.root_digest()
                 && p.release.revoked == revoked
+                && p.release.topology.as_deref() == Some(topology.as_str())
                 && shared.trust.signed_now(&p.release)
             {
                 state.in_step = true;
@@ -294,9 +318,19 @@ impl Publisher {
         };
         let mut release = Release::unsigned(version, manifest);
         release.revoked = revoked;
+        release.topology = Some(topology);
         shared.trust.sign(&mut release);
         check_size(&release, wire::MAX_FRAME)?;
         shared.hold(release)?;
+        if let Some(t) = state.topology.take() {
+            match shared.layouts.adopt(&t, version) {
+                Ok(_) => tracing::info!(
+                    version,
+                    "the tree runs under a new topology from this release on"
+                ),
+                Err(e) => tracing::warn!("the new topology is published but not saved here: {e}"),
+            }
+        }
         state.in_step = true;
         shared.released(version, self.dir.clone(), changed);
         Ok((out, unsettled))

@@ -115,17 +115,32 @@ fn reread_release_key(shared: &Shared, files: &KeyFiles) -> bool {
     }
 }
 
-/// Reads this node's topology's `revoked` list again; the origin publishes when it changed
-/// (or when `publish` says its signing key did).
+/// Reads this node's topology file again. Its `revoked` list is enforced at once. On the
+/// origin, a file that differs from the topology the tree runs under is applied (what
+/// `cascade topology apply` does), and a new revocation list or signing key is published.
 async fn reread_revocations(
     shared: &Shared,
     files: &KeyFiles,
     publisher: Option<&Publisher>,
     publish: bool,
 ) {
-    let topology = match Topology::load(&files.topology) {
+    let text = match std::fs::read_to_string(&files.topology) {
         Ok(t) => t,
-        Err(e) => return warn!("keeping the current revocation list: {e}"),
+        Err(e) => {
+            return warn!(
+                "keeping the current topology and revocation list: {}: {e}",
+                files.topology.display()
+            )
+        }
+    };
+    let topology = match Topology::parse(&text) {
+        Ok(t) => t,
+        Err(e) => {
+            return warn!(
+                "keeping the current topology and revocation list: {}: {e}",
+                files.topology.display()
+            )
+        }
     };
     let changed = shared.keys.set_local(topology.revoked());
     if changed {
@@ -134,16 +149,27 @@ async fn reread_revocations(
             "the topology's revocation list changed"
         );
     }
+    let Some(p) = publisher else {
+        return;
+    };
+    if *shared.layouts.current().text != *text {
+        match p.apply_topology(text).await {
+            Ok(s) => info!(
+                version = s.version,
+                "applied the changed topology file: release {} carries it to every node", s.version
+            ),
+            Err(e) => warn!("keeping the current topology: {e}"),
+        }
+        return;
+    }
     if !changed && !publish {
         return;
     }
-    if let Some(p) = publisher {
-        match p.publish().await {
-            Ok(s) => info!(
-                version = s.version,
-                "published the revocation list and release key to every node"
-            ),
-            Err(e) => warn!("could not publish the revocation list and release key: {e}"),
-        }
+    match p.publish().await {
+        Ok(s) => info!(
+            version = s.version,
+            "published the revocation list and release key to every node"
+        ),
+        Err(e) => warn!("could not publish the revocation list and release key: {e}"),
     }
 }

@@ -4,13 +4,14 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use cascade_topology::{Role, Topology};
+use cascade_topology::Role;
 use tokio::sync::mpsc;
 
 use super::board::Board;
 use super::flight::Flights;
 use super::held::{Held, Offer};
 use super::keys::Keys;
+use super::layout::Layouts;
 use super::trust::Trust;
 use crate::data::{StateError, Store};
 use crate::dir::Applier;
@@ -23,9 +24,8 @@ use crate::tree::{Blake3, Release};
 pub struct Shared {
     pub name: String,
     pub role: Role,
-    pub topology: Topology,
-    /// The text `topology` was read from (what `cascade topology plan` compares with).
-    pub topology_text: String,
+    /// The topology the node runs under, which a release can change.
+    pub layouts: Layouts,
     pub store: Store,
     /// The release held and the one offered to children.
     pub held: Held,

@@ -19,6 +19,9 @@ pub struct Release {
     /// the origin reaches every node.
     pub revoked: Vec<[u8; 32]>,
     pub signature: Vec<u8>,
+    /// The topology the origin runs under (TOML text): every node that accepts the release
+    /// runs under it (see `sync::layout`).
+    pub topology: Option<String>,
     /// Set while the origin's key is a rotated one: the previous key's endorsement of it, so
     /// nodes that trust the previous key move to this one (see `sync::trust`). Not covered by
     /// the signature: it proves itself.
@@ -42,12 +45,13 @@ impl Release {
             manifest,
             revoked: Vec::new(),
             signature: Vec::new(),
+            topology: None,
             rotation: None,
         }
     }
 
-    /// What the signature covers besides the version: BLAKE3 over the manifest's root digest
-    /// and the revocation list.
+    /// What the signature covers besides the version: BLAKE3 over the manifest's root digest,
+    /// the revocation list and the topology.
     pub fn signed_digest(&self) -> Blake3 {
         let mut h = blake3::Hasher::new();
         h.update(b"cascade release 4\0");
@@ -55,6 +59,16 @@ impl Release {
         h.update(&(self.revoked.len() as u64).to_le_bytes());
         for fp in &self.revoked {
             h.update(fp);
+        }
+        match &self.topology {
+            Some(t) => {
+                h.update(&[1]);
+                h.update(&(t.len() as u64).to_le_bytes());
+                h.update(t.as_bytes());
+            }
+            None => {
+                h.update(&[0]);
+            }
         }
         Blake3(*h.finalize().as_bytes())
     }

@@ -39,6 +39,7 @@ pub struct RawRelease {
     pub entries: Vec<Entry>,
     pub revoked: Vec<[u8; 32]>,
     pub signature: Vec<u8>,
+    pub topology: Option<String>,
     pub rotation: Option<Rotation>,
 }
 
@@ -51,6 +52,7 @@ impl RawRelease {
             manifest: Manifest::from_sorted(self.entries)?,
             revoked: self.revoked,
             signature: self.signature,
+            topology: self.topology,
             rotation: self.rotation,
         })
     }
@@ -77,6 +79,9 @@ pub enum AdminRequest {
     Verify { full: Option<bool> },
     /// The topology the node runs with, as text.
     Topology,
+    /// Make this topology (TOML text) the tree's (origin only): checked, then carried to
+    /// every node by a new release.
+    ApplyTopology(String),
 }
 
 /// Local admin socket: the daemon's answer.

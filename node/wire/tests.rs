@@ -63,6 +63,7 @@ fn sample_release() -> Release {
         manifest,
         revoked: vec![[3; 32]],
         signature: vec![9; 64],
+        topology: Some("[[node]]\nname = \"o\"\n".into()),
         rotation: None,
     }
 }
@@ -118,6 +119,7 @@ fn all_messages() -> Samples {
             AdminRequest::Status,
             AdminRequest::Verify { full: Some(true) },
             AdminRequest::Topology,
+            AdminRequest::ApplyTopology("[[node]]\nname = \"o\"\n".into()),
         ],
         vec![
             AdminResponse::Published(PublishSummary {
@@ -203,6 +205,7 @@ fn raw_down_encodes_like_down() {
         entries: r.manifest.entries().to_vec(),
         revoked: r.revoked.clone(),
         signature: r.signature.clone(),
+        topology: r.topology.clone(),
         rotation: r.rotation.clone(),
     });
     assert_eq!(encode(&Down::Offer(r.clone())), encode(&raw));
@@ -311,6 +314,7 @@ fn wire_order_is_enforced() {
         entries,
         revoked: vec![],
         signature: vec![],
+        topology: None,
         rotation: None,
     }))
     .unwrap();
@@ -491,7 +495,8 @@ mod props {
         #[test]
         fn down_round_trips_and_matches_raw(version in any::<u64>(), manifest in manifest(), revoked in prop::collection::vec(any::<[u8; 32]>(), 0..3), signature in prop::collection::vec(any::<u8>(), 0..70)) {
             let rotation = (version % 2 == 0).then(|| Rotation { next: [version as u8; 32], endorsement: signature.clone() });
-            let release = Release { version, manifest, revoked, signature, rotation };
+            let topology = (version % 3 == 0).then(|| format!("[[node]]\nname = \"n{version}\"\n"));
+            let release = Release { version, manifest, revoked, signature, topology, rotation };
             check(&Down::Offer(release.clone()));
             let RawDown::Offer(raw) = decode_frame::<RawDown>(&encode(&Down::Offer(release.clone()))).unwrap();
             prop_assert_eq!(raw.validate().unwrap(), release);

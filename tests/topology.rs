@@ -1,0 +1,144 @@
+//! Topology changes while the tree runs, with no restart: `cascade topology apply` on the
+//! origin, carried to every node by a signed release. Each node's own topology file stays as
+//! it was (as on separate hosts): the nodes learn the new tree from their parents.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::{cascade, text, write, Cluster};
+
+/// The running tree's topology file with `edit` applied to its text.
+fn edited(c: &Cluster, name: &str, edit: impl FnOnce(String) -> String) -> std::path::PathBuf {
+    let text = fs::read_to_string(c.dep.base.join("topology.toml")).unwrap();
+    let new = edit(text.clone());
+    assert_ne!(new, text, "the edit changes nothing");
+    let path = c.dep.base.join(name);
+    fs::write(&path, new).unwrap();
+    path
+}
+
+fn apply(c: &Cluster, file: &std::path::Path, wait: bool) -> String {
+    let cfg = c.config("origin");
+    let mut args = vec![
+        "topology",
+        "apply",
+        file.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ];
+    if wait {
+        args.extend(["--wait", "--timeout", "60"]);
+    }
+    let out = cascade(&args);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}\n{}", c.all_logs());
+    t
+}
+
+fn latest(c: &Cluster) -> u64 {
+    c.status_of("origin", "origin").unwrap().applied.unwrap()
+}
+
+#[test]
+fn a_leaf_moves_and_one_is_removed_during_publishes_and_a_stopped_one_catches_up() {
+    let mut c = Cluster::new(2, 1);
+    c.start_all();
+    write(
+        &c.dir("origin"),
+        "big.bin",
+        &cascade::testkit::noise(3 << 20, 5),
+    );
+    write(&c.dir("origin"), "index.html", b"zero");
+    c.publish_wait();
+
+    // A stream of publishes while leaf-1-1 moves from relay-1 to relay-2.
+    let origin_dir = c.dir("origin");
+    let origin_cfg = c.config("origin");
+    let stream = std::thread::spawn(move || {
+        for i in 0..6 {
+            fs::write(origin_dir.join("index.html"), format!("stream {i}")).unwrap();
+            let out = cascade(&["publish", "--config", origin_cfg.to_str().unwrap()]);
+            assert!(out.status.success(), "{}", text(&out));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let moved = edited(&c, "moved.toml", |t| {
+        t.replace(
+            "name = \"leaf-1-1\"\nparent = \"relay-1\"",
+            "name = \"leaf-1-1\"\nparent = \"relay-2\"",
+        )
+    });
+    let out = apply(&c, &moved, true);
+    assert!(out.contains("published release"), "{out}");
+    stream.join().unwrap();
+    c.publish_wait();
+    for n in ["leaf-1-1", "leaf-2-1"] {
+        c.assert_same_as_origin(n);
+    }
+    let relay2 = c.log("relay-2");
+    assert!(
+        relay2
+            .lines()
+            .any(|l| l.contains("child connected") && l.contains("leaf-1-1")),
+        "{relay2}"
+    );
+    // The link to relay-1 ended (the leaf left once the release told it its new parent, or
+    // relay-1 closed it after offering that release).
+    let relay1 = c.log("relay-1");
+    assert!(
+        relay1.lines().any(|l| l.contains("leaf-1-1")
+            && (l.contains("child link ended") || l.contains("no longer a child"))),
+        "{relay1}"
+    );
+    assert!(c.log("leaf-1-1").contains("now running under the topology"));
+    // The move itself sent no file data: the big body was not fetched again.
+    let big_fetches = c
+        .log("leaf-1-1")
+        .lines()
+        .filter(|l| l.contains("fetching") && l.contains("bytes=31457"))
+        .count();
+    assert_eq!(big_fetches, 1, "{}", c.log("leaf-1-1"));
+
+    // leaf-2-1 leaves the tree: it stops syncing and keeps its dir as it is.
+    let removed = edited(&c, "removed.toml", |t| {
+        let _ = t;
+        fs::read_to_string(&moved)
+            .unwrap()
+            .replace("[[node]]\nname = \"leaf-2-1\"\nparent = \"relay-2\"\n", "")
+    });
+    apply(&c, &removed, true);
+    c.wait("leaf-2-1 to stop syncing", Duration::from_secs(20), || {
+        c.log("leaf-2-1").contains("removed from the topology")
+    });
+    let kept = fs::read(c.dir("leaf-2-1").join("index.html")).unwrap();
+    write(&c.dir("origin"), "index.html", b"after the removal");
+    c.publish_wait();
+    c.assert_same_as_origin("leaf-1-1");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        fs::read(c.dir("leaf-2-1").join("index.html")).unwrap(),
+        kept
+    );
+
+    // leaf-1-1 is down while it is moved back under relay-1: when it starts, it dials the
+    // parent of the newest topology it saw (relay-2), which sends it the current one; it
+    // then finds relay-1 by itself.
+    c.stop("leaf-1-1");
+    let back = edited(&c, "back.toml", |_| {
+        fs::read_to_string(&removed).unwrap().replace(
+            "name = \"leaf-1-1\"\nparent = \"relay-2\"",
+            "name = \"leaf-1-1\"\nparent = \"relay-1\"",
+        )
+    });
+    apply(&c, &back, false);
+    write(&c.dir("origin"), "index.html", b"while it was down");
+    let _ = c.publish(&[]);
+    c.start("leaf-1-1");
+    c.wait_holds("leaf-1-1", latest(&c));
+    c.assert_same_as_origin("leaf-1-1");
+    assert!(c
+        .log("relay-2")
+        .contains("sent the release with the current topology"));
+}
