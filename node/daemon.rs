@@ -26,11 +26,11 @@ use crate::status::NodeStatus;
 use crate::sync::flight::Flights;
 use crate::sync::keys::{KeyFiles, Keys};
 use crate::sync::layout::Layouts;
-use crate::sync::reload;
 use crate::sync::{
     after, children, follow, land, parent, verify, Board, Held, HookSetup, PublishError, Publisher,
     Shared, Trust,
 };
+use crate::sync::{reload, role};
 use crate::tree::Manifest;
 use crate::wire::{ErrorCode, PublishSummary};
 
@@ -168,6 +168,7 @@ impl RunningNode {
             cfg.link_timeout,
             &keys.revoked(),
         )?;
+        keys.start_with(identity.clone(), listen.is_some());
         let admin = admin::bind(&data.admin_socket)?;
 
         let mut own = NodeStatus::new(&me.name);
@@ -204,7 +205,8 @@ impl RunningNode {
             board: Board::new(own),
             flights: Flights::default(),
             applier,
-            serves,
+            serves: serves.into(),
+            dir_bodies: Default::default(),
             upload: cfg.upload_limit.map(Limiter::new),
             hooks: HookSetup {
                 hooks: cfg.hooks.clone(),
@@ -263,13 +265,20 @@ impl RunningNode {
                 certs: cfg.certs.clone(),
                 topology: cfg.topology.clone(),
                 idle: cfg.link_timeout,
-                listens: listen.is_some(),
             },
             identity,
             publisher.clone(),
         ));
         if listen.is_some() {
             tasks.spawn(children::run(shared.clone(), endpoint.clone()));
+        }
+        if me.role != Role::Origin {
+            tasks.spawn(role::run(
+                shared.clone(),
+                endpoint.clone(),
+                cfg.link_timeout,
+                listen.is_some(),
+            ));
         }
         if let (Some(p), Some((watch, settings))) = (&publisher, watch) {
             tasks.spawn(follow::run(p.clone(), watch, settings));

@@ -142,3 +142,120 @@ fn a_leaf_moves_and_one_is_removed_during_publishes_and_a_stopped_one_catches_up
         .log("relay-2")
         .contains("sent the release with the current topology"));
 }
+
+#[test]
+fn a_relay_with_two_new_leaves_joins_the_running_tree() {
+    let mut c = Cluster::new(1, 1);
+    c.start_all();
+    write(&c.dir("origin"), "index.html", b"home");
+    write(
+        &c.dir("origin"),
+        "big.bin",
+        &cascade::testkit::noise(2 << 20, 9),
+    );
+    c.publish_wait();
+
+    let listen = cascade::testkit::Deployment::free_addr().unwrap();
+    let grown = edited(&c, "grown.toml", |t| {
+        format!(
+            "{t}\n[[node]]\nname = \"relay-2\"\nparent = \"origin\"\nlisten = \"{listen}\"\n\n\
+             [[node]]\nname = \"leaf-2-1\"\nparent = \"relay-2\"\n\n\
+             [[node]]\nname = \"leaf-2-2\"\nparent = \"relay-2\"\n"
+        )
+    });
+    // The operator provisions the three new hosts (certificate, config naming the new
+    // topology), applies the topology on the origin, and starts them.
+    for n in ["relay-2", "leaf-2-1", "leaf-2-2"] {
+        c.dep.add_node(n, "grown.toml").unwrap();
+    }
+    apply(&c, &grown, false);
+    for n in ["relay-2", "leaf-2-1", "leaf-2-2"] {
+        c.start(n);
+    }
+    let v = latest(&c);
+    for n in ["relay-2", "leaf-2-1", "leaf-2-2", "leaf-1-1"] {
+        c.wait_holds(n, v);
+        c.assert_same_as_origin(n);
+    }
+    // The new leaves filled from relay-2, not from the origin: the origin sent the big body
+    // to relay-1 and relay-2 once each.
+    let origin_sent = c.status_of("origin", "origin").unwrap().sent_bytes;
+    assert!(
+        origin_sent < 3 * (2 << 20),
+        "the origin sent {origin_sent} bytes for two children"
+    );
+    // publish --wait now counts the new nodes.
+    write(&c.dir("origin"), "index.html", b"for everyone");
+    let out = c.publish_wait();
+    assert!(out.contains("leaf-2-2"), "{out}");
+}
+
+#[test]
+fn a_leaf_promoted_to_relay_feeds_a_new_leaf_from_what_it_holds_then_is_demoted() {
+    let mut c = Cluster::new(1, 1);
+    c.start_all();
+    let big = cascade::testkit::noise(3 << 20, 13);
+    write(&c.dir("origin"), "big.bin", &big);
+    write(&c.dir("origin"), "index.html", b"home");
+    c.publish_wait();
+    let relay_sent = c.status_of("relay-1", "relay-1").unwrap().sent_bytes;
+
+    // leaf-1-1 becomes a relay with a new leaf below it.
+    let listen = cascade::testkit::Deployment::free_addr().unwrap();
+    let promoted = edited(&c, "promoted.toml", |t| {
+        format!(
+            "{}\n[[node]]\nname = \"leaf-1-1-1\"\nparent = \"leaf-1-1\"\n",
+            t.replace(
+                "name = \"leaf-1-1\"\nparent = \"relay-1\"",
+                &format!("name = \"leaf-1-1\"\nparent = \"relay-1\"\nlisten = \"{listen}\""),
+            )
+        )
+    });
+    c.dep.add_node("leaf-1-1-1", "promoted.toml").unwrap();
+    apply(&c, &promoted, false);
+    c.wait("leaf-1-1 to listen", Duration::from_secs(20), || {
+        c.log("leaf-1-1").contains("listening on")
+    });
+    c.start("leaf-1-1-1");
+    let v = latest(&c);
+    c.wait_holds("leaf-1-1-1", v);
+    c.assert_same_as_origin("leaf-1-1-1");
+    c.assert_same_as_origin("leaf-1-1");
+    // The new leaf's bytes came from leaf-1-1, which took them from its own dir: relay-1
+    // sent nothing more than the topology release, leaf-1-1 fetched nothing again.
+    let leaf_sent = c.status_of("leaf-1-1", "leaf-1-1").unwrap().sent_bytes;
+    assert!(leaf_sent >= big.len() as u64, "leaf-1-1 sent {leaf_sent}");
+    let relay_after = c.status_of("relay-1", "relay-1").unwrap().sent_bytes;
+    assert!(
+        relay_after - relay_sent < 1 << 20,
+        "relay-1 sent {} more bytes",
+        relay_after - relay_sent
+    );
+    let fetches = c
+        .log("leaf-1-1")
+        .lines()
+        .filter(|l| l.contains("fetching") && l.contains("bytes=31457"))
+        .count();
+    assert_eq!(fetches, 1, "{}", c.log("leaf-1-1"));
+
+    // Its child moves up to relay-1: leaf-1-1 is a leaf again and stops accepting links.
+    let demoted = edited(&c, "demoted.toml", |_| {
+        fs::read_to_string(&promoted)
+            .unwrap()
+            .replace(
+                "name = \"leaf-1-1-1\"\nparent = \"leaf-1-1\"",
+                "name = \"leaf-1-1-1\"\nparent = \"relay-1\"",
+            )
+            .replace(&format!("\nlisten = \"{listen}\""), "")
+    });
+    apply(&c, &demoted, true);
+    c.wait(
+        "leaf-1-1 to see it has no children left",
+        Duration::from_secs(20),
+        || c.log("leaf-1-1").contains("no children left"),
+    );
+    write(&c.dir("origin"), "index.html", b"after the demotion");
+    c.publish_wait();
+    c.assert_same_as_origin("leaf-1-1-1");
+    c.assert_same_as_origin("leaf-1-1");
+}

@@ -3,6 +3,8 @@
 //! [`Applier::new`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use fs_err as fs;
 
@@ -33,8 +35,9 @@ pub struct Applier {
     pub mode: ApplyMode,
     /// `DATA/releases`, where atomic mode builds release directories.
     pub releases: PathBuf,
-    /// Whether `dir` is the only copy of the bodies this node applies (see [`Applier::new`]).
-    only_copy: bool,
+    /// Whether `dir` is the only copy of the bodies this node applies (see [`Applier::new`]);
+    /// shared by the applier's clones, cleared when the node starts serving children.
+    only_copy: Arc<AtomicBool>,
     /// Paths under `dir` this node owns (`keep`).
     pub keep: Rules,
     /// Atomic mode: where kept paths live (`DATA/shared`), linked from each release.
@@ -79,7 +82,7 @@ impl Applier {
             mode,
             shared: releases.with_file_name("shared"),
             releases,
-            only_copy: !serves && mode == ApplyMode::InPlace,
+            only_copy: Arc::new(AtomicBool::new(!serves && mode == ApplyMode::InPlace)),
             keep: Rules::none(),
             special_bits: false,
         }
@@ -150,14 +153,20 @@ impl Applier {
     /// Whether `dir` is this node's only copy of the bodies it applies: bodies are moved out
     /// of the store into `dir`, and looked for in `dir` before they are fetched.
     pub fn dir_is_only_copy(&self) -> bool {
-        self.only_copy
+        self.only_copy.load(Ordering::Relaxed)
+    }
+
+    /// The node serves children from now on (a leaf that became a relay): bodies stay in the
+    /// store, where children's requests find them.
+    pub fn serving(&self) {
+        self.only_copy.store(false, Ordering::Relaxed);
     }
 
     /// Whether `dir` holds the body of file entry `e`, where that counts: on a node whose
     /// `dir` is its only copy, a file that passes the quick check (size, mtime, mode) stands
     /// in for the store until an apply confirms it by its digests (MD5 and BLAKE3).
     pub fn holds_in_dir(&self, e: &Entry) -> bool {
-        self.only_copy && held_in_place(&self.dir, e)
+        self.dir_is_only_copy() && held_in_place(&self.dir, e)
     }
 
     /// The directory release `version` is built in (atomic mode).
@@ -204,7 +213,7 @@ impl Applier {
             ApplyMode::InPlace => {
                 let how = How {
                     skip_unchanged: old.is_some(),
-                    take: self.only_copy,
+                    take: self.dir_is_only_copy(),
                     keep: self.keep(),
                     ..How::default()
                 };

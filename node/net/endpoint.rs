@@ -112,6 +112,14 @@ pub fn reconfigure(
     Ok(client)
 }
 
+/// Moves `ep` to a socket bound to `addr` (a node told to listen there); its links move
+/// with it.
+pub fn rebind(ep: &Endpoint, addr: SocketAddr) -> Result<(), LinkError> {
+    let socket = bind_udp(addr)?;
+    ep.rebind(socket)
+        .map_err(|source| LinkError::Bind { addr, source })
+}
+
 /// UDP socket buffers. The kernel default (208 KiB) drops bursts of a fast sender: each
 /// drop halves QUIC's congestion window. The kernel caps what is granted at
 /// `net.core.rmem_max` / `wmem_max` unless the process may override it (root).

@@ -7,7 +7,7 @@ pub mod frames;
 pub mod limit;
 
 pub use endpoint::{
-    close, close_endpoint, connect, connect_with, endpoint, peer_certificate, reconfigure,
+    close, close_endpoint, connect, connect_with, endpoint, peer_certificate, rebind, reconfigure,
     CONNECT_TIMEOUT,
 };
 pub use frames::{recv, send, send_frame};

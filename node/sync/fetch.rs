@@ -58,7 +58,7 @@ pub async fn release(
                 .manifest
                 .files()
                 .filter(|(_, _, id)| missing.remove(id) && !shared.store.has(id))
-                .filter_map(|(entry, ..)| expected(entry, shared.serves, true))
+                .filter_map(|(entry, ..)| expected(entry, shared.serves(), true))
                 .collect();
             info!(files = wanted.len(), "fetching bodies missing from dir");
             files += wanted.len() as u64;
@@ -137,7 +137,7 @@ fn wanted(
         .filter(|(entry, _, id)| {
             !kept(entry) && seen.insert(*id) && !in_store(id) && !in_dir(entry)
         })
-        .filter_map(|(entry, ..)| expected(entry, shared.serves, shared.applier.is_some()))
+        .filter_map(|(entry, ..)| expected(entry, shared.serves(), shared.applier.is_some()))
         .collect())
 }
 

@@ -35,6 +35,10 @@ pub struct Keys {
     revoked: watch::Sender<Revoked>,
     /// What dials use once the keys changed (`None`: the endpoint's own, from the start).
     dial: Mutex<Option<quinn::ClientConfig>>,
+    /// The certificate and key the node presents now.
+    identity: Mutex<Option<Identity>>,
+    /// Whether the endpoint accepts connections (has a server config to keep up to date).
+    listening: std::sync::atomic::AtomicBool,
 }
 
 impl Keys {
@@ -47,6 +51,8 @@ impl Keys {
             revoked: watch::Sender::new(union(&lists)),
             lists: Mutex::new(lists),
             dial: Mutex::new(None),
+            identity: Mutex::new(None),
+            listening: Default::default(),
         }
     }
 
@@ -96,16 +102,48 @@ impl Keys {
         self.dial.lock().expect("keys lock").clone()
     }
 
+    /// The identity the node starts with, and whether it listens.
+    pub fn start_with(&self, id: Identity, listening: bool) {
+        *self.identity.lock().expect("keys lock") = Some(id);
+        self.listening
+            .store(listening, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The identity the node presents now.
+    pub fn identity(&self) -> Option<Identity> {
+        self.identity.lock().expect("keys lock").clone()
+    }
+
+    /// Makes every later handshake use `id` and the revoked set `revoked`.
     pub(super) fn reconfigure(
         &self,
         endpoint: &Endpoint,
         id: &Identity,
-        files: &KeyFiles,
+        idle: Duration,
         revoked: &Revoked,
     ) -> Result<(), LinkError> {
-        let client = net::reconfigure(endpoint, id, files.idle, revoked, files.listens)?;
+        let listening = self.listening.load(std::sync::atomic::Ordering::Relaxed);
+        let client = net::reconfigure(endpoint, id, idle, revoked, listening)?;
         *self.dial.lock().expect("keys lock") = Some(client);
+        *self.identity.lock().expect("keys lock") = Some(id.clone());
         Ok(())
+    }
+
+    /// Starts accepting connections on `endpoint` (a node the topology made a relay).
+    pub fn listen_on(&self, endpoint: &Endpoint, idle: Duration) -> Result<(), LinkError> {
+        self.listening
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let id = self
+            .identity()
+            .ok_or_else(|| LinkError::Refused("no identity loaded yet".into()))?;
+        self.reconfigure(endpoint, &id, idle, &self.revoked())
+    }
+
+    /// Stops accepting connections (a relay the topology left without children).
+    pub fn stop_listening(&self, endpoint: &Endpoint) {
+        self.listening
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        endpoint.set_server_config(None);
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Revoked> {
@@ -146,8 +184,6 @@ pub struct KeyFiles {
     pub topology: PathBuf,
     /// The link timeout the TLS configs are built with.
     pub idle: Duration,
-    /// Whether the endpoint accepts connections (has a server config to replace).
-    pub listens: bool,
 }
 
 impl KeyFiles {

@@ -25,6 +25,7 @@ pub mod layout;
 pub mod parent;
 pub mod publish;
 pub mod reload;
+pub mod role;
 pub mod session;
 pub mod shared;
 pub mod trust;

@@ -53,7 +53,7 @@ pub async fn run(
             match Identity::load(&files.certs, &shared.name) {
                 Ok(id) if id.fingerprint() != identity.fingerprint() => {
                     let now = shared.keys.revoked();
-                    match shared.keys.reconfigure(&endpoint, &id, &files, &now) {
+                    match shared.keys.reconfigure(&endpoint, &id, files.idle, &now) {
                         Ok(()) => {
                             info!(
                                 "certificate reloaded: later links present {}",
@@ -73,7 +73,10 @@ pub async fn run(
         }
         let now = revoked.borrow_and_update().clone();
         if now != applied {
-            match shared.keys.reconfigure(&endpoint, &identity, &files, &now) {
+            match shared
+                .keys
+                .reconfigure(&endpoint, &identity, files.idle, &now)
+            {
                 Ok(()) => {
                     info!(
                         revoked = now.len(),

@@ -85,23 +85,12 @@ async fn take_offers(
                 // The origin signed the topology with the release: run under it at once
                 // (a move must not wait for the release's files).
                 if let Some(text) = &release.topology {
-                    let before = shared.layouts.current();
                     match shared.layouts.adopt(text, version) {
                         Ok(true) => {
                             info!(
                                 version,
                                 "now running under the topology of release {version}"
                             );
-                            let after = shared.layouts.current();
-                            match (before.listen(&shared.name), after.listen(&shared.name)) {
-                                (old, Some(new)) if old != Some(new) => warn!(
-                                    "the topology of release {version} has this node listen on {new} (was {old:?}): restart it to take that part of the change"
-                                ),
-                                (Some(old), None) => info!(
-                                    "the topology of release {version} leaves this node no children: it keeps listening on {old} until it restarts"
-                                ),
-                                _ => {}
-                            }
                         }
                         Ok(false) => {}
                         Err(e) => warn!(

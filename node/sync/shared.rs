@@ -20,6 +20,9 @@ use crate::net::Limiter;
 use crate::status::NodeState;
 use crate::tree::{Blake3, Release};
 
+/// Where each body of a release lies in `dir`, and what it must be.
+pub type DirBodies = std::collections::HashMap<Blake3, (String, crate::data::Expected)>;
+
 #[derive(Debug)]
 pub struct Shared {
     pub name: String,
@@ -35,8 +38,12 @@ pub struct Shared {
     pub flights: Flights,
     /// How releases reach `dir` (none on the origin, or on a relay without `dir`).
     pub applier: Option<Applier>,
-    /// Whether this node serves children (has children or is someone's backup parent).
-    pub serves: bool,
+    /// Whether this node serves children (has children or is someone's backup parent);
+    /// set when a topology change makes it a relay.
+    pub serves: std::sync::atomic::AtomicBool,
+    /// Bodies `dir` holds by BLAKE3, for the held release (a node that started serving
+    /// children takes them from there instead of fetching them again).
+    pub dir_bodies: std::sync::Mutex<Option<(u64, DirBodies)>>,
     /// Caps what is sent to children (`upload_limit`).
     pub upload: Option<Limiter>,
     /// Commands run around a release, and where they run.
@@ -90,6 +97,45 @@ impl Shared {
         Ok(())
     }
 
+    /// Whether this node serves children now.
+    pub fn serves(&self) -> bool {
+        self.serves.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Copies body `id` from `dir` into the store if the held release has a file with that
+    /// body and `dir` still holds it unchanged (checked while copying); returns whether the
+    /// store now holds it. A leaf that became a relay serves its children this way.
+    pub fn adopt_from_dir(&self, id: &Blake3) -> bool {
+        let (Some(applier), Some(held)) = (&self.applier, self.held.current()) else {
+            return false;
+        };
+        let found = {
+            let mut index = self.dir_bodies.lock().expect("dir bodies lock");
+            if index.as_ref().is_none_or(|(v, _)| *v != held.version()) {
+                let map = held
+                    .release
+                    .manifest
+                    .files()
+                    .filter_map(|(e, _, id)| {
+                        Some((
+                            id,
+                            (e.path.clone(), super::bodies::expected(e, false, true)?),
+                        ))
+                    })
+                    .collect();
+                *index = Some((held.version(), map));
+            }
+            index.as_ref().and_then(|(_, m)| m.get(id).cloned())
+        };
+        let Some((path, expected)) = found else {
+            return false;
+        };
+        matches!(
+            self.store.adopt(&applier.dir.join(path), expected),
+            Ok(true)
+        )
+    }
+
     /// Whether a hook will want the paths a release changes (so they are worth listing).
     pub fn hooks_want_changes(&self) -> bool {
         self.hooks.queue.is_some() || !self.hooks.hooks.check.is_empty()
@@ -105,7 +151,7 @@ impl Shared {
     /// Offers `release` to children while it is still being fetched (cut-through), unless
     /// something newer is offered already. Its bodies must be registered in `flights` first.
     pub fn offer_early(&self, release: &Release) {
-        if self.serves {
+        if self.serves() {
             self.held.offer(Offer::new(release.clone()));
         }
     }

@@ -39,6 +39,31 @@ impl Deployment {
     pub fn config_file(&self, name: &str) -> PathBuf {
         self.home(name).join("node.toml")
     }
+
+    /// Provisions a node the running tree does not have yet, as an operator adding a host
+    /// would: a certificate from the deployment's CA and a config whose topology is
+    /// `topology` (a file under the base, the one that adds the node). Returns its config.
+    pub fn add_node(&self, name: &str, topology: &str) -> Result<PathBuf> {
+        cascade_certs::issue(&self.base.join("certs"), &[name])?;
+        let home = self.home(name);
+        fs::create_dir_all(home.join("dir"))?;
+        let keys = Keys {
+            name: Some(name.to_owned()),
+            topology: Some(format!("../{topology}").into()),
+            certs: Some("../certs".into()),
+            dir: Some("dir".into()),
+            data: Some("data".into()),
+            ..Keys::default()
+        };
+        let file = self.config_file(name);
+        fs::write(&file, keys.to_toml())?;
+        Ok(file)
+    }
+
+    /// A free UDP address on 127.0.0.1 for a node added later to listen on.
+    pub fn free_addr() -> Result<SocketAddr> {
+        Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+    }
 }
 
 /// Which nodes get a `dir`.

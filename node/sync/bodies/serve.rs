@@ -75,11 +75,19 @@ struct Source {
 }
 
 impl Source {
-    fn new(shared: &Shared, id: Blake3) -> Result<Self, LinkError> {
+    async fn new(shared: &Arc<Shared>, id: Blake3) -> Result<Self, LinkError> {
         // The flight first: a body that lands in the store meanwhile is then still found.
         let flight = shared.flights.get(&id);
         if flight.is_none() && !shared.store.has(&id) {
-            return Err(LinkError::Refused(format!("body {id} is not held")));
+            // A node that became a relay holds its bodies in `dir` until asked for them.
+            let me = shared.clone();
+            let adopted = shared.applier.is_some()
+                && tokio::task::spawn_blocking(move || me.adopt_from_dir(&id))
+                    .await
+                    .unwrap_or(false);
+            if !adopted {
+                return Err(LinkError::Refused(format!("body {id} is not held")));
+            }
         }
         Ok(Source { file: None, flight })
     }
@@ -136,13 +144,13 @@ impl Source {
 
 /// Sends body `id` from `offset` to its end (without finishing the stream).
 async fn send_body(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     send: &mut SendStream,
     id: Blake3,
     offset: u64,
     buf: &mut Vec<u8>,
 ) -> Result<(), LinkError> {
-    let mut source = Source::new(shared, id)?;
+    let mut source = Source::new(shared, id).await?;
     // One buffer per stream, grown to the largest body served on it (up to IO_BUF).
     let size = shared
         .store
