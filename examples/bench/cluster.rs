@@ -212,6 +212,15 @@ impl Cluster {
         })
     }
 
+    /// Makes `text` the tree's topology (the origin signs it into a new release); returns
+    /// that release's version.
+    pub async fn apply_topology(&self, text: String) -> Result<u64> {
+        match admin::request(&self.nodes[0].data, &AdminRequest::ApplyTopology(text)).await? {
+            AdminResponse::Published(s) => Ok(s.version),
+            other => bail!("unexpected answer to a topology apply: {other:?}"),
+        }
+    }
+
     /// Body bytes `name` has sent to its children.
     pub async fn sent_bytes(&self, name: &str) -> u64 {
         match admin::request(&self.node(name).data, &AdminRequest::Status).await {

@@ -127,18 +127,22 @@ fn parse(args: Vec<String>) -> Result<Opts> {
             "--watch-changes" => {
                 o.watch_changes = it.next().context("--watch-changes N")?.parse()?
             }
-            "big" | "small" | "fanout" | "depth" | "rss" | "watch" => o.workloads.push(a),
+            "big" | "small" | "fanout" | "depth" | "rss" | "watch" | "topology" => {
+                o.workloads.push(a)
+            }
             "-h" | "--help" => {
-                println!("usage: bench [--runs N] [--base DIR] [--smoke] [--keep] [--warm-gib N] [--fanout-mib N] [--cap-mib N] [--watch-changes N] [big|small|fanout|depth|rss|watch]...");
+                println!("usage: bench [--runs N] [--base DIR] [--smoke] [--keep] [--warm-gib N] [--fanout-mib N] [--cap-mib N] [--watch-changes N] [big|small|fanout|depth|rss|watch|topology]...");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
     if o.workloads.is_empty() {
-        o.workloads = ["big", "small", "fanout", "depth", "rss", "watch"]
-            .map(String::from)
-            .to_vec();
+        o.workloads = [
+            "big", "small", "fanout", "depth", "rss", "watch", "topology",
+        ]
+        .map(String::from)
+        .to_vec();
     }
     Ok(o)
 }
@@ -167,6 +171,7 @@ fn run(o: Opts) -> Result<()> {
             "depth" => rt.block_on(depth(&o, &base))?,
             "rss" => rt.block_on(rss(&o, &base))?,
             "watch" => rt.block_on(watch(&o, &base))?,
+            "topology" => rt.block_on(topology(&o, &base))?,
             _ => unreachable!("checked when parsing"),
         }
         if !o.keep {
@@ -708,6 +713,75 @@ fn existing_file(src: &Path, d: usize, k: usize) -> Result<String> {
     files.sort();
     let file = files[k % files.len()].to_string_lossy().into_owned();
     Ok(format!("{dir}/{file}"))
+}
+
+/// Workload 7: a topology change on a running tree of 20 nodes (origin, 4 relays, 15 leaves):
+/// the leaves of one relay move to another and back, `--runs` times. Measures the time from
+/// asking the origin to apply the topology until every node holds the release that carries
+/// it (a node runs under a topology from the moment it accepts that release's offer), and
+/// the file bytes the origin and relays sent meanwhile (the move needs none).
+async fn topology(o: &Opts, base: &Path) -> Result<()> {
+    let src = base.join("src");
+    fs::create_dir_all(&src)?;
+    write_noise(&src.join("big.bin"), o.big.min(64 * MIB), 3)?;
+    for i in 0..200 {
+        fs::write(src.join(format!("page-{i}.html")), format!("page {i}"))?;
+    }
+    let t = tree(4, 15);
+    let home = base.join("cascade");
+    let mut c = Cluster::new(&home, &t, &src, None)?;
+    c.start().await?;
+    let names: Vec<&str> = t.iter().skip(1).map(|(n, _)| n.as_str()).collect();
+    c.publish(&names).await?;
+    let first = fs::read_to_string(home.join("topology.toml"))?;
+    let movers: Vec<usize> = (0..15).filter(|l| l % 4 == 3).collect();
+    let mut moved = first.clone();
+    for l in &movers {
+        moved = moved.replace(
+            &format!("name = \"leaf-{l}\"\nparent = \"relay-3\""),
+            &format!("name = \"leaf-{l}\"\nparent = \"relay-0\""),
+        );
+    }
+    if moved == first {
+        bail!("the bench topology has no leaves under relay-3");
+    }
+    let senders: Vec<&str> = t
+        .iter()
+        .filter(|(n, _)| !n.starts_with("leaf"))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    for run in 0..o.runs.max(2) {
+        let text = if run % 2 == 0 { &moved } else { &first };
+        let mut before = 0;
+        for s in &senders {
+            before += c.sent_bytes(s).await;
+        }
+        let started = std::time::Instant::now();
+        let version = c.apply_topology(text.clone()).await?;
+        for n in &names {
+            wait_for(&c, n, version).await?;
+        }
+        times.push(started.elapsed());
+        let mut after = 0;
+        for s in &senders {
+            after += c.sent_bytes(s).await;
+        }
+        bytes = bytes.max(after - before);
+    }
+    check_same(&src, &c.dir(&format!("leaf-{}", movers[0])))?;
+    println!(
+        "## 7. Topology change on a running tree of {} nodes\n",
+        t.len()
+    );
+    println!("| change | apply → every node holds the release carrying it (median of {}) | file bytes sent by origin and relays during a change (most) |\n|---|---|---|", times.len());
+    println!(
+        "| {} leaves move from relay-3 to relay-0 (and back) | {} | {bytes} |\n",
+        movers.len(),
+        secs(median(times))
+    );
+    Ok(())
 }
 
 /// Waits until `name` holds release `version` or a later one.
