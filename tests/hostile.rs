@@ -264,7 +264,7 @@ fn assert_protocol_close(e: &ConnectionError, why: &str) {
 /// test, against a real relay. What a leaf's key buys: body streams it holds open without a
 /// request, or requests over their size limit, are reset and cost the relay nothing more.
 #[test]
-fn a_child_that_stalls_or_oversizes_body_requests_is_cut_off() {
+fn a_hostile_child_is_cut_off_for_stalled_or_oversized_requests_or_a_topology_sent_up() {
     let mut c = Cluster::new(1, 1);
     c.start("origin");
     c.start("relay-1");
@@ -338,8 +338,34 @@ fn a_child_that_stalls_or_oversizes_body_requests_is_cut_off() {
         .unwrap();
         ok.finish().unwrap();
         assert_eq!(ok_recv.read_to_end(1024).await.unwrap(), b"home");
+
+        // A child presenting a topology upward: no message carries one up, so the frame (a
+        // message tag past the last `Up` variant, then a topology's text) is refused and
+        // the link closed, naming why.
+        let text = "[[node]]\nname = \"leaf-1-1\"\n";
+        let mut payload = vec![2u8, text.len() as u8];
+        payload.extend(text.as_bytes());
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend(payload);
+        ctl.write_all(&frame).await.unwrap();
+        let why = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+            .await
+            .expect("the relay closes the link");
+        match why {
+            ConnectionError::ApplicationClosed(c) => {
+                assert_eq!(
+                    c.error_code.into_inner(),
+                    ErrorCode::Protocol.code() as u64,
+                    "{c:?}"
+                )
+            }
+            other => panic!("expected a protocol close, got {other:?}"),
+        }
     });
     let log = c.log("relay-1");
     assert!(log.contains("bad body request: none within"), "{log}");
     assert!(log.contains("exceeds the limit"), "{log}");
+    // The relay still runs under the origin's topology, and logged the refusal.
+    assert!(log.contains("malformed"), "{log}");
+    assert!(c.status_of("relay-1", "relay-1").is_some());
 }
