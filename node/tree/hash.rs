@@ -154,18 +154,41 @@ struct ChunkMd5 {
     done: Vec<Md5>,
 }
 
-impl ChunkMd5 {
-    fn update(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let take = ((CHUNK - self.in_chunk) as usize).min(data.len());
-            self.hasher.update(&data[..take]);
-            self.in_chunk += take as u64;
-            data = &data[take..];
-            if self.in_chunk == CHUNK {
-                self.done.push(Md5(self.hasher.finalize_reset().into()));
-                self.in_chunk = 0;
-            }
+/// Feeds `data` to `hasher` in pieces that end at chunk boundaries (`in_chunk` bytes of the
+/// current chunk were hashed before), calling `complete` each time a chunk is.
+fn by_chunk<H>(
+    in_chunk: &mut u64,
+    mut data: &[u8],
+    hasher: &mut H,
+    hash: impl Fn(&mut H, &[u8]),
+    mut complete: impl FnMut(&mut H),
+) {
+    while !data.is_empty() {
+        let take = ((CHUNK - *in_chunk) as usize).min(data.len());
+        hash(hasher, &data[..take]);
+        *in_chunk += take as u64;
+        data = &data[take..];
+        if *in_chunk == CHUNK {
+            complete(hasher);
+            *in_chunk = 0;
         }
+    }
+}
+
+impl ChunkMd5 {
+    fn update(&mut self, data: &[u8]) {
+        let ChunkMd5 {
+            hasher,
+            in_chunk,
+            done,
+        } = self;
+        by_chunk(
+            in_chunk,
+            data,
+            hasher,
+            |h, piece| h.update(piece),
+            |h| done.push(Md5(h.finalize_reset().into())),
+        );
     }
 }
 
@@ -181,22 +204,29 @@ struct ChunkBlake3 {
 }
 
 impl ChunkBlake3 {
-    fn update(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let take = ((CHUNK - self.in_chunk) as usize).min(data.len());
-            self.hasher.update(&data[..take]);
-            self.in_chunk += take as u64;
-            data = &data[take..];
-            if self.in_chunk == CHUNK {
-                if self.done.is_empty() {
-                    self.first_root = Some(Blake3(*self.hasher.finalize().as_bytes()));
+    fn update(&mut self, data: &[u8]) {
+        let ChunkBlake3 {
+            hasher,
+            in_chunk,
+            done,
+            first_root,
+        } = self;
+        by_chunk(
+            in_chunk,
+            data,
+            hasher,
+            |h, piece| {
+                h.update(piece);
+            },
+            |h| {
+                if done.is_empty() {
+                    *first_root = Some(Blake3(*h.finalize().as_bytes()));
                 }
-                self.done.push(Blake3(self.hasher.finalize_non_root()));
-                self.hasher = blake3::Hasher::new();
-                self.hasher.set_input_offset(self.done.len() as u64 * CHUNK);
-                self.in_chunk = 0;
-            }
-        }
+                done.push(Blake3(h.finalize_non_root()));
+                *h = blake3::Hasher::new();
+                h.set_input_offset(done.len() as u64 * CHUNK);
+            },
+        );
     }
 
     /// The whole BLAKE3 of a body of `len` bytes and its chunk chaining values (none for a
