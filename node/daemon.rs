@@ -95,7 +95,13 @@ impl RunningNode {
             .node(&cfg.name)
             .map_err(|_| StartError::NotInTopology {
                 name: cfg.name.clone(),
-                topology: cfg.topology.clone(),
+                // The topology a release brought wins at start: name it, so the operator
+                // knows which file to look at (or delete).
+                topology: if layout.version.is_some() {
+                    cfg.data.join("topology.toml")
+                } else {
+                    cfg.topology.clone()
+                },
             })?
             .clone();
         match (me.role, &cfg.dir) {

@@ -259,3 +259,51 @@ fn a_leaf_promoted_to_relay_feeds_a_new_leaf_from_what_it_holds_then_is_demoted(
     c.assert_same_as_origin("leaf-1-1-1");
     c.assert_same_as_origin("leaf-1-1");
 }
+
+#[test]
+fn an_applied_topology_survives_a_certificate_renewal_and_sighup_returns_to_the_file() {
+    let mut c = Cluster::new(2, 1);
+    c.start_all();
+    write(&c.dir("origin"), "index.html", b"one");
+    c.publish_wait();
+    let moved = edited(&c, "moved.toml", |t| {
+        t.replace(
+            "name = \"leaf-1-1\"\nparent = \"relay-1\"",
+            "name = \"leaf-1-1\"\nparent = \"relay-2\"",
+        )
+    });
+    apply(&c, &moved, true);
+    let cfg = c.config("origin");
+    let plan = |file: &std::path::Path| {
+        text(&cascade(&[
+            "topology",
+            "plan",
+            file.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ]))
+    };
+    assert!(plan(&moved).contains("no change"), "{}", plan(&moved));
+    // The origin's certificate is renewed: its key files change, which it re-reads; the
+    // topology it runs under stays the applied one (its configured file did not change).
+    let certs = c.dep.base.join("certs");
+    let out = cascade(&["certs", "renew", "--dir", certs.to_str().unwrap(), "origin"]);
+    assert!(out.status.success(), "{}", text(&out));
+    c.wait(
+        "the origin to reload its certificate",
+        Duration::from_secs(20),
+        || c.log("origin").contains("certificate reloaded"),
+    );
+    assert!(plan(&moved).contains("no change"), "{}", plan(&moved));
+    // SIGHUP: the origin runs under its configured file again.
+    c.signal("origin", "HUP");
+    let file = c.dep.base.join("topology.toml");
+    c.wait(
+        "the origin to apply its configured file",
+        Duration::from_secs(20),
+        || plan(&file).contains("no change"),
+    );
+    write(&c.dir("origin"), "index.html", b"two");
+    c.publish_wait();
+    c.assert_same_as_origin("leaf-1-1");
+}

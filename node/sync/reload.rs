@@ -29,6 +29,9 @@ pub async fn run(
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(POLL);
     let mut seen = files.stamp(&shared.name);
+    // The configured topology file as last read: applied on the origin when it changes (or
+    // on SIGHUP), never merely because another watched file changed.
+    let mut file_text = std::fs::read_to_string(&files.topology).ok();
     let mut revoked = shared.keys.subscribe();
     let mut applied = revoked.borrow_and_update().clone();
     loop {
@@ -49,7 +52,11 @@ pub async fn run(
         if forced || stamp != seen {
             seen = stamp;
             let rotated = publisher.is_some() && reread_release_key(&shared, &files);
-            reread_revocations(&shared, &files, publisher.as_deref(), rotated).await;
+            let read = Reread {
+                forced,
+                publish: rotated,
+            };
+            reread_topology(&shared, &files, publisher.as_deref(), read, &mut file_text).await;
             match Identity::load(&files.certs, &shared.name) {
                 Ok(id) if id.fingerprint() != identity.fingerprint() => {
                     let now = shared.keys.revoked();
@@ -118,14 +125,24 @@ fn reread_release_key(shared: &Shared, files: &KeyFiles) -> bool {
     }
 }
 
+/// Why the files are read again.
+struct Reread {
+    /// `SIGHUP`: the origin runs under its configured topology file from now on.
+    forced: bool,
+    /// The signing key changed: publish even if nothing else did.
+    publish: bool,
+}
+
 /// Reads this node's topology file again. Its `revoked` list is enforced at once. On the
-/// origin, a file that differs from the topology the tree runs under is applied (what
-/// `cascade topology apply` does), and a new revocation list or signing key is published.
-async fn reread_revocations(
+/// origin, the file is applied (what `cascade topology apply` does) when it changed since it
+/// was last read, or on `SIGHUP` when it differs from the topology the tree runs under; a
+/// new revocation list or signing key is published.
+async fn reread_topology(
     shared: &Shared,
     files: &KeyFiles,
     publisher: Option<&Publisher>,
-    publish: bool,
+    read: Reread,
+    last: &mut Option<String>,
 ) {
     let text = match std::fs::read_to_string(&files.topology) {
         Ok(t) => t,
@@ -155,7 +172,9 @@ async fn reread_revocations(
     let Some(p) = publisher else {
         return;
     };
-    if *shared.layouts.current().text != *text {
+    let edited = last.as_deref() != Some(text.as_str());
+    *last = Some(text.clone());
+    if (edited || read.forced) && *shared.layouts.current().text != *text {
         match p.apply_topology(text).await {
             Ok(s) => info!(
                 version = s.version,
@@ -165,7 +184,7 @@ async fn reread_revocations(
         }
         return;
     }
-    if !changed && !publish {
+    if !changed && !read.publish {
         return;
     }
     match p.publish().await {
