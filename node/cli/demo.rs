@@ -111,7 +111,7 @@ async fn converge(
     }
 }
 
-/// Compares every node's `dir` with the origin's by MD5; prints one line per node.
+/// Compares every node's `dir` with the origin's by MD5 and BLAKE3; prints one line per node.
 fn verify(dep: &Deployment) -> Result<bool> {
     let origin_dir = dep.configs[0].dir.clone().expect("demo nodes have a dir");
     let want = fingerprint(&origin_dir)?;
@@ -214,7 +214,7 @@ async fn demo(keep: Option<&Path>) -> Result<bool> {
         println!("  FAILED: the renamed {BIG_FILE}-byte file was sent again");
     } else {
         println!(
-            "  the renamed {BIG_FILE}-byte file was not sent again (its MD5 was already held)"
+            "  the renamed {BIG_FILE}-byte file was not sent again (its body, named by its BLAKE3, was already held)"
         );
     }
     ok &= !big_resent;

@@ -74,7 +74,7 @@ impl Applier {
     /// that serves children (`serves`) keeps every body in its store, to send them on. A node
     /// that serves nobody and applies in place keeps none: it moves each verified body from
     /// its store into `dir`, so each byte is written once, and later finds it there by the
-    /// quick check (confirmed by MD5 before relying on it). In atomic mode the release
+    /// quick check (confirmed by its digests before relying on it). In atomic mode the release
     /// directories share files by hard links, and bodies stay in the store.
     pub fn new(dir: PathBuf, mode: ApplyMode, releases: PathBuf, serves: bool) -> Self {
         Applier {
@@ -268,8 +268,8 @@ impl Applier {
         }
     }
 
-    /// Checks `dir` against release `version` (by the quick check, or with `full` by MD5 as
-    /// well) and repairs what differs from the store's bodies. Nothing is written if nothing
+    /// Checks `dir` against release `version` (by the quick check, or with `full` by its
+    /// digests as well) and repairs what differs from the store's bodies. Nothing is written if nothing
     /// differs; a body the store lacks is asked for before anything is touched
     /// ([`ApplyError::MissingBodies`]).
     pub fn verify(

@@ -150,7 +150,7 @@ fn looks_right(m: &Metadata, e: &Entry) -> bool {
 
 /// Whether `dir` already holds entry `e`, a file, by the quick check (size, mtime, mode). For
 /// a node whose `dir` holds the only copy of a body, this stands in for the store until the
-/// apply confirms it by MD5.
+/// apply confirms it by its digests (MD5 and BLAKE3).
 pub fn held_in_place(dir: &Path, e: &Entry) -> bool {
     fs::symlink_metadata(dir.join(&e.path)).is_ok_and(|m| looks_right(&m, e))
 }

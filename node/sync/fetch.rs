@@ -104,7 +104,7 @@ fn check_room(shared: &Shared, need: u64) -> Result<(), SyncError> {
 
 /// The bodies of `release` to fetch: those of files in subtrees that changed since `old`,
 /// once each, that the store lacks and, on a node whose `dir` is its only copy, that `dir`
-/// does not hold by the quick check (the apply confirms each by MD5, or asks for it again).
+/// does not hold by the quick check (the apply confirms each by its digests, or asks for it again).
 fn wanted(
     shared: &Shared,
     release: &Release,

@@ -126,7 +126,7 @@ pub async fn recover(shared: &Arc<Shared>, pending: Option<Release>) {
         return;
     };
     if let Some(p) = pending {
-        // Bodies already moved into `dir` count; the apply confirms them by MD5.
+        // Bodies already moved into `dir` count; the apply confirms them by their digests.
         let complete = p
             .manifest
             .files()

@@ -31,7 +31,7 @@ pub enum VerifyError {
     Sync(#[from] SyncError),
 }
 
-/// Checks `dir` against the held release (`full`: by MD5 too) and repairs it.
+/// Checks `dir` against the held release (`full`: by MD5 and BLAKE3 too) and repairs it.
 pub async fn verify(shared: &Arc<Shared>, full: bool) -> Result<VerifySummary, VerifyError> {
     let Some(applier) = shared.applier.clone() else {
         return Err(VerifyError::NoDir(shared.name.clone()));
