@@ -97,42 +97,27 @@ fn topology_plan_compares_with_the_running_origin_or_a_file() {
     assert!(t.contains("add leaf-1-9 under relay-1"), "{t}");
     assert!(t.contains("+ │   └── leaf-1-9 (leaf"), "{t}");
     // Offline, from a file; the same file again: no change.
-    let out = cascade(&[
-        "topology",
-        "plan",
-        current.to_str().unwrap(),
-        "--from",
-        current.to_str().unwrap(),
-    ]);
+    let plan_from = |file: &std::path::Path| {
+        cascade(&[
+            "topology",
+            "plan",
+            file.to_str().unwrap(),
+            "--from",
+            current.to_str().unwrap(),
+        ])
+    };
+    let out = plan_from(&current);
     assert!(text_of(&out).contains("no change"), "{}", text_of(&out));
     // An invalid file is refused with check's error; so is a new origin.
     let bad = c.dep.base.join("bad.toml");
     fs::write(&bad, "[[node]]\nname = \"relay-1\"\n").unwrap();
-    one_clear_error(
-        &cascade(&[
-            "topology",
-            "plan",
-            bad.to_str().unwrap(),
-            "--from",
-            current.to_str().unwrap(),
-        ]),
-        "origin cannot change",
-    );
+    one_clear_error(&plan_from(&bad), "origin cannot change");
     fs::write(
         &bad,
         moved.replace("parent = \"relay-1\"", "parent = \"ghost\""),
     )
     .unwrap();
-    one_clear_error(
-        &cascade(&[
-            "topology",
-            "plan",
-            bad.to_str().unwrap(),
-            "--from",
-            current.to_str().unwrap(),
-        ]),
-        "unknown parent \"ghost\"",
-    );
+    one_clear_error(&plan_from(&bad), "unknown parent \"ghost\"");
 }
 
 #[test]
