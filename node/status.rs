@@ -20,6 +20,9 @@ pub struct NodeStatus {
     pub connected: bool,
     /// Body bytes this node has served to its children since it started.
     pub sent_bytes: u64,
+    /// Bytes of offers (whole manifests or deltas) this node has sent its children since it
+    /// started: what the tree's shape costs besides the bodies.
+    pub offered_bytes: u64,
     /// When the node last changed this status (ms since the Unix epoch, the node's clock).
     /// Reports of one node reaching the origin by two paths (after a failover) keep the newer.
     pub updated_ms: u64,
@@ -65,6 +68,7 @@ impl NodeStatus {
             fetched_files: 0,
             connected: false,
             sent_bytes: 0,
+            offered_bytes: 0,
             updated_ms: 0,
             hook_error: None,
             kept: Vec::new(),

@@ -295,6 +295,7 @@ fn a_hostile_child_is_cut_off_for_stalled_or_oversized_requests_or_a_topology_se
             &Up::Hello {
                 name: "leaf-1-1".into(),
                 have: None,
+                root: None,
             },
         )
         .await

@@ -273,3 +273,65 @@ fn limited_origin_feeds_relay_at_most_4mib_per_s(c: &Cluster) {
     c.wait_holds("leaf-1-1", 2);
     c.assert_same_as_origin("leaf-1-1");
 }
+
+/// Offer bytes `name` has sent its children so far (asked over its own socket).
+fn offered(c: &Cluster, name: &str) -> u64 {
+    c.status_of(name, name).unwrap().offered_bytes
+}
+
+#[test]
+fn a_one_file_change_costs_each_hop_a_delta_and_a_lagging_leaf_gets_the_whole_manifest() {
+    let mut c = Cluster::new(1, 1);
+    c.start_all();
+    let d = c.dir("origin");
+    for i in 0..3000 {
+        write(
+            &d,
+            &format!("d{:02}/page-{i}.html", i % 30),
+            format!("page {i}").as_bytes(),
+        );
+    }
+    c.publish_wait();
+    let whole = [offered(&c, "origin"), offered(&c, "relay-1")];
+    // 3,000 entries with two digests each: well over 100 bytes an entry.
+    assert!(
+        whole.iter().all(|&b| b > 300_000),
+        "first offers: {whole:?}"
+    );
+
+    write(&d, "d07/page-7.html", b"changed");
+    let out = c.publish_wait();
+    assert!(out.contains("all 3 nodes hold release 2"), "{out}");
+    let delta = [
+        offered(&c, "origin") - whole[0],
+        offered(&c, "relay-1") - whole[1],
+    ];
+    assert!(
+        delta.iter().all(|&b| b < 4096),
+        "one-file offers: {delta:?}"
+    );
+    c.assert_same_as_origin("leaf-1-1");
+
+    // A leaf that missed a release holds one its parent has no delta against: it is sent the
+    // whole manifest, and converges.
+    c.stop("leaf-1-1");
+    for (v, page) in [(3, "d01/page-1.html"), (4, "d02/page-2.html")] {
+        write(&d, page, format!("release {v}").as_bytes());
+        assert!(c.publish(&[]).status.success());
+        c.wait_holds("relay-1", v);
+    }
+    let before = offered(&c, "relay-1");
+    c.start("leaf-1-1");
+    c.wait_holds("leaf-1-1", 4);
+    c.assert_same_as_origin("leaf-1-1");
+    let sent = offered(&c, "relay-1") - before;
+    assert!(
+        sent > 300_000,
+        "relay sent {sent} offer bytes to the lagging leaf"
+    );
+    assert!(
+        !c.log("leaf-1-1").contains("as a delta:"),
+        "{}",
+        c.log("leaf-1-1")
+    );
+}

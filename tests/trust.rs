@@ -55,6 +55,7 @@ async fn hello(conn: &Connection, claim: &str) -> Result<Down, ConnectionError> 
         &Up::Hello {
             name: claim.into(),
             have: None,
+            root: None,
         },
     )
     .await

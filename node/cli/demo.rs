@@ -144,8 +144,8 @@ fn traffic(nodes: &[RunningNode]) -> String {
     for s in statuses {
         let _ = writeln!(
             out,
-            "  {:<10} fetched {:>2} bodies, {:>8} bytes; served {:>9} bytes in total",
-            s.name, s.fetched_files, s.fetched_bytes, s.sent_bytes
+            "  {:<10} fetched {:>2} bodies, {:>8} bytes; served {:>9} bytes of bodies, {:>7} of offers",
+            s.name, s.fetched_files, s.fetched_bytes, s.sent_bytes, s.offered_bytes
         );
     }
     out

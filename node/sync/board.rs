@@ -15,6 +15,8 @@ pub struct Board {
     /// Body bytes served to children since start (counted per write, copied into the
     /// node's own status when that is next read or changed).
     sent_bytes: AtomicU64,
+    /// Offer frames (manifests and deltas) sent to children since start, copied likewise.
+    offered_bytes: AtomicU64,
 }
 
 impl Board {
@@ -24,6 +26,7 @@ impl Board {
             name: own.name.clone(),
             statuses: watch::Sender::new(Statuses::from([(own.name.clone(), own)])),
             sent_bytes: AtomicU64::new(0),
+            offered_bytes: AtomicU64::new(0),
         }
     }
 
@@ -36,6 +39,7 @@ impl Board {
             let before = own.clone();
             f(own);
             own.sent_bytes = self.sent_bytes.load(Ordering::Relaxed);
+            own.offered_bytes = self.offered_bytes.load(Ordering::Relaxed);
             let changed = *own != before;
             if changed {
                 own.updated_ms = now_ms();
@@ -47,6 +51,11 @@ impl Board {
     /// Counts body bytes sent to a child.
     pub fn add_sent(&self, n: u64) {
         self.sent_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts the bytes of an offer frame sent to a child.
+    pub fn add_offered(&self, n: u64) {
+        self.offered_bytes.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Takes a child's reports, keeping the newer copy of each node's status.

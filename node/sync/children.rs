@@ -18,7 +18,7 @@ use super::layout::Layout;
 use super::shared::Shared;
 use crate::net::{self, LinkError};
 use crate::status::now_ms;
-use crate::tree::newer;
+use crate::tree::{newer, Blake3};
 use crate::wire::{ErrorCode, Up};
 
 /// Time a new connection has to send its `Hello`.
@@ -74,8 +74,8 @@ async fn handle(
             Err(_) => return net::close(&conn, ErrorCode::Protocol, "no hello"),
         };
         let hello = tokio::time::timeout(HELLO_TIMEOUT, net::recv::<_, Up>(&mut recv)).await;
-        let (name, have) = match hello {
-            Ok(Ok(Some(Up::Hello { name, have }))) => (name, have),
+        let (name, have, root) = match hello {
+            Ok(Ok(Some(Up::Hello { name, have, root }))) => (name, have, root),
             Ok(Err(e)) => {
                 warn!("refused {addr}: bad hello: {e}");
                 return net::close(&conn, ErrorCode::Protocol, "bad hello");
@@ -87,7 +87,7 @@ async fn handle(
         };
         if let Err(reason) = admit(&shared, &conn, &name) {
             warn!("refused {addr}: {reason}");
-            redirect(&shared, &conn, &name, have, send).await;
+            redirect(&shared, &conn, &name, have.zip(root), send).await;
             return net::close(&conn, ErrorCode::NotAllowed, &reason);
         }
         if let Some(old) = links
@@ -98,7 +98,7 @@ async fn handle(
             net::close(&old, ErrorCode::Replaced, "replaced by a new connection");
         }
         info!(child = %name, have = ?have, "child connected");
-        let result = serve_child(&shared, &conn, &name, have, send, recv)
+        let result = serve_child(&shared, &conn, &name, have, have.zip(root), send, recv)
             .instrument(tracing::info_span!("child", child = %name))
             .await;
         match result {
@@ -130,7 +130,7 @@ async fn redirect(
     shared: &Shared,
     conn: &Connection,
     name: &str,
-    have: Option<u64>,
+    has: Option<(u64, Blake3)>,
     mut send: SendStream,
 ) {
     let certified =
@@ -138,11 +138,13 @@ async fn redirect(
     let offered = shared.held.offers().borrow().clone();
     let Some(offer) = offered
         .or_else(|| shared.held.current())
-        .filter(|o| certified && newer(o.version(), have))
+        .filter(|o| certified && newer(o.version(), has.map(|h| h.0)))
     else {
         return;
     };
-    if net::send_frame(&mut send, &offer.offer_frame).await.is_ok() {
+    let (frame, _) = offer.frame_for(has);
+    if net::send_frame(&mut send, frame).await.is_ok() {
+        shared.board.add_offered(frame.len() as u64);
         let _ = send.finish();
         info!(node = %name, version = offer.version(), "sent the release with the current topology to a node that is not a child here");
         let _ = tokio::time::timeout(REDIRECT_GRACE, conn.closed()).await;
@@ -211,6 +213,7 @@ async fn serve_child(
     conn: &Connection,
     name: &str,
     have: Option<u64>,
+    has: Option<(u64, Blake3)>,
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), LinkError> {
@@ -225,13 +228,24 @@ async fn serve_child(
     let mut subtree = subtree_of(&layouts.borrow_and_update());
     let offers = async {
         let mut offered = shared.held.offers();
+        // The newest release the child has (its hello) or was offered here, and its root
+        // when known: deltas are made against it.
         let mut sent = have;
+        let mut known = has;
         loop {
             let current = offered.borrow_and_update().clone();
             if let Some(o) = current.filter(|o| newer(o.version(), sent)) {
-                net::send_frame(&mut send, &o.offer_frame).await?;
-                info!(version = o.version(), "offered release");
+                let (frame, delta) = o.frame_for(known);
+                net::send_frame(&mut send, frame).await?;
+                shared.board.add_offered(frame.len() as u64);
+                info!(
+                    version = o.version(),
+                    bytes = frame.len(),
+                    "offered release{}",
+                    if delta { " as a delta" } else { "" }
+                );
                 sent = Some(o.version());
+                known = Some((o.version(), o.root()));
             }
             if offered.changed().await.is_err() {
                 return Ok(());

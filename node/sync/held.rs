@@ -5,35 +5,68 @@
 //! newer one still arriving whose bodies are served as they come (cut-through). A release
 //! whose apply may be unfinished is saved in `pending.bin` until it is held.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::watch;
 
 use crate::data::state::{self, Loaded};
 use crate::data::{DataDir, StateError};
-use crate::tree::{newer, Release};
-use crate::wire::{self, Down};
+use crate::tree::{newer, Blake3, Release};
+use crate::wire::{self, Delta, Down};
 
-/// A release with its offer frame encoded once for all children.
+/// A release with its offer frames, each encoded once for all children: the whole release
+/// (when a child first needs it) and, when it follows another release, a delta against that.
 #[derive(Debug)]
 pub struct Offer {
     pub release: Release,
-    pub offer_frame: Vec<u8>,
+    whole: OnceLock<Vec<u8>>,
+    /// The previous release's version and root, and the delta frame against it.
+    delta: Option<(u64, Blake3, Vec<u8>)>,
 }
 
 impl Offer {
     pub fn new(release: Release) -> Arc<Self> {
-        let down = Down::Offer(release);
-        let offer_frame = wire::encode(&down);
-        let Down::Offer(release) = down;
         Arc::new(Offer {
             release,
-            offer_frame,
+            whole: OnceLock::new(),
+            delta: None,
+        })
+    }
+
+    /// `release`, with a delta against `previous` if that is an older release.
+    pub fn after(release: Release, previous: Option<&Offer>) -> Arc<Self> {
+        let delta = previous.filter(|p| p.version() < release.version).map(|p| {
+            let frame = wire::encode(&Down::OfferDelta(Delta::between(&p.release, &release)));
+            (p.version(), p.root(), frame)
+        });
+        Arc::new(Offer {
+            release,
+            whole: OnceLock::new(),
+            delta,
         })
     }
 
     pub fn version(&self) -> u64 {
         self.release.version
+    }
+
+    pub fn root(&self) -> Blake3 {
+        self.release.manifest.root_digest()
+    }
+
+    /// The frame to send a child known to hold the release `has` (version and root), and
+    /// whether it is a delta: the delta against that release when there is one, the whole
+    /// release otherwise.
+    pub fn frame_for(&self, has: Option<(u64, Blake3)>) -> (&[u8], bool) {
+        match &self.delta {
+            Some((v, root, frame)) if has == Some((*v, *root)) => (frame, true),
+            _ => (self.whole(), false),
+        }
+    }
+
+    /// The frame of the whole release.
+    pub fn whole(&self) -> &[u8] {
+        self.whole.get_or_init(|| wire::encode_offer(&self.release))
     }
 }
 
@@ -114,10 +147,26 @@ impl Held {
         }
     }
 
+    /// Offers `release` to children (unless something newer is offered already), with a
+    /// delta against the release offered before it.
+    pub fn offer_release(&self, release: Release) {
+        let previous = self.offered.borrow().clone().or_else(|| self.current());
+        self.offer(Offer::after(release, previous.as_deref()));
+    }
+
     /// Records `release` as held: saved first, then offered. Returns the release held before.
+    /// The offer made of it while it was arriving (cut-through) is kept, deltas included.
     pub fn hold(&self, release: Release) -> Result<(Arc<Offer>, Option<Arc<Offer>>), StateError> {
         state::save_release(&self.data.release, &release)?;
-        let held = Offer::new(release);
+        let previous = self.offered.borrow().clone().or_else(|| self.current());
+        let held = match previous {
+            Some(o)
+                if (o.version(), o.root()) == (release.version, release.manifest.root_digest()) =>
+            {
+                o
+            }
+            _ => Offer::after(release, previous.as_deref()),
+        };
         let previous = self.held.send_replace(Some(held.clone()));
         self.offer(held.clone());
         Ok((held, previous))

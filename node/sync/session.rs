@@ -15,8 +15,8 @@ use super::SyncError;
 use crate::dir::ApplyError;
 use crate::net::{self, LinkError};
 use crate::status::NodeState;
-use crate::tree::{newer, Release};
-use crate::wire::{ErrorCode, RawDown, Up};
+use crate::tree::{newer, DeltaError, Release};
+use crate::wire::{ErrorCode, RawDown, Up, WireError};
 
 /// Least time between two status reports to the parent.
 const REPORT_INTERVAL: Duration = Duration::from_millis(20);
@@ -24,12 +24,14 @@ const REPORT_INTERVAL: Duration = Duration::from_millis(20);
 /// Runs the control session over an established link to `parent` until it ends.
 pub async fn run(shared: &Arc<Shared>, conn: &Connection, parent: &str) -> Result<(), SyncError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(LinkError::from)?;
-    let have = shared.held.version();
+    let held = shared.held.current();
+    let have = held.as_ref().map(|h| h.version());
     net::send(
         &mut send,
         &Up::Hello {
             name: shared.name.clone(),
             have,
+            root: held.as_ref().map(|h| h.root()),
         },
     )
     .await?;
@@ -65,7 +67,9 @@ pub async fn run(shared: &Arc<Shared>, conn: &Connection, parent: &str) -> Resul
 
 /// Reads the parent's offers, validates each manifest and passes the newest valid release
 /// on to [`follow_offers`]. A hostile manifest is refused whole: the node keeps what it holds
-/// and says why.
+/// and says why. A delta is rebuilt against the release it names (the one held, or the last
+/// one offered on this link) and then checked like a whole manifest; one that cannot be
+/// rebuilt ends the link, and the next hello gets a whole manifest.
 async fn take_offers(
     shared: &Shared,
     parent: &str,
@@ -73,7 +77,29 @@ async fn take_offers(
     offers: &watch::Sender<Option<Arc<Release>>>,
 ) -> Result<(), SyncError> {
     while let Some(msg) = net::recv::<_, RawDown>(recv).await? {
-        let RawDown::Offer(raw) = msg;
+        let raw = match msg {
+            RawDown::Offer(raw) => raw,
+            RawDown::OfferDelta(delta) => {
+                let (last, held) = (offers.borrow().clone(), shared.held.current());
+                let base = match (&last, &held) {
+                    (Some(l), _) if l.version == delta.base => Some(&**l),
+                    (_, Some(h)) if h.version() == delta.base => Some(&h.release),
+                    _ => None,
+                };
+                let version = delta.version;
+                let rebuilt = match base {
+                    Some(base) => delta.rebuild(base),
+                    None => Err(DeltaError::WrongBase {
+                        version: delta.base,
+                    }),
+                };
+                rebuilt.map_err(|e| {
+                    LinkError::Wire(WireError::Malformed(format!(
+                        "release {version} as a delta: {e}"
+                    )))
+                })?
+            }
+        };
         let version = raw.version;
         let checked = raw
             .validate()

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::board::Board;
 use super::flight::Flights;
-use super::held::{Held, Offer};
+use super::held::Held;
 use super::keys::Keys;
 use super::layout::Layouts;
 use super::trust::Trust;
@@ -152,7 +152,7 @@ impl Shared {
     /// something newer is offered already. Its bodies must be registered in `flights` first.
     pub fn offer_early(&self, release: &Release) {
         if self.serves() {
-            self.held.offer(Offer::new(release.clone()));
+            self.held.offer_release(release.clone());
         }
     }
 }

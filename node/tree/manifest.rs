@@ -207,6 +207,11 @@ impl Manifest {
             .map(|i| (&self.entries[i], self.digests[i]))
     }
 
+    /// Entry `i`'s digest: a file's or symlink's own, a directory's whole subtree's.
+    pub fn digest(&self, i: usize) -> Blake3 {
+        self.digests[i]
+    }
+
     /// The index of the entry at `path`.
     pub fn position(&self, path: &str) -> Option<usize> {
         self.entries

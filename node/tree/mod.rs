@@ -1,14 +1,16 @@
 //! The model of a release, with no I/O but reading files to hash them: [`hash`] (MD5s and
-//! BLAKE3s of bodies and chunks), [`manifest`] (a tree's entries with a digest per directory) and
-//! [`release`] (a numbered manifest).
+//! BLAKE3s of bodies and chunks), [`manifest`] (a tree's entries with a digest per directory),
+//! [`delta`] (a manifest as runs of an older one) and [`release`] (a numbered manifest).
 //!
 //! Everything above builds on these types: the wire carries them, the store keeps bodies by
 //! their [`Blake3`], the scan produces a [`Manifest`] and the apply follows one.
 
+pub mod delta;
 pub mod hash;
 pub mod manifest;
 pub mod release;
 
+pub use delta::{DeltaError, Run};
 pub use hash::{Blake3, Body, BodyHasher, Md5, Sums, CHUNK};
 pub use manifest::{Entry, EntryKind, Manifest, ManifestError};
 pub use release::{newer, Release, Rotation};

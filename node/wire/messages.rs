@@ -1,18 +1,25 @@
-//! The messages of protocol version 4, as serde types. Variants are append-only (the
+//! The messages of protocol version 5, as serde types. Variants are append-only (the
 //! variant index is the tag on the wire). Each message type has its own frame limit
 //! ([`Message::MAX`]): a peer can make a node allocate at most that much per frame.
 
 use serde::{Deserialize, Serialize};
 
 use crate::status::NodeStatus;
-use crate::tree::{Blake3, Entry, Manifest, ManifestError, Release, Rotation};
+use crate::tree::{
+    delta, Blake3, DeltaError, Entry, Manifest, ManifestError, Release, Rotation, Run,
+};
 
 /// Child → parent, on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Up {
-    /// First message: who the child claims to be (checked against its certificate) and the
-    /// version of the release it has applied, if any.
-    Hello { name: String, have: Option<u64> },
+    /// First message: who the child claims to be (checked against its certificate), the
+    /// version of the release it has applied, if any, and that release's manifest root (so
+    /// the parent may send the next release as a [`Down::OfferDelta`] against it).
+    Hello {
+        name: String,
+        have: Option<u64>,
+        root: Option<Blake3>,
+    },
     /// The current state of the child and of every node below it.
     Status(Vec<NodeStatus>),
 }
@@ -22,6 +29,64 @@ pub enum Up {
 pub enum Down {
     /// A verified release the parent holds completely and can serve.
     Offer(Release),
+    /// The same, its manifest given as runs of a release the child has (the one it said it
+    /// holds in its hello, or the last one offered on this link).
+    OfferDelta(Delta),
+}
+
+/// A release whose manifest is given as [`Run`]s of the manifest of release `base` (whose
+/// root is `base_root`); the rest as in [`Release`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    pub version: u64,
+    pub base: u64,
+    pub base_root: Blake3,
+    pub runs: Vec<Run>,
+    pub revoked: Vec<[u8; 32]>,
+    pub signature: Vec<u8>,
+    pub topology: Option<String>,
+    pub rotation: Option<Rotation>,
+}
+
+impl Delta {
+    /// `release` as runs of `base`'s manifest.
+    pub fn between(base: &Release, release: &Release) -> Self {
+        Delta {
+            version: release.version,
+            base: base.version,
+            base_root: base.manifest.root_digest(),
+            runs: delta::diff(&base.manifest, &release.manifest),
+            revoked: release.revoked.clone(),
+            signature: release.signature.clone(),
+            topology: release.topology.clone(),
+            rotation: release.rotation.clone(),
+        }
+    }
+
+    /// Rebuilds the release from `base` (which must be the release it was made against); the
+    /// result is checked like any received release.
+    pub fn rebuild(self, base: &Release) -> Result<RawRelease, DeltaError> {
+        if base.version != self.base || base.manifest.root_digest() != self.base_root {
+            return Err(DeltaError::WrongBase { version: self.base });
+        }
+        Ok(RawRelease {
+            version: self.version,
+            entries: delta::splice(base.manifest.entries(), self.runs)?,
+            revoked: self.revoked,
+            signature: self.signature,
+            topology: self.topology,
+            rotation: self.rotation,
+        })
+    }
+}
+
+/// Encodes `Down::Offer(release)` without taking the release.
+pub fn encode_offer(release: &Release) -> Vec<u8> {
+    #[derive(Serialize)]
+    enum DownRef<'a> {
+        Offer(&'a Release),
+    }
+    super::encode(&DownRef::Offer(release))
 }
 
 /// [`Down`] as a child decodes it: the offered manifest is not validated yet, so a hostile
@@ -30,6 +95,7 @@ pub enum Down {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RawDown {
     Offer(RawRelease),
+    OfferDelta(Delta),
 }
 
 /// A release as received: version, entries, revocations and signature, before any check.

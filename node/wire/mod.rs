@@ -1,7 +1,7 @@
-//! The Cascade wire protocol, version 4. This module is the spec; it has no sockets.
+//! The Cascade wire protocol, version 5. This module is the spec; it has no sockets.
 //!
 //! # Links
-//! A child dials its parent over QUIC with mutual TLS 1.3; the ALPN is [`ALPN`] (`cascade/4`),
+//! A child dials its parent over QUIC with mutual TLS 1.3; the ALPN is [`ALPN`] (`cascade/5`),
 //! so a peer speaking another protocol version fails the handshake instead of misreading bytes.
 //! Both sides present certificates from the deployment CA; the parent accepts only the names of
 //! its own children, the child only its parent's name.
@@ -20,6 +20,16 @@
 //!   child has, on connect and after every new release. A relay offers a release as soon as
 //!   it has validated the manifest, while it is still fetching the bodies itself
 //!   (cut-through): it serves each body's verified prefix as it grows.
+//! - **Manifest deltas**: the hello carries the version and manifest root of the release the
+//!   child holds. When the parent offers the release that follows one the child is known to
+//!   have (that one, or the last offered on this link), it may send [`Down::OfferDelta`]
+//!   instead: the new manifest as runs of entries kept from the old one (by index) and
+//!   entries that are new, found by skipping every subtree whose digest did not change (see
+//!   [`crate::tree::delta`]). So a release that changes one file of a million costs a few
+//!   hundred bytes per hop, not the whole manifest. The child rebuilds the entry list and
+//!   checks it exactly as a whole manifest (order, paths, hash tree, signature); a delta it
+//!   cannot rebuild (another base, a run outside it) closes the link as a protocol error, and
+//!   the next link's hello gets it a whole manifest.
 //! - **Body** (one bidirectional stream per request, opened by the child): the child sends one
 //!   [`BodyRequest`] frame and finishes its side; the parent answers with the raw bytes asked
 //!   for and finishes, or resets the stream with [`ErrorCode::NotFound`]. For
@@ -37,7 +47,8 @@
 //! # Trust
 //! Every release carries the origin's Ed25519 signature over its version and its manifest's
 //! root digest (BLAKE3 over every entry); every node checks it before it stores, forwards or
-//! applies anything (see [`crate::sync::trust`]). Version 4 added BLAKE3 (version 3 trusted
+//! applies anything (see [`crate::sync::trust`]). Version 5 added manifest deltas (and the
+//! root in the hello); version 4 added BLAKE3 (version 3 trusted
 //! MD5 alone, and named bodies by it) and moved from bincode to postcard.
 //!
 //! A receiver pulls what it lacks, so the same exchange serves a push after a publish and a
@@ -49,8 +60,8 @@ mod messages;
 pub use frame::{decode, decode_frame, encode, frame_len, WireError, HEADER_LEN, MAX_FRAME};
 pub use messages::*;
 
-/// ALPN of protocol version 4: a peer of another version fails the handshake.
-pub const ALPN: &[u8] = b"cascade/4";
+/// ALPN of protocol version 5: a peer of another version fails the handshake.
+pub const ALPN: &[u8] = b"cascade/5";
 
 /// Most bodies in one [`BodyRequest::Many`].
 pub const MAX_BATCH: usize = 4096;

@@ -68,6 +68,16 @@ fn sample_release() -> Release {
     }
 }
 
+/// [`sample_release`] as a delta against a release holding only its directory `a`.
+fn sample_delta() -> Delta {
+    let base = Release {
+        version: 6,
+        manifest: Manifest::from_entries(vec![crate::tree::manifest::fixtures::dir("a")]).unwrap(),
+        ..sample_release()
+    };
+    Delta::between(&base, &sample_release())
+}
+
 type Samples = (
     Vec<Up>,
     Vec<Down>,
@@ -89,6 +99,7 @@ fn all_messages() -> Samples {
         fetched_files: 1,
         connected: true,
         sent_bytes: 9,
+        offered_bytes: 11,
         updated_ms: 1_700_000_000_000,
         hook_error: Some("`nginx -s reload` failed (exit status 1)".into()),
         kept: vec!["uploads".into()],
@@ -99,14 +110,19 @@ fn all_messages() -> Samples {
             Up::Hello {
                 name: "web-1".into(),
                 have: None,
+                root: None,
             },
             Up::Hello {
                 name: "r".into(),
                 have: Some(u64::MAX),
+                root: Some(Blake3([5; 32])),
             },
             Up::Status(vec![status.clone()]),
         ],
-        vec![Down::Offer(sample_release())],
+        vec![
+            Down::Offer(sample_release()),
+            Down::OfferDelta(sample_delta()),
+        ],
         vec![
             BodyRequest::One {
                 id: Blake3::empty(),
@@ -176,12 +192,29 @@ fn every_message_round_trips_and_survives_corruption() {
 
 #[test]
 fn golden_bytes() {
-    // Wire compatibility: these bytes must never change within protocol version 4.
+    // Wire compatibility: these bytes must never change within protocol version 5.
     let hello = encode(&Up::Hello {
         name: "ab".into(),
         have: Some(300),
+        root: None,
     });
-    assert_eq!(hello, vec![0, 0, 0, 7, 0, 2, b'a', b'b', 1, 0xac, 0x02]);
+    assert_eq!(hello, vec![0, 0, 0, 8, 0, 2, b'a', b'b', 1, 0xac, 0x02, 0]);
+    // A delta: tag 1, version 2, base 1, base root, one kept run of 3 entries from 0, then
+    // no revocations, no signature, no topology, no rotation.
+    let delta = encode(&Down::OfferDelta(Delta {
+        version: 2,
+        base: 1,
+        base_root: Blake3([7; 32]),
+        runs: vec![crate::tree::Run::Keep { from: 0, len: 3 }],
+        revoked: vec![],
+        signature: vec![],
+        topology: None,
+        rotation: None,
+    }));
+    let mut want = vec![0, 0, 0, 43, 1, 2, 1];
+    want.extend([7u8; 32]);
+    want.extend([1, 0, 0, 3, 0, 0, 0, 0]);
+    assert_eq!(delta, want);
     let req = encode(&BodyRequest::One {
         id: Blake3([1; 32]),
         offset: 0,
@@ -209,8 +242,41 @@ fn raw_down_encodes_like_down() {
         rotation: r.rotation.clone(),
     });
     assert_eq!(encode(&Down::Offer(r.clone())), encode(&raw));
-    let RawDown::Offer(back) = decode_frame::<RawDown>(&encode(&Down::Offer(r.clone()))).unwrap();
+    assert_eq!(encode(&Down::Offer(r.clone())), encode_offer(&r));
+    let Ok(RawDown::Offer(back)) = decode_frame::<RawDown>(&encode(&Down::Offer(r.clone()))) else {
+        panic!("an offer decodes as a raw offer")
+    };
     assert_eq!(back.validate().unwrap(), r);
+    let d = sample_delta();
+    assert_eq!(
+        encode(&Down::OfferDelta(d.clone())),
+        encode(&RawDown::OfferDelta(d))
+    );
+}
+
+#[test]
+fn a_delta_rebuilds_its_release_only_from_its_base() {
+    let r = sample_release();
+    let base = Release {
+        version: 6,
+        manifest: Manifest::from_entries(vec![crate::tree::manifest::fixtures::dir("a")]).unwrap(),
+        ..sample_release()
+    };
+    let d = Delta::between(&base, &r);
+    // One kept run (the directory) and the three new entries.
+    assert_eq!(d.runs.len(), 2, "{:?}", d.runs);
+    assert_eq!(d.clone().rebuild(&base).unwrap().validate().unwrap(), r);
+    // Another release of the same version, or the right one under another version: refused.
+    let other = Release {
+        manifest: Manifest::from_entries(vec![crate::tree::manifest::fixtures::dir("b")]).unwrap(),
+        ..base.clone()
+    };
+    for wrong in [other, Release { version: 5, ..base }] {
+        assert!(matches!(
+            d.clone().rebuild(&wrong),
+            Err(crate::tree::DeltaError::WrongBase { version: 6 })
+        ));
+    }
 }
 
 #[test]
@@ -450,6 +516,7 @@ mod props {
                 proptest::option::of(name()),
                 proptest::collection::vec(name(), 0..3),
                 any::<u64>(),
+                any::<u64>(),
             ),
         )
             .prop_map(
@@ -458,7 +525,7 @@ mod props {
                     applied,
                     state,
                     (fetched_bytes, fetched_files, connected, sent_bytes, updated_ms),
-                    (hook_error, kept, repaired),
+                    (hook_error, kept, repaired, offered_bytes),
                 )| NodeStatus {
                     name,
                     applied,
@@ -467,6 +534,7 @@ mod props {
                     fetched_files,
                     connected,
                     sent_bytes,
+                    offered_bytes,
                     updated_ms,
                     hook_error,
                     kept,
@@ -488,7 +556,7 @@ mod props {
     proptest! {
         #[test]
         fn up_round_trips(name in name(), have in any::<Option<u64>>(), list in prop::collection::vec(status(), 0..5)) {
-            check(&Up::Hello { name, have });
+            check(&Up::Hello { name, have, root: have.map(|v| Blake3([v as u8; 32])) });
             check(&Up::Status(list));
         }
 
@@ -498,8 +566,20 @@ mod props {
             let topology = (version % 3 == 0).then(|| format!("[[node]]\nname = \"n{version}\"\n"));
             let release = Release { version, manifest, revoked, signature, topology, rotation };
             check(&Down::Offer(release.clone()));
-            let RawDown::Offer(raw) = decode_frame::<RawDown>(&encode(&Down::Offer(release.clone()))).unwrap();
-            prop_assert_eq!(raw.validate().unwrap(), release);
+            let Ok(RawDown::Offer(raw)) = decode_frame::<RawDown>(&encode(&Down::Offer(release.clone()))) else {
+                panic!("an offer decodes as a raw offer")
+            };
+            prop_assert_eq!(raw.validate().unwrap(), release.clone());
+            // The same release as a delta against an empty one, and against itself one
+            // version down.
+            for base in [Release { version: 0, ..Release::unsigned(0, Manifest::empty()) }, Release { version: release.version.saturating_sub(1), ..release.clone() }] {
+                let d = Delta::between(&base, &release);
+                check(&Down::OfferDelta(d.clone()));
+                let Ok(RawDown::OfferDelta(back)) = decode_frame::<RawDown>(&encode(&Down::OfferDelta(d))) else {
+                    panic!("a delta decodes as a raw delta")
+                };
+                prop_assert_eq!(back.rebuild(&base).unwrap().validate().unwrap(), release.clone());
+            }
         }
 
         #[test]
