@@ -98,6 +98,8 @@ async fn issued_pair_completes_a_handshake_and_receives_the_offer() {
     let conn = net::connect(&client(&id), o.addr, "origin").await.unwrap();
     match hello(&conn, "relay-1").await.unwrap() {
         Down::Offer(r) => assert_eq!(r.version, 1),
+        // A hello that names no release gets the whole manifest.
+        other => panic!("expected a whole offer, got {other:?}"),
     }
     o.node.shutdown().await;
 }

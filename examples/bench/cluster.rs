@@ -223,12 +223,20 @@ impl Cluster {
 
     /// Body bytes `name` has sent to its children.
     pub async fn sent_bytes(&self, name: &str) -> u64 {
+        self.own_status(name).await.map_or(0, |s| s.sent_bytes)
+    }
+
+    /// Offer bytes (whole manifests or deltas) `name` has sent its children so far.
+    pub async fn offered_bytes(&self, name: &str) -> u64 {
+        self.own_status(name).await.map_or(0, |s| s.offered_bytes)
+    }
+
+    async fn own_status(&self, name: &str) -> Option<cascade::status::NodeStatus> {
         match admin::request(&self.node(name).data, &AdminRequest::Status).await {
-            Ok(AdminResponse::Status { node, nodes, .. }) => nodes
-                .iter()
-                .find(|s| s.name == node)
-                .map_or(0, |s| s.sent_bytes),
-            _ => 0,
+            Ok(AdminResponse::Status { node, nodes, .. }) => {
+                nodes.into_iter().find(|s| s.name == node)
+            }
+            _ => None,
         }
     }
 

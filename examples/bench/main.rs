@@ -361,6 +361,8 @@ async fn small(o: &Opts, base: &Path) -> Result<()> {
         "ten files deleted",
     ];
     let mut times: Vec<[Vec<Duration>; 3]> = steps.iter().map(|_| Default::default()).collect();
+    // Offer bytes the origin and the relay sent for each step (last run).
+    let mut offers = vec![(0, 0); steps.len()];
     let mut rss = (0, 0, 0);
     for run in 0..o.runs {
         let mut c = Cluster::new(&base.join("cascade"), &t, &src, None)?;
@@ -392,7 +394,15 @@ async fn small(o: &Opts, base: &Path) -> Result<()> {
                 }
                 _ => &[],
             };
+            let before = (
+                c.offered_bytes("origin").await,
+                c.offered_bytes("relay-1").await,
+            );
             let p = c.publish(&["relay-1", "leaf"]).await?;
+            offers[i] = (
+                c.offered_bytes("origin").await - before.0,
+                c.offered_bytes("relay-1").await - before.1,
+            );
             if i == 1 && p.changed {
                 bail!("a publish with nothing changed cut a new release");
             }
@@ -412,16 +422,18 @@ async fn small(o: &Opts, base: &Path) -> Result<()> {
         "## 2. {} files of 4 KiB in {} directories, origin → relay → leaf\n",
         o.small_files, o.small_dirs
     );
-    println!("| step | Cascade → relay (1 hop) | Cascade → leaf (2 hops) | rsync `-a` | leaf ÷ rsync |\n|---|---|---|---|---|");
+    println!("| step | Cascade → relay (1 hop) | Cascade → leaf (2 hops) | rsync `-a` | leaf ÷ rsync | offer bytes origin → relay / relay → leaf |\n|---|---|---|---|---|---|");
     for (i, step) in steps.iter().enumerate() {
         let [relay, leaf, rs] = std::mem::take(&mut times[i]).map(median);
         let rs_name = if i == 3 { " (`--delete`)" } else { "" };
         println!(
-            "| {step} | {} | {} | {}{rs_name} | {} |",
+            "| {step} | {} | {} | {}{rs_name} | {} | {} / {} |",
             secs(relay),
             secs(leaf),
             secs(rs),
-            ratio(leaf, rs)
+            ratio(leaf, rs),
+            offers[i].0,
+            offers[i].1
         );
     }
     println!(
