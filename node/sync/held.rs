@@ -147,10 +147,16 @@ impl Held {
         }
     }
 
+    /// The newest release offered (or, before anything is offered, held): deltas are made
+    /// against it.
+    fn last_offer(&self) -> Option<Arc<Offer>> {
+        self.offered.borrow().clone().or_else(|| self.current())
+    }
+
     /// Offers `release` to children (unless something newer is offered already), with a
     /// delta against the release offered before it.
     pub fn offer_release(&self, release: Release) {
-        let previous = self.offered.borrow().clone().or_else(|| self.current());
+        let previous = self.last_offer();
         self.offer(Offer::after(release, previous.as_deref()));
     }
 
@@ -158,7 +164,7 @@ impl Held {
     /// The offer made of it while it was arriving (cut-through) is kept, deltas included.
     pub fn hold(&self, release: Release) -> Result<(Arc<Offer>, Option<Arc<Offer>>), StateError> {
         state::save_release(&self.data.release, &release)?;
-        let previous = self.offered.borrow().clone().or_else(|| self.current());
+        let previous = self.last_offer();
         let held = match previous {
             Some(o)
                 if (o.version(), o.root()) == (release.version, release.manifest.root_digest()) =>

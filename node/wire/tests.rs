@@ -68,14 +68,18 @@ fn sample_release() -> Release {
     }
 }
 
-/// [`sample_release`] as a delta against a release holding only its directory `a`.
-fn sample_delta() -> Delta {
-    let base = Release {
+/// Release 6, holding only [`sample_release`]'s directory `a`.
+fn sample_base() -> Release {
+    Release {
         version: 6,
         manifest: Manifest::from_entries(vec![crate::tree::manifest::fixtures::dir("a")]).unwrap(),
         ..sample_release()
-    };
-    Delta::between(&base, &sample_release())
+    }
+}
+
+/// [`sample_release`] as a delta against [`sample_base`].
+fn sample_delta() -> Delta {
+    Delta::between(&sample_base(), &sample_release())
 }
 
 type Samples = (
@@ -256,12 +260,7 @@ fn raw_down_encodes_like_down() {
 
 #[test]
 fn a_delta_rebuilds_its_release_only_from_its_base() {
-    let r = sample_release();
-    let base = Release {
-        version: 6,
-        manifest: Manifest::from_entries(vec![crate::tree::manifest::fixtures::dir("a")]).unwrap(),
-        ..sample_release()
-    };
+    let (r, base) = (sample_release(), sample_base());
     let d = Delta::between(&base, &r);
     // One kept run (the directory) and the three new entries.
     assert_eq!(d.runs.len(), 2, "{:?}", d.runs);
