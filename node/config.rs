@@ -21,6 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::dir::{ApplyMode, Rules};
 pub use crate::hooks::Hooks;
+use crate::wire::Compress;
 
 /// Every config key. The field names are the keys of the file and, upper-cased behind
 /// `CASCADE_`, the environment variables; the flags are `--<key>` (with `-` or `_`).
@@ -73,6 +74,12 @@ pub struct Keys {
     #[arg(long, alias = "upload_limit", value_name = "RATE")]
     #[serde(default, skip_serializing_if = "Option::is_none", with = "text")]
     pub upload_limit: Option<String>,
+    /// How this node asks its parent to send bodies: off (default; raw, as on a LAN), zstd
+    /// (compressed, for slow links), or auto (compressed where a sample shrinks: skips
+    /// images, archives and other compressed files).
+    #[arg(long, value_name = "CODEC")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<CompressKind>,
     /// Origin: watch dir (inotify) and publish by itself once changes settle.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     #[serde(default, skip_serializing_if = "Option::is_none", with = "flag")]
@@ -122,6 +129,25 @@ pub struct Keys {
     #[arg(long, alias = "allow_special_bits", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     #[serde(default, skip_serializing_if = "Option::is_none", with = "flag")]
     pub allow_special_bits: Option<bool>,
+}
+
+/// The `compress` key's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompressKind {
+    Off,
+    Zstd,
+    Auto,
+}
+
+impl From<CompressKind> for Compress {
+    fn from(k: CompressKind) -> Self {
+        match k {
+            CompressKind::Off => Compress::Off,
+            CompressKind::Zstd => Compress::Zstd,
+            CompressKind::Auto => Compress::Auto,
+        }
+    }
 }
 
 /// The `verify` key's values.
@@ -201,6 +227,8 @@ pub struct NodeConfig {
     pub link_timeout: Duration,
     /// Cap on the bytes per second this node sends to all its children together.
     pub upload_limit: Option<u64>,
+    /// How bodies come from the parent: raw or compressed.
+    pub compress: Compress,
     /// Origin: follow `dir` by itself (see [`Watch`]).
     pub watch: Option<Watch>,
     /// Origin: paths never published.
@@ -405,6 +433,7 @@ impl NodeConfig {
             failover_after: duration("failover_after", keys.failover_after, 10)?,
             link_timeout: duration("link_timeout", keys.link_timeout, 15)?,
             upload_limit,
+            compress: keys.compress.map_or(Compress::Off, Compress::from),
             apply,
             log,
             name: keys.name.ok_or_else(|| missing("name"))?,
@@ -444,6 +473,7 @@ impl Keys {
             Some("LEVEL") => "error, warn, info, debug or trace",
             Some("BOOL") => "true or false",
             Some("HOW") => "\"quick\" or \"full\"",
+            Some("CODEC") => "\"off\", \"zstd\" or \"auto\"",
             Some("LIST") => "a list of patterns, like [\"*.swp\", \".git/\"]",
             Some("ARGV") => "a command as a list, like [\"/usr/sbin/nginx\", \"-s\", \"reload\"]",
             Some("FILE" | "DIR") => "a path",
@@ -878,6 +908,12 @@ mod tests {
             check: |c| c.upload_limit == Some(20 << 20),
         },
         Case {
+            key: "compress",
+            file: "\"auto\"",
+            text: "auto",
+            check: |c| c.compress == Compress::Auto,
+        },
+        Case {
             key: "watch",
             file: "true",
             text: "true",
@@ -1061,6 +1097,7 @@ mod tests {
             ("on_release = [\"\"]\n", "on_release: the command is empty"),
             ("exclude = \"*.swp\"\n", ""),
             ("verify = \"sometimes\"\n", "\"quick\" or \"full\""),
+            ("compress = \"gzip\"\n", "\"off\", \"zstd\" or \"auto\""),
         ] {
             std::fs::write(&file, format!("{REQUIRED}{extra}")).unwrap();
             let r = NodeConfig::load(Some(&file), [], &Keys::default());

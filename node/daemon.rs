@@ -214,6 +214,7 @@ impl RunningNode {
             serves: serves.into(),
             dir_bodies: Default::default(),
             upload: cfg.upload_limit.map(Limiter::new),
+            compress: cfg.compress,
             hooks: HookSetup {
                 hooks: cfg.hooks.clone(),
                 scratch: data.root.clone(),

@@ -333,7 +333,10 @@ fn a_hostile_child_is_cut_off_for_stalled_or_oversized_requests_or_a_topology_se
         let (mut ok, mut ok_recv) = conn.open_bi().await.unwrap();
         net::send(
             &mut ok,
-            &cascade::wire::BodyRequest::Many(vec![Blake3::of(b"home")]),
+            &cascade::wire::BodyRequest {
+                bodies: cascade::wire::Bodies::Many(vec![Blake3::of(b"home")]),
+                compress: cascade::wire::Compress::Off,
+            },
         )
         .await
         .unwrap();
@@ -369,4 +372,91 @@ fn a_hostile_child_is_cut_off_for_stalled_or_oversized_requests_or_a_topology_se
     // The relay still runs under the origin's topology, and logged the refusal.
     assert!(log.contains("malformed"), "{log}");
     assert!(c.status_of("relay-1", "relay-1").is_some());
+}
+
+/// A file entry for `body`, as a manifest carries it.
+fn file_of(path: &str, body: &[u8]) -> Entry {
+    Entry {
+        path: path.into(),
+        mode: 0o644,
+        kind: EntryKind::File {
+            size: body.len() as u64,
+            md5: Md5::of(body),
+            blake3: Blake3::of(body),
+            mtime: 0,
+            chunks: vec![],
+        },
+    }
+}
+
+/// One block of a packed body stream, as the wire spec lays it out.
+fn block(compressed: bool, stored: &[u8]) -> Vec<u8> {
+    let flag = if compressed { 1 << 31 } else { 0 };
+    let mut out = (stored.len() as u32 | flag).to_be_bytes().to_vec();
+    out.extend_from_slice(stored);
+    out
+}
+
+impl FakeParent {
+    /// Accepts the leaf's next body stream, answers it with `answer` and returns the request.
+    fn serve(&self, l: &FakeLink, answer: &[u8]) -> cascade::wire::BodyRequest {
+        self.rt.block_on(async {
+            let (mut send, mut recv) =
+                tokio::time::timeout(Duration::from_secs(30), l.conn.accept_bi())
+                    .await
+                    .expect("the leaf asks for the body within 30 s")
+                    .unwrap();
+            let req = net::recv(&mut recv).await.unwrap().unwrap();
+            send.write_all(answer).await.unwrap();
+            send.finish().unwrap();
+            let _ = tokio::time::timeout(Duration::from_secs(10), send.stopped()).await;
+            req
+        })
+    }
+}
+
+#[test]
+fn a_compressed_body_stream_that_breaks_the_block_format_is_refused_and_asked_again() {
+    use cascade::wire::{Bodies, Compress};
+    let mut c = Cluster::new(1, 1);
+    c.configure("leaf-1-1", "compress = \"zstd\"\n");
+    let fake = FakeParent::new(&c);
+    c.start("leaf-1-1");
+    let mut l = fake.accept();
+    let body = b"<p>hello, compressed world</p>\n".repeat(2000);
+    fake.offer(&mut l, 1, vec![file_of("page.html", &body)]);
+
+    // A bomb: a valid zstd frame of 64 MiB for a body of 62 KB. Then garbage flagged as
+    // zstd. Then a block that stops midway. Each is refused without being written.
+    let bomb = zstd::bulk::compress(&vec![b'A'; 64 << 20], 3).unwrap();
+    let packed = zstd::bulk::compress(&body, 3).unwrap();
+    let mut torn = block(true, &packed);
+    torn.truncate(torn.len() / 2);
+    for (what, answer) in [
+        ("bomb", block(true, &bomb)),
+        ("garbage", block(true, b"not zstd at all")),
+    ] {
+        let req = fake.serve(&l, &answer);
+        assert_eq!(req.compress, Compress::Zstd, "{what}");
+        assert_eq!(req.bodies, Bodies::Many(vec![Blake3::of(&body)]), "{what}");
+    }
+    // Two corrupt answers use two of the three attempts: the third is the one that counts.
+    let _ = fake.serve(&l, &torn);
+    c.wait(
+        "the leaf to give the release up",
+        Duration::from_secs(30),
+        || matches!(leaf_state(&c), Some(NodeState::Failed { version: 1, .. })),
+    );
+    assert!(!c.dir("leaf-1-1").join("page.html").exists());
+    let log = c.log("leaf-1-1");
+    assert!(log.contains("not in the block format"), "{log}");
+
+    // Asked again later, a proper answer (one compressed block, then one raw) is applied.
+    let half = body.len() / 2;
+    let mut good = block(true, &zstd::bulk::compress(&body[..half], 3).unwrap());
+    good.extend(block(false, &body[half..]));
+    let _ = fake.serve(&l, &good);
+    c.wait_holds("leaf-1-1", 1);
+    assert_eq!(fs::read(c.dir("leaf-1-1").join("page.html")).unwrap(), body);
+    assert!(!c.log("leaf-1-1").contains("panicked"));
 }

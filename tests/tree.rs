@@ -335,3 +335,47 @@ fn a_one_file_change_costs_each_hop_a_delta_and_a_lagging_leaf_gets_the_whole_ma
         c.log("leaf-1-1")
     );
 }
+
+#[test]
+fn compressed_links_carry_text_in_a_fraction_of_its_bytes_and_noise_as_it_is() {
+    let mut c = Cluster::new(1, 1);
+    // The relay asks its parent for zstd, the leaf for auto.
+    c.configure("relay-1", "compress = \"zstd\"\n");
+    c.configure("leaf-1-1", "compress = \"auto\"\n");
+    c.start_all();
+    let d = c.dir("origin");
+    let mut text_bytes = 0;
+    for i in 0..1500 {
+        let page = format!("<li class=\"entry\">page {i} of the site</li>\n").repeat(20 + i % 50);
+        text_bytes += page.len();
+        write(
+            &d,
+            &format!("pages/{:02}/p{i}.html", i % 15),
+            page.as_bytes(),
+        );
+    }
+    // Streamed bodies: text past a chunk (cut-through at the relay), and noise.
+    let log = "GET /index.html 200\n".repeat(300_000);
+    text_bytes += log.len();
+    write(&d, "logs/access.log", log.as_bytes());
+    let noise_bytes = 3 << 20;
+    write(&d, "img/photo.jpg", &noise(noise_bytes, 5));
+    let out = c.publish_wait();
+    assert!(out.contains("all 3 nodes hold release 1"), "{out}");
+    c.assert_same_as_origin("leaf-1-1");
+
+    // Each hop sent the noise whole and the text in under a quarter of its size.
+    for hop in ["origin", "relay-1"] {
+        let sent = c.status_of(hop, hop).unwrap().sent_bytes as usize;
+        assert!(
+            sent >= noise_bytes && sent < noise_bytes + text_bytes / 4,
+            "{hop} sent {sent} bytes for {text_bytes} of text and {noise_bytes} of noise"
+        );
+    }
+
+    // A change after that travels the same way.
+    write(&d, "pages/03/p3.html", b"<p>changed</p>\n");
+    c.publish_wait();
+    c.assert_same_as_origin("leaf-1-1");
+    assert!(!c.all_logs().contains("WARN"), "{}", c.all_logs());
+}

@@ -59,6 +59,8 @@ struct Node {
     data: PathBuf,
     dir: Option<PathBuf>,
     log: PathBuf,
+    /// The network namespace the node runs in, if not this one.
+    netns: Option<String>,
     process: Option<Child>,
 }
 
@@ -98,19 +100,34 @@ impl Cluster {
         upload_limit: Option<&str>,
         origin: Keys,
     ) -> Result<Self> {
-        let _ = fs::remove_dir_all(base);
+        Self::from_plan(
+            base,
+            Self::plan(tree, origin_dir, upload_limit).origin_keys(origin),
+        )
+    }
+
+    /// What [`Cluster::new`] deploys, to be changed before [`Cluster::from_plan`].
+    pub fn plan(
+        tree: &[(String, Option<String>)],
+        origin_dir: &Path,
+        upload_limit: Option<&str>,
+    ) -> Plan {
         let every_node = Keys {
             log: Some("warn".into()),
             upload_limit: upload_limit.map(str::to_owned),
             ..Keys::default()
         };
-        let dep = Plan::nodes(tree.to_vec())
+        Plan::nodes(tree.to_vec())
             .spread()
             .relays_without_dir()
             .origin_dir(origin_dir)
             .every_node(every_node)
-            .origin_keys(origin)
-            .write(base)?;
+    }
+
+    /// Writes `plan` under `base` (wiped first).
+    pub fn from_plan(base: &Path, plan: Plan) -> Result<Self> {
+        let _ = fs::remove_dir_all(base);
+        let dep = plan.write(base)?;
         let nodes = dep
             .configs
             .iter()
@@ -120,10 +137,19 @@ impl Cluster {
                 data: cfg.data.clone(),
                 dir: cfg.dir.clone(),
                 log: dep.home(&cfg.name).join("node.log"),
+                netns: None,
                 process: None,
             })
             .collect();
         Ok(Cluster { nodes })
+    }
+
+    /// Runs node `name` inside network namespace `ns` (`ip netns exec`).
+    pub fn in_netns(mut self, name: &str, ns: &str) -> Self {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.name == name) {
+            n.netns = Some(ns.to_owned());
+        }
+        self
     }
 
     fn node(&self, name: &str) -> &Node {
@@ -142,9 +168,16 @@ impl Cluster {
         let exe = std::env::current_exe()?;
         for n in &mut self.nodes {
             let log = fs::File::create(&n.log)?;
+            let mut cmd = match &n.netns {
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns]).arg(&exe);
+                    c
+                }
+                None => Command::new(&exe),
+            };
             n.process = Some(
-                Command::new(&exe)
-                    .arg("__node")
+                cmd.arg("__node")
                     .arg(&n.config)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())

@@ -9,8 +9,13 @@
 //! tree, every leaf under the origin, and an rsync loop), `depth` (1 GiB to a leaf 1, 2 and 3
 //! hops down), `rss` (a relay forwarding 1 GiB to 4 leaves), `watch` (a watched origin: a
 //! closed file to the deepest leaf of origin → relay → leaf, p50/p99 over 100 single-file
-//! changes; and CPU and memory at rest with 100,000 watched files). Each prints a markdown table
-//! with medians of `--runs` runs (3 by default) and the peak RSS of the nodes.
+//! changes; and CPU and memory at rest with 100,000 watched files), `topology` (leaves moved
+//! between relays of a running 20-node tree), `docs` (a real site, Rust's HTML docs 1.95,
+//! upgraded to nightly's, origin → relay → leaf against one rsync hop), `wan` (that site's
+//! first sync over a link capped with `tc tbf` in a network namespace, per `compress` setting,
+//! against `rsync -a` and `-az`; needs root) and, opt-in, `million` (a million small files:
+//! RSS, a nothing-changed publish, offer bytes per hop for a one-file change). Each prints a
+//! markdown table with medians of `--runs` runs (3 by default) and the peak RSS of the nodes.
 //!
 //! Nodes are separate processes (this executable started as `__node CONFIG`) on 127.0.0.x.
 //! Everything lives under `--base` (default `/dev/shm/cascade-bench`, a tmpfs, so that a
@@ -20,6 +25,7 @@
 
 mod cluster;
 mod rsync;
+mod wan;
 
 use std::fs;
 use std::io::Write;
@@ -28,6 +34,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use cascade::config::CompressKind;
 use cascade::dir::fingerprint;
 use cascade::testkit::noise;
 
@@ -57,6 +64,15 @@ struct Opts {
     idle_secs: u64,
     /// Leave the last cluster of each workload (configs, logs, data) under `base`.
     keep: bool,
+    /// The real site of the `docs` and `wan` workloads, and the one it is upgraded to.
+    docs_from: PathBuf,
+    docs_to: PathBuf,
+    /// Generate small sites instead of reading `docs_from` and `docs_to` (smoke runs).
+    docs_generated: bool,
+    /// The `wan` workload's cap, in Mbit/s each way.
+    wan_mbit: u64,
+    /// Files of the `million` workload.
+    million_files: usize,
 }
 
 fn main() -> ExitCode {
@@ -97,6 +113,11 @@ fn parse(args: Vec<String>) -> Result<Opts> {
         watch_changes: 100,
         watch_files: 100_000,
         idle_secs: 30,
+        docs_from: rust_docs("1.95.0"),
+        docs_to: rust_docs("nightly"),
+        docs_generated: false,
+        wan_mbit: 100,
+        million_files: 1_000_000,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -122,16 +143,23 @@ fn parse(args: Vec<String>) -> Result<Opts> {
                 o.watch_changes = 5;
                 o.watch_files = 2000;
                 o.idle_secs = 2;
+                o.docs_generated = true;
+                o.million_files = 3000;
                 o.base = o.base.with_file_name("cascade-bench-smoke");
             }
             "--watch-changes" => {
                 o.watch_changes = it.next().context("--watch-changes N")?.parse()?
             }
-            "big" | "small" | "fanout" | "depth" | "rss" | "watch" | "topology" => {
-                o.workloads.push(a)
+            "--docs-from" => o.docs_from = it.next().context("--docs-from DIR")?.into(),
+            "--docs-to" => o.docs_to = it.next().context("--docs-to DIR")?.into(),
+            "--wan-mbit" => o.wan_mbit = it.next().context("--wan-mbit N")?.parse()?,
+            "--million-files" => {
+                o.million_files = it.next().context("--million-files N")?.parse()?
             }
+            "big" | "small" | "fanout" | "depth" | "rss" | "watch" | "topology" | "docs"
+            | "wan" | "million" => o.workloads.push(a),
             "-h" | "--help" => {
-                println!("usage: bench [--runs N] [--base DIR] [--smoke] [--keep] [--warm-gib N] [--fanout-mib N] [--cap-mib N] [--watch-changes N] [big|small|fanout|depth|rss|watch|topology]...");
+                println!("usage: bench [--runs N] [--base DIR] [--smoke] [--keep] [--warm-gib N] [--fanout-mib N] [--cap-mib N] [--watch-changes N] [--docs-from DIR] [--docs-to DIR] [--wan-mbit N] [--million-files N] [big|small|fanout|depth|rss|watch|topology|docs|wan|million]...\n(million is opt-in: not run by default)");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -139,10 +167,14 @@ fn parse(args: Vec<String>) -> Result<Opts> {
     }
     if o.workloads.is_empty() {
         o.workloads = [
-            "big", "small", "fanout", "depth", "rss", "watch", "topology",
+            "big", "small", "fanout", "depth", "rss", "watch", "topology", "docs", "wan",
         ]
         .map(String::from)
         .to_vec();
+        if o.docs_generated {
+            // A smoke run covers the opt-in workload too, at its tiny size.
+            o.workloads.push("million".into());
+        }
     }
     Ok(o)
 }
@@ -172,6 +204,9 @@ fn run(o: Opts) -> Result<()> {
             "rss" => rt.block_on(rss(&o, &base))?,
             "watch" => rt.block_on(watch(&o, &base))?,
             "topology" => rt.block_on(topology(&o, &base))?,
+            "docs" => rt.block_on(docs(&o, &base))?,
+            "wan" => rt.block_on(wan(&o, &base))?,
+            "million" => rt.block_on(million(&o, &base))?,
             _ => unreachable!("checked when parsing"),
         }
         if !o.keep {
@@ -805,5 +840,318 @@ async fn wait_for(c: &Cluster, name: &str, version: u64) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    Ok(())
+}
+
+/// The HTML docs of a rustup toolchain (`1.95.0`, `nightly`...).
+fn rust_docs(toolchain: &str) -> PathBuf {
+    let home = std::env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".rustup")))
+        .unwrap_or_else(|| "/root/.rustup".into());
+    home.join(format!(
+        "toolchains/{toolchain}-x86_64-unknown-linux-gnu/share/doc/rust/html"
+    ))
+}
+
+/// The site of the `docs` and `wan` workloads and the one it is upgraded to, with a line
+/// saying what they are: the real trees of `--docs-from` and `--docs-to`, or for a smoke
+/// run two small generated ones.
+fn sites(o: &Opts, base: &Path) -> Result<(PathBuf, PathBuf, String)> {
+    if o.docs_generated {
+        let (a, b) = (base.join("site-1"), base.join("site-2"));
+        generate_site(&a, 1)?;
+        generate_site(&b, 2)?;
+        return Ok((a, b, "two generated sites (smoke run)".into()));
+    }
+    for d in [&o.docs_from, &o.docs_to] {
+        if !d.is_dir() {
+            bail!(
+                "{} is not a directory: the docs and wan workloads read a real site there (Rust's HTML docs: `rustup toolchain install 1.95.0 nightly --component rust-docs`), or pass --docs-from DIR --docs-to DIR",
+                d.display()
+            );
+        }
+    }
+    let describe = |d: &Path| {
+        let (files, bytes) = tree_size(d);
+        format!(
+            "`{}` ({files} files, {:.0} MB)",
+            d.display(),
+            bytes as f64 / 1e6
+        )
+    };
+    Ok((
+        o.docs_from.clone(),
+        o.docs_to.clone(),
+        format!(
+            "{} upgraded to {}",
+            describe(&o.docs_from),
+            describe(&o.docs_to)
+        ),
+    ))
+}
+
+/// A small site for smoke runs: pages of text in a few directories; `version` 2 edits a third
+/// of them, adds some and deletes some.
+fn generate_site(dir: &Path, version: u64) -> Result<()> {
+    for i in 0..240u64 {
+        if version == 2 && i % 12 == 5 {
+            continue;
+        }
+        let page = dir.join(format!("sec{}/page{i}.html", i % 8));
+        fs::create_dir_all(page.parent().expect("a file path"))?;
+        let edit = if version == 2 && i % 3 == 0 { 2 } else { 1 };
+        let body =
+            format!("<p>page {i}, edition {edit}</p>\n").repeat(20 + (i as usize * 37) % 400);
+        fs::write(&page, body)?;
+    }
+    if version == 2 {
+        for i in 0..30 {
+            fs::write(
+                dir.join(format!("sec{}/new{i}.html", i % 8)),
+                format!("new {i}\n"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Files and bytes under `dir`.
+fn tree_size(dir: &Path) -> (u64, u64) {
+    let mut out = (0, 0);
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => {
+                let (f, b) = tree_size(&e.path());
+                out = (out.0 + f, out.1 + b);
+            }
+            Ok(t) if t.is_file() => {
+                out = (out.0 + 1, out.1 + e.metadata().map_or(0, |m| m.len()));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Makes `to` an exact copy of `from` (content, modes, times): how the bench stages a site
+/// under the origin; not timed.
+fn mirror(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    let ok = std::process::Command::new("rsync")
+        .args(["-a", "--delete"])
+        .arg(format!("{}/", from.display()))
+        .arg(format!("{}/", to.display()))
+        .status()
+        .context("cannot run rsync")?
+        .success();
+    if !ok {
+        bail!("copying {} to {} failed", from.display(), to.display());
+    }
+    Ok(())
+}
+
+/// Workload 8: a real site upgrade through origin → relay → leaf, against one rsync hop.
+async fn docs(o: &Opts, base: &Path) -> Result<()> {
+    let (from, to, what) = sites(o, base)?;
+    let src = base.join("src");
+    let t = chain(2);
+    let steps = ["first sync", "upgrade"];
+    let mut times: Vec<[Vec<Duration>; 4]> = steps.iter().map(|_| Default::default()).collect();
+    // CPU time each node used per step (last run).
+    let mut cpu = vec![[Duration::ZERO; 3]; steps.len()];
+    let names = ["origin", "relay-1", "leaf"];
+    let mut rss = (0, 0, 0);
+    for _ in 0..o.runs {
+        let _ = fs::remove_dir_all(&src);
+        mirror(&from, &src)?;
+        let mut c = Cluster::new(&base.join("cascade"), &t, &src, None)?;
+        c.start().await?;
+        let daemon = rsync::Daemon::start(&base.join("rsyncd"), &src)?;
+        let dest = rsync::fresh(&base.join("rsync-dest"))?;
+        for (i, _) in steps.iter().enumerate() {
+            if i == 1 {
+                mirror(&to, &src)?;
+            }
+            let before = names.map(|n| c.cpu_time(n));
+            let p = c.publish(&["relay-1", "leaf"]).await?;
+            cpu[i] = [0, 1, 2].map(|k| c.cpu_time(names[k]) - before[k]);
+            times[i][0].push(p.reached[0]);
+            times[i][1].push(p.reached[1]);
+            times[i][2].push(daemon.pull(&dest, &["--delete"])?);
+            times[i][3].push(p.scan);
+        }
+        check_same(&src, &c.dir("leaf"))?;
+        check_same(&src, &dest)?;
+        rss = (
+            c.peak_rss("origin"),
+            c.peak_rss("relay-1"),
+            c.peak_rss("leaf"),
+        );
+    }
+    println!("## 8. A real site upgrade, origin → relay → leaf\n");
+    println!("{what}.\n");
+    println!("| step | origin's publish (scan) | Cascade → relay (1 hop) | Cascade → leaf (2 hops) | rsync `-a --delete` (1 hop) | leaf ÷ rsync | CPU origin / relay / leaf |\n|---|---|---|---|---|---|---|");
+    for (i, step) in steps.iter().enumerate() {
+        let [relay, leaf, rs, scan] = std::mem::take(&mut times[i]).map(median);
+        println!(
+            "| {step} | {} | {} | {} | {} | {} | {} / {} / {} |",
+            secs(scan),
+            secs(relay),
+            secs(leaf),
+            secs(rs),
+            ratio(leaf, rs),
+            secs(cpu[i][0]),
+            secs(cpu[i][1]),
+            secs(cpu[i][2]),
+        );
+    }
+    println!(
+        "\nPeak RSS: origin {}, relay {}, leaf {}.\n",
+        mib(rss.0),
+        mib(rss.1),
+        mib(rss.2)
+    );
+    Ok(())
+}
+
+/// Workload 9: the site's first sync over a capped link (a network namespace, `tc tbf`),
+/// origin → leaf with each `compress` setting, against rsync with and without `-z`.
+async fn wan(o: &Opts, base: &Path) -> Result<()> {
+    let (from, _, what) = sites(o, base)?;
+    let src = base.join("src");
+    mirror(&from, &src)?;
+    let link = wan::Wan::new(o.wan_mbit)?;
+    let far = std::net::SocketAddr::new(wan::FAR.into(), 7710);
+    let t = chain(1);
+    let mut rows = Vec::new();
+    for kind in [CompressKind::Off, CompressKind::Auto, CompressKind::Zstd] {
+        let (mut times, mut scans, mut sent) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..o.runs {
+            let leaf = cascade::config::Keys {
+                compress: Some(kind),
+                ..Default::default()
+            };
+            let plan = Cluster::plan(&t, &src, None)
+                .listen("origin", far)
+                .node_keys("leaf", leaf);
+            let mut c =
+                Cluster::from_plan(&base.join("cascade"), plan)?.in_netns("origin", wan::NS);
+            c.start().await?;
+            let p = c.publish(&["leaf"]).await?;
+            times.push(p.reached[0]);
+            scans.push(p.scan);
+            sent = c.sent_bytes("origin").await;
+            check_same(&src, &c.dir("leaf"))?;
+        }
+        let name = format!(
+            "Cascade, leaf `compress = \"{}\"`",
+            format!("{kind:?}").to_lowercase()
+        );
+        rows.push((name, median(times), Some(median(scans)), sent));
+    }
+    let daemon = rsync::Daemon::start_at(&base.join("rsyncd"), &src, wan::FAR, Some(wan::NS))?;
+    for (name, extra) in [
+        ("rsync daemon `-a`", &[][..]),
+        ("rsync daemon `-az`", &["-z"][..]),
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..o.runs {
+            let dest = rsync::fresh(&base.join("rsync-dest"))?;
+            times.push(daemon.pull(&dest, extra)?);
+            check_same(&src, &dest)?;
+        }
+        rows.push((name.to_owned(), median(times), None, 0));
+    }
+    drop(daemon);
+    drop(link);
+    let rsync_z = rows.last().expect("rsync -az ran").1;
+    let (_, bytes) = tree_size(&src);
+    println!(
+        "## 9. First sync over a {} Mbit/s link (network namespace, `tc tbf` each way), one hop\n",
+        o.wan_mbit
+    );
+    println!("{what}: the first site, {:.0} MB.\n", bytes as f64 / 1e6);
+    println!("| | time | of which the origin's publish (scan) | ÷ rsync `-az` | body bytes on the link (Cascade) |\n|---|---|---|---|---|");
+    for (name, d, scan, sent) in rows {
+        let sent = if sent > 0 {
+            format!("{:.1} MB", sent as f64 / 1e6)
+        } else {
+            "-".into()
+        };
+        let scan = scan.map_or("-".into(), secs);
+        println!(
+            "| {name} | {} | {scan} | {} | {sent} |",
+            secs(d),
+            ratio(d, rsync_z)
+        );
+    }
+    println!();
+    Ok(())
+}
+
+/// Workload 10 (opt-in): a million small files through origin → relay → leaf: each node's
+/// peak RSS, a nothing-changed publish on the origin, and the offer bytes each hop sends for
+/// a one-file change.
+async fn million(o: &Opts, base: &Path) -> Result<()> {
+    let src = base.join("src");
+    let per_dir = 100;
+    for f in 0..o.million_files {
+        let d = src.join(format!("d{:05}", f / per_dir));
+        if f % per_dir == 0 {
+            fs::create_dir_all(&d)?;
+        }
+        fs::write(d.join(format!("f{f}.txt")), format!("file {f}\n"))?;
+    }
+    let t = chain(2);
+    let mut c = Cluster::new(&base.join("cascade"), &t, &src, None)?;
+    c.start().await?;
+    let first = c.publish(&["relay-1", "leaf"]).await?;
+    let nothing = c.publish(&["relay-1", "leaf"]).await?;
+    if nothing.changed {
+        bail!("a publish with nothing changed cut a new release");
+    }
+    let edited = src.join("d00000/f0.txt");
+    let before = fs::metadata(&edited)?.modified()?;
+    fs::write(&edited, "changed\n")?;
+    fs::File::options()
+        .write(true)
+        .open(&edited)?
+        .set_modified(before + Duration::from_secs(2))?;
+    let offered = (
+        c.offered_bytes("origin").await,
+        c.offered_bytes("relay-1").await,
+    );
+    let one = c.publish(&["relay-1", "leaf"]).await?;
+    let offered = (
+        c.offered_bytes("origin").await - offered.0,
+        c.offered_bytes("relay-1").await - offered.1,
+    );
+    check_same(&src, &c.dir("leaf"))?;
+    println!(
+        "## 10. {} files in {} directories, origin → relay → leaf\n",
+        o.million_files,
+        o.million_files.div_ceil(per_dir)
+    );
+    println!("| step | origin's publish (scan + release) | → leaf | offer bytes origin → relay / relay → leaf |\n|---|---|---|---|");
+    println!(
+        "| first sync | {} | {} | - |",
+        secs(first.scan),
+        secs(first.reached[1])
+    );
+    println!("| nothing changed | {} | - | 0 |", secs(nothing.scan));
+    println!(
+        "| one file changed | {} | {} | {} / {} |",
+        secs(one.scan),
+        secs(one.reached[1]),
+        offered.0,
+        offered.1
+    );
+    println!(
+        "\nPeak RSS: origin {}, relay {}, leaf {}.\n",
+        mib(c.peak_rss("origin")),
+        mib(c.peak_rss("relay-1")),
+        mib(c.peak_rss("leaf"))
+    );
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! runs users do today (`rsync -a`, with `--delete`, `--bwlimit`, `--checksum-choice=md5`).
 
 use std::fs;
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,11 +44,17 @@ pub fn version() -> String {
 /// An `rsync --daemon` serving one directory read-only as module `src`.
 pub struct Daemon {
     process: Child,
+    addr: Ipv4Addr,
     port: u16,
 }
 
 impl Daemon {
     pub fn start(base: &Path, src: &Path) -> Result<Self> {
+        Self::start_at(base, src, Ipv4Addr::LOCALHOST, None)
+    }
+
+    /// A daemon listening on `addr`, inside network namespace `netns` if given.
+    pub fn start_at(base: &Path, src: &Path, addr: Ipv4Addr, netns: Option<&str>) -> Result<Self> {
         fs::create_dir_all(base)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -62,8 +68,17 @@ impl Daemon {
                 src.display()
             ),
         )?;
-        let process = Command::new("rsync")
-            .args(["--daemon", "--no-detach", "--address=127.0.0.1"])
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "rsync"]);
+                c
+            }
+            None => Command::new("rsync"),
+        };
+        let process = cmd
+            .args(["--daemon", "--no-detach"])
+            .arg(format!("--address={addr}"))
             .arg(format!("--port={port}"))
             .arg(format!("--config={}", conf.display()))
             .stdin(Stdio::null())
@@ -72,13 +87,17 @@ impl Daemon {
             .spawn()
             .context("cannot start rsync --daemon")?;
         let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect((addr, port)).is_err() {
             if started.elapsed() > Duration::from_secs(10) {
                 bail!("rsync daemon did not start on port {port}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Daemon { process, port })
+        Ok(Daemon {
+            process,
+            addr,
+            port,
+        })
     }
 
     /// Runs `rsync -a EXTRA rsync://…/src/ DEST/` and returns how long it took.
@@ -88,7 +107,7 @@ impl Daemon {
         let out = Command::new("rsync")
             .arg("-a")
             .args(extra)
-            .arg(format!("rsync://127.0.0.1:{}/src/", self.port))
+            .arg(format!("rsync://{}:{}/src/", self.addr, self.port))
             .arg(format!("{}/", dest.display()))
             .output()
             .context("cannot run rsync")?;

@@ -55,6 +55,8 @@ pub enum SyncError {
     State(#[from] StateError),
     #[error("parent did not serve body {0} (code {1})")]
     NotServed(Blake3, u64),
+    #[error("body {0} sent by the parent is not in the block format: {1}")]
+    BadBlock(Blake3, crate::wire::WireError),
     #[error("body {id} sent by the parent is {got}+ bytes, expected {size}")]
     TooLong { id: Blake3, size: u64, got: u64 },
     #[error("{path}: No space left to fetch this release: its new bodies need {need} bytes, {free} are free")]

@@ -46,6 +46,8 @@ pub struct Shared {
     pub dir_bodies: std::sync::Mutex<Option<(u64, DirBodies)>>,
     /// Caps what is sent to children (`upload_limit`).
     pub upload: Option<Limiter>,
+    /// How this node asks its parent to send bodies (`compress`).
+    pub compress: crate::wire::Compress,
     /// Commands run around a release, and where they run.
     pub hooks: HookSetup,
     /// The link to the parent while one is up (a verify fetches bodies over it).

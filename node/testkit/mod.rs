@@ -88,6 +88,11 @@ pub struct Plan {
     every_node: Keys,
     /// Keys set on the origin only (none that `every_node` sets).
     origin: Keys,
+    /// Keys set on one node (none that `every_node` sets).
+    node_keys: Vec<(String, Keys)>,
+    /// Listening nodes given an address instead of a free one found on 127.0.0.x (an
+    /// address of another network namespace, say).
+    listen: Vec<(String, SocketAddr)>,
 }
 
 /// origin → `relays` relays → `leaves` leaves each, every node with a `dir`, on 127.0.0.1.
@@ -117,6 +122,8 @@ impl Plan {
             origin_dir: None,
             every_node: Keys::default(),
             origin: Keys::default(),
+            node_keys: Vec::new(),
+            listen: Vec::new(),
         }
     }
 
@@ -147,6 +154,18 @@ impl Plan {
     /// Sets these keys on the origin (keys `every_node` does not set).
     pub fn origin_keys(mut self, keys: Keys) -> Self {
         self.origin = keys;
+        self
+    }
+
+    /// Sets these keys on node `name` (keys `every_node` does not set).
+    pub fn node_keys(mut self, name: &str, keys: Keys) -> Self {
+        self.node_keys.push((name.to_owned(), keys));
+        self
+    }
+
+    /// Node `name` listens on `addr`.
+    pub fn listen(mut self, name: &str, addr: SocketAddr) -> Self {
+        self.listen.push((name.to_owned(), addr));
         self
     }
 
@@ -191,6 +210,9 @@ impl Plan {
             if parent.is_none() {
                 text.push_str(&self.origin.to_toml());
             }
+            for (_, keys) in self.node_keys.iter().filter(|(n, _)| n == name) {
+                text.push_str(&keys.to_toml());
+            }
             fs::write(&file, text)?;
             configs.push(NodeConfig::load(Some(&file), [], &Keys::default())?);
         }
@@ -210,7 +232,9 @@ impl Plan {
             if let Some(p) = parent {
                 writeln!(topo, "parent = \"{p}\"")?;
             }
-            if self.has_children(name) {
+            if let Some((_, addr)) = self.listen.iter().find(|(n, _)| n == name) {
+                writeln!(topo, "listen = \"{addr}\"")?;
+            } else if self.has_children(name) {
                 let ip = if self.spread {
                     Ipv4Addr::new(127, 0, 0, 2 + (taken.len() % 250) as u8)
                 } else {

@@ -1,8 +1,10 @@
-//! The messages of protocol version 5, as serde types. Variants are append-only (the
+//! The messages of protocol version 6, as serde types. Variants are append-only (the
 //! variant index is the tag on the wire). Each message type has its own frame limit
 //! ([`Message::MAX`]): a peer can make a node allocate at most that much per frame.
 
 use serde::{Deserialize, Serialize};
+
+use super::blocks::Compress;
 
 use crate::status::NodeStatus;
 use crate::tree::{
@@ -124,9 +126,17 @@ impl RawRelease {
     }
 }
 
-/// The one request on a body stream. Bodies are named by their BLAKE3.
+/// The one request on a body stream: which bodies, and how to send them (raw, or in blocks
+/// that may be compressed: see [`super::blocks`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BodyRequest {
+pub struct BodyRequest {
+    pub bodies: Bodies,
+    pub compress: Compress,
+}
+
+/// The bodies a [`BodyRequest`] asks for, named by their BLAKE3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Bodies {
     /// One body from `offset` (lets an interrupted transfer resume) to its end.
     One { id: Blake3, offset: u64 },
     /// Whole bodies, sent back to back in this order: many small files on one stream.

@@ -1,7 +1,7 @@
-//! The Cascade wire protocol, version 5. This module is the spec; it has no sockets.
+//! The Cascade wire protocol, version 6. This module is the spec; it has no sockets.
 //!
 //! # Links
-//! A child dials its parent over QUIC with mutual TLS 1.3; the ALPN is [`ALPN`] (`cascade/5`),
+//! A child dials its parent over QUIC with mutual TLS 1.3; the ALPN is [`ALPN`] (`cascade/6`),
 //! so a peer speaking another protocol version fails the handshake instead of misreading bytes.
 //! Both sides present certificates from the deployment CA; the parent accepts only the names of
 //! its own children, the child only its parent's name.
@@ -31,12 +31,15 @@
 //!   cannot rebuild (another base, a run outside it) closes the link as a protocol error, and
 //!   the next link's hello gets it a whole manifest.
 //! - **Body** (one bidirectional stream per request, opened by the child): the child sends one
-//!   [`BodyRequest`] frame and finishes its side; the parent answers with the raw bytes asked
+//!   [`BodyRequest`] frame and finishes its side; the parent answers with the bytes asked
 //!   for and finishes, or resets the stream with [`ErrorCode::NotFound`]. For
-//!   [`BodyRequest::One`], that is one body from `offset` to its end; for
-//!   [`BodyRequest::Many`] (small files, at most [`MAX_BATCH`]), the whole bodies back to back
-//!   in the order asked. Bodies are named by their BLAKE3; the child knows sizes, MD5s and
-//!   BLAKE3s from the manifest and checks them.
+//!   [`Bodies::One`], that is one body from `offset` to its end; for [`Bodies::Many`] (small
+//!   files, at most [`MAX_BATCH`]), the whole bodies back to back in the order asked. Bodies
+//!   are named by their BLAKE3; the child knows sizes, MD5s and BLAKE3s from the manifest and
+//!   checks them. With [`Compress::Off`] the answer is those raw bytes; otherwise it is the
+//!   same bytes cut into blocks of at most [`blocks::BLOCK`], each raw or one zstd frame
+//!   (see [`blocks`]): blocks run across the bodies of a batch, so small files compress
+//!   together.
 //!
 //! # Chunks
 //! A body larger than [`crate::tree::CHUNK`] (4 MiB) carries the MD5 and BLAKE3 chaining
@@ -47,23 +50,25 @@
 //! # Trust
 //! Every release carries the origin's Ed25519 signature over its version and its manifest's
 //! root digest (BLAKE3 over every entry); every node checks it before it stores, forwards or
-//! applies anything (see [`crate::sync::trust`]). Version 5 added manifest deltas (and the
-//! root in the hello); version 4 added BLAKE3 (version 3 trusted
+//! applies anything (see [`crate::sync::trust`]). Version 6 added compressed body streams;
+//! version 5 added manifest deltas (and the root in the hello); version 4 added BLAKE3 (version 3 trusted
 //! MD5 alone, and named bodies by it) and moved from bincode to postcard.
 //!
 //! A receiver pulls what it lacks, so the same exchange serves a push after a publish and a
 //! catch-up after a reconnect.
 
+pub mod blocks;
 mod frame;
 mod messages;
 
+pub use blocks::Compress;
 pub use frame::{decode, decode_frame, encode, frame_len, WireError, HEADER_LEN, MAX_FRAME};
 pub use messages::*;
 
-/// ALPN of protocol version 5: a peer of another version fails the handshake.
-pub const ALPN: &[u8] = b"cascade/5";
+/// ALPN of protocol version 6: a peer of another version fails the handshake.
+pub const ALPN: &[u8] = b"cascade/6";
 
-/// Most bodies in one [`BodyRequest::Many`].
+/// Most bodies in one [`Bodies::Many`].
 pub const MAX_BATCH: usize = 4096;
 
 #[cfg(test)]

@@ -128,11 +128,21 @@ fn all_messages() -> Samples {
             Down::OfferDelta(sample_delta()),
         ],
         vec![
-            BodyRequest::One {
-                id: Blake3::empty(),
-                offset: 12,
+            BodyRequest {
+                bodies: Bodies::One {
+                    id: Blake3::empty(),
+                    offset: 12,
+                },
+                compress: Compress::Off,
             },
-            BodyRequest::Many(vec![Blake3([3; 32]), Blake3([4; 32])]),
+            BodyRequest {
+                bodies: Bodies::Many(vec![Blake3([3; 32]), Blake3([4; 32])]),
+                compress: Compress::Zstd,
+            },
+            BodyRequest {
+                bodies: Bodies::Many(vec![]),
+                compress: Compress::Auto,
+            },
         ],
         vec![
             AdminRequest::Publish,
@@ -219,17 +229,24 @@ fn golden_bytes() {
     want.extend([7u8; 32]);
     want.extend([1, 0, 0, 3, 0, 0, 0, 0]);
     assert_eq!(delta, want);
-    let req = encode(&BodyRequest::One {
-        id: Blake3([1; 32]),
-        offset: 0,
+    let req = encode(&BodyRequest {
+        bodies: Bodies::One {
+            id: Blake3([1; 32]),
+            offset: 0,
+        },
+        compress: Compress::Off,
     });
-    let mut want = vec![0, 0, 0, 34, 0];
+    let mut want = vec![0, 0, 0, 35, 0];
     want.extend([1u8; 32]);
-    want.push(0);
+    want.extend([0, 0]);
     assert_eq!(req, want);
-    let req = encode(&BodyRequest::Many(vec![Blake3([2; 32])]));
-    let mut want = vec![0, 0, 0, 34, 1, 1];
+    let req = encode(&BodyRequest {
+        bodies: Bodies::Many(vec![Blake3([2; 32])]),
+        compress: Compress::Auto,
+    });
+    let mut want = vec![0, 0, 0, 35, 1, 1];
     want.extend([2u8; 32]);
+    want.push(2);
     assert_eq!(req, want);
     assert_eq!(encode(&AdminRequest::Status), vec![0, 0, 0, 1, 1]);
 }
@@ -290,7 +307,10 @@ fn oversized_frame_is_refused_before_allocating() {
     assert!(frame_len(header, BodyRequest::MAX).is_err());
     assert!(frame_len(header, Up::MAX).is_ok());
     // The largest real body request fits its limit.
-    let most = encode(&BodyRequest::Many(vec![Blake3([0xff; 32]); MAX_BATCH]));
+    let most = encode(&BodyRequest {
+        bodies: Bodies::Many(vec![Blake3([0xff; 32]); MAX_BATCH]),
+        compress: Compress::Zstd,
+    });
     assert!(most.len() - HEADER_LEN <= BodyRequest::MAX);
     // A huge length inside the payload (a string claiming 2^60 bytes) is an error too.
     let mut payload = vec![0u8, 255];
@@ -585,8 +605,9 @@ mod props {
         fn body_and_admin_round_trip(id in blake3(), offset in any::<u64>(), node in name(), release in any::<Option<u64>>(),
                                      nodes in prop::collection::vec(status(), 0..4), err in name(),
                                      s in any::<(u64, bool, u64, u64)>()) {
-            check(&BodyRequest::One { id, offset });
-            check(&BodyRequest::Many(vec![id; (offset % 50) as usize]));
+            let compress = [Compress::Off, Compress::Zstd, Compress::Auto][(offset % 3) as usize];
+            check(&BodyRequest { bodies: Bodies::One { id, offset }, compress });
+            check(&BodyRequest { bodies: Bodies::Many(vec![id; (offset % 50) as usize]), compress });
             check(&AdminRequest::Publish);
             check(&AdminRequest::Status);
             check(&AdminResponse::Status { node, release, nodes });

@@ -18,7 +18,8 @@ use crate::data::{BodyWriter, Expected, StoreError};
 use crate::net::{self, LinkError};
 use crate::status::NodeState;
 use crate::tree::{Blake3, Release};
-use crate::wire::{BodyRequest, ErrorCode};
+use crate::wire::blocks::{parse_header, Unpacker, BLOCK_HEADER};
+use crate::wire::{Bodies, BodyRequest, Compress, ErrorCode, WireError};
 
 /// Requests (a large body, or a batch of small ones) in flight at once on parallel streams.
 const PARALLEL_BODIES: usize = 16;
@@ -143,12 +144,21 @@ impl Asker {
         Ok(())
     }
 
-    /// Opens a body stream and sends `req`.
-    async fn request(&self, req: &BodyRequest) -> Result<RecvStream, SyncError> {
+    /// Opens a body stream and asks for `bodies`, compressed as this node's `compress` says.
+    async fn request(&self, bodies: Bodies) -> Result<Incoming, SyncError> {
+        let compress = self.shared.compress;
+        let unpacker = match compress {
+            Compress::Off => None,
+            _ => Some(Unpacker::new().map_err(LinkError::Io)?),
+        };
         let (mut send, recv) = self.conn.open_bi().await.map_err(LinkError::from)?;
-        net::send(&mut send, req).await?;
+        net::send(&mut send, &BodyRequest { bodies, compress }).await?;
         send.finish().map_err(LinkError::from)?;
-        Ok(recv)
+        Ok(Incoming {
+            recv,
+            unpacker,
+            stored: Vec::new(),
+        })
     }
 
     /// Fetches the bodies the store still lacks of `bodies` (each at most [`STREAM_ABOVE`]),
@@ -164,8 +174,8 @@ impl Asker {
             return Ok(());
         };
         let total = missing.iter().map(|e| e.size).sum();
-        let req = BodyRequest::Many(missing.iter().map(|e| e.blake3).collect());
-        let mut recv = self.request(&req).await?;
+        let bodies = Bodies::Many(missing.iter().map(|e| e.blake3).collect());
+        let mut recv = self.request(bodies).await?;
         let data = read_whole(&mut recv, first, total).await?;
         self.done.fetch_add(data.len() as u64, Ordering::Relaxed);
         let me = self.shared.clone();
@@ -202,7 +212,7 @@ impl Asker {
             if offset > 0 {
                 debug!(%id, offset, size, "resuming body");
             }
-            let mut recv = self.request(&BodyRequest::One { id, offset }).await?;
+            let mut recv = self.request(Bodies::One { id, offset }).await?;
             writer = self.receive(&mut recv, writer, id, size, flight).await?;
         }
         tokio::task::spawn_blocking(move || writer.finish())
@@ -216,7 +226,7 @@ impl Asker {
     /// a kill would lose.
     async fn receive(
         &self,
-        recv: &mut RecvStream,
+        recv: &mut Incoming,
         writer: BodyWriter,
         id: Blake3,
         size: u64,
@@ -236,9 +246,10 @@ impl Asker {
         while !eof {
             let mut buf = std::mem::take(&mut spare);
             buf.clear();
-            eof = read_up_to(recv, &mut buf, STREAM_ABOVE)
+            eof = recv
+                .read_up_to(&mut buf, STREAM_ABOVE)
                 .await
-                .map_err(|e| read_failed(id, e))?;
+                .map_err(|e| e.for_body(id))?;
             received += buf.len() as u64;
             if received > size {
                 return Err(SyncError::TooLong {
@@ -271,17 +282,85 @@ impl SyncError {
             self,
             SyncError::Store(StoreError::Mismatch { .. } | StoreError::ChunkMismatch { .. })
                 | SyncError::TooLong { .. }
+                | SyncError::BadBlock(..)
         )
     }
 }
 
-/// A failed body read: a reset means the parent could not serve it (retried with the
-/// release); anything else is the link failing.
-fn read_failed(id: Blake3, e: quinn::ReadError) -> SyncError {
-    match e {
-        quinn::ReadError::Reset(code) => SyncError::NotServed(id, code.into_inner()),
-        e => LinkError::from(e).into(),
+/// Why a body stream could not be read.
+enum ReadFail {
+    Read(quinn::ReadError),
+    /// A packed stream broke the block format.
+    Block(WireError),
+}
+
+impl ReadFail {
+    /// A reset means the parent could not serve the body (retried with the release); a bad
+    /// block, a corrupt body (asked again); anything else is the link failing.
+    fn for_body(self, id: Blake3) -> SyncError {
+        match self {
+            ReadFail::Read(quinn::ReadError::Reset(code)) => {
+                SyncError::NotServed(id, code.into_inner())
+            }
+            ReadFail::Read(e) => LinkError::from(e).into(),
+            ReadFail::Block(e) => SyncError::BadBlock(id, e),
+        }
     }
+}
+
+impl From<quinn::ReadExactError> for ReadFail {
+    fn from(e: quinn::ReadExactError) -> Self {
+        match e {
+            quinn::ReadExactError::FinishedEarly(_) => ReadFail::Block(WireError::Truncated),
+            quinn::ReadExactError::ReadError(e) => ReadFail::Read(e),
+        }
+    }
+}
+
+/// A body stream being received: the raw bytes, or blocks unpacked as they arrive.
+struct Incoming {
+    recv: RecvStream,
+    unpacker: Option<Unpacker>,
+    /// One block's stored bytes.
+    stored: Vec<u8>,
+}
+
+impl Incoming {
+    /// Appends received (unpacked) bytes to `buf` until it holds at least `limit` bytes or
+    /// the stream ends (then returns true). A packed stream may end only between blocks.
+    async fn read_up_to(&mut self, buf: &mut Vec<u8>, limit: usize) -> Result<bool, ReadFail> {
+        let Some(unpacker) = &mut self.unpacker else {
+            return read_up_to(&mut self.recv, buf, limit)
+                .await
+                .map_err(ReadFail::Read);
+        };
+        while buf.len() < limit {
+            let mut header = [0; BLOCK_HEADER];
+            match stalled(self.recv.read_exact(&mut header)).await? {
+                Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(true),
+                got => got?,
+            }
+            let header = parse_header(header).map_err(ReadFail::Block)?;
+            self.stored.resize(header.stored, 0);
+            stalled(self.recv.read_exact(&mut self.stored)).await??;
+            unpacker
+                .unpack(header, &self.stored, buf)
+                .map_err(ReadFail::Block)?;
+        }
+        Ok(false)
+    }
+}
+
+/// Runs one read, giving the stream up as a lost link if nothing comes within
+/// [`STALL_TIMEOUT`] (dropping the stream then stops it).
+async fn stalled<T>(read: impl std::future::Future<Output = T>) -> Result<T, ReadFail> {
+    tokio::time::timeout(STALL_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            ReadFail::Read(quinn::ReadError::ConnectionLost(
+                quinn::ConnectionError::TimedOut,
+            ))
+        })
 }
 
 /// Longest a body stream may go without a byte before it is given up (and the body asked
@@ -319,11 +398,12 @@ async fn read_up_to(
 
 /// Receives whole bodies of `size` bytes in all, back to back on one stream, and reads the
 /// stream to its end (one more byte is an error).
-async fn read_whole(recv: &mut RecvStream, first: Blake3, size: u64) -> Result<Vec<u8>, SyncError> {
+async fn read_whole(recv: &mut Incoming, first: Blake3, size: u64) -> Result<Vec<u8>, SyncError> {
     let mut buf = Vec::with_capacity(size as usize);
-    let eof = read_up_to(recv, &mut buf, size as usize + 1)
+    let eof = recv
+        .read_up_to(&mut buf, size as usize + 1)
         .await
-        .map_err(|e| read_failed(first, e))?;
+        .map_err(|e| e.for_body(first))?;
     if !eof || buf.len() as u64 > size {
         return Err(SyncError::TooLong {
             id: first,

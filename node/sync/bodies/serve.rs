@@ -16,7 +16,8 @@ use super::super::shared::Shared;
 use crate::net::{self, LinkError};
 use crate::tree::hash::IO_BUF;
 use crate::tree::Blake3;
-use crate::wire::{BodyRequest, ErrorCode, MAX_BATCH};
+use crate::wire::blocks::{Packer, BLOCK};
+use crate::wire::{Bodies, BodyRequest, Compress, ErrorCode, MAX_BATCH};
 
 /// Time a child has to send the request on a body stream it opened.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,32 +40,176 @@ pub async fn serve_body(shared: Arc<Shared>, mut send: SendStream, mut recv: Rec
         Err(_) => return refused(format!("none within {REQUEST_TIMEOUT:?}")),
     };
     let mut buf = Vec::new();
-    let result = match &req {
-        BodyRequest::One { id, offset } => {
-            send_body(&shared, &mut send, *id, *offset, &mut buf).await
+    let mut out = match Out::new(req.compress) {
+        Ok(out) => out,
+        Err(e) => return refused(format!("cannot compress: {e}")),
+    };
+    let result = match &req.bodies {
+        Bodies::One { id, offset } => {
+            send_body(&shared, &mut send, &mut out, *id, *offset, &mut buf).await
         }
-        BodyRequest::Many(list) if list.len() > MAX_BATCH => Err(LinkError::Refused(format!(
+        Bodies::Many(list) if list.len() > MAX_BATCH => Err(LinkError::Refused(format!(
             "{} bodies asked at once (at most {MAX_BATCH})",
             list.len()
         ))),
-        BodyRequest::Many(list) => {
-            let mut r = Ok(());
-            for id in list {
-                r = send_body(&shared, &mut send, *id, 0, &mut buf).await;
-                if r.is_err() {
-                    break;
-                }
-            }
-            r
-        }
+        Bodies::Many(list) => send_many(&shared, &mut send, &mut out, list, &mut buf).await,
+    };
+    let result = match result {
+        Ok(()) => out.flush(&shared, &mut send).await,
+        Err(e) => Err(e),
     };
     match result.and_then(|()| send.finish().map_err(LinkError::from)) {
         Ok(()) => {}
         Err(e) => {
-            warn!("serving {req:?}: {e}");
+            warn!("serving {:?}: {e}", req.bodies);
             let _ = send.reset(VarInt::from_u32(ErrorCode::NotFound.code()));
         }
     }
+}
+
+/// How served bytes leave: raw, or gathered into blocks that are packed (compressed where
+/// that pays) off the async threads, one block at a time.
+enum Out {
+    Raw,
+    Packed {
+        /// Lent to the blocking job that packs a block, and back after it.
+        packer: Option<Packer>,
+        /// Raw bytes of the block being gathered (up to [`BLOCK`]).
+        pending: Vec<u8>,
+    },
+}
+
+impl Out {
+    fn new(compress: Compress) -> std::io::Result<Self> {
+        Ok(match compress {
+            Compress::Off => Out::Raw,
+            c => Out::Packed {
+                packer: Some(Packer::new(c)?),
+                pending: Vec::with_capacity(BLOCK),
+            },
+        })
+    }
+
+    /// Sends `data` (raw), or gathers it into blocks and sends each one that fills.
+    async fn put(
+        &mut self,
+        shared: &Shared,
+        send: &mut SendStream,
+        mut data: &[u8],
+    ) -> Result<(), LinkError> {
+        while !data.is_empty() {
+            let Out::Packed { pending, .. } = self else {
+                return wire_out(shared, send, data).await;
+            };
+            let take = (BLOCK - pending.len()).min(data.len());
+            pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if pending.len() == BLOCK {
+                self.flush(shared, send).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Packs and sends the block gathered so far, if any.
+    async fn flush(&mut self, shared: &Shared, send: &mut SendStream) -> Result<(), LinkError> {
+        let Out::Packed { packer, pending } = self else {
+            return Ok(());
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut p = packer.take().expect("the packer is back from its last job");
+        let raw = std::mem::take(pending);
+        let (p, mut raw, block) = tokio::task::spawn_blocking(move || {
+            let mut block = Vec::with_capacity(raw.len() / 2);
+            p.pack(&raw, &mut block);
+            (p, raw, block)
+        })
+        .await
+        .expect("packing a block does not panic");
+        *packer = Some(p);
+        raw.clear();
+        *pending = raw;
+        wire_out(shared, send, &block).await
+    }
+}
+
+/// Puts bytes on the stream, within the upload limit, and counts them.
+async fn wire_out(shared: &Shared, send: &mut SendStream, bytes: &[u8]) -> Result<(), LinkError> {
+    if let Some(limit) = &shared.upload {
+        limit.acquire(bytes.len() as u64).await;
+    }
+    send.write_all(bytes)
+        .await
+        .map_err(|e| LinkError::Io(e.into()))?;
+    shared.board.add_sent(bytes.len() as u64);
+    Ok(())
+}
+
+/// Most bytes of stored bodies read by one blocking job of [`send_many`].
+const STORED_RUN: u64 = 1024 * 1024;
+
+/// Sends whole bodies back to back. Runs of small bodies held in the store are read by one
+/// blocking job each (a job per file would cost more than reading it); a body still
+/// arriving, held only in `dir`, larger than [`super::SMALL`] or missing goes through
+/// [`send_body`].
+async fn send_many(
+    shared: &Arc<Shared>,
+    send: &mut SendStream,
+    out: &mut Out,
+    mut list: &[Blake3],
+    buf: &mut Vec<u8>,
+) -> Result<(), LinkError> {
+    while !list.is_empty() {
+        let me = shared.clone();
+        let ids = list.to_vec();
+        let (n, bytes) = tokio::task::spawn_blocking(move || read_stored(&me, &ids))
+            .await
+            .expect("reading bodies does not panic")
+            .map_err(LinkError::Io)?;
+        if !bytes.is_empty() {
+            out.put(shared, send, &bytes).await?;
+        }
+        list = &list[n..];
+        if let Some(id) = list.first() {
+            send_body(shared, send, out, *id, 0, buf).await?;
+            list = &list[1..];
+        }
+    }
+    Ok(())
+}
+
+/// Reads the longest run of `ids` from the start that are held in the store, small and not
+/// arriving, up to about [`STORED_RUN`] bytes: how many, and their bytes back to back.
+fn read_stored(shared: &Shared, ids: &[Blake3]) -> std::io::Result<(usize, Vec<u8>)> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        if bytes.len() as u64 >= STORED_RUN || shared.flights.get(id).is_some() {
+            return Ok((i, bytes));
+        }
+        let mut file = match std::fs::File::open(shared.store.path(id)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((i, bytes)),
+            Err(e) => return Err(e),
+        };
+        let size = file.metadata()?.len();
+        if size > super::SMALL {
+            return Ok((i, bytes));
+        }
+        let at = bytes.len();
+        bytes.reserve(size as usize);
+        file.read_to_end(&mut bytes)?;
+        if bytes.len() - at != size as usize {
+            // Stored bodies are never rewritten: a changed length is a broken store.
+            return Err(std::io::Error::other(format!(
+                "body {id} is {} bytes in the store, {size} when opened",
+                bytes.len() - at
+            )));
+        }
+    }
+    Ok((ids.len(), bytes))
 }
 
 /// Where a body is read from while it is served: the store, or the partial file of a body
@@ -146,6 +291,7 @@ impl Source {
 async fn send_body(
     shared: &Arc<Shared>,
     send: &mut SendStream,
+    out: &mut Out,
     id: Blake3,
     offset: u64,
     buf: &mut Vec<u8>,
@@ -176,12 +322,10 @@ async fn send_body(
             return Ok(());
         }
         pos += n as u64;
-        if let Some(limit) = &shared.upload {
-            limit.acquire(n as u64).await;
+        out.put(shared, send, &buf[..n]).await?;
+        if limit.is_some() {
+            // A body still arriving: what is verified goes out now, not once a block fills.
+            out.flush(shared, send).await?;
         }
-        send.write_all(&buf[..n])
-            .await
-            .map_err(|e| LinkError::Io(e.into()))?;
-        shared.board.add_sent(n as u64);
     }
 }
