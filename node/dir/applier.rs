@@ -12,7 +12,8 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 use super::apply::{
-    apply_with, drift, held_in_place, repair, tmp_name, ApplyError, ApplyStats, How,
+    apply_with, drift, held_in_place, in_place_already, repair, tmp_name, ApplyError, ApplyStats,
+    How,
 };
 use super::rules::Rules;
 use crate::data::Store;
@@ -169,6 +170,13 @@ impl Applier {
         self.dir_is_only_copy() && held_in_place(&self.dir, e)
     }
 
+    /// Whether applying file entry `e` over `old` (the release `dir` holds) needs no body:
+    /// in place, `dir` has the same body where `old` had it, and only the mode or mtime
+    /// changes.
+    pub fn needs_no_body(&self, old: &Manifest, e: &Entry) -> bool {
+        self.mode == ApplyMode::InPlace && in_place_already(&self.dir, old, e)
+    }
+
     /// The directory release `version` is built in (atomic mode).
     pub fn release_dir(&self, version: u64) -> PathBuf {
         self.releases.join(format!("v{version}"))
@@ -215,6 +223,7 @@ impl Applier {
                     skip_unchanged: old.is_some(),
                     take: self.dir_is_only_copy(),
                     keep: self.keep(),
+                    touch: true,
                     ..How::default()
                 };
                 apply_with(&self.dir, new, old.map(|(_, m)| m), store, how)

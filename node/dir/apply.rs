@@ -49,6 +49,9 @@ pub struct ApplyStats {
     /// Files hard-linked from the previous release directory (atomic mode).
     pub linked: u64,
     pub unchanged: u64,
+    /// Files whose body was already in place (the previous release had it there too): only
+    /// their mode and mtime were set, nothing written (in place).
+    pub touched: u64,
     pub deleted: u64,
 }
 
@@ -127,12 +130,43 @@ pub(super) struct How<'a> {
     /// nobody: its `dir` is its only copy). A body used by several paths is copied for all
     /// but the last. Falls back to copying across filesystems.
     pub take: bool,
+    /// A file `old` had at the same path with the same body, still on disk as `old` left it,
+    /// only has its mode and mtime set (in place; never in a release directory, whose files
+    /// are hard links to the previous release's).
+    pub touch: bool,
 }
 
 /// Whether `old` has entry `e` at the same path with the same content, type and mode.
 fn same_as_old(old: Option<&Manifest>, e: &Entry) -> bool {
     old.and_then(|o| o.get(&e.path))
         .is_some_and(|(oe, _)| oe.kind == e.kind && oe.mode == e.mode)
+}
+
+/// Whether the file on disk (`current`) is what `old` left at `e`'s path with `e`'s body:
+/// then `e` differs from it only in mode or mtime (an upgrade that rewrote a file with the
+/// same bytes), and needs no body.
+fn same_body_in_place(old: Option<&Manifest>, e: &Entry, current: Option<&Metadata>) -> bool {
+    let Some((oe, _)) = old.and_then(|o| o.get(&e.path)) else {
+        return false;
+    };
+    match (&oe.kind, &e.kind) {
+        (
+            EntryKind::File {
+                blake3: a, size: x, ..
+            },
+            EntryKind::File {
+                blake3: b, size: y, ..
+            },
+        ) => a == b && x == y && current.is_some_and(|m| looks_right(m, oe)),
+        _ => false,
+    }
+}
+
+/// Whether an in-place apply over `old` needs no body for `e`: `dir` holds it where `old`
+/// had it (see [`same_body_in_place`]).
+pub fn in_place_already(dir: &Path, old: &Manifest, e: &Entry) -> bool {
+    let current = fs::symlink_metadata(dir.join(&e.path)).ok();
+    same_body_in_place(Some(old), e, current.as_ref())
 }
 
 /// Whether the file on disk has the manifest's size, mtime and mode (rsync's quick check).
@@ -241,6 +275,11 @@ fn check_bodies(
                 return Ok(());
             };
             let forced = how.rewrite.is_some_and(|r| r.contains(&e.path));
+            let path = dir.join(&e.path);
+            let current = fs::symlink_metadata(&path).ok();
+            if how.touch && !forced && same_body_in_place(old, e, current.as_ref()) {
+                return Ok(());
+            }
             if store.has(blake3)
                 || how
                     .link_from
@@ -248,8 +287,7 @@ fn check_bodies(
             {
                 return Ok(());
             }
-            let path = dir.join(&e.path);
-            let looks = fs::symlink_metadata(&path).is_ok_and(|m| looks_right(&m, e));
+            let looks = current.as_ref().is_some_and(|m| looks_right(m, e));
             // Left alone by the apply (as rsync's quick check would): no body needed.
             if looks && same_as_old(old, e) && !forced {
                 return Ok(());
@@ -323,6 +361,15 @@ pub(super) fn apply_with(
                 let on_disk_ok = current.as_ref().is_some_and(|m| looks_right(m, e));
                 if (same_as_old && on_disk_ok && !rewrite(e)) || in_place.contains(&i) {
                     stats.unchanged += 1;
+                    return Ok(());
+                }
+                if how.touch && !rewrite(e) && same_body_in_place(old, e, current.as_ref()) {
+                    let EntryKind::File { mtime, .. } = &e.kind else {
+                        unreachable!("a file entry");
+                    };
+                    let file = tree.open_existing(&e.path)?;
+                    finish_file(&file, e, *mtime)?;
+                    stats.touched += 1;
                     return Ok(());
                 }
                 // The empty body stays: the store always holds it.
@@ -733,6 +780,61 @@ mod tests {
             0o755,
             "an apply chmod'ed outside dir"
         );
+    }
+
+    #[test]
+    fn a_new_mtime_or_mode_on_the_same_bytes_is_set_in_place_without_a_body() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        let store = Store::open(&t.path().join("data")).unwrap();
+        write(&src.join("a.txt"), "same bytes");
+        write(&src.join("d/b.txt"), "same too");
+        write(&src.join("c.txt"), "edited by hand later");
+        let how = How {
+            skip_unchanged: true,
+            touch: true,
+            ..How::default()
+        };
+        let m1 = scan(&src, &store, &Default::default()).unwrap().0;
+        apply_with(&dst, &m1, None, &store, how).unwrap();
+        let inode = fs::metadata(dst.join("a.txt")).unwrap().ino();
+
+        // An upgrade that rewrote the files with the same bytes: new mtimes, a new mode.
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        for f in ["a.txt", "d/b.txt"] {
+            std::fs::File::options()
+                .write(true)
+                .open(src.join(f))
+                .unwrap()
+                .set_modified(later)
+                .unwrap();
+        }
+        fs::set_permissions(src.join("d/b.txt"), Permissions::from_mode(0o600)).unwrap();
+        let m2 = scan(&src, &store, &Default::default()).unwrap().0;
+        // No store at all: the bodies are where the previous release left them.
+        let empty = Store::open(&t.path().join("empty")).unwrap();
+        let s = apply_with(&dst, &m2, Some(&m1), &empty, how).unwrap();
+        assert_eq!((s.touched, s.written), (2, 0), "{s:?}");
+        assert_eq!(fingerprint(&dst).unwrap().root_digest(), m2.root_digest());
+        assert_eq!(fs::metadata(dst.join("a.txt")).unwrap().ino(), inode);
+
+        // A file changed in dst since (it no longer looks like what the release left) is not
+        // trusted: its body is asked for.
+        write(&dst.join("c.txt"), "drifted");
+        std::fs::File::options()
+            .write(true)
+            .open(src.join("c.txt"))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let m3 = scan(&src, &store, &Default::default()).unwrap().0;
+        match apply_with(&dst, &m3, Some(&m2), &empty, how) {
+            Err(ApplyError::MissingBodies(ids)) => assert_eq!(ids.len(), 1),
+            other => panic!("expected the drifted file's body to be missing: {other:?}"),
+        }
+        apply_with(&dst, &m3, Some(&m2), &store, how).unwrap();
+        assert_eq!(fingerprint(&dst).unwrap().root_digest(), m3.root_digest());
     }
 
     #[test]

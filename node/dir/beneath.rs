@@ -138,6 +138,25 @@ impl Beneath {
     }
 
     /// Opens the regular file `rel` for writing its metadata (never through a symlink).
+    /// Opens the regular file `rel` to set its mode and times (read-only: the node may not
+    /// have write permission on a file it made read-only; never through a symlink, never
+    /// blocking on a FIFO swapped in).
+    pub fn open_existing(&self, rel: &str) -> io::Result<File> {
+        let (parent, name) = split(rel);
+        let fd = rustix::fs::openat(
+            &*self.dir(parent)?,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.err(rel, e))?;
+        let file = File::from(fd);
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::other(format!("{rel}: not a regular file")));
+        }
+        Ok(file)
+    }
+
     pub fn open_file(&self, rel: &str) -> io::Result<File> {
         let (parent, name) = split(rel);
         let fd = rustix::fs::openat(

@@ -123,7 +123,12 @@ fn wanted(
             .as_ref()
             .map_or_else(|| shared.store.has(id), |h| h.contains(id))
     };
-    let in_dir = |e: &Entry| shared.applier.as_ref().is_some_and(|a| a.holds_in_dir(e));
+    let in_dir = |e: &Entry| {
+        shared
+            .applier
+            .as_ref()
+            .is_some_and(|a| a.holds_in_dir(e) || a.needs_no_body(old_manifest, e))
+    };
     // Paths the node keeps as its own are not applied, so their bodies are not needed.
     let kept = |e: &Entry| {
         shared
@@ -134,8 +139,9 @@ fn wanted(
     let mut seen = HashSet::new();
     Ok(changed
         .into_iter()
+        // A body `dir` holds at one path may still be needed at another: `seen` only after.
         .filter(|(entry, _, id)| {
-            !kept(entry) && seen.insert(*id) && !in_store(id) && !in_dir(entry)
+            !kept(entry) && !in_store(id) && !in_dir(entry) && seen.insert(*id)
         })
         .filter_map(|(entry, ..)| expected(entry, shared.serves(), shared.applier.is_some()))
         .collect())

@@ -87,6 +87,7 @@ pub async fn land(shared: &Arc<Shared>, release: Release) -> Result<(), SyncErro
         written = stats.written,
         linked = stats.linked,
         unchanged = stats.unchanged,
+        touched = stats.touched,
         deleted = stats.deleted,
         "applied release {} to {}",
         release.version,
@@ -126,11 +127,16 @@ pub async fn recover(shared: &Arc<Shared>, pending: Option<Release>) {
         return;
     };
     if let Some(p) = pending {
-        // Bodies already moved into `dir` count; the apply confirms them by their digests.
-        let complete = p
-            .manifest
-            .files()
-            .all(|(e, _, md5)| shared.store.has(&md5) || applier.holds_in_dir(e));
+        // Bodies already moved into `dir` count (the apply confirms them by their digests),
+        // and so do those the held release left in place that only change mode or mtime.
+        let held = shared.held.current();
+        let complete = p.manifest.files().all(|(e, _, id)| {
+            shared.store.has(&id)
+                || applier.holds_in_dir(e)
+                || held
+                    .as_ref()
+                    .is_some_and(|h| applier.needs_no_body(&h.release.manifest, e))
+        });
         let version = p.version;
         if complete && newer(version, shared.held.version()) {
             match land(shared, p).await {
