@@ -297,6 +297,31 @@ fn write_noise(path: &Path, size: u64, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// Writes `n` small pages under `dir`, `per_dir` to a directory (`d00000/f0.html`...).
+fn write_pages(dir: &Path, n: usize, per_dir: usize) -> Result<()> {
+    for f in 0..n {
+        let d = dir.join(format!("d{:05}", f / per_dir));
+        if f % per_dir == 0 {
+            fs::create_dir_all(&d)?;
+        }
+        fs::write(d.join(format!("f{f}.html")), format!("page {f}\n"))?;
+    }
+    Ok(())
+}
+
+/// Rewrites `path` with `body` and dates it 2 s after it was: an edit a while after the last
+/// sync, as in real life (rsync's quick check, size and mtime in whole seconds, misses a
+/// same-size edit within the second of the previous sync, which a fast run can hit).
+fn edit_later(path: &Path, body: &[u8]) -> Result<()> {
+    let before = fs::metadata(path)?.modified()?;
+    fs::write(path, body)?;
+    fs::File::options()
+        .write(true)
+        .open(path)?
+        .set_modified(before + Duration::from_secs(2))?;
+    Ok(())
+}
+
 /// Fails unless `dir` holds exactly what `origin` holds (content, modes, mtimes).
 fn check_same(origin: &Path, dir: &Path) -> Result<()> {
     let (a, b) = (fingerprint(origin)?, fingerprint(dir)?);
@@ -335,7 +360,8 @@ async fn big(o: &Opts, base: &Path) -> Result<()> {
     let mut c = Cluster::new(&base.join("cascade"), &t, &src, None)?;
     c.start().await?;
     let daemon = rsync::Daemon::start(&base.join("rsyncd"), &src)?;
-    let (mut total, mut transfer, mut plain, mut md5) = (vec![], vec![], vec![], vec![]);
+    let (mut total, mut transfer, mut plain, mut md5, mut synced) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for run in 0..o.runs {
         write_noise(&src.join("big.bin"), o.big, run as u64 + 1)?;
         let p = c.publish(&["leaf"]).await?;
@@ -343,11 +369,21 @@ async fn big(o: &Opts, base: &Path) -> Result<()> {
         transfer.push(p.reached[0] - p.scan);
         plain.push(daemon.pull(&rsync::fresh(&base.join("r1"))?, &[])?);
         md5.push(daemon.pull(&rsync::fresh(&base.join("r2"))?, &["--checksum-choice=md5"])?);
+        // Flushed to disk before it ends, as every Cascade node flushes what it stores.
+        synced.push(daemon.pull(
+            &rsync::fresh(&base.join("r3"))?,
+            &["--checksum-choice=md5", "--fsync"],
+        )?);
     }
     check_same(&src, &c.dir("leaf"))?;
     check_same(&src, &base.join("r2"))?;
-    let (total, transfer, plain, md5) =
-        (median(total), median(transfer), median(plain), median(md5));
+    let (total, transfer, plain, md5, synced) = (
+        median(total),
+        median(transfer),
+        median(plain),
+        median(md5),
+        median(synced),
+    );
     println!("## 1. One {} file, origin → one leaf\n", mib(o.big));
     println!("| | time | throughput | rsync md5 time ÷ this |\n|---|---|---|---|");
     for (what, d) in [
@@ -358,6 +394,7 @@ async fn big(o: &Opts, base: &Path) -> Result<()> {
         ),
         ("rsync daemon, default (xxh128)", plain),
         ("rsync daemon, `--checksum-choice=md5`", md5),
+        ("rsync daemon, `--checksum-choice=md5 --fsync`", synced),
     ] {
         println!(
             "| {what} | {} | {} | {} |",
@@ -408,15 +445,7 @@ async fn small(o: &Opts, base: &Path) -> Result<()> {
             let delete: &[&str] = match i {
                 2 => {
                     let f = src.join(format!("d{:04}/f000.bin", (run * 7) % o.small_dirs));
-                    // An edit a while after the last sync, as in real life: rsync's quick
-                    // check (size and mtime in whole seconds) misses a same-size edit
-                    // within the second of the previous sync, which a fast run can hit.
-                    let before = fs::metadata(&f)?.modified()?;
-                    fs::write(&f, noise(4096, 2 * (1_000_000 + run as u64)))?;
-                    fs::File::options()
-                        .write(true)
-                        .open(&f)?
-                        .set_modified(before + Duration::from_secs(2))?;
+                    edit_later(&f, &noise(4096, 2 * (1_000_000 + run as u64)))?;
                     &[]
                 }
                 3 => {
@@ -676,13 +705,7 @@ async fn watch(o: &Opts, base: &Path) -> Result<()> {
     // At rest: a large tree, watched, nothing changing.
     let big = base.join("big-src");
     let per_dir = 100;
-    for f in 0..o.watch_files {
-        let d = big.join(format!("d{:04}", f / per_dir));
-        if f % per_dir == 0 {
-            fs::create_dir_all(&d)?;
-        }
-        fs::write(d.join(format!("f{f}.html")), format!("{f}\n"))?;
-    }
+    write_pages(&big, o.watch_files, per_dir)?;
     let mut c = Cluster::with_origin(&base.join("cascade"), &t, &big, None, keys)?;
     let started = std::time::Instant::now();
     c.start().await?;
@@ -1094,15 +1117,20 @@ async fn wan(o: &Opts, base: &Path) -> Result<()> {
 /// peak RSS, a nothing-changed publish on the origin, and the offer bytes each hop sends for
 /// a one-file change.
 async fn million(o: &Opts, base: &Path) -> Result<()> {
+    // The source, the origin's and the relay's stores and the leaf's dir: an inode each per
+    // file (tmpfs often has too few: /dev/shm here has 3 million).
+    let need = 5 * o.million_files as u64;
+    let stat = rustix::fs::statvfs(base.parent().unwrap_or(base))?;
+    if stat.f_favail < need {
+        bail!(
+            "{} has {} free inodes, the million workload needs about {need}: pass --base DIR on a filesystem with more (ext4, e.g. --base /var/tmp/cascade-bench)",
+            base.display(),
+            stat.f_favail
+        );
+    }
     let src = base.join("src");
     let per_dir = 100;
-    for f in 0..o.million_files {
-        let d = src.join(format!("d{:05}", f / per_dir));
-        if f % per_dir == 0 {
-            fs::create_dir_all(&d)?;
-        }
-        fs::write(d.join(format!("f{f}.txt")), format!("file {f}\n"))?;
-    }
+    write_pages(&src, o.million_files, per_dir)?;
     let t = chain(2);
     let mut c = Cluster::new(&base.join("cascade"), &t, &src, None)?;
     c.start().await?;
@@ -1111,13 +1139,7 @@ async fn million(o: &Opts, base: &Path) -> Result<()> {
     if nothing.changed {
         bail!("a publish with nothing changed cut a new release");
     }
-    let edited = src.join("d00000/f0.txt");
-    let before = fs::metadata(&edited)?.modified()?;
-    fs::write(&edited, "changed\n")?;
-    fs::File::options()
-        .write(true)
-        .open(&edited)?
-        .set_modified(before + Duration::from_secs(2))?;
+    edit_later(&src.join("d00000/f0.html"), b"changed\n")?;
     let offered = (
         c.offered_bytes("origin").await,
         c.offered_bytes("relay-1").await,

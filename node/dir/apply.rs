@@ -802,14 +802,16 @@ mod tests {
 
         // An upgrade that rewrote the files with the same bytes: new mtimes, a new mode.
         let later = SystemTime::now() + Duration::from_secs(3600);
-        for f in ["a.txt", "d/b.txt"] {
+        let date_later = |f: &str| {
             std::fs::File::options()
                 .write(true)
                 .open(src.join(f))
                 .unwrap()
                 .set_modified(later)
-                .unwrap();
-        }
+                .unwrap()
+        };
+        date_later("a.txt");
+        date_later("d/b.txt");
         fs::set_permissions(src.join("d/b.txt"), Permissions::from_mode(0o600)).unwrap();
         let m2 = scan(&src, &store, &Default::default()).unwrap().0;
         // No store at all: the bodies are where the previous release left them.
@@ -822,12 +824,7 @@ mod tests {
         // A file changed in dst since (it no longer looks like what the release left) is not
         // trusted: its body is asked for.
         write(&dst.join("c.txt"), "drifted");
-        std::fs::File::options()
-            .write(true)
-            .open(src.join("c.txt"))
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
+        date_later("c.txt");
         let m3 = scan(&src, &store, &Default::default()).unwrap().0;
         match apply_with(&dst, &m3, Some(&m2), &empty, how) {
             Err(ApplyError::MissingBodies(ids)) => assert_eq!(ids.len(), 1),

@@ -143,6 +143,17 @@ pub enum Bodies {
     Many(Vec<Blake3>),
 }
 
+impl std::fmt::Display for Bodies {
+    /// For logs: a batch by its size, not every name in it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bodies::One { id, offset: 0 } => write!(f, "body {id}"),
+            Bodies::One { id, offset } => write!(f, "body {id} from byte {offset}"),
+            Bodies::Many(ids) => write!(f, "a batch of {} bodies", ids.len()),
+        }
+    }
+}
+
 /// Local admin socket: request from `cascade publish` / `cascade status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdminRequest {

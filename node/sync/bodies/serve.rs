@@ -61,7 +61,7 @@ pub async fn serve_body(shared: Arc<Shared>, mut send: SendStream, mut recv: Rec
     match result.and_then(|()| send.finish().map_err(LinkError::from)) {
         Ok(()) => {}
         Err(e) => {
-            warn!("serving {:?}: {e}", req.bodies);
+            warn!("serving {}: {e}", req.bodies);
             let _ = send.reset(VarInt::from_u32(ErrorCode::NotFound.code()));
         }
     }
