@@ -297,6 +297,16 @@ fn write_noise(path: &Path, size: u64, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// The peak RSS line of an origin → relay-1 → leaf chain.
+fn chain_rss(c: &Cluster) -> String {
+    format!(
+        "\nPeak RSS: origin {}, relay {}, leaf {}.\n",
+        mib(c.peak_rss("origin")),
+        mib(c.peak_rss("relay-1")),
+        mib(c.peak_rss("leaf"))
+    )
+}
+
 /// Writes `n` small pages under `dir`, `per_dir` to a directory (`d00000/f0.html`...).
 fn write_pages(dir: &Path, n: usize, per_dir: usize) -> Result<()> {
     for f in 0..n {
@@ -435,7 +445,7 @@ async fn small(o: &Opts, base: &Path) -> Result<()> {
     let mut times: Vec<[Vec<Duration>; 3]> = steps.iter().map(|_| Default::default()).collect();
     // Offer bytes the origin and the relay sent for each step (last run).
     let mut offers = vec![(0, 0); steps.len()];
-    let mut rss = (0, 0, 0);
+    let mut rss = String::new();
     for run in 0..o.runs {
         let mut c = Cluster::new(&base.join("cascade"), &t, &src, None)?;
         c.start().await?;
@@ -476,11 +486,7 @@ async fn small(o: &Opts, base: &Path) -> Result<()> {
         }
         check_same(&src, &c.dir("leaf"))?;
         check_same(&src, &dest)?;
-        rss = (
-            c.peak_rss("origin"),
-            c.peak_rss("relay-1"),
-            c.peak_rss("leaf"),
-        );
+        rss = chain_rss(&c);
     }
     println!(
         "## 2. {} files of 4 KiB in {} directories, origin → relay → leaf\n",
@@ -500,12 +506,7 @@ async fn small(o: &Opts, base: &Path) -> Result<()> {
             offers[i].1
         );
     }
-    println!(
-        "\nPeak RSS: origin {}, relay {}, leaf {}.\n",
-        mib(rss.0),
-        mib(rss.1),
-        mib(rss.2)
-    );
+    println!("{rss}");
     Ok(())
 }
 
@@ -984,7 +985,7 @@ async fn docs(o: &Opts, base: &Path) -> Result<()> {
     // CPU time each node used per step (last run).
     let mut cpu = vec![[Duration::ZERO; 3]; steps.len()];
     let names = ["origin", "relay-1", "leaf"];
-    let mut rss = (0, 0, 0);
+    let mut rss = String::new();
     for _ in 0..o.runs {
         let _ = fs::remove_dir_all(&src);
         mirror(&from, &src)?;
@@ -1006,11 +1007,7 @@ async fn docs(o: &Opts, base: &Path) -> Result<()> {
         }
         check_same(&src, &c.dir("leaf"))?;
         check_same(&src, &dest)?;
-        rss = (
-            c.peak_rss("origin"),
-            c.peak_rss("relay-1"),
-            c.peak_rss("leaf"),
-        );
+        rss = chain_rss(&c);
     }
     println!("## 8. A real site upgrade, origin → relay → leaf\n");
     println!("{what}.\n");
@@ -1029,12 +1026,7 @@ async fn docs(o: &Opts, base: &Path) -> Result<()> {
             secs(cpu[i][2]),
         );
     }
-    println!(
-        "\nPeak RSS: origin {}, relay {}, leaf {}.\n",
-        mib(rss.0),
-        mib(rss.1),
-        mib(rss.2)
-    );
+    println!("{rss}");
     Ok(())
 }
 
@@ -1169,11 +1161,6 @@ async fn million(o: &Opts, base: &Path) -> Result<()> {
         offered.0,
         offered.1
     );
-    println!(
-        "\nPeak RSS: origin {}, relay {}, leaf {}.\n",
-        mib(c.peak_rss("origin")),
-        mib(c.peak_rss("relay-1")),
-        mib(c.peak_rss("leaf"))
-    );
+    println!("{}", chain_rss(&c));
     Ok(())
 }
