@@ -206,7 +206,7 @@ fn every_message_round_trips_and_survives_corruption() {
 
 #[test]
 fn golden_bytes() {
-    // Wire compatibility: these bytes must never change within protocol version 5.
+    // Wire compatibility: these bytes must never change within protocol version 6.
     let hello = encode(&Up::Hello {
         name: "ab".into(),
         have: Some(300),
