@@ -275,16 +275,17 @@ fn check_bodies(
                 return Ok(());
             };
             let forced = how.rewrite.is_some_and(|r| r.contains(&e.path));
-            let path = dir.join(&e.path);
-            let current = fs::symlink_metadata(&path).ok();
-            if how.touch && !forced && same_body_in_place(old, e, current.as_ref()) {
-                return Ok(());
-            }
             if store.has(blake3)
                 || how
                     .link_from
                     .is_some_and(|from| fs::symlink_metadata(from.join(&e.path)).is_ok())
             {
+                return Ok(());
+            }
+            let path = dir.join(&e.path);
+            let current = fs::symlink_metadata(&path).ok();
+            // Only its mode or mtime changes: no body needed.
+            if how.touch && !forced && same_body_in_place(old, e, current.as_ref()) {
                 return Ok(());
             }
             let looks = current.as_ref().is_some_and(|m| looks_right(m, e));
