@@ -275,7 +275,15 @@ impl Source {
             } else {
                 shared.store.partial_path(&id)
             };
-            let mut file = tokio::fs::File::open(&path).await.map_err(LinkError::Io)?;
+            let mut file = match tokio::fs::File::open(&path).await {
+                // The body completed between the check and the open: its partial file was
+                // moved into the store (same inode, every byte verified).
+                Err(e) if !whole && e.kind() == std::io::ErrorKind::NotFound => {
+                    tokio::fs::File::open(shared.store.path(&id)).await
+                }
+                r => r,
+            }
+            .map_err(LinkError::Io)?;
             if pos > 0 {
                 file.seek(SeekFrom::Start(pos))
                     .await
