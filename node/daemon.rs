@@ -23,6 +23,7 @@ use crate::dir::Applier;
 use crate::hooks;
 use crate::net::{self, Limiter, LinkError};
 use crate::status::NodeStatus;
+use crate::sync::bodies::in_dir::InDir;
 use crate::sync::flight::Flights;
 use crate::sync::keys::{KeyFiles, Keys};
 use crate::sync::layout::Layouts;
@@ -202,6 +203,14 @@ impl RunningNode {
         let (hook_tx, hook_rx) = tokio::sync::mpsc::unbounded_channel();
         let has_dir = cfg.dir.is_some();
         let on_release = !cfg.hooks.on_release.is_empty() && has_dir;
+        // The origin serves bodies from its `dir` (see `bodies::in_dir`).
+        let (in_dir, dir_changes) = match (me.role, &cfg.dir) {
+            (Role::Origin, Some(dir)) => {
+                let (d, rx) = InDir::new(dir.clone());
+                (Some(d), Some(rx))
+            }
+            _ => (None, None),
+        };
         let shared = Arc::new(Shared {
             name: me.name.clone(),
             role: me.role,
@@ -212,6 +221,7 @@ impl RunningNode {
             flights: Flights::default(),
             applier,
             serves: serves.into(),
+            in_dir,
             dir_bodies: Default::default(),
             upload: cfg.upload_limit.map(Limiter::new),
             compress: cfg.compress,
@@ -286,6 +296,9 @@ impl RunningNode {
                 cfg.link_timeout,
                 listen.is_some(),
             ));
+        }
+        if let (Some(p), Some(rx)) = (&publisher, dir_changes) {
+            tasks.spawn(p.clone().follow_changes(rx, watch.is_some()));
         }
         if let (Some(p), Some((watch, settings))) = (&publisher, watch) {
             tasks.spawn(follow::run(p.clone(), watch, settings));

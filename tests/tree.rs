@@ -379,3 +379,112 @@ fn compressed_links_carry_text_in_a_fraction_of_its_bytes_and_noise_as_it_is() {
     c.assert_same_as_origin("leaf-1-1");
     assert!(!c.all_logs().contains("WARN"), "{}", c.all_logs());
 }
+
+/// The bodies a node's store holds, by name (the empty body, always held, left out).
+fn stored(c: &Cluster, name: &str) -> std::collections::BTreeSet<String> {
+    let empty = cascade::tree::Blake3::empty().hex();
+    let mut out = std::collections::BTreeSet::new();
+    for fan in fs::read_dir(c.data(name).join("store/objects")).unwrap() {
+        for obj in fs::read_dir(fan.unwrap().path()).unwrap() {
+            let n = obj.unwrap().file_name().into_string().unwrap();
+            if n != empty {
+                out.insert(n);
+            }
+        }
+    }
+    out
+}
+
+/// Rewrites one byte of `rel` in place (same inode, same size).
+fn poke(root: &std::path::Path, rel: &str, at: u64, byte: u8) {
+    use std::io::{Seek, Write};
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(root.join(rel))
+        .unwrap();
+    f.seek(std::io::SeekFrom::Start(at)).unwrap();
+    f.write_all(&[byte]).unwrap();
+}
+
+#[test]
+fn the_origin_serves_from_dir_never_sends_a_changed_file_and_copies_it_from_then_on() {
+    use cascade::status::NodeState;
+    use cascade::tree::Blake3;
+    let mut c = Cluster::new(2, 1);
+    c.start("origin");
+    c.start("relay-1");
+    let d = c.dir("origin");
+    // Three chunks (the middle one changes later), a page, and a file that never changes.
+    let chunk = cascade::tree::CHUNK;
+    let big = noise(2 * chunk as usize + 4321, 5);
+    write(&d, "big.bin", &big);
+    write(&d, "page.html", b"<p>first</p>");
+    write(&d, "stable.txt", b"stable");
+    let _ = c.publish(&[]);
+    c.wait_holds("relay-1", 1);
+    c.assert_same_as_origin("relay-1");
+    // Nothing was copied into the origin's store: the bodies went out from `dir`.
+    assert!(
+        stored(&c, "origin").is_empty(),
+        "{:?}",
+        stored(&c, "origin")
+    );
+
+    // Each file changed after the release that names it: a child that asks for it then is
+    // refused, never sent it.
+    let refused = |c: &mut Cluster, version: u64, path: &str| {
+        c.start("relay-2");
+        c.wait(
+            "relay-2 to be refused the release",
+            Duration::from_secs(30),
+            || {
+                matches!(
+                    c.status_of("origin", "relay-2").map(|s| s.state),
+                    Some(NodeState::Failed { version: v, ref error }) if v == version && error.contains("did not serve")
+                )
+            },
+        );
+        c.stop("relay-2");
+        let log = c.log("origin");
+        let said = format!("`{path}` changed after release {version} was published");
+        assert!(log.contains(&said), "{said}\n{log}");
+        for f in ["big.bin", "page.html", "stable.txt"] {
+            assert!(!c.dir("relay-2").join(f).exists(), "{f}");
+        }
+    };
+    // A small body (served in a batch).
+    write(&d, "page.html", b"<p>later</p>");
+    refused(&mut c, 1, "page.html");
+
+    // Release 2 carries it as it is now, and its body is copied into the store, since it
+    // was found changing; the others stay in `dir`.
+    let _ = c.publish(&[]);
+    c.wait_holds("relay-1", 2);
+    c.assert_same_as_origin("relay-1");
+    assert_eq!(
+        stored(&c, "origin"),
+        [Blake3::of(b"<p>later</p>").hex()].into()
+    );
+
+    // A large body: its middle chunk changes in place. page.html changes again too, but its
+    // copy of release 2 is still served.
+    poke(&d, "big.bin", chunk + 17, big[chunk as usize + 17] ^ 0xff);
+    write(&d, "page.html", b"<p>third</p>");
+    refused(&mut c, 2, "big.bin");
+    assert!(!c
+        .log("origin")
+        .contains("`page.html` changed after release 2"));
+
+    // Release 3 reaches both, and both big.bin and page.html are copies now.
+    let _ = c.publish(&[]);
+    c.start("relay-2");
+    c.wait_holds("relay-2", 3);
+    c.wait_holds("relay-1", 3);
+    c.assert_same_as_origin("relay-2");
+    c.assert_same_as_origin("relay-1");
+    let copies = stored(&c, "origin");
+    let v3 = fs::read(d.join("big.bin")).unwrap();
+    assert!(copies.contains(&Blake3::of(&v3).hex()), "{copies:?}");
+    assert!(copies.contains(&Blake3::of(b"<p>third</p>").hex()));
+    assert!(!copies.contains(&Blake3::of(b"stable").hex()));
+}

@@ -2,6 +2,7 @@
 //! [`writer`] that receives one), its saved [`state`] in a versioned format of its own, and
 //! the [`lock`] that keeps a second node off the same dir. [`DataDir`] names every path.
 
+pub mod dir_body;
 pub mod lock;
 pub mod state;
 pub mod store;

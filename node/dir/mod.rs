@@ -18,7 +18,7 @@ pub use apply::{held_in_place, kept_conflicts, ApplyError, ApplyStats};
 pub use rules::Rules;
 pub use scan::{
     fingerprint, fingerprint_with, scan, scan_with, Dirty, ScanError, ScanStats, Scanned, Scope,
-    StatCache,
+    StatCache, Stored,
 };
 
 /// Most threads reading or writing files at once. Hashing is CPU-bound and small files cost

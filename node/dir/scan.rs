@@ -1,5 +1,6 @@
-//! The origin's scan: walk `dir`, hash every changed file into the store, and build the
-//! manifest of the release to publish.
+//! The origin's scan: walk `dir`, hash every changed file (copying it into the store, or
+//! leaving its body in `dir` to be served from there: see [`Stored`]), and build the manifest
+//! of the release to publish.
 //!
 //! A [`StatCache`] remembers, per path, the file's size, mtime, ctime and inode with its MD5,
 //! so a publish reads only files whose metadata changed: an unchanged tree costs one walk of
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::rules::Rules;
 use crate::data::state::{self, Kind};
 use crate::data::{Store, StoreError};
-use crate::tree::hash::hash_file;
+use crate::tree::hash::{hash_file, hash_reader, open_regular};
 use crate::tree::{Blake3, Body, Entry, EntryKind, Manifest, ManifestError, Md5};
 
 /// Files modified this recently before a scan (nanoseconds) are re-hashed on the next one: a
@@ -140,6 +141,22 @@ pub struct Scope<'a> {
     pub dirty: Option<&'a Dirty>,
     /// Files open for writing: not read now, held at their `prev` entry.
     pub writing: Option<&'a HashSet<String>>,
+    /// Which bodies are copied into the store.
+    pub stored: Stored<'a>,
+}
+
+/// Which file bodies a publish copies into the store. A body left in `dir` costs no copy and
+/// no flush, and is served from the file, checked as it is read (see
+/// [`crate::data::dir_body`]); but once the file changes, the release that named it cannot
+/// be served any more. A copy stays servable whatever happens to the file.
+#[derive(Debug, Default, Clone, Copy)]
+pub enum Stored<'a> {
+    /// Every body (a snapshot independent of `dir`).
+    #[default]
+    Every,
+    /// Only the bodies of these paths (files that changed under a scan or after one, which
+    /// are likely to again); the rest stay in `dir`.
+    Only(&'a HashSet<String>),
 }
 
 /// What a scan did besides building the manifest.
@@ -191,12 +208,13 @@ pub fn scan_with(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128);
     // Cached bodies count only if still held: one listing of the store checks them all (a
-    // watched scan looks up the few it needs instead).
-    let held = if cache.is_empty() || scope.dirty.is_some() {
-        None
-    } else {
-        Some(store.held().map_err(ScanError::Store)?)
-    };
+    // watched scan looks up the few it needs instead, and bodies left in `dir` need none).
+    let held =
+        if cache.is_empty() || scope.dirty.is_some() || !matches!(scope.stored, Stored::Every) {
+            None
+        } else {
+            Some(store.held().map_err(ScanError::Store)?)
+        };
     let mut w = Walk::new(dir, Some(store), held, cache, scope, now);
     match scope.dirty.zip(scope.prev) {
         Some((dirty, _)) if !dirty.contains("") => w.walk("", Depth::Changed)?,
@@ -241,6 +259,8 @@ struct ToRead {
     stat: Stat,
     /// The device the walk found the file on (with the inode, what must be read).
     dev: u64,
+    /// Its body is copied into the store (else only hashed where it is).
+    copy: bool,
 }
 
 struct Walk<'a> {
@@ -356,6 +376,7 @@ impl<'a> Walk<'a> {
                             path: path.clone(),
                             stat: Stat::of(&meta),
                             dev: meta.dev(),
+                            copy: self.copies(&rel_path),
                         });
                         Body {
                             md5: Md5::of(b""),
@@ -441,12 +462,23 @@ impl<'a> Walk<'a> {
         }
     }
 
-    /// The body of a file whose stat is unchanged since the last scan and whose body is held.
+    /// Whether the body of file `rel` is copied into the store (when scanning for a publish).
+    fn copies(&self, rel: &str) -> bool {
+        self.store.is_some()
+            && match self.scope.stored {
+                Stored::Every => true,
+                Stored::Only(paths) => paths.contains(rel),
+            }
+    }
+
+    /// The body of a file whose stat is unchanged since the last scan and whose body is held
+    /// (in the store if it is copied there, else in the file itself).
     fn cached(&mut self, rel: &str, meta: &std::fs::Metadata) -> Option<Body> {
         let store = self.store?;
         let stat = Stat::of(meta);
         let (old, body) = self.old.files.get(rel)?;
         let held = match &self.held {
+            _ if !self.copies(rel) => true,
             Some(h) => h.contains(&body.blake3),
             None => store.has(&body.blake3),
         };
@@ -471,12 +503,15 @@ impl<'a> Walk<'a> {
         let store = self.store;
         let read = super::par_map(&jobs, |job| {
             let body = match store {
-                Some(store) => store
+                Some(store) if job.copy => store
                     .ingest(&job.path, Some((job.dev, job.stat.ino)))
                     .map_err(|e| match e {
                         StoreError::Io(e) => ScanError::Io(e),
                         e => ScanError::Store(e),
                     }),
+                Some(_) => open_regular(&job.path, Some((job.dev, job.stat.ino)))
+                    .and_then(|mut f| hash_reader(&mut f, true, |_| Ok(())))
+                    .map_err(ScanError::Io),
                 None => hash_file(&job.path, true).map_err(ScanError::Io),
             };
             let body = match body {

@@ -464,6 +464,7 @@ mod tests {
                 prev: Some(&last),
                 dirty: Some(&dirty),
                 writing: Some(&batch.writing),
+                ..Scope::default()
             };
             let watched = scan_with(&src, &store, cache, scope).unwrap();
             let want = fingerprint_with(&src, Some(&exclude)).unwrap();

@@ -1,16 +1,18 @@
 //! The origin's publisher: scan `dir` into a release, numbered above anything any node has
 //! reported, and hold it (which offers it to the children).
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cascade_topology::Role;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
 
+use super::bodies::in_dir::Changed;
 use super::shared::Shared;
 use crate::data::{StateError, StoreError};
-use crate::dir::scan::{scan_with, ScanError, Scanned, Scope, StatCache};
+use crate::dir::scan::{scan_with, ScanError, Scanned, Scope, StatCache, Stored};
 use crate::dir::watch::Batch;
 use crate::dir::Rules;
 use crate::tree::{EntryKind, Manifest, Release};
@@ -135,6 +137,9 @@ pub struct Publisher {
     /// Where the stat cache is kept between runs.
     stat_cache: PathBuf,
     state: Mutex<ScanState>,
+    /// Files found changed under a scan or after one, and when they last were: see
+    /// [`HOT_FOR`].
+    hot: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 /// What the publisher remembers between scans (the lock also makes publishes one at a time).
@@ -153,6 +158,10 @@ struct ScanState {
     topology: Option<String>,
 }
 
+/// A file found changed under a scan or after one has its body copied into the store for
+/// this long after it last was: a body left in `dir` is lost when its file changes again.
+const HOT_FOR: Duration = Duration::from_secs(600);
+
 /// A watched origin writes its stat cache at most this often (a crash costs a re-read of what
 /// changed since).
 const SAVE_CACHE_EVERY: Duration = Duration::from_secs(30);
@@ -168,6 +177,59 @@ impl Publisher {
             exclude: Arc::new(exclude),
             stat_cache,
             state: Mutex::new(ScanState::default()),
+            hot: Default::default(),
+        }
+    }
+
+    /// Marks file `rel` as one that changes: its body is copied into the store from the next
+    /// scan on, for [`HOT_FOR`].
+    pub fn heat(&self, rel: &str) {
+        self.hot
+            .lock()
+            .expect("hot lock")
+            .insert(rel.to_owned(), Instant::now());
+    }
+
+    /// The files still hot (the others are forgotten).
+    fn hot_paths(&self) -> HashSet<String> {
+        let mut hot = self.hot.lock().expect("hot lock");
+        hot.retain(|_, t| t.elapsed() < HOT_FOR);
+        hot.keys().cloned().collect()
+    }
+
+    /// Follows the reports of files changed after the release that names them was published
+    /// (a child asked for the body and the file no longer had it): each is copied into the
+    /// store from then on, and the operator is told once per release and path. A watched
+    /// origin publishes the change anyway; otherwise children that still need the body wait
+    /// for the next publish.
+    pub async fn follow_changes(
+        self: Arc<Self>,
+        mut changes: mpsc::UnboundedReceiver<Changed>,
+        watched: bool,
+    ) {
+        let mut told: HashSet<(u64, String)> = HashSet::new();
+        while let Some(c) = changes.recv().await {
+            self.heat(&c.path);
+            told.retain(|(v, _)| *v >= c.version);
+            if !told.insert((c.version, c.path.clone())) {
+                continue;
+            }
+            if watched {
+                tracing::info!(
+                    version = c.version,
+                    "`{}` changed after the release that names it was published ({}): the watch publishes it again",
+                    c.path,
+                    c.what
+                );
+            } else {
+                tracing::warn!(
+                    version = c.version,
+                    "`{}` changed after release {} was published ({}): children that do not hold it yet wait for the next `cascade publish`",
+                    c.path,
+                    c.version,
+                    c.what
+                );
+            }
         }
     }
 
@@ -230,16 +292,25 @@ impl Publisher {
         let in_step = std::mem::take(&mut state.in_step) && held.is_some();
         let incremental = batch.dirty.is_some() && in_step;
         let (me, dir, exclude) = (shared.clone(), self.dir.clone(), self.exclude.clone());
+        let hot = self.hot_paths();
         let scanned = tokio::task::spawn_blocking(move || {
             let scope = Scope {
                 exclude: Some(&exclude),
                 prev: held.as_ref().map(|h| &h.release.manifest),
                 dirty: batch.dirty.as_ref().filter(|_| in_step),
                 writing: Some(&batch.writing),
+                // The other bodies stay in `dir`, served from there.
+                stored: Stored::Only(&hot),
             };
-            me.store.begin_batch()?;
+            // Only copies need flushing (a copy of a file that changes is worth keeping).
+            let copies = !hot.is_empty();
+            if copies {
+                me.store.begin_batch()?;
+            }
             let scanned = scan_with(&dir, &me.store, cache, scope)?;
-            me.store.commit_batch()?;
+            if copies {
+                me.store.commit_batch()?;
+            }
             Ok::<_, PublishError>(scanned)
         })
         .await
@@ -258,6 +329,9 @@ impl Publisher {
             state.saved = Some(Instant::now());
         }
         state.cache = Some(cache);
+        for rel in &unsettled {
+            self.heat(rel);
+        }
         if !incremental && !state.reported_unmatched {
             state.reported_unmatched = true;
             for p in self.exclude.patterns() {

@@ -41,6 +41,9 @@ pub struct Shared {
     /// Whether this node serves children (has children or is someone's backup parent);
     /// set when a topology change makes it a relay.
     pub serves: std::sync::atomic::AtomicBool,
+    /// On the origin: where the held release's bodies lie in `dir` (they are served from
+    /// there unless the store holds them).
+    pub in_dir: Option<super::bodies::in_dir::InDir>,
     /// Bodies `dir` holds by BLAKE3, for the held release (a node that started serving
     /// children takes them from there instead of fetching them again).
     pub dir_bodies: std::sync::Mutex<Option<(u64, DirBodies)>>,
@@ -136,6 +139,16 @@ impl Shared {
             self.store.adopt(&applier.dir.join(path), expected),
             Ok(true)
         )
+    }
+
+    /// Where body `id` lies in the origin's `dir`, when neither the store holds it nor is it
+    /// arriving (so that only the file has it).
+    pub fn body_in_dir(&self, id: &Blake3) -> Option<super::bodies::in_dir::Found> {
+        let in_dir = self.in_dir.as_ref()?;
+        if self.flights.get(id).is_some() || self.store.has(id) {
+            return None;
+        }
+        in_dir.find(self.held.current(), id)
     }
 
     /// Whether a hook will want the paths a release changes (so they are worth listing).

@@ -246,6 +246,15 @@ impl ChunkBlake3 {
     }
 }
 
+/// Whether `data` is chunk `index` of a chunked body as `sums` describes it (its BLAKE3
+/// chaining value as the subtree at the chunk's offset): one chunk checked on its own.
+pub fn chunk_matches(data: &[u8], index: usize, sums: &Sums) -> bool {
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset(index as u64 * CHUNK);
+    h.update(data);
+    h.finalize_non_root() == sums.blake3.0
+}
+
 /// The BLAKE3 of a body of `len` (> [`CHUNK`]) bytes from the chaining values of its chunks,
 /// merged along BLAKE3's left-balanced tree (every 4 MiB chunk at a 4 MiB offset is one of its
 /// subtrees). Equal to `blake3::hash` of the bytes (tested below).

@@ -11,6 +11,7 @@
 //!   transfer resumes after its last good chunk.
 
 pub mod ask;
+pub mod in_dir;
 pub mod serve;
 
 pub use ask::fetch_all;

@@ -1,6 +1,7 @@
-//! Serving bodies to a child: from the store, or, for a body this node is still receiving,
-//! from its partial file up to the verified length (cut-through), never a byte beyond it.
-//! What is sent counts against the node's upload limit.
+//! Serving bodies to a child: from the store; for a body this node is still receiving, from
+//! its partial file up to the verified length (cut-through), never a byte beyond it; on the
+//! origin, from the file in `dir` it was scanned from, a verified piece at a time (see
+//! [`super::in_dir`]). What is sent counts against the node's upload limit.
 
 use std::io::SeekFrom;
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use tracing::warn;
 
 use super::super::flight::Flight;
 use super::super::shared::Shared;
+use super::in_dir::Found;
+use crate::data::dir_body::{self, DirBody, DirBodyError};
 use crate::net::{self, LinkError};
 use crate::tree::hash::IO_BUF;
 use crate::tree::Blake3;
@@ -191,7 +194,15 @@ fn read_stored(shared: &Shared, ids: &[Blake3]) -> std::io::Result<(usize, Vec<u
         }
         let mut file = match std::fs::File::open(shared.store.path(id)) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((i, bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match shared.body_in_dir(id) {
+                Some(found) if found.wanted.size <= super::SMALL => {
+                    let body = dir_body::read_whole(&found.abs, found.wanted.clone())
+                        .map_err(|e| refused_from_dir(shared, &found, e))?;
+                    bytes.extend_from_slice(&body);
+                    continue;
+                }
+                _ => return Ok((i, bytes)),
+            },
             Err(e) => return Err(e),
         };
         let size = file.metadata()?.len();
@@ -304,6 +315,15 @@ async fn send_body(
     offset: u64,
     buf: &mut Vec<u8>,
 ) -> Result<(), LinkError> {
+    if shared.in_dir.is_some() {
+        let me = shared.clone();
+        let found = tokio::task::spawn_blocking(move || me.body_in_dir(&id))
+            .await
+            .expect("looking a body up does not panic");
+        if let Some(found) = found {
+            return send_from_dir(shared, send, out, found, offset).await;
+        }
+    }
     let mut source = Source::new(shared, id).await?;
     // One buffer per stream, grown to the largest body served on it (up to IO_BUF).
     let size = shared
@@ -335,5 +355,53 @@ async fn send_body(
             // A body still arriving: what is verified goes out now, not once a block fills.
             out.flush(shared, send).await?;
         }
+    }
+}
+
+/// Sends a body from the file in `dir` it was scanned from, from `offset` to its end: each
+/// piece (a chunk, or a small body whole) is read and checked off the async threads, then
+/// sent. A file that no longer holds the body is reported to the publisher and refused.
+async fn send_from_dir(
+    shared: &Arc<Shared>,
+    send: &mut SendStream,
+    out: &mut Out,
+    found: Found,
+    offset: u64,
+) -> Result<(), LinkError> {
+    let (path, wanted) = (found.abs.clone(), found.wanted.clone());
+    let opened = tokio::task::spawn_blocking(move || DirBody::open(&path, wanted, offset))
+        .await
+        .expect("opening a body does not panic");
+    let mut body = opened.map_err(|e| LinkError::Io(refused_from_dir(shared, &found, e)))?;
+    loop {
+        let (back, piece) = tokio::task::spawn_blocking(move || {
+            let piece = body.next_piece();
+            (body, piece)
+        })
+        .await
+        .expect("reading a body does not panic");
+        body = back;
+        let piece = piece.map_err(|e| LinkError::Io(refused_from_dir(shared, &found, e)))?;
+        let Some((at, bytes)) = piece else {
+            return Ok(());
+        };
+        let skip = offset.saturating_sub(at).min(bytes.len() as u64) as usize;
+        out.put(shared, send, &bytes[skip..]).await?;
+    }
+}
+
+/// Why a body could not be served from `dir`; a changed file is reported to the publisher.
+fn refused_from_dir(shared: &Shared, found: &Found, e: DirBodyError) -> std::io::Error {
+    match e {
+        DirBodyError::Changed { what, .. } => {
+            if let Some(d) = &shared.in_dir {
+                d.report(found, what.clone());
+            }
+            std::io::Error::other(format!(
+                "`{}` changed since release {} was published ({what})",
+                found.rel, found.version
+            ))
+        }
+        DirBodyError::Io(e) => e,
     }
 }

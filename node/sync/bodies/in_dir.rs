@@ -1,0 +1,116 @@
+//! Bodies the origin serves straight from its `dir`: a publish hashes files where they are
+//! instead of copying them into the store (see [`crate::dir::Stored`]), so a child's request
+//! for such a body is answered from the file, each piece checked against the manifest
+//! before it is sent ([`crate::data::dir_body`]).
+//!
+//! A file found changed since the scan is never sent: the request is refused (the child
+//! retries, or moves on to a newer release), and the path is reported to the publisher,
+//! which copies its body into the store from then on (a file that changes once is likely to
+//! again) and, on a watched origin, publishes it again.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use super::super::held::Offer;
+use crate::data::dir_body::Wanted;
+use crate::tree::Blake3;
+
+/// Where the bodies of the held release lie in `dir`.
+#[derive(Debug)]
+pub struct InDir {
+    pub dir: PathBuf,
+    /// Built for one held release at the first request after it changed.
+    index: Mutex<Option<Index>>,
+    /// Paths found changed since their scan, for the publisher.
+    changed: mpsc::UnboundedSender<Changed>,
+}
+
+/// A file of release `version` whose bytes are no longer those it was published with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    pub version: u64,
+    pub path: String,
+    pub what: String,
+}
+
+#[derive(Debug)]
+struct Index {
+    offer: Arc<Offer>,
+    /// Body → position of (one of) its files among the manifest's entries.
+    by_body: HashMap<Blake3, u32>,
+}
+
+/// Body `id` as a file of `dir` holds it.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub version: u64,
+    /// Relative to `dir`.
+    pub rel: String,
+    pub abs: PathBuf,
+    pub wanted: Wanted,
+}
+
+impl InDir {
+    pub fn new(dir: PathBuf) -> (Self, mpsc::UnboundedReceiver<Changed>) {
+        let (changed, rx) = mpsc::unbounded_channel();
+        let me = InDir {
+            dir,
+            index: Mutex::new(None),
+            changed,
+        };
+        (me, rx)
+    }
+
+    /// The file of `held` (the release the node holds) that has body `id`, if any.
+    pub fn find(&self, held: Option<Arc<Offer>>, id: &Blake3) -> Option<Found> {
+        let held = held?;
+        let mut index = self.index.lock().expect("dir index lock");
+        if index.as_ref().is_none_or(|i| !Arc::ptr_eq(&i.offer, &held)) {
+            let by_body = held
+                .release
+                .manifest
+                .entries()
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| match e.kind {
+                    crate::tree::EntryKind::File { blake3, .. } => Some((blake3, i as u32)),
+                    _ => None,
+                })
+                .collect();
+            *index = Some(Index {
+                offer: held.clone(),
+                by_body,
+            });
+        }
+        let at = *index.as_ref().expect("just built").by_body.get(id)?;
+        let entry = &held.release.manifest.entries()[at as usize];
+        let crate::tree::EntryKind::File {
+            size, ref chunks, ..
+        } = entry.kind
+        else {
+            return None;
+        };
+        Some(Found {
+            version: held.version(),
+            rel: entry.path.clone(),
+            abs: self.dir.join(&entry.path),
+            wanted: Wanted {
+                blake3: *id,
+                size,
+                chunks: chunks.clone(),
+            },
+        })
+    }
+
+    /// Tells the publisher that `found`'s file no longer holds its body.
+    pub fn report(&self, found: &Found, what: String) {
+        let _ = self.changed.send(Changed {
+            version: found.version,
+            path: found.rel.clone(),
+            what,
+        });
+    }
+}
