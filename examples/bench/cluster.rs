@@ -220,6 +220,9 @@ impl Cluster {
     /// Publishes on the origin and waits until every target holds the release.
     pub async fn publish(&self, targets: &[&str]) -> Result<Published> {
         let origin = &self.nodes[0];
+        // What earlier runs (and writing the source) left unflushed is not this run's to
+        // write back: a node's flush covers its whole filesystem.
+        rustix::fs::sync();
         let started = Instant::now();
         let summary = match admin::request(&origin.data, &AdminRequest::Publish).await? {
             AdminResponse::Published(s) => s,

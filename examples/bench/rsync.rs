@@ -103,6 +103,8 @@ impl Daemon {
     /// Runs `rsync -a EXTRA rsync://…/src/ DEST/` and returns how long it took.
     pub fn pull(&self, dest: &Path, extra: &[&str]) -> Result<Duration> {
         fs::create_dir_all(dest)?;
+        // What earlier runs left unflushed is not this run's to write back.
+        rustix::fs::sync();
         let started = Instant::now();
         let out = Command::new("rsync")
             .arg("-a")

@@ -83,8 +83,9 @@ impl DirBody {
         })
     }
 
-    /// The next verified piece as (its offset in the body, its bytes); `None` at the end.
-    pub fn next_piece(&mut self) -> Result<Option<(u64, Vec<u8>)>, DirBodyError> {
+    /// Reads the next piece into `piece` (its allocation reused) and checks it; returns
+    /// where in the body it starts, or `None` at the end.
+    pub fn next_piece(&mut self, piece: &mut Vec<u8>) -> Result<Option<u64>, DirBodyError> {
         let size = self.wanted.size;
         if self.next >= size && !(size == 0 && self.next == 0) {
             return Ok(None);
@@ -95,18 +96,18 @@ impl DirBody {
         } else {
             (size - at).min(CHUNK)
         };
-        let mut piece = vec![0; len as usize];
-        if let Err(e) = self.file.read_exact(&mut piece) {
+        piece.resize(len as usize, 0);
+        if let Err(e) = self.file.read_exact(piece) {
             return Err(match e.kind() {
                 io::ErrorKind::UnexpectedEof => self.changed("it got shorter".into()),
                 _ => e.into(),
             });
         }
         let good = if self.wanted.chunks.is_empty() {
-            Blake3::of(&piece) == self.wanted.blake3
+            Blake3::of(piece) == self.wanted.blake3
         } else {
             let index = (at / CHUNK) as usize;
-            chunk_matches(&piece, index, &self.wanted.chunks[index])
+            chunk_matches(piece, index, &self.wanted.chunks[index])
         };
         if !good {
             let what = match self.wanted.chunks.is_empty() {
@@ -116,7 +117,7 @@ impl DirBody {
             return Err(self.changed(what));
         }
         self.next = at + len.max(1);
-        Ok(Some((at, piece)))
+        Ok(Some(at))
     }
 
     fn changed(&self, what: String) -> DirBodyError {
@@ -130,13 +131,9 @@ impl DirBody {
 /// Reads a whole small body (one piece) from `path`, verified; what [`DirBody`] would give.
 pub fn read_whole(path: &Path, wanted: Wanted) -> Result<Vec<u8>, DirBodyError> {
     let mut body = DirBody::open(path, wanted, 0)?;
-    let mut out = Vec::new();
-    while let Some((_, piece)) = body.next_piece()? {
-        if out.is_empty() {
-            out = piece;
-        } else {
-            out.extend_from_slice(&piece);
-        }
+    let (mut out, mut piece) = (Vec::new(), Vec::new());
+    while body.next_piece(&mut piece)?.is_some() {
+        out.extend_from_slice(&piece);
     }
     Ok(out)
 }
@@ -157,8 +154,8 @@ mod tests {
 
     fn all_from(path: &Path, wanted: Wanted, offset: u64) -> Result<Vec<u8>, DirBodyError> {
         let mut r = DirBody::open(path, wanted, offset)?;
-        let mut out = Vec::new();
-        while let Some((at, piece)) = r.next_piece()? {
+        let (mut out, mut piece) = (Vec::new(), Vec::new());
+        while let Some(at) = r.next_piece(&mut piece)? {
             assert_eq!(at, out.len() as u64 + offset / CHUNK * CHUNK);
             out.extend_from_slice(&piece);
         }
@@ -200,8 +197,9 @@ mod tests {
         bytes[CHUNK as usize + 10] = 4;
         std::fs::write(&p, &bytes).unwrap();
         let mut r = DirBody::open(&p, wanted.clone(), 0).unwrap();
-        assert!(r.next_piece().unwrap().is_some());
-        let e = r.next_piece().unwrap_err();
+        let mut piece = Vec::new();
+        assert!(r.next_piece(&mut piece).unwrap().is_some());
+        let e = r.next_piece(&mut piece).unwrap_err();
         assert!(
             matches!(&e, DirBodyError::Changed { what, .. } if what == "chunk 1 differs"),
             "{e}"

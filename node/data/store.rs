@@ -229,7 +229,8 @@ impl Store {
     }
 
     /// Reads a local file once, hashing it while copying it to a temporary file, and keeps the
-    /// copy under its BLAKE3 unless the store already holds that body (the origin's publish).
+    /// copy under its BLAKE3 unless the store already holds that body (the origin publishing a
+    /// file whose body it keeps a copy of: see [`crate::dir::Stored`]).
     /// What is stored is what was hashed, even if the file changes meanwhile.
     pub fn ingest(&self, src: &Path, expect: Option<(u64, u64)>) -> Result<Body, StoreError> {
         let mut input = open_regular(src, expect)?;

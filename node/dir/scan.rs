@@ -630,6 +630,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_the_named_bodies_are_copied_and_the_others_are_cached_from_dir() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("src");
+        fs::create_dir_all(&dir).unwrap();
+        let old = SystemTime::now() - std::time::Duration::from_secs(60);
+        for (p, body) in [("cold.txt", "cold"), ("hot.txt", "hot")] {
+            fs::write(dir.join(p), body).unwrap();
+            fs::File::options()
+                .write(true)
+                .open(dir.join(p))
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let hot: HashSet<String> = ["hot.txt".to_owned()].into();
+        let scope = Scope {
+            stored: Stored::Only(&hot),
+            ..Scope::default()
+        };
+        let s1 = scan_with(&dir, &store, StatCache::default(), scope).unwrap();
+        assert!(store.has(&Blake3::of(b"hot")));
+        assert!(!store.has(&Blake3::of(b"cold")), "left in dir");
+        assert_eq!(s1.manifest, fingerprint(&dir).unwrap());
+        // Unchanged: both come from the cache, the cold one although the store lacks it.
+        let s2 = scan_with(&dir, &store, s1.cache, scope).unwrap();
+        assert_eq!((s2.stats.hashed, s2.stats.cached), (0, 2));
+        // Every body copied: the cold one is read again, into the store.
+        let every = Scope::default();
+        let s3 = scan_with(&dir, &store, s2.cache, every).unwrap();
+        assert_eq!((s3.stats.hashed, s3.stats.cached), (1, 1));
+        assert!(store.has(&Blake3::of(b"cold")));
+    }
+
+    #[test]
     fn cache_skips_unchanged_files_and_catches_changes() {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("src");

@@ -194,15 +194,18 @@ fn read_stored(shared: &Shared, ids: &[Blake3]) -> std::io::Result<(usize, Vec<u
         }
         let mut file = match std::fs::File::open(shared.store.path(id)) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match shared.body_in_dir(id) {
-                Some(found) if found.wanted.size <= super::SMALL => {
-                    let body = dir_body::read_whole(&found.abs, found.wanted.clone())
-                        .map_err(|e| refused_from_dir(shared, &found, e))?;
-                    bytes.extend_from_slice(&body);
-                    continue;
+            // Neither stored nor arriving: on the origin, in `dir`.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match (shared.in_dir.as_ref()).and_then(|d| d.find(shared.held.current(), id)) {
+                    Some(found) if found.wanted.size <= super::SMALL => {
+                        let body = dir_body::read_whole(&found.abs, found.wanted.clone())
+                            .map_err(|e| refused_from_dir(shared, &found, e))?;
+                        bytes.extend_from_slice(&body);
+                        continue;
+                    }
+                    _ => return Ok((i, bytes)),
                 }
-                _ => return Ok((i, bytes)),
-            },
+            }
             Err(e) => return Err(e),
         };
         let size = file.metadata()?.len();
@@ -359,8 +362,9 @@ async fn send_body(
 }
 
 /// Sends a body from the file in `dir` it was scanned from, from `offset` to its end: each
-/// piece (a chunk, or a small body whole) is read and checked off the async threads, then
-/// sent. A file that no longer holds the body is reported to the publisher and refused.
+/// piece (a chunk, or a small body whole) is read and checked off the async threads, the
+/// next one while the last is sent. A file that no longer holds the body is reported to the
+/// publisher and refused.
 async fn send_from_dir(
     shared: &Arc<Shared>,
     send: &mut SendStream,
@@ -372,21 +376,26 @@ async fn send_from_dir(
     let opened = tokio::task::spawn_blocking(move || DirBody::open(&path, wanted, offset))
         .await
         .expect("opening a body does not panic");
-    let mut body = opened.map_err(|e| LinkError::Io(refused_from_dir(shared, &found, e)))?;
-    loop {
-        let (back, piece) = tokio::task::spawn_blocking(move || {
-            let piece = body.next_piece();
-            (body, piece)
+    let body = opened.map_err(|e| LinkError::Io(refused_from_dir(shared, &found, e)))?;
+    let read = |mut body: DirBody, mut piece: Vec<u8>| {
+        tokio::task::spawn_blocking(move || {
+            let at = body.next_piece(&mut piece);
+            (body, piece, at)
         })
-        .await
-        .expect("reading a body does not panic");
-        body = back;
-        let piece = piece.map_err(|e| LinkError::Io(refused_from_dir(shared, &found, e)))?;
-        let Some((at, bytes)) = piece else {
+    };
+    // Two buffers of one piece each: one being sent, one being read.
+    let mut next = read(body, Vec::new());
+    let mut spare = Vec::new();
+    loop {
+        let (body, piece, at) = next.await.expect("reading a body does not panic");
+        let at = at.map_err(|e| LinkError::Io(refused_from_dir(shared, &found, e)))?;
+        let Some(at) = at else {
             return Ok(());
         };
-        let skip = offset.saturating_sub(at).min(bytes.len() as u64) as usize;
-        out.put(shared, send, &bytes[skip..]).await?;
+        next = read(body, std::mem::take(&mut spare));
+        let skip = offset.saturating_sub(at).min(piece.len() as u64) as usize;
+        out.put(shared, send, &piece[skip..]).await?;
+        spare = piece;
     }
 }
 
