@@ -74,7 +74,15 @@ pub struct BodyWriter {
     at_verified: BodyHasher,
     /// Keep the bytes if dropped unfinished (a network transfer to resume later).
     keep_partial: bool,
+    /// Where the last early flush began (see [`FLUSH_AHEAD`]), and the thread running it.
+    flushed_at: u64,
+    flushing: Option<std::thread::JoinHandle<()>>,
 }
+
+/// A large body is flushed to disk in the background every this many bytes while it arrives,
+/// so the flush of the release at the end (one `syncfs`) waits only for its tail instead of
+/// writing the whole body back then.
+const FLUSH_AHEAD: u64 = 64 * 1024 * 1024;
 
 impl BodyWriter {
     /// A writer of `expected` into `file` (at `tmp`), moved to `dest` when it checks out.
@@ -95,7 +103,30 @@ impl BodyWriter {
             written: 0,
             verified: 0,
             keep_partial,
+            flushed_at: 0,
+            flushing: None,
         }
+    }
+
+    /// Starts flushing what was written so far in the background, every [`FLUSH_AHEAD`]
+    /// bytes, one flush at a time. Its outcome does not matter: the release's flush at the
+    /// end is what says whether the body is on disk.
+    fn flush_ahead(&mut self) {
+        if self.written < self.flushed_at + FLUSH_AHEAD
+            || self.flushing.as_ref().is_some_and(|t| !t.is_finished())
+        {
+            return;
+        }
+        let Ok(file) = self.file.file().try_clone() else {
+            return;
+        };
+        self.flushed_at = self.written;
+        self.flushing = std::thread::Builder::new()
+            .name("flush-ahead".into())
+            .spawn(move || {
+                let _ = file.sync_data();
+            })
+            .ok();
     }
 
     /// Re-reads the bytes a resumed file already holds to rebuild the hash state, a block at
@@ -152,6 +183,9 @@ impl BodyWriter {
                 self.at_verified = self.hasher.clone();
             }
             data = rest;
+        }
+        if append {
+            self.flush_ahead();
         }
         Ok(())
     }
