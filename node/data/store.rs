@@ -277,11 +277,12 @@ impl Store {
 
     /// Deletes every held body whose BLAKE3 is not in `keep`; returns how many were removed.
     pub fn retain(&self, keep: &HashSet<Blake3>) -> Result<u64, StoreError> {
-        let keep_hex: HashSet<String> = keep.iter().map(Blake3::hex).collect();
+        // Names are parsed, not `keep` turned into strings: one allocation per held body less.
+        let kept = |hex: &str| Blake3::from_hex(hex).is_some_and(|id| keep.contains(&id));
         let empty = Blake3::empty().hex();
         let mut removed = 0;
         self.for_each_object(|name, obj| {
-            if name != empty && !keep_hex.contains(name) {
+            if name != empty && !kept(name) {
                 fs::remove_file(obj.path())?;
                 removed += 1;
             }
@@ -290,10 +291,7 @@ impl Store {
         // Partial bodies nothing needs any more.
         for e in fs::read_dir(&self.tmp)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name
-                .strip_suffix(PARTIAL)
-                .is_some_and(|hex| !keep_hex.contains(hex))
-            {
+            if name.strip_suffix(PARTIAL).is_some_and(|hex| !kept(hex)) {
                 let _ = fs::remove_file(e.path());
             }
         }
