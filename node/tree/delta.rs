@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{path_order, Entry, EntryKind, Manifest};
+use super::manifest::{path_order, Entry, EntryKind, Known, Manifest};
 
 /// One run of a delta, in the order of the new manifest's entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,21 +77,83 @@ pub fn splice(base: &[Entry], runs: Vec<Run>) -> Result<Vec<Entry>, DeltaError> 
     for run in runs {
         match run {
             Run::Keep { from, len } => {
-                let end = from.checked_add(len).filter(|&e| e <= base.len() as u64);
-                let Some(end) = end.filter(|_| from >= next) else {
-                    return Err(DeltaError::BadKeep {
-                        from,
-                        end: from.saturating_add(len),
-                        len: base.len(),
-                    });
-                };
-                out.extend_from_slice(&base[from as usize..end as usize]);
-                next = end;
+                let (start, end) = keep_range(from, len, next, base.len())?;
+                out.extend_from_slice(&base[start..end]);
+                next = end as u64;
             }
             Run::New(entries) => out.extend(entries),
         }
     }
     Ok(out)
+}
+
+/// [`splice`], also returning what is known of the rebuilt list's digests: every kept
+/// entry's digest in `base`, and the kept directories whose whole subtree is kept as it was
+/// (inside one run, with nothing new after it below that directory), so the hash tree need
+/// not be computed again for them ([`Manifest::from_sorted_known`]). A hostile delta gains
+/// nothing from this: the list is validated as before, and an entry's known digest is the
+/// digest of the very entry kept.
+pub fn splice_known(base: &Manifest, runs: Vec<Run>) -> Result<(Vec<Entry>, Known), DeltaError> {
+    let b = base.entries();
+    let mut out = Vec::with_capacity(b.len());
+    let mut digests = Vec::with_capacity(b.len());
+    let mut whole = Vec::new();
+    let mut next = 0u64;
+    for run in runs {
+        match run {
+            Run::Keep { from, len } => {
+                let (start, end) = keep_range(from, len, next, b.len())?;
+                let at = out.len();
+                out.extend_from_slice(&b[start..end]);
+                for k in start..end {
+                    digests.push(Some(base.digest(k)));
+                    if matches!(b[k].kind, EntryKind::Dir) {
+                        let sub_end = base.subtree_end(k);
+                        if sub_end <= end {
+                            whole.push((at + k - start, at + sub_end - start));
+                        }
+                    }
+                }
+                next = end as u64;
+            }
+            Run::New(entries) => {
+                digests.extend(std::iter::repeat_n(None, entries.len()));
+                out.extend(entries);
+            }
+        }
+    }
+    // Entries right after a kept subtree may still lie below its directory (added by the
+    // next run): then that directory changed.
+    let subtrees = whole
+        .into_iter()
+        .filter(|&(s, e)| {
+            out.get(e).is_none_or(|next| {
+                let dir = &out[s].path;
+                !(next.path.len() > dir.len()
+                    && next.path.starts_with(dir.as_str())
+                    && next.path.as_bytes()[dir.len()] == b'/')
+            })
+        })
+        .collect();
+    Ok((out, Known { digests, subtrees }))
+}
+
+/// The base indexes a keep run covers, if it lies inside the base and does not go back.
+fn keep_range(
+    from: u64,
+    len: u64,
+    next: u64,
+    base_len: usize,
+) -> Result<(usize, usize), DeltaError> {
+    let end = from.checked_add(len).filter(|&e| e <= base_len as u64);
+    match end.filter(|_| from >= next) {
+        Some(end) => Ok((from as usize, end as usize)),
+        None => Err(DeltaError::BadKeep {
+            from,
+            end: from.saturating_add(len),
+            len: base_len,
+        }),
+    }
 }
 
 /// Runs under construction: adjacent keeps merge, new entries gather in one run.
@@ -142,9 +204,43 @@ mod tests {
         Manifest::from_entries(v).unwrap()
     }
 
+    /// `new` rebuilt from `old` and their delta, both ways: hashing every entry, and taking
+    /// what is known from `old` (which must give the same manifest, digests included).
     fn rebuilt(old: &Manifest, new: &Manifest) -> Manifest {
         let runs = diff(old, new);
-        Manifest::from_sorted(splice(old.entries(), runs).unwrap()).unwrap()
+        let full = Manifest::from_sorted(splice(old.entries(), runs.clone()).unwrap()).unwrap();
+        let (entries, known) = splice_known(old, runs).unwrap();
+        let fast = Manifest::from_sorted_known(entries, Some(&known)).unwrap();
+        assert_eq!(fast, full);
+        assert_eq!(fast.root_digest(), full.root_digest());
+        for i in 0..full.entries().len() {
+            assert_eq!(fast.digest(i), full.digest(i), "{}", full.entries()[i].path);
+        }
+        full
+    }
+
+    #[test]
+    fn a_kept_subtree_with_an_entry_added_after_it_is_hashed_again() {
+        let old = Manifest::from_entries(vec![
+            dir("a"),
+            file("a/x", b"x"),
+            dir("a/sub"),
+            file("a/sub/y", b"y"),
+            file("b", b"b"),
+        ])
+        .unwrap();
+        // The delta keeps `a` whole in one run, then adds an entry under it: `a` changed.
+        let runs = vec![
+            Run::Keep { from: 0, len: 4 },
+            Run::New(vec![file("a/z", b"z")]),
+            Run::Keep { from: 4, len: 1 },
+        ];
+        let (entries, known) = splice_known(&old, runs.clone()).unwrap();
+        assert_eq!(known.subtrees, [(1, 3)], "only a/sub is kept whole");
+        let fast = Manifest::from_sorted_known(entries, Some(&known)).unwrap();
+        let full = Manifest::from_sorted(splice(old.entries(), runs).unwrap()).unwrap();
+        assert_eq!(fast.root_digest(), full.root_digest());
+        assert_ne!(fast.root_digest(), old.root_digest());
     }
 
     #[test]
@@ -238,13 +334,20 @@ mod tests {
             old in prop::collection::btree_map(0u8..40, 0u8..3, 0..30),
             new in prop::collection::btree_map(0u8..40, 0u8..3, 0..30),
         ) {
-            // Paths d<k/8>/f<k>: some directories, files that appear, vanish or change.
+            // Paths d<k/8>/f<k>, and below d<k/8>/e<k/4> for odd k: directories at two
+            // levels, files that appear, vanish or change.
             let make = |m: &std::collections::BTreeMap<u8, u8>| {
                 let mut v = Vec::new();
                 for (&k, &body) in m {
-                    let d = format!("d{}", k / 8);
+                    let mut d = format!("d{}", k / 8);
                     if !v.iter().any(|e: &Entry| e.path == d) {
                         v.push(dir(&d));
+                    }
+                    if k % 2 == 1 {
+                        d = format!("{d}/e{}", k / 4);
+                        if !v.iter().any(|e: &Entry| e.path == d) {
+                            v.push(dir(&d));
+                        }
                     }
                     v.push(file(&format!("{d}/f{k}"), &[body]));
                 }
@@ -253,6 +356,51 @@ mod tests {
             let (a, b) = (make(&old), make(&new));
             prop_assert_eq!(rebuilt(&a, &b), b.clone());
             prop_assert_eq!(rebuilt(&b, &a), a);
+        }
+
+        #[test]
+        fn any_delta_hashes_the_same_with_what_its_base_gave(
+            old in prop::collection::btree_map(0u8..64, 0u8..3, 0..40),
+            runs in prop::collection::vec((0u8..3, 0u8..20, 0u8..6, 0u8..64), 0..8),
+        ) {
+            // Paths d<k/16>/e<k/4>/f<k>: two levels of directories. Runs keep arbitrary
+            // ranges of the base or add entries, as a hostile parent could: both ways of
+            // hashing must agree on every list that validates, and refuse the same others.
+            let mut v = Vec::new();
+            for (&k, &body) in &old {
+                let (d, e) = (format!("d{}", k / 16), format!("d{}/e{}", k / 16, k / 4));
+                for p in [&d, &e] {
+                    if !v.iter().any(|x: &Entry| &x.path == p) {
+                        v.push(dir(p));
+                    }
+                }
+                v.push(file(&format!("{e}/f{k}"), &[body]));
+            }
+            let base = Manifest::from_entries(v).unwrap();
+            let mut next = 0u64;
+            let runs: Vec<Run> = runs
+                .into_iter()
+                .map(|(what, from, len, k)| match what {
+                    0 | 1 => {
+                        let from = next + u64::from(from) % 4;
+                        next = from + u64::from(len);
+                        Run::Keep { from, len: u64::from(len) }
+                    }
+                    _ => Run::New(vec![file(&format!("d{}/e{}/g{k}", k / 16, k / 4), b"n")]),
+                })
+                .collect();
+            let full = splice(base.entries(), runs.clone()).map(Manifest::from_sorted);
+            let fast = splice_known(&base, runs)
+                .map(|(entries, known)| Manifest::from_sorted_known(entries, Some(&known)));
+            match (full, fast) {
+                (Ok(Ok(a)), Ok(Ok(b))) => {
+                    prop_assert_eq!(a.root_digest(), b.root_digest());
+                    prop_assert_eq!(a, b);
+                }
+                (Ok(Err(a)), Ok(Err(b))) => prop_assert_eq!(a, b),
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "{:?} against {:?}", a.map(|r| r.is_ok()), b.map(|r| r.is_ok())),
+            }
         }
     }
 }

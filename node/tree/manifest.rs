@@ -134,6 +134,16 @@ impl Manifest {
 
     /// Validates entries that must already be in component order (as they come off the wire).
     pub fn from_sorted(entries: Vec<Entry>) -> Result<Self, ManifestError> {
+        Self::from_sorted_known(entries, None)
+    }
+
+    /// [`Manifest::from_sorted`], taking the digests `known` from the manifest the entries
+    /// were spliced from instead of hashing them again: the hash tree then costs what changed
+    /// (and the directories above it), not every entry. Validation is the same.
+    pub fn from_sorted_known(
+        entries: Vec<Entry>,
+        known: Option<&Known>,
+    ) -> Result<Self, ManifestError> {
         let mut kinds: HashMap<&str, bool> = HashMap::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             if !safe_path(&e.path) {
@@ -184,7 +194,7 @@ impl Manifest {
             }
             kinds.insert(&e.path, matches!(e.kind, EntryKind::Dir));
         }
-        let (digests, root) = hash_tree(&entries);
+        let (digests, root) = hash_tree(&entries, known);
         Ok(Manifest {
             entries,
             digests,
@@ -318,43 +328,58 @@ impl Manifest {
     }
 }
 
-/// Computes per-entry digests and the root digest, bottom-up over the pre-order list.
-fn hash_tree(entries: &[Entry]) -> (Vec<Blake3>, Blake3) {
+/// Digests of a manifest's entries that are known before its hash tree is computed: those of
+/// the entries it kept from the manifest it was spliced from (see
+/// [`crate::tree::delta::splice_known`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Known {
+    /// By index: the digest a kept entry had in the base (`None` for a new entry). A file's or
+    /// symlink's depends on the entry alone, so it holds as it is; a directory's only for
+    /// the directories in `subtrees`.
+    pub digests: Vec<Option<Blake3>>,
+    /// Kept directories whose whole subtree is kept as it was, as index ranges `start..end`
+    /// (the directory first), ascending by start.
+    pub subtrees: Vec<(usize, usize)>,
+}
+
+/// Computes per-entry digests and the root digest, bottom-up over the pre-order list. Digests
+/// `known` are taken as they are: a known file's is not hashed again, and a whole kept
+/// subtree is skipped at once (its digests copied, nothing below its directory hashed).
+fn hash_tree(entries: &[Entry], known: Option<&Known>) -> (Vec<Blake3>, Blake3) {
     let mut digests = vec![Blake3([0; 32]); entries.len()];
-    // Per directory path: the serialized (name, digest) of its children, in reverse order.
-    let mut children: HashMap<&str, Vec<u8>> = HashMap::new();
-    for (i, e) in entries.iter().enumerate().rev() {
-        let mut h = blake3::Hasher::new();
-        h.update(&e.mode.to_le_bytes());
-        match &e.kind {
-            EntryKind::File {
-                size,
-                md5,
-                blake3,
-                mtime,
-                chunks,
-            } => {
-                // The chunk BLAKE3s follow from the whole one (checked above); their MD5s not.
-                h.update(b"f");
-                h.update(&size.to_le_bytes());
-                h.update(&md5.0);
-                h.update(&blake3.0);
-                h.update(&mtime.to_le_bytes());
-                for c in chunks {
-                    h.update(&c.md5.0);
-                }
-            }
-            EntryKind::Symlink { target } => {
-                h.update(b"l");
-                h.update(&(target.len() as u64).to_le_bytes());
-                h.update(target.as_bytes());
-            }
-            EntryKind::Dir => {
-                h.update(b"d");
-                h.update(&children.remove(e.path.as_str()).unwrap_or_default());
+    // The outermost whole kept subtrees, by their last index.
+    let mut skip: HashMap<usize, usize> = HashMap::new();
+    if let Some(k) = known {
+        let mut covered = 0;
+        for &(start, end) in &k.subtrees {
+            if start >= covered && end > start && end <= entries.len() {
+                skip.insert(end - 1, start);
+                covered = end;
             }
         }
-        digests[i] = Blake3(*h.finalize().as_bytes());
+    }
+    let known_digest = |i: usize| known.and_then(|k| k.digests.get(i).copied().flatten());
+    // Per directory path: the serialized (name, digest) of its children, in reverse order.
+    let mut children: HashMap<&str, Vec<u8>> = HashMap::new();
+    let mut next = entries.len();
+    while next > 0 {
+        let mut i = next - 1;
+        next = i;
+        if let Some(&start) = skip.get(&i) {
+            let copied = (start..=i).map(known_digest);
+            for (slot, d) in digests[start..=i].iter_mut().zip(copied) {
+                *slot = d.expect("every entry of a kept subtree is kept");
+            }
+            i = start;
+            next = start;
+        } else if let Some(d) =
+            known_digest(i).filter(|_| !matches!(entries[i].kind, EntryKind::Dir))
+        {
+            digests[i] = d;
+        } else {
+            digests[i] = entry_digest(&entries[i], &mut children);
+        }
+        let e = &entries[i];
         let acc = children.entry(e.parent()).or_default();
         acc.extend((e.name().len() as u64).to_le_bytes());
         acc.extend(e.name().as_bytes());
@@ -362,6 +387,42 @@ fn hash_tree(entries: &[Entry]) -> (Vec<Blake3>, Blake3) {
     }
     let root = Blake3::of(&children.remove("").unwrap_or_default());
     (digests, root)
+}
+
+/// The digest of one entry: of its own fields, and for a directory of its children's names
+/// and digests, taken from `children` (gathered by [`hash_tree`]).
+fn entry_digest(e: &Entry, children: &mut HashMap<&str, Vec<u8>>) -> Blake3 {
+    let mut h = blake3::Hasher::new();
+    h.update(&e.mode.to_le_bytes());
+    match &e.kind {
+        EntryKind::File {
+            size,
+            md5,
+            blake3,
+            mtime,
+            chunks,
+        } => {
+            // The chunk BLAKE3s follow from the whole one (checked above); their MD5s not.
+            h.update(b"f");
+            h.update(&size.to_le_bytes());
+            h.update(&md5.0);
+            h.update(&blake3.0);
+            h.update(&mtime.to_le_bytes());
+            for c in chunks {
+                h.update(&c.md5.0);
+            }
+        }
+        EntryKind::Symlink { target } => {
+            h.update(b"l");
+            h.update(&(target.len() as u64).to_le_bytes());
+            h.update(target.as_bytes());
+        }
+        EntryKind::Dir => {
+            h.update(b"d");
+            h.update(&children.remove(e.path.as_str()).unwrap_or_default());
+        }
+    }
+    Blake3(*h.finalize().as_bytes())
 }
 
 impl Serialize for Manifest {

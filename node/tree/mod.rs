@@ -12,5 +12,5 @@ pub mod release;
 
 pub use delta::{DeltaError, Run};
 pub use hash::{Blake3, Body, BodyHasher, Md5, Sums, CHUNK};
-pub use manifest::{Entry, EntryKind, Manifest, ManifestError};
+pub use manifest::{Entry, EntryKind, Known, Manifest, ManifestError};
 pub use release::{newer, Release, Rotation};

@@ -8,7 +8,7 @@ use super::blocks::Compress;
 
 use crate::status::NodeStatus;
 use crate::tree::{
-    delta, Blake3, DeltaError, Entry, Manifest, ManifestError, Release, Rotation, Run,
+    delta, Blake3, DeltaError, Entry, Known, Manifest, ManifestError, Release, Rotation, Run,
 };
 
 /// Child → parent, on the control stream.
@@ -71,9 +71,11 @@ impl Delta {
         if base.version != self.base || base.manifest.root_digest() != self.base_root {
             return Err(DeltaError::WrongBase { version: self.base });
         }
+        let (entries, known) = delta::splice_known(&base.manifest, self.runs)?;
         Ok(RawRelease {
             version: self.version,
-            entries: delta::splice(base.manifest.entries(), self.runs)?,
+            entries,
+            known: Some(known),
             revoked: self.revoked,
             signature: self.signature,
             topology: self.topology,
@@ -109,6 +111,9 @@ pub struct RawRelease {
     pub signature: Vec<u8>,
     pub topology: Option<String>,
     pub rotation: Option<Rotation>,
+    /// For a release rebuilt from a delta: the digests its base already gave (never sent).
+    #[serde(skip)]
+    pub known: Option<Known>,
 }
 
 impl RawRelease {
@@ -117,7 +122,7 @@ impl RawRelease {
     pub fn validate(self) -> Result<Release, ManifestError> {
         Ok(Release {
             version: self.version,
-            manifest: Manifest::from_sorted(self.entries)?,
+            manifest: Manifest::from_sorted_known(self.entries, self.known.as_ref())?,
             revoked: self.revoked,
             signature: self.signature,
             topology: self.topology,

@@ -255,6 +255,7 @@ fn golden_bytes() {
 fn raw_down_encodes_like_down() {
     let r = sample_release();
     let raw = RawDown::Offer(RawRelease {
+        known: None,
         version: r.version,
         entries: r.manifest.entries().to_vec(),
         revoked: r.revoked.clone(),
@@ -395,6 +396,7 @@ fn wire_order_is_enforced() {
     // validates them itself, which names the reason.
     assert!(decode_frame::<Manifest>(&bytes).is_err());
     let raw: RawRelease = decode_frame(&encode(&RawRelease {
+        known: None,
         version: 1,
         entries,
         revoked: vec![],
