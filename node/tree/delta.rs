@@ -105,9 +105,9 @@ pub fn splice_known(base: &Manifest, runs: Vec<Run>) -> Result<(Vec<Entry>, Know
                 let (start, end) = keep_range(from, len, next, b.len())?;
                 let at = out.len();
                 out.extend_from_slice(&b[start..end]);
-                for k in start..end {
+                for (k, e) in b.iter().enumerate().take(end).skip(start) {
                     digests.push(Some(base.digest(k)));
-                    if matches!(b[k].kind, EntryKind::Dir) {
+                    if matches!(e.kind, EntryKind::Dir) {
                         let sub_end = base.subtree_end(k);
                         if sub_end <= end {
                             whole.push((at + k - start, at + sub_end - start));
