@@ -102,6 +102,7 @@ impl FakeParent {
             signature,
             topology: None,
             rotation: None,
+            known: None,
         }));
         self.raw(l, &frame);
     }
