@@ -629,6 +629,15 @@ enum Below {
 mod tests {
     use super::*;
 
+    fn set_mtime(path: &Path, mtime: SystemTime) {
+        fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+    }
+
     #[test]
     fn only_the_named_bodies_are_copied_and_the_others_are_cached_from_dir() {
         let t = tempfile::tempdir().unwrap();
@@ -637,12 +646,7 @@ mod tests {
         let old = SystemTime::now() - std::time::Duration::from_secs(60);
         for (p, body) in [("cold.txt", "cold"), ("hot.txt", "hot")] {
             fs::write(dir.join(p), body).unwrap();
-            fs::File::options()
-                .write(true)
-                .open(dir.join(p))
-                .unwrap()
-                .set_modified(old)
-                .unwrap();
+            set_mtime(&dir.join(p), old);
         }
         let store = Store::open(&t.path().join("store")).unwrap();
         let hot: HashSet<String> = ["hot.txt".to_owned()].into();
@@ -678,12 +682,7 @@ mod tests {
             } else {
                 old
             };
-            fs::File::options()
-                .write(true)
-                .open(dir.join(p))
-                .unwrap()
-                .set_modified(mtime)
-                .unwrap();
+            set_mtime(&dir.join(p), mtime);
         }
         let store = Store::open(&t.path().join("store")).unwrap();
         let (m1, cache, s1) = scan(&dir, &store, &StatCache::default()).unwrap();
@@ -697,12 +696,7 @@ mod tests {
 
         // Same size, same mtime, different content: ctime still gives it away.
         fs::write(dir.join("a.txt"), "A").unwrap();
-        fs::File::options()
-            .write(true)
-            .open(dir.join("a.txt"))
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        set_mtime(&dir.join("a.txt"), old);
         let (m3, _, s3) = scan(&dir, &store, &cache).unwrap();
         assert_eq!(s3.cached, 1);
         assert_ne!(m3.root_digest(), m2.root_digest());

@@ -20,9 +20,6 @@ use crate::net::Limiter;
 use crate::status::NodeState;
 use crate::tree::{Blake3, Release};
 
-/// Where each body of a release lies in `dir`, and what it must be.
-pub type DirBodies = std::collections::HashMap<Blake3, (String, crate::data::Expected)>;
-
 #[derive(Debug)]
 pub struct Shared {
     pub name: String,
@@ -46,7 +43,7 @@ pub struct Shared {
     pub in_dir: Option<super::bodies::in_dir::InDir>,
     /// Bodies `dir` holds by BLAKE3, for the held release (a node that started serving
     /// children takes them from there instead of fetching them again).
-    pub dir_bodies: std::sync::Mutex<Option<(u64, DirBodies)>>,
+    pub dir_bodies: super::bodies::in_dir::BodyIndex,
     /// Caps what is sent to children (`upload_limit`).
     pub upload: Option<Limiter>,
     /// How this node asks its parent to send bodies (`compress`).
@@ -114,29 +111,14 @@ impl Shared {
         let (Some(applier), Some(held)) = (&self.applier, self.held.current()) else {
             return false;
         };
-        let found = {
-            let mut index = self.dir_bodies.lock().expect("dir bodies lock");
-            if index.as_ref().is_none_or(|(v, _)| *v != held.version()) {
-                let map = held
-                    .release
-                    .manifest
-                    .files()
-                    .filter_map(|(e, _, id)| {
-                        Some((
-                            id,
-                            (e.path.clone(), super::bodies::expected(e, false, true)?),
-                        ))
-                    })
-                    .collect();
-                *index = Some((held.version(), map));
-            }
-            index.as_ref().and_then(|(_, m)| m.get(id).cloned())
+        let Some(entry) = self.dir_bodies.entry(&held, id) else {
+            return false;
         };
-        let Some((path, expected)) = found else {
+        let Some(expected) = super::bodies::expected(&entry, false, true) else {
             return false;
         };
         matches!(
-            self.store.adopt(&applier.dir.join(path), expected),
+            self.store.adopt(&applier.dir.join(&entry.path), expected),
             Ok(true)
         )
     }

@@ -16,14 +16,13 @@ use tokio::sync::mpsc;
 
 use super::super::held::Offer;
 use crate::data::dir_body::Wanted;
-use crate::tree::Blake3;
+use crate::tree::{Blake3, Entry, EntryKind};
 
 /// Where the bodies of the held release lie in `dir`.
 #[derive(Debug)]
 pub struct InDir {
     pub dir: PathBuf,
-    /// Built for one held release at the first request after it changed.
-    index: Mutex<Option<Index>>,
+    index: BodyIndex,
     /// Paths found changed since their scan, for the publisher.
     changed: mpsc::UnboundedSender<Changed>,
 }
@@ -36,11 +35,42 @@ pub struct Changed {
     pub what: String,
 }
 
+/// Which file of the held release has each body, built for one release at the first lookup
+/// after it changed. Also what a leaf that became a relay adopts bodies from `dir` by.
+#[derive(Debug, Default)]
+pub struct BodyIndex(Mutex<Option<Index>>);
+
 #[derive(Debug)]
 struct Index {
     offer: Arc<Offer>,
     /// Body → position of (one of) its files among the manifest's entries.
     by_body: HashMap<Blake3, u32>,
+}
+
+impl BodyIndex {
+    /// The entry of `held` (the release the node holds) whose file has body `id`, if any.
+    pub fn entry(&self, held: &Arc<Offer>, id: &Blake3) -> Option<Entry> {
+        let mut index = self.0.lock().expect("body index lock");
+        if index.as_ref().is_none_or(|i| !Arc::ptr_eq(&i.offer, held)) {
+            let by_body = held
+                .release
+                .manifest
+                .entries()
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| match e.kind {
+                    EntryKind::File { blake3, .. } => Some((blake3, i as u32)),
+                    _ => None,
+                })
+                .collect();
+            *index = Some(Index {
+                offer: held.clone(),
+                by_body,
+            });
+        }
+        let at = *index.as_ref().expect("just built").by_body.get(id)?;
+        Some(held.release.manifest.entries()[at as usize].clone())
+    }
 }
 
 /// Body `id` as a file of `dir` holds it.
@@ -58,7 +88,7 @@ impl InDir {
         let (changed, rx) = mpsc::unbounded_channel();
         let me = InDir {
             dir,
-            index: Mutex::new(None),
+            index: BodyIndex::default(),
             changed,
         };
         (me, rx)
@@ -67,40 +97,18 @@ impl InDir {
     /// The file of `held` (the release the node holds) that has body `id`, if any.
     pub fn find(&self, held: Option<Arc<Offer>>, id: &Blake3) -> Option<Found> {
         let held = held?;
-        let mut index = self.index.lock().expect("dir index lock");
-        if index.as_ref().is_none_or(|i| !Arc::ptr_eq(&i.offer, &held)) {
-            let by_body = held
-                .release
-                .manifest
-                .entries()
-                .iter()
-                .enumerate()
-                .filter_map(|(i, e)| match e.kind {
-                    crate::tree::EntryKind::File { blake3, .. } => Some((blake3, i as u32)),
-                    _ => None,
-                })
-                .collect();
-            *index = Some(Index {
-                offer: held.clone(),
-                by_body,
-            });
-        }
-        let at = *index.as_ref().expect("just built").by_body.get(id)?;
-        let entry = &held.release.manifest.entries()[at as usize];
-        let crate::tree::EntryKind::File {
-            size, ref chunks, ..
-        } = entry.kind
-        else {
+        let entry = self.index.entry(&held, id)?;
+        let EntryKind::File { size, chunks, .. } = entry.kind else {
             return None;
         };
         Some(Found {
             version: held.version(),
-            rel: entry.path.clone(),
             abs: self.dir.join(&entry.path),
+            rel: entry.path,
             wanted: Wanted {
                 blake3: *id,
                 size,
-                chunks: chunks.clone(),
+                chunks,
             },
         })
     }
