@@ -94,6 +94,7 @@ async fn answer(shared: Arc<Shared>, publisher: Option<Arc<Publisher>>, mut stre
         Ok(Some(AdminRequest::Topology)) => {
             AdminResponse::Topology(shared.layouts.current().text.to_string())
         }
+        Ok(Some(AdminRequest::Tree)) => AdminResponse::Tree(Box::new(shared.tree_view())),
         Ok(Some(AdminRequest::Status)) => AdminResponse::Status {
             node: shared.name.clone(),
             release: shared.held.version(),

@@ -69,8 +69,9 @@ pub struct Keys {
     #[arg(long, alias = "link_timeout", value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, skip_serializing_if = "Option::is_none", with = "duration")]
     pub link_timeout: Option<Duration>,
-    /// Cap on what this node sends to all its children together, e.g. "20MiB/s" (KB, MB,
-    /// GB are powers of 1000; KiB, MiB, GiB of 1024); "none" for no cap (default).
+    /// Cap on what this node sends to all its children together, with a unit: e.g. "20MiB/s"
+    /// (KB, MB, GB are powers of 1000; KiB, MiB, GiB of 1024) or "20M" (rsync's --bwlimit
+    /// suffixes K, M, G: KiB/s, MiB/s, GiB/s); "none" for no cap (default).
     #[arg(long, alias = "upload_limit", value_name = "RATE")]
     #[serde(default, skip_serializing_if = "Option::is_none", with = "text")]
     pub upload_limit: Option<String>,
@@ -625,7 +626,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
-/// A text value that may also be written as a number (`upload_limit = 1000000`).
+/// A text value that may also be written as a number (`upload_limit = 1000000`, which is
+/// then refused with a message asking for a unit, rather than a type error).
 mod text {
     use super::*;
 

@@ -345,6 +345,11 @@ impl RunningNode {
         self.shared.board.all()
     }
 
+    /// The tree below this node, as `cascade status` shows it.
+    pub fn tree_view(&self) -> crate::status::view::TreeView {
+        self.shared.tree_view()
+    }
+
     /// The release this node holds, if any.
     pub fn release(&self) -> Option<Manifest> {
         self.shared
@@ -373,13 +378,18 @@ impl RunningNode {
     }
 
     /// Closes every link with a shutdown code and stops every task.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        self.shutdown_because("asked to stop").await;
+    }
+
+    /// [`RunningNode::shutdown`], saying why in the one line it logs.
+    pub async fn shutdown_because(mut self, why: &str) {
         net::close_endpoint(&self.endpoint, ErrorCode::Shutdown);
         self.tasks.shutdown().await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.endpoint.wait_idle())
             .await;
         let _ = fs_err::remove_file(&self.data.admin_socket);
-        tracing::info!(node = %self.shared.name, "node stopped");
+        tracing::info!(node = %self.shared.name, "node stopped ({why})");
     }
 }
 

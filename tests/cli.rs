@@ -329,6 +329,9 @@ fn demo_exits_zero() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("PASS") && !t.contains("DIFFERS"), "{t}");
+    // Nothing is wrong in the demo, so nothing is a warning (a clean stop included).
+    assert!(!t.contains("WARN"), "{t}");
+    assert!(t.contains("7 nodes: 7 in sync"), "{t}");
 }
 
 #[test]
@@ -370,4 +373,160 @@ fn the_example_deployment_files_load() {
         }
     }
     cascade_topology::Topology::load(&dir.join("topology.toml")).unwrap();
+}
+
+/// `cascade status` (text and `--json`) on the origin, and its exit code.
+fn status(c: &Cluster, json: bool) -> (String, Option<i32>) {
+    let cfg = c.config("origin");
+    let mut args = vec!["status", "--config", cfg.to_str().unwrap()];
+    if json {
+        args.push("--json");
+    }
+    let out = cascade(&args);
+    let t = text(&out);
+    assert!(!t.contains("error:"), "{t}");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code(),
+    )
+}
+
+/// Every node of the `--json` view: name to (state, release, lag in releases).
+fn states(
+    c: &Cluster,
+) -> std::collections::BTreeMap<String, (String, serde_json::Value, serde_json::Value)> {
+    let (out, _) = status(c, true);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let mut all = std::collections::BTreeMap::new();
+    let mut stack = vec![v["root"].clone()];
+    while let Some(n) = stack.pop() {
+        all.insert(
+            n["name"].as_str().unwrap().to_owned(),
+            (
+                n["state"].as_str().unwrap().to_owned(),
+                n["release"].clone(),
+                n["lag_releases"].clone(),
+            ),
+        );
+        stack.extend(n["children"].as_array().unwrap().iter().cloned());
+    }
+    all
+}
+
+#[test]
+fn status_draws_the_tree_and_follows_a_leaf_that_stops_and_comes_back() {
+    let mut c = Cluster::new(1, 2);
+    common::write(&c.dir("origin"), "index.html", b"v1");
+    c.start_all();
+    c.publish_wait();
+    c.wait(
+        "every node to be in sync",
+        std::time::Duration::from_secs(20),
+        || states(&c).values().all(|(s, ..)| s == "in_sync"),
+    );
+    let (text, code) = status(&c, false);
+    assert_eq!(code, Some(0), "{text}");
+    let want = "\
+origin holds release 1 · 4 nodes: 4 in sync
+origin (origin)  v1  in sync
+└── relay-1 (relay)  v1  in sync
+    ├── leaf-1-1 (leaf)  v1  in sync
+    └── leaf-1-2 (leaf)  v1  in sync
+";
+    assert_eq!(text, want);
+    // The JSON has the same tree: the relay's children are the two leaves.
+    let (json, _) = status(&c, true);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["node"], "origin");
+    assert_eq!(v["release"], 1);
+    let relay = &v["root"]["children"][0];
+    assert_eq!(relay["name"], "relay-1");
+    assert_eq!(relay["role"], "relay");
+    let leaves: Vec<_> = relay["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(leaves, ["leaf-1-1", "leaf-1-2"]);
+
+    // A leaf stops: it is shown as unreachable (since when), not dropped, and the exit code
+    // says something needs a look.
+    c.stop("leaf-1-2");
+    c.wait(
+        "the stopped leaf to be unreachable",
+        std::time::Duration::from_secs(20),
+        || states(&c)["leaf-1-2"].0 == "unreachable",
+    );
+    common::write(&c.dir("origin"), "index.html", b"v2");
+    c.publish(&[]);
+    c.wait(
+        "the others to hold release 2",
+        std::time::Duration::from_secs(30),
+        || {
+            let s = states(&c);
+            ["origin", "relay-1", "leaf-1-1"]
+                .iter()
+                .all(|n| s[*n].0 == "in_sync" && s[*n].1 == 2)
+        },
+    );
+    let s = states(&c);
+    assert_eq!(s["leaf-1-2"].0, "unreachable");
+    assert_eq!(
+        (s["leaf-1-2"].1.clone(), s["leaf-1-2"].2.clone()),
+        (1.into(), 1.into())
+    );
+    let (text, code) = status(&c, false);
+    assert_eq!(code, Some(1), "{text}");
+    let line = text.lines().find(|l| l.contains("leaf-1-2")).unwrap();
+    assert!(
+        line.contains("unreachable since") && line.contains("1 release behind"),
+        "{text}"
+    );
+
+    // Back: in sync again, with nothing behind.
+    c.start("leaf-1-2");
+    c.wait(
+        "the leaf to be back in sync",
+        std::time::Duration::from_secs(30),
+        || {
+            states(&c)
+                .values()
+                .all(|(s, r, _)| s == "in_sync" && *r == 2)
+        },
+    );
+    assert_eq!(status(&c, false).1, Some(0));
+    assert_eq!(states(&c)["leaf-1-2"].2, 0);
+}
+
+#[test]
+fn a_parent_that_stops_cleanly_is_no_warning_for_its_children() {
+    let mut c = Cluster::new(1, 1);
+    common::write(&c.dir("origin"), "index.html", b"v1");
+    c.start_all();
+    c.publish_wait();
+    c.stop("relay-1");
+    c.wait(
+        "the leaf to see its parent stop",
+        std::time::Duration::from_secs(20),
+        || c.log("leaf-1-1").contains("parent relay-1 is stopping"),
+    );
+    // Let it fail to dial at least once, then bring the parent back.
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    c.start("relay-1");
+    common::write(&c.dir("origin"), "index.html", b"v2");
+    c.publish_wait();
+    let log = c.log("leaf-1-1");
+    assert!(!log.contains("WARN"), "{log}");
+    let relay = c.log("relay-1");
+    let stops: Vec<_> = relay
+        .lines()
+        .filter(|l| l.contains("node stopped"))
+        .collect();
+    assert_eq!(stops.len(), 1, "{relay}");
+    assert!(
+        stops[0].contains("INFO") && stops[0].contains("SIGTERM"),
+        "{relay}"
+    );
+    assert!(!relay.contains("WARN"), "{relay}");
 }

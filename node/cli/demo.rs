@@ -18,6 +18,7 @@ use clap::Args;
 use super::{init_logging, runtime};
 use crate::daemon::RunningNode;
 use crate::dir::fingerprint;
+use crate::status::render::{render, Paint};
 use crate::testkit::{deploy, noise, Deployment};
 
 #[derive(Args)]
@@ -219,6 +220,8 @@ async fn demo(keep: Option<&Path>) -> Result<bool> {
     }
     ok &= !big_resent;
     ok &= verify(&dep)?;
+    println!("\nThe tree as `cascade status` on the origin shows it:");
+    print!("{}", render(&nodes[0].tree_view(), Paint(false)));
 
     // Leaves first, so no node sees its parent vanish.
     for n in nodes.into_iter().rev() {

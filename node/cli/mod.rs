@@ -45,8 +45,8 @@ enum Command {
     Node(ConfigArgs),
     /// Ask the running origin to scan its directory and publish a new release.
     Publish(publish::PublishArgs),
-    /// Show a running node's view of itself and its subtree.
-    Status(ConfigArgs),
+    /// Show the tree below a running node: each node's state, release, lag and rate.
+    Status(status::StatusArgs),
     /// Check a running node's directory against its release and repair what drifted.
     Verify(verify::VerifyArgs),
     /// Run a self-contained 7-node tree on 127.0.0.1, publish, change, and verify with MD5.
@@ -64,6 +64,14 @@ pub struct ConfigArgs {
 }
 
 impl ConfigArgs {
+    /// Only a config file (and the environment), no flags.
+    fn file(config: Option<PathBuf>) -> Self {
+        ConfigArgs {
+            config,
+            keys: Keys::default(),
+        }
+    }
+
     /// The config from the file, the `CASCADE_*` environment and the flags.
     fn load(&self) -> Result<NodeConfig> {
         // The binary reads the environment; the library is handed the pairs.

@@ -19,12 +19,12 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
     let mut node = RunningNode::start(cfg).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
-    let failure = tokio::select! {
-        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received, stopping"); None }
-        _ = term.recv() => { tracing::info!("SIGTERM received, stopping"); None }
-        why = node.failed() => Some(why),
+    let (failure, why) = tokio::select! {
+        _ = tokio::signal::ctrl_c() => (None, "SIGINT"),
+        _ = term.recv() => (None, "SIGTERM"),
+        why = node.failed() => (Some(why), "failure"),
     };
-    node.shutdown().await;
+    node.shutdown_because(why).await;
     match failure {
         // Exit non-zero so a supervisor (systemd Restart=on-failure) starts a fresh node.
         Some(why) => bail!("node stopped: {why}"),

@@ -1,30 +1,93 @@
-//! `cascade status`: a running node's view of itself and its subtree.
+//! `cascade status [--json] [--watch]`: the tree below a running node, as that node sees it.
 
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use clap::Args;
 
-use super::{runtime, ConfigArgs};
+use super::runtime;
 use crate::admin;
+use crate::status::render::{render, Paint};
+use crate::status::view::TreeView;
 use crate::wire::{AdminRequest, AdminResponse};
 
-pub fn run(args: &ConfigArgs) -> Result<ExitCode> {
-    let cfg = args.load()?;
-    let answer = runtime()?.block_on(admin::request(&cfg.data, &AdminRequest::Status))?;
-    let AdminResponse::Status {
-        node,
-        release,
-        nodes,
-    } = answer
-    else {
-        bail!("unexpected answer from the node: {answer:?}");
+#[derive(Args)]
+#[command(after_help = "\
+Examples:
+  cascade status --config /etc/cascade/origin.toml
+  cascade status --data /var/lib/cascade --json | jq '.root.children[].state'
+  cascade status --config relay.toml --watch
+
+Asked on the origin, it shows the whole tree; on a relay, its subtree. Each node's state is
+one of: in sync, fetching, applying, behind, failing, refused, unreachable, no report.
+Exit status: 0 when every node is in sync, fetching or applying; 1 when any is behind,
+failing, refused, unreachable or has not reported; 2 on a usage error.")]
+pub struct StatusArgs {
+    /// The node's config file (TOML): its `data` key says where the node's admin socket is.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The node's data directory (instead of --config), e.g. /var/lib/cascade.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Print the view as JSON (one document; with --watch, one per line), for scripts.
+    #[arg(long)]
+    json: bool,
+    /// Redraw every second until interrupted (Ctrl-C).
+    #[arg(long)]
+    watch: bool,
+}
+
+/// How often `--watch` redraws.
+const EVERY: Duration = Duration::from_secs(1);
+
+pub fn run(args: &StatusArgs) -> Result<ExitCode> {
+    let data = match &args.data {
+        Some(d) => d.clone(),
+        None => super::ConfigArgs::file(args.config.clone()).load()?.data,
     };
-    match release {
-        Some(v) => println!("{node} holds release {v}"),
-        None => println!("{node} holds no release yet"),
+    let rt = runtime()?;
+    let mut out = std::io::stdout().lock();
+    let terminal = out.is_terminal();
+    let paint = Paint(terminal && std::env::var_os("NO_COLOR").is_none());
+    loop {
+        let answer = rt.block_on(admin::request(&data, &AdminRequest::Tree))?;
+        let AdminResponse::Tree(view) = answer else {
+            bail!("unexpected answer from the node: {answer:?}");
+        };
+        let text = if args.json {
+            let mut j = serde_json::to_string(&view).context("encoding the view as JSON")?;
+            j.push('\n');
+            j
+        } else {
+            render(&view, paint)
+        };
+        if args.watch && terminal && !args.json {
+            // Home and clear, then the new frame: a redraw in place, as `watch` does.
+            write!(out, "\x1b[H\x1b[2J{text}")?;
+        } else if args.watch && !args.json {
+            writeln!(out, "{text}")?;
+        } else {
+            write!(out, "{text}")?;
+        }
+        out.flush()?;
+        if !args.watch {
+            return Ok(exit_code(&view));
+        }
+        std::thread::sleep(EVERY);
     }
-    for s in nodes {
-        println!("  {s}");
+}
+
+/// 0 when nothing needs an operator's look, 1 otherwise (documented in the help).
+fn exit_code(v: &TreeView) -> ExitCode {
+    if v.nodes()
+        .iter()
+        .any(|n| n.state.is_bad() || n.state == crate::status::view::State::Behind)
+    {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -70,8 +70,10 @@ impl Limiter {
     }
 }
 
-/// Parses a rate such as `20MiB/s`, `500 KB/s`, `1.5GiB` or `1000000` (bytes per second).
-/// KB/MB/GB are powers of 1000, KiB/MiB/GiB powers of 1024.
+/// Parses a rate such as `20MiB/s`, `500 KB/s`, `1.5GiB` or `20M`. The unit is required: a
+/// bare number is refused, because rsync's `--bwlimit=2000` means KiB/s and a number here
+/// could be read either way. KB/MB/GB (and B) are powers of 1000; KiB/MiB/GiB powers of 1024;
+/// rsync's one-letter suffixes K/M/G (either case) are KiB/MiB/GiB, as in `--bwlimit=20M`.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let t = t.strip_suffix("/s").unwrap_or(t).trim();
@@ -81,18 +83,23 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     let (num, unit) = t.split_at(split);
     let num: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a rate like \"20MiB/s\""))?;
+        .map_err(|_| format!("{s:?} is not a rate like \"20MiB/s\" or \"20M\""))?;
     let mult = match unit.trim() {
-        "" | "B" => 1.0,
+        "" => {
+            return Err(format!(
+                "{s:?} has no unit: write \"{num}B/s\" for bytes per second or \"{num}K\" for KiB/s (what rsync's --bwlimit={num} means)"
+            ))
+        }
+        "B" => 1.0,
         "KB" | "kB" => 1e3,
         "MB" => 1e6,
         "GB" => 1e9,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "KiB" | "K" | "k" => 1024.0,
+        "MiB" | "M" | "m" => 1024.0 * 1024.0,
+        "GiB" | "G" | "g" => 1024.0 * 1024.0 * 1024.0,
         other => {
             return Err(format!(
-                "{s:?}: unknown unit {other:?} (use B, KB, MB, GB, KiB, MiB or GiB)"
+                "{s:?}: unknown unit {other:?} (use B, KB, MB, GB, KiB, MiB, GiB, or K, M, G as rsync's --bwlimit does: KiB, MiB, GiB)"
             ))
         }
     };
@@ -129,6 +136,21 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_needs_a_unit_and_takes_rsyncs_suffixes() {
+        assert_eq!(parse_rate("20MiB/s"), Ok(20 << 20));
+        assert_eq!(parse_rate("20M"), Ok(20 << 20));
+        assert_eq!(parse_rate("2000k"), Ok(2000 << 10));
+        assert_eq!(parse_rate("1.5 MB/s"), Ok(1_500_000));
+        assert_eq!(parse_rate("4096B/s"), Ok(4096));
+        let bare = parse_rate("2000").unwrap_err();
+        assert!(bare.contains("no unit") && bare.contains("2000K"), "{bare}");
+        assert!(parse_rate("3 furlongs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_rate("0.1B").is_err());
+    }
+
+    #[test]
     fn idle_time_saves_at_most_a_burst() {
         let t0 = Instant::now();
         let mut b = Bucket::new(1 << 20, t0);
@@ -144,7 +166,7 @@ mod tests {
         assert_eq!(parse_rate("20MiB/s"), Ok(20 << 20));
         assert_eq!(parse_rate("500 KB/s"), Ok(500_000));
         assert_eq!(parse_rate("1.5GiB"), Ok(1_610_612_736));
-        assert_eq!(parse_rate("1000000"), Ok(1_000_000));
+        assert!(parse_rate("1000000").is_err());
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("10 furlongs/s")
             .unwrap_err()

@@ -38,6 +38,9 @@ impl Board {
                 .or_insert_with(|| NodeStatus::new(&self.name));
             let before = own.clone();
             f(own);
+            if !matches!(own.state, crate::status::NodeState::Fetching { .. }) {
+                own.rate_bps = 0;
+            }
             own.sent_bytes = self.sent_bytes.load(Ordering::Relaxed);
             own.offered_bytes = self.offered_bytes.load(Ordering::Relaxed);
             let changed = *own != before;
@@ -63,11 +66,13 @@ impl Board {
         self.statuses.send_if_modified(|b| merge(b, reports));
     }
 
-    /// Marks `name`'s link to this node as down (its last report stays).
+    /// Marks `name`'s link to this node as down, since now (its last report stays).
     pub fn disconnected(&self, name: &str) {
         self.statuses.send_modify(|b| {
             if let Some(s) = b.get_mut(name) {
                 s.connected = false;
+                s.rate_bps = 0;
+                s.down_since_ms.get_or_insert_with(now_ms);
             }
         });
     }

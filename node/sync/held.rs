@@ -5,6 +5,7 @@
 //! newer one still arriving whose bodies are served as they come (cut-through). A release
 //! whose apply may be unfinished is saved in `pending.bin` until it is held.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::watch;
@@ -78,7 +79,13 @@ pub struct Held {
     older: Option<u64>,
     held: watch::Sender<Option<Arc<Offer>>>,
     offered: watch::Sender<Option<Arc<Offer>>>,
+    /// When this node first had each recent release (offered or held; ms since the Unix
+    /// epoch): how long a node below has been behind is measured from these.
+    seen: std::sync::Mutex<BTreeMap<u64, u64>>,
 }
+
+/// Releases whose first-seen time is kept.
+const SEEN_KEPT: usize = 1024;
 
 impl Held {
     /// Loads what `data` holds: the held release, and a release whose apply was interrupted
@@ -101,11 +108,24 @@ impl Held {
             Some(Loaded::Release(r)) => Some(*r),
             _ => None,
         };
+        // A release held before a restart was first had when it was saved, at the latest.
+        let saved_ms = fs_err::metadata(&data.release)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64);
+        let seen = held
+            .as_ref()
+            .zip(saved_ms)
+            .map(|(r, t)| (r.version, t))
+            .into_iter()
+            .collect();
         let held = Held {
             data,
             older,
             held: watch::Sender::new(held.map(Offer::new)),
             offered: watch::Sender::new(None),
+            seen: std::sync::Mutex::new(seen),
         };
         Ok((held, pending))
     }
@@ -129,8 +149,28 @@ impl Held {
         self.offered.subscribe()
     }
 
+    /// Notes that this node has release `version` now, if it had not before.
+    fn saw(&self, version: u64) {
+        let mut seen = self.seen.lock().expect("seen lock");
+        seen.entry(version).or_insert_with(crate::status::now_ms);
+        while seen.len() > SEEN_KEPT {
+            seen.pop_first();
+        }
+    }
+
+    /// When this node first had a release newer than `applied` (ms since the Unix epoch):
+    /// since then, a node that applied `applied` has been behind. `None` if not known.
+    pub fn behind_since(&self, applied: Option<u64>) -> Option<u64> {
+        let seen = self.seen.lock().expect("seen lock");
+        seen.iter()
+            .filter(|(v, _)| newer(**v, applied))
+            .map(|(_, t)| *t)
+            .min()
+    }
+
     /// Offers `offer` to children unless something newer is offered already.
     pub fn offer(&self, offer: Arc<Offer>) {
+        self.saw(offer.version());
         self.offered.send_if_modified(|o| {
             let newer = newer(offer.version(), o.as_ref().map(|o| o.version()));
             if newer {
@@ -164,6 +204,7 @@ impl Held {
     /// The offer made of it while it was arriving (cut-through) is kept, deltas included.
     pub fn hold(&self, release: Release) -> Result<(Arc<Offer>, Option<Arc<Offer>>), StateError> {
         state::save_release(&self.data.release, &release)?;
+        self.saw(release.version);
         let previous = self.last_offer();
         let held = match previous {
             Some(o)

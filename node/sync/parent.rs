@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn::{Connection, Endpoint};
-use tracing::{info, warn, Instrument};
+use quinn::{Connection, Endpoint, VarInt};
+use tracing::{debug, info, warn, Instrument};
 
 use super::session;
 use super::shared::Shared;
@@ -17,6 +17,9 @@ use crate::wire::ErrorCode;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a parent that said it was stopping may stay away before failed dials are
+/// warnings again.
+const QUIET_FOR: Duration = Duration::from_secs(30);
 /// How often the parent is probed while attached to a backup.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -39,7 +42,10 @@ pub async fn run(shared: Arc<Shared>, endpoint: Endpoint, failover_after: Durati
                         "removed from the topology (release {:?}): no longer syncing; dir stays as it is",
                         layout.version
                     );
-                    shared.board.set_own(|s| s.connected = false);
+                    shared.board.set_own(|s| {
+                        s.connected = false;
+                        s.parent = None;
+                    });
                 }
                 if layouts.changed().await.is_err() {
                     return;
@@ -88,6 +94,9 @@ async fn follow(
     tokio::pin!(moved);
     let mut backoff = BACKOFF_MIN;
     let mut down_since: Option<Instant> = None;
+    // Set when the parent said it was stopping: failed dials are expected for a while (its
+    // restart) and logged at `debug`, until it has been away for QUIET_FOR.
+    let mut quiet = false;
     loop {
         let started = Instant::now();
         let dialled = tokio::select! {
@@ -103,6 +112,7 @@ async fn follow(
                     &primary.0,
                     &mut moved,
                     "moving to a new parent",
+                    &mut quiet,
                 )
                 .await
                 {
@@ -111,11 +121,26 @@ async fn follow(
                 down_since.get_or_insert_with(Instant::now);
             }
             Err(e) => {
-                warn!("{e}");
-                down_since.get_or_insert(started);
+                let away = *down_since.get_or_insert(started);
+                if quiet && away.elapsed() < QUIET_FOR {
+                    debug!("{e} (it said it was stopping)");
+                } else {
+                    if quiet {
+                        warn!(
+                            "parent {} stopped {:.0} s ago and is not back",
+                            primary.0,
+                            away.elapsed().as_secs_f64()
+                        );
+                        quiet = false;
+                    }
+                    warn!("{e}");
+                }
             }
         }
-        shared.board.set_own(|s| s.connected = false);
+        shared.board.set_own(|s| {
+            s.connected = false;
+            s.parent = None;
+        });
         let fail_over =
             down_since.is_some_and(|t| t.elapsed() >= failover_after) && !backups.is_empty();
         if fail_over
@@ -144,18 +169,23 @@ async fn follow(
 
 /// Runs the session on `conn` until it ends (false), or until `stop` resolves: then the link
 /// is closed with `why` and the session winds down on its own, an apply in progress
-/// finishing first, before this returns (true).
+/// finishing first, before this returns (true). `quiet` is set when the parent ended the
+/// session by stopping (a planned restart).
 async fn attached_until(
     shared: &Arc<Shared>,
     conn: &Connection,
     name: &str,
     stop: impl std::future::Future<Output = ()>,
     why: &str,
+    quiet: &mut bool,
 ) -> bool {
     let session = attached(shared, conn, name);
     tokio::pin!(session);
     tokio::select! {
-        () = &mut session => false,
+        ended = &mut session => {
+            *quiet = ended == Ended::ParentStopped;
+            false
+        }
         () = stop => {
             net::close(conn, ErrorCode::Ok, why);
             session.await;
@@ -198,7 +228,8 @@ async fn via_backup(
             }
         };
         let why = "returning to own parent";
-        let stopped = attached_until(shared, &conn, name, stop, why).await;
+        let mut quiet = false;
+        let stopped = attached_until(shared, &conn, name, stop, why, &mut quiet).await;
         return stopped && !back.load(std::sync::atomic::Ordering::Relaxed);
     }
     false
@@ -215,11 +246,40 @@ async fn wait_until_reachable(shared: &Shared, endpoint: &Endpoint, peer: &(Stri
     }
 }
 
-/// Runs one session over an established link and logs how it ended.
-async fn attached(shared: &Arc<Shared>, conn: &Connection, parent: &str) {
+/// How a session with a parent ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The parent said it is stopping (a planned restart): reconnect quietly.
+    ParentStopped,
+    /// This node closed the link (it is stopping, or moving): nothing to report.
+    Here,
+    /// Anything else: the link failed, and the log says why.
+    Failed,
+}
+
+/// Runs one session over an established link and logs how it ended: a planned stop of the
+/// parent is `info`, a link this node closed itself is `debug`, only a failure is a warning.
+async fn attached(shared: &Arc<Shared>, conn: &Connection, parent: &str) -> Ended {
     let span = tracing::info_span!("link", parent = %parent);
-    match session::run(shared, conn, parent).instrument(span).await {
-        Ok(()) => info!("parent {parent} closed the link"),
-        Err(e) => warn!("link to parent {parent}: {e}"),
+    let result = session::run(shared, conn, parent).instrument(span).await;
+    match (result, conn.close_reason()) {
+        (_, Some(quinn::ConnectionError::LocallyClosed)) => {
+            debug!("link to parent {parent} closed");
+            Ended::Here
+        }
+        (_, Some(quinn::ConnectionError::ApplicationClosed(c)))
+            if c.error_code == VarInt::from_u32(ErrorCode::Shutdown.code()) =>
+        {
+            info!("parent {parent} is stopping: reconnecting when it is back");
+            Ended::ParentStopped
+        }
+        (Ok(()), _) => {
+            info!("parent {parent} closed the link");
+            Ended::Failed
+        }
+        (Err(e), _) => {
+            warn!("link to parent {parent}: {e}");
+            Ended::Failed
+        }
     }
 }

@@ -36,7 +36,11 @@ pub async fn run(shared: &Arc<Shared>, conn: &Connection, parent: &str) -> Resul
     )
     .await?;
     info!(have = ?have, "connected to parent");
-    shared.board.set_own(|s| s.connected = true);
+    shared.board.set_own(|s| {
+        s.connected = true;
+        s.parent = Some(parent.to_owned());
+        s.down_since_ms = None;
+    });
     *shared.parent_link.lock().expect("link lock") = Some(conn.clone());
 
     let (offers_tx, offers) = watch::channel::<Option<Arc<Release>>>(None);

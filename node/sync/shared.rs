@@ -99,6 +99,26 @@ impl Shared {
         Ok(())
     }
 
+    /// The tree below this node as an operator sees it (`cascade status`, the status page).
+    pub fn tree_view(&self) -> crate::status::view::TreeView {
+        let statuses: crate::status::Statuses = self
+            .board
+            .all()
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        let layout = self.layouts.current();
+        let behind_since = |applied: Option<u64>| self.held.behind_since(applied);
+        crate::status::view::TreeView::build(&crate::status::view::Known {
+            me: &self.name,
+            topology: &layout.topology,
+            release: self.held.version(),
+            statuses: &statuses,
+            behind_since: &behind_since,
+            now_ms: crate::status::now_ms(),
+        })
+    }
+
     /// Whether this node serves children now.
     pub fn serves(&self) -> bool {
         self.serves.load(std::sync::atomic::Ordering::Relaxed)

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::blocks::Compress;
 
+use crate::status::view::TreeView;
 use crate::status::NodeStatus;
 use crate::tree::{
     delta, Blake3, DeltaError, Entry, Known, Manifest, ManifestError, Release, Rotation, Run,
@@ -174,6 +175,8 @@ pub enum AdminRequest {
     /// Make this topology (TOML text) the tree's (origin only): checked, then carried to
     /// every node by a new release.
     ApplyTopology(String),
+    /// The tree below the node, arranged for an operator (`cascade status`).
+    Tree,
 }
 
 /// Local admin socket: the daemon's answer.
@@ -188,6 +191,7 @@ pub enum AdminResponse {
     Error(String),
     Verified(VerifySummary),
     Topology(String),
+    Tree(Box<TreeView>),
 }
 
 /// What a verify found and repaired.

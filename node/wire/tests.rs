@@ -102,6 +102,9 @@ fn all_messages() -> Samples {
         fetched_bytes: 5,
         fetched_files: 1,
         connected: true,
+        parent: Some("relay-1".into()),
+        down_since_ms: Some(1_700_000_000_001),
+        rate_bps: 123_456,
         sent_bytes: 9,
         offered_bytes: 11,
         updated_ms: 1_700_000_000_000,
@@ -150,6 +153,7 @@ fn all_messages() -> Samples {
             AdminRequest::Verify { full: Some(true) },
             AdminRequest::Topology,
             AdminRequest::ApplyTopology("[[node]]\nname = \"o\"\n".into()),
+            AdminRequest::Tree,
         ],
         vec![
             AdminResponse::Published(PublishSummary {
@@ -172,8 +176,50 @@ fn all_messages() -> Samples {
                 repaired: vec!["index.html".into()],
                 fetched: 1,
             }),
+            AdminResponse::Tree(Box::new(tree_view())),
         ],
     )
+}
+
+/// A two-node view with every optional field set.
+fn tree_view() -> crate::status::view::TreeView {
+    use crate::status::view::{Progress, State, TreeView, ViewNode};
+    let leaf = ViewNode {
+        name: "web-1".into(),
+        role: "leaf".into(),
+        state: State::Fetching,
+        detail: Some("via relay-1".into()),
+        release: Some(3),
+        fetching: Some(Progress {
+            version: 4,
+            done_bytes: 1,
+            total_bytes: 2,
+        }),
+        lag_releases: Some(1),
+        lag_seconds: Some(5),
+        rate_bytes_per_second: 6,
+        parent: Some("o".into()),
+        on_backup_parent: true,
+        unreachable_since_ms: Some(7),
+        last_report_ms: Some(8),
+        hook_error: Some("hook".into()),
+        fetched_bytes: 9,
+        fetched_files: 10,
+        sent_bytes: 11,
+        repaired: 12,
+        kept: vec!["uploads".into()],
+        children: vec![],
+    };
+    let mut root = leaf.clone();
+    root.name = "o".into();
+    root.state = State::InSync;
+    root.children = vec![leaf];
+    TreeView {
+        node: "o".into(),
+        release: Some(4),
+        at_ms: 13,
+        root,
+    }
 }
 
 fn roundtrip<T: Serialize + DeserializeOwned + PartialEq + fmt::Debug>(m: &T) {
@@ -539,6 +585,11 @@ mod props {
                 any::<u64>(),
                 any::<u64>(),
             ),
+            (
+                proptest::option::of(name()),
+                any::<Option<u64>>(),
+                any::<u64>(),
+            ),
         )
             .prop_map(
                 |(
@@ -547,6 +598,7 @@ mod props {
                     state,
                     (fetched_bytes, fetched_files, connected, sent_bytes, updated_ms),
                     (hook_error, kept, repaired, offered_bytes),
+                    (parent, down_since_ms, rate_bps),
                 )| NodeStatus {
                     name,
                     applied,
@@ -554,6 +606,9 @@ mod props {
                     fetched_bytes,
                     fetched_files,
                     connected,
+                    parent,
+                    down_since_ms,
+                    rate_bps,
                     sent_bytes,
                     offered_bytes,
                     updated_ms,

@@ -4,11 +4,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::{Connection, RecvStream};
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::super::flight::FlightHandle;
 use super::super::shared::Shared;
@@ -16,6 +16,8 @@ use super::super::SyncError;
 use super::STREAM_ABOVE;
 use crate::data::{BodyWriter, Expected, StoreError};
 use crate::net::{self, LinkError};
+use crate::status::rate::Rate;
+use crate::status::render::bytes;
 use crate::status::NodeState;
 use crate::tree::{Blake3, Release};
 use crate::wire::blocks::{parse_header, Unpacker, BLOCK_HEADER};
@@ -27,6 +29,8 @@ const PARALLEL_BODIES: usize = 16;
 const BODY_ATTEMPTS: u32 = 3;
 /// How often fetch progress is refreshed on the board while bodies are in flight.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a long fetch logs its progress (at `info`).
+const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Fetches `wanted` (bodies not in the store) on parallel streams, then flushes the store.
 /// A node with children offers `release` to them as soon as the bodies are registered in
@@ -41,16 +45,38 @@ pub async fn fetch_all(
 ) -> Result<(), SyncError> {
     let version = release.version;
     let total: u64 = wanted.iter().map(|e| e.size).sum::<u64>() + done.load(Ordering::Relaxed);
-    let progress = || {
+    let files = wanted.len() as u64;
+    let files_done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut rate = Rate::default();
+    let mut logged = started;
+    let mut progress = |now: Instant| {
+        // Corrupt bodies asked again arrive twice: never show more than the total.
+        let got = done.load(Ordering::Relaxed).min(total);
+        let bps = rate.sample(now, got);
         shared.board.set_own(|s| {
             s.state = NodeState::Fetching {
                 version,
-                done_bytes: done.load(Ordering::Relaxed),
+                done_bytes: got,
                 total_bytes: total,
-            }
-        })
+            };
+            s.rate_bps = bps;
+        });
+        if now.duration_since(logged) >= PROGRESS_LOG_EVERY {
+            logged = now;
+            let eta = Rate::eta(total - got, bps).map_or("unknown".to_owned(), |d| {
+                humantime::format_duration(d).to_string()
+            });
+            info!(
+                "fetching release {version}: {} of {files} files, {} of {} ({}/s), {eta} left",
+                files_done.load(Ordering::Relaxed),
+                bytes(got),
+                bytes(total),
+                bytes(bps),
+            );
+        }
     };
-    progress();
+    progress(started);
 
     shared.store.begin_batch()?;
     let sizes: Vec<u64> = wanted.iter().map(|e| e.size).collect();
@@ -74,6 +100,7 @@ pub async fn fetch_all(
         shared: shared.clone(),
         conn: conn.clone(),
         done: done.clone(),
+        files_done: files_done.clone(),
     };
     let mut queue = jobs.into_iter();
     let mut running = JoinSet::new();
@@ -94,7 +121,7 @@ pub async fn fetch_all(
             }
             _ = tick.tick() => {}
         }
-        progress();
+        progress(Instant::now());
     }
 
     // Every body is on disk before anything is applied.
@@ -105,12 +132,14 @@ pub async fn fetch_all(
     Ok(())
 }
 
-/// What every request of one fetch shares: the node, the link, and the byte count.
+/// What every request of one fetch shares: the node, the link, and the counts.
 #[derive(Clone)]
 struct Asker {
     shared: Arc<Shared>,
     conn: Connection,
     done: Arc<AtomicU64>,
+    /// Bodies stored.
+    files_done: Arc<AtomicU64>,
 }
 
 impl Asker {
@@ -140,6 +169,8 @@ impl Asker {
                 Ok(()) => break,
             }
         }
+        self.files_done
+            .fetch_add(bodies.len() as u64, Ordering::Relaxed);
         bodies.into_iter().for_each(|(_, f)| f.done());
         Ok(())
     }
@@ -158,6 +189,7 @@ impl Asker {
             recv,
             unpacker,
             stored: Vec::new(),
+            arrived: self.done.clone(),
         })
     }
 
@@ -177,7 +209,6 @@ impl Asker {
         let bodies = Bodies::Many(missing.iter().map(|e| e.blake3).collect());
         let mut recv = self.request(bodies).await?;
         let data = read_whole(&mut recv, first, total).await?;
-        self.done.fetch_add(data.len() as u64, Ordering::Relaxed);
         let me = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let mut at = 0usize;
@@ -222,8 +253,8 @@ impl Asker {
     }
 
     /// Writes what `recv` brings into `writer`, one buffer filling from the network while
-    /// the other is hashed and written; progress counts bytes on disk, not bytes in buffers
-    /// a kill would lose.
+    /// the other is hashed and written. Progress counts bytes as they arrive (a slow link
+    /// shows them moving); what children are served is only what is on disk and verified.
     async fn receive(
         &self,
         recv: &mut Incoming,
@@ -234,7 +265,6 @@ impl Asker {
     ) -> Result<BodyWriter, SyncError> {
         type Written = Result<(BodyWriter, Vec<u8>), StoreError>;
         let landed = |(w, b): (BodyWriter, Vec<u8>)| {
-            self.done.fetch_add(b.len() as u64, Ordering::Relaxed);
             flight.progress(w.verified());
             (w, b)
         };
@@ -323,6 +353,8 @@ struct Incoming {
     unpacker: Option<Unpacker>,
     /// One block's stored bytes.
     stored: Vec<u8>,
+    /// Body bytes arrived for the release, counted as they come (what progress shows).
+    arrived: Arc<AtomicU64>,
 }
 
 impl Incoming {
@@ -330,7 +362,7 @@ impl Incoming {
     /// the stream ends (then returns true). A packed stream may end only between blocks.
     async fn read_up_to(&mut self, buf: &mut Vec<u8>, limit: usize) -> Result<bool, ReadFail> {
         let Some(unpacker) = &mut self.unpacker else {
-            return read_up_to(&mut self.recv, buf, limit)
+            return read_up_to(&mut self.recv, buf, limit, &self.arrived)
                 .await
                 .map_err(ReadFail::Read);
         };
@@ -343,9 +375,12 @@ impl Incoming {
             let header = parse_header(header).map_err(ReadFail::Block)?;
             self.stored.resize(header.stored, 0);
             stalled(self.recv.read_exact(&mut self.stored)).await??;
+            let before = buf.len();
             unpacker
                 .unpack(header, &self.stored, buf)
                 .map_err(ReadFail::Block)?;
+            self.arrived
+                .fetch_add((buf.len() - before) as u64, Ordering::Relaxed);
         }
         Ok(false)
     }
@@ -376,6 +411,7 @@ async fn read_up_to(
     recv: &mut RecvStream,
     buf: &mut Vec<u8>,
     limit: usize,
+    arrived: &AtomicU64,
 ) -> Result<bool, quinn::ReadError> {
     let mut chunks: [_; 64] = std::array::from_fn(|_| Default::default());
     while buf.len() < limit {
@@ -391,6 +427,7 @@ async fn read_up_to(
         };
         for c in &chunks[..n] {
             buf.extend_from_slice(c);
+            arrived.fetch_add(c.len() as u64, Ordering::Relaxed);
         }
     }
     Ok(false)

@@ -1,4 +1,9 @@
-//! What each node reports about itself; reports flow up the tree to the origin.
+//! What each node reports about itself; reports flow up the tree to the origin, where
+//! [`view`] arranges them into the tree an operator reads (`cascade status`).
+
+pub mod rate;
+pub mod render;
+pub mod view;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,6 +23,15 @@ pub struct NodeStatus {
     pub fetched_files: u64,
     /// Whether the link to this node's parent is up (as last known).
     pub connected: bool,
+    /// The parent this node is linked to now (a backup parent after a failover); `None`
+    /// while it has no link.
+    pub parent: Option<String>,
+    /// When the link to this node was seen to drop, by its parent (ms since the Unix epoch,
+    /// the parent's clock); `None` while it is up.
+    pub down_since_ms: Option<u64>,
+    /// Body bytes per second arriving from the parent now (over the last few seconds of a
+    /// fetch; 0 when not fetching).
+    pub rate_bps: u64,
     /// Body bytes this node has served to its children since it started.
     pub sent_bytes: u64,
     /// Bytes of offers (whole manifests or deltas) this node has sent its children since it
@@ -67,6 +81,9 @@ impl NodeStatus {
             fetched_bytes: 0,
             fetched_files: 0,
             connected: false,
+            parent: None,
+            down_since_ms: None,
+            rate_bps: 0,
             sent_bytes: 0,
             offered_bytes: 0,
             updated_ms: 0,
@@ -88,6 +105,10 @@ impl NodeStatus {
     /// (a clock far ahead must not pin a stale entry).
     pub fn bounded(mut self, now_ms: u64) -> Self {
         cut(&mut self.name, 64);
+        if let Some(p) = &mut self.parent {
+            cut(p, 64);
+        }
+        self.down_since_ms = self.down_since_ms.map(|t| t.min(now_ms));
         if let NodeState::Failed { error: text, .. } | NodeState::Refused { reason: text, .. } =
             &mut self.state
         {
