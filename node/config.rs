@@ -130,6 +130,12 @@ pub struct Keys {
     #[arg(long, alias = "allow_special_bits", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     #[serde(default, skip_serializing_if = "Option::is_none", with = "flag")]
     pub allow_special_bits: Option<bool>,
+    /// Serve Prometheus metrics on /metrics and a status page on / at this address, e.g.
+    /// "127.0.0.1:9400" (default: none). Anyone who can reach it sees the tree's names and
+    /// states: keep it on loopback or a management network.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// The `compress` key's values.
@@ -244,6 +250,8 @@ pub struct NodeConfig {
     pub verify: VerifyKind,
     /// Whether setuid, setgid and sticky bits are applied.
     pub allow_special_bits: bool,
+    /// Where metrics and the status page are served, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// How a watching origin batches changes into releases.
@@ -423,7 +431,16 @@ impl NodeConfig {
                 )));
             }
         }
+        let metrics = match keys.metrics.as_deref() {
+            None | Some("") | Some("none") => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                invalid(format!(
+                    "metrics = {a:?} is not an address and port like \"127.0.0.1:9400\""
+                ))
+            })?),
+        };
         Ok(NodeConfig {
+            metrics,
             watch,
             exclude: rules("exclude", keys.exclude)?,
             keep,
@@ -986,6 +1003,12 @@ mod tests {
             file: "true",
             text: "true",
             check: |c| c.allow_special_bits,
+        },
+        Case {
+            key: "metrics",
+            file: "\"127.0.0.1:9400\"",
+            text: "127.0.0.1:9400",
+            check: |c| c.metrics == Some("127.0.0.1:9400".parse().unwrap()),
         },
     ];
 

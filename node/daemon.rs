@@ -177,6 +177,10 @@ impl RunningNode {
         )?;
         keys.start_with(identity.clone(), listen.is_some());
         let admin = admin::bind(&data.admin_socket)?;
+        let web = match cfg.metrics {
+            Some(addr) => Some(crate::web::bind(addr).await?),
+            None => None,
+        };
 
         let mut own = NodeStatus::new(&me.name);
         own.applied = held.version();
@@ -235,6 +239,7 @@ impl RunningNode {
             verify_full: cfg.verify == VerifyKind::Full,
             trust,
             keys,
+            metrics: Default::default(),
         });
         if me.role == Role::Origin {
             sign_held(&shared)?;
@@ -275,6 +280,13 @@ impl RunningNode {
             tasks.spawn(verify::every(shared.clone(), period));
         }
         tasks.spawn(admin::serve(shared.clone(), publisher.clone(), admin));
+        if let Some(listener) = web {
+            tracing::info!(
+                addr = %listener.local_addr()?,
+                "serving metrics on /metrics and the status page on /"
+            );
+            tasks.spawn(crate::web::serve(shared.clone(), listener));
+        }
         tasks.spawn(reload::run(
             shared.clone(),
             endpoint.clone(),

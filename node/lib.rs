@@ -32,11 +32,13 @@ pub mod daemon;
 pub mod data;
 pub mod dir;
 pub mod hooks;
+pub mod metrics;
 pub mod net;
 pub mod status;
 pub mod sync;
 pub mod testkit;
 pub mod tree;
+pub mod web;
 pub mod wire;
 
 pub use config::NodeConfig;

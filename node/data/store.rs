@@ -190,6 +190,20 @@ impl Store {
         Ok(out)
     }
 
+    /// Bytes and bodies held, from one listing of the store (a body removed meanwhile is
+    /// skipped).
+    pub fn usage(&self) -> Result<(u64, u64), StoreError> {
+        let (mut bytes, mut bodies) = (0, 0);
+        self.for_each_object(|_, obj| {
+            if let Ok(m) = obj.metadata() {
+                bytes += m.len();
+                bodies += 1;
+            }
+            Ok(())
+        })?;
+        Ok((bytes, bodies))
+    }
+
     /// A fresh temporary path in `tmp/` (`what` says what it is for).
     fn tmp_path(&self, what: &str) -> PathBuf {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);

@@ -44,6 +44,7 @@ pub async fn run(
             }
             Err(e) => {
                 warn!(version, "on_release hook: {e}");
+                shared.metrics.hook_failed("on_release");
                 shared
                     .board
                     .set_own(|s| s.hook_error = Some(format!("on_release for v{version}: {e}")));

@@ -238,6 +238,7 @@ async fn serve_child(
                 let (frame, delta) = o.frame_for(known);
                 net::send_frame(&mut send, frame).await?;
                 shared.board.add_offered(frame.len() as u64);
+                shared.metrics.offered_bytes.inc_by(frame.len() as u64);
                 info!(
                     version = o.version(),
                     bytes = frame.len(),
@@ -272,10 +273,13 @@ async fn serve_child(
         Ok(())
     };
     let bodies = async {
+        let sent = shared.metrics.sent_to(name);
+        let asked = shared.metrics.asked_by(name);
         let mut streams = JoinSet::new();
         loop {
             let (s, r) = conn.accept_bi().await?;
-            streams.spawn(serve_body(shared.clone(), s, r));
+            asked.inc();
+            streams.spawn(serve_body(shared.clone(), s, r, sent.clone()));
             while streams.try_join_next().is_some() {}
         }
     };

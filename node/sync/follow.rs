@@ -49,7 +49,10 @@ pub async fn run(publisher: Arc<Publisher>, mut watch: DirWatch, settings: Watch
         let due = watch.due(settings.settle, settings.max_delay);
         tokio::select! {
             ev = watch.recv() => match ev {
-                Some(ev) => watch.note(ev),
+                Some(ev) => {
+                    publisher.shared().metrics.watch_events.inc();
+                    watch.note(ev);
+                }
                 None => {
                     warn!("the directory watch stopped; publish with `cascade publish`");
                     return;

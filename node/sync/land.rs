@@ -72,6 +72,7 @@ pub async fn land(shared: &Arc<Shared>, release: Release) -> Result<(), SyncErro
                 version = release.version,
                 "release refused by the check hook: {why}"
             );
+            shared.metrics.hook_failed("check");
             shared.board.set_own(|s| {
                 s.hook_error = Some(format!("check refused v{}: {why}", release.version))
             });

@@ -212,6 +212,7 @@ async fn via_backup(
                 continue;
             }
         };
+        shared.metrics.failovers.inc();
         warn!(
             "parent {} unreachable for more than {:.1} s: failing over to backup parent {name}",
             primary.0,

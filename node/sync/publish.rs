@@ -237,6 +237,11 @@ impl Publisher {
         &self.dir
     }
 
+    /// The node this publisher publishes for.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     pub fn exclude(&self) -> &Rules {
         &self.exclude
     }

@@ -132,6 +132,7 @@ async fn take_offers(
                 offers.send_replace(Some(Arc::new(release)));
             }
             Err(e) => {
+                shared.metrics.verification_failed("release");
                 warn!(
                     version,
                     "refused release {version} from the parent {parent}: {e}"

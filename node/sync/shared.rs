@@ -60,6 +60,8 @@ pub struct Shared {
     pub trust: Trust,
     /// The certificates refused at every handshake.
     pub keys: Keys,
+    /// What the node counts for Prometheus.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The node's hooks and what they need.
@@ -96,6 +98,7 @@ impl Shared {
             s.applied = Some(version);
             s.state = NodeState::Idle;
         });
+        self.metrics.releases.inc();
         Ok(())
     }
 

@@ -85,6 +85,7 @@ pub async fn verify(shared: &Arc<Shared>, full: bool) -> Result<VerifySummary, V
         );
         let n = summary.repaired.len() as u64;
         shared.board.set_own(|s| s.repaired += n);
+        shared.metrics.repaired_files.inc_by(n);
     }
     Ok(summary)
 }

@@ -159,6 +159,7 @@ impl Asker {
             };
             match fetched {
                 Err(e) if e.is_corrupt() => {
+                    self.shared.metrics.verification_failed("body");
                     warn!(attempt, "discarded corrupt body: {e}");
                     if attempt >= BODY_ATTEMPTS {
                         return Err(e);
@@ -171,6 +172,10 @@ impl Asker {
         }
         self.files_done
             .fetch_add(bodies.len() as u64, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .received_files
+            .inc_by(bodies.len() as u64);
         bodies.into_iter().for_each(|(_, f)| f.done());
         Ok(())
     }
@@ -190,6 +195,7 @@ impl Asker {
             unpacker,
             stored: Vec::new(),
             arrived: self.done.clone(),
+            received: self.shared.metrics.received_bytes.clone(),
         })
     }
 
@@ -355,6 +361,8 @@ struct Incoming {
     stored: Vec<u8>,
     /// Body bytes arrived for the release, counted as they come (what progress shows).
     arrived: Arc<AtomicU64>,
+    /// The same, since the node started (`cascade_received_bytes_total`).
+    received: prometheus_client::metrics::counter::Counter,
 }
 
 impl Incoming {
@@ -362,7 +370,7 @@ impl Incoming {
     /// the stream ends (then returns true). A packed stream may end only between blocks.
     async fn read_up_to(&mut self, buf: &mut Vec<u8>, limit: usize) -> Result<bool, ReadFail> {
         let Some(unpacker) = &mut self.unpacker else {
-            return read_up_to(&mut self.recv, buf, limit, &self.arrived)
+            return read_up_to(&mut self.recv, buf, limit, &self.arrived, &self.received)
                 .await
                 .map_err(ReadFail::Read);
         };
@@ -379,8 +387,9 @@ impl Incoming {
             unpacker
                 .unpack(header, &self.stored, buf)
                 .map_err(ReadFail::Block)?;
-            self.arrived
-                .fetch_add((buf.len() - before) as u64, Ordering::Relaxed);
+            let n = (buf.len() - before) as u64;
+            self.arrived.fetch_add(n, Ordering::Relaxed);
+            self.received.inc_by(n);
         }
         Ok(false)
     }
@@ -412,6 +421,7 @@ async fn read_up_to(
     buf: &mut Vec<u8>,
     limit: usize,
     arrived: &AtomicU64,
+    received: &prometheus_client::metrics::counter::Counter,
 ) -> Result<bool, quinn::ReadError> {
     let mut chunks: [_; 64] = std::array::from_fn(|_| Default::default());
     while buf.len() < limit {
@@ -428,6 +438,7 @@ async fn read_up_to(
         for c in &chunks[..n] {
             buf.extend_from_slice(c);
             arrived.fetch_add(c.len() as u64, Ordering::Relaxed);
+            received.inc_by(c.len() as u64);
         }
     }
     Ok(false)

@@ -7,6 +7,7 @@ use std::io::SeekFrom;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
@@ -29,7 +30,14 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// stream with [`ErrorCode::NotFound`]. A stream whose request does not come within
 /// [`REQUEST_TIMEOUT`], or is malformed or over its size limit, is reset with
 /// [`ErrorCode::Protocol`].
-pub async fn serve_body(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream) {
+///
+/// What is sent counts into `sent` (the child's `cascade_sent_bytes_total`).
+pub async fn serve_body(
+    shared: Arc<Shared>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    sent: Counter,
+) {
     let req = tokio::time::timeout(REQUEST_TIMEOUT, net::recv::<_, BodyRequest>(&mut recv)).await;
     let mut refused = |why: String| {
         warn!("bad body request: {why}");
@@ -43,7 +51,7 @@ pub async fn serve_body(shared: Arc<Shared>, mut send: SendStream, mut recv: Rec
         Err(_) => return refused(format!("none within {REQUEST_TIMEOUT:?}")),
     };
     let mut buf = Vec::new();
-    let mut out = match Out::new(req.compress) {
+    let mut out = match Out::new(req.compress, sent) {
         Ok(out) => out,
         Err(e) => return refused(format!("cannot compress: {e}")),
     };
@@ -70,9 +78,16 @@ pub async fn serve_body(shared: Arc<Shared>, mut send: SendStream, mut recv: Rec
     }
 }
 
-/// How served bytes leave: raw, or gathered into blocks that are packed (compressed where
-/// that pays) off the async threads, one block at a time.
-enum Out {
+/// How served bytes leave, and what counts them.
+struct Out {
+    mode: Mode,
+    /// Bytes put on the stream, for this child.
+    sent: Counter,
+}
+
+/// Raw, or gathered into blocks that are packed (compressed where that pays) off the async
+/// threads, one block at a time.
+enum Mode {
     Raw,
     Packed {
         /// Lent to the blocking job that packs a block, and back after it.
@@ -83,14 +98,15 @@ enum Out {
 }
 
 impl Out {
-    fn new(compress: Compress) -> std::io::Result<Self> {
-        Ok(match compress {
-            Compress::Off => Out::Raw,
-            c => Out::Packed {
+    fn new(compress: Compress, sent: Counter) -> std::io::Result<Self> {
+        let mode = match compress {
+            Compress::Off => Mode::Raw,
+            c => Mode::Packed {
                 packer: Some(Packer::new(c)?),
                 pending: Vec::with_capacity(BLOCK),
             },
-        })
+        };
+        Ok(Out { mode, sent })
     }
 
     /// Sends `data` (raw), or gathers it into blocks and sends each one that fills.
@@ -101,8 +117,8 @@ impl Out {
         mut data: &[u8],
     ) -> Result<(), LinkError> {
         while !data.is_empty() {
-            let Out::Packed { pending, .. } = self else {
-                return wire_out(shared, send, data).await;
+            let Mode::Packed { pending, .. } = &mut self.mode else {
+                return wire_out(shared, send, data, &self.sent).await;
             };
             let take = (BLOCK - pending.len()).min(data.len());
             pending.extend_from_slice(&data[..take]);
@@ -116,7 +132,7 @@ impl Out {
 
     /// Packs and sends the block gathered so far, if any.
     async fn flush(&mut self, shared: &Shared, send: &mut SendStream) -> Result<(), LinkError> {
-        let Out::Packed { packer, pending } = self else {
+        let Mode::Packed { packer, pending } = &mut self.mode else {
             return Ok(());
         };
         if pending.is_empty() {
@@ -134,12 +150,17 @@ impl Out {
         *packer = Some(p);
         raw.clear();
         *pending = raw;
-        wire_out(shared, send, &block).await
+        wire_out(shared, send, &block, &self.sent).await
     }
 }
 
 /// Puts bytes on the stream, within the upload limit, and counts them.
-async fn wire_out(shared: &Shared, send: &mut SendStream, bytes: &[u8]) -> Result<(), LinkError> {
+async fn wire_out(
+    shared: &Shared,
+    send: &mut SendStream,
+    bytes: &[u8],
+    sent: &Counter,
+) -> Result<(), LinkError> {
     if let Some(limit) = &shared.upload {
         limit.acquire(bytes.len() as u64).await;
     }
@@ -147,6 +168,7 @@ async fn wire_out(shared: &Shared, send: &mut SendStream, bytes: &[u8]) -> Resul
         .await
         .map_err(|e| LinkError::Io(e.into()))?;
     shared.board.add_sent(bytes.len() as u64);
+    sent.inc_by(bytes.len() as u64);
     Ok(())
 }
 
