@@ -530,3 +530,61 @@ fn a_parent_that_stops_cleanly_is_no_warning_for_its_children() {
     );
     assert!(!relay.contains("WARN"), "{relay}");
 }
+
+/// The completion scripts load in the real shells (bash, zsh and fish, Debian's packages,
+/// installed by `.ci/run`) and complete the subcommands; the manual pages render.
+#[test]
+fn completions_load_in_three_shells_and_the_man_pages_render() {
+    let d = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = cascade(&["completions", shell]);
+        assert!(out.status.success(), "{}", text(&out));
+        let script = d.path().join(format!("cascade.{shell}"));
+        fs::write(&script, &out.stdout).unwrap();
+        let body = String::from_utf8_lossy(&out.stdout);
+        for sub in ["node", "publish", "status", "topology", "completions"] {
+            assert!(body.contains(sub), "{shell}: {sub} missing");
+        }
+        let s = script.display();
+        // Each shell parses the script and registers the completion for `cascade`.
+        let check = match shell {
+            "bash" => format!("source {s} && complete -p cascade"),
+            "zsh" => {
+                format!("autoload -U compinit && compinit -u && source {s} && whence -w _cascade")
+            }
+            _ => format!("source {s}; and complete --do-complete 'cascade sta'"),
+        };
+        let run = std::process::Command::new(shell)
+            .args(["-c", &check])
+            .env("HOME", d.path())
+            .output()
+            .unwrap_or_else(|e| panic!("{shell} is installed (`.ci/run` installs it): {e}"));
+        let t = text(&run);
+        assert!(run.status.success(), "{shell}: {t}");
+        match shell {
+            "bash" => assert!(t.contains("cascade"), "{t}"),
+            "zsh" => assert!(t.contains("_cascade: function"), "{t}"),
+            _ => assert!(t.contains("status"), "{t}"),
+        }
+    }
+    let out = cascade(&["man"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".TH cascade 1"));
+    let pages = d.path().join("man");
+    let out = cascade(&["man", "--dir", pages.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    for page in [
+        "cascade.1",
+        "cascade-node.1",
+        "cascade-status.1",
+        "cascade-topology-apply.1",
+    ] {
+        let roff = fs::read_to_string(pages.join(page)).unwrap();
+        assert!(roff.contains(".TH"), "{page}");
+    }
+    let node = fs::read_to_string(pages.join("cascade-node.1")).unwrap();
+    assert!(
+        node.contains("upload\\-limit") && node.contains("Example"),
+        "{node}"
+    );
+}

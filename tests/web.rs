@@ -128,9 +128,9 @@ fn metrics_count_what_moved_and_the_page_shows_every_node_in_a_real_browser() {
 
     let origin = get(origin_port, "/metrics");
     promtool(&origin);
-    let relay = get(relay_port, "/metrics");
-    promtool(&relay);
-    let (o, r) = (samples(&origin), samples(&relay));
+    let relay_text = get(relay_port, "/metrics");
+    promtool(&relay_text);
+    let (o, r) = (samples(&origin), samples(&relay_text));
     // Every byte of every body crossed each link once, and was counted on both ends.
     assert_eq!(
         o["cascade_sent_bytes_total{child=\"relay-1\"}"],
@@ -193,6 +193,35 @@ fn metrics_count_what_moved_and_the_page_shows_every_node_in_a_real_browser() {
     }
     assert!(dom.contains("3 in sync, 1 unreachable"), "{dom}");
     assert!(dom.contains(">unreachable<"), "{dom}");
+
+    // The example Grafana dashboard asks only for metrics that exist.
+    let known: Vec<&str> = origin
+        .lines()
+        .chain(relay_text.lines())
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/grafana-dashboard.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut asked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("cascade_") {
+                    assert!(known.contains(&word), "{word} (in {expr:?}) is not served");
+                    asked += 1;
+                }
+            }
+        }
+    }
+    assert!(asked >= 10);
 
     // The JSON the page refreshes from is `cascade status --json`'s document.
     let json: serde_json::Value = serde_json::from_str(&get(origin_port, "/status.json")).unwrap();

@@ -13,16 +13,22 @@ use clap::Subcommand;
 pub enum CertsCommand {
     /// Create DIR/ca.pem and DIR/ca.key, and the release-signing key pair DIR/release.key
     /// (origin host only) and DIR/release.pub (every host).
+    ///
+    /// Example: cascade certs init --dir /etc/cascade/certs
     Init {
-        #[arg(long)]
+        /// The deployment's certs directory (ca.pem, NAME.pem, NAME.key, release.pub...).
+        #[arg(long, value_name = "DIR")]
         dir: PathBuf,
         /// Replace an existing CA.
         #[arg(long)]
         force: bool,
     },
     /// Issue DIR/NAME.pem and DIR/NAME.key for nodes that lack them.
+    ///
+    /// Example: cascade certs issue --dir /etc/cascade/certs --topology topology.toml
     Issue {
-        #[arg(long)]
+        /// The deployment's certs directory (ca.pem, NAME.pem, NAME.key, release.pub...).
+        #[arg(long, value_name = "DIR")]
         dir: PathBuf,
         /// Issue for every node of this topology.
         #[arg(long, conflicts_with = "names")]
@@ -41,7 +47,8 @@ pub enum CertsCommand {
     ///
     /// Example: cascade certs renew --dir /etc/cascade/certs web-3
     Renew {
-        #[arg(long)]
+        /// The deployment's certs directory (ca.pem, NAME.pem, NAME.key, release.pub...).
+        #[arg(long, value_name = "DIR")]
         dir: PathBuf,
         /// The node to renew.
         name: String,
@@ -54,7 +61,8 @@ pub enum CertsCommand {
     ///
     /// Example: cascade certs fingerprint --dir /etc/cascade/certs relay-east
     Fingerprint {
-        #[arg(long, default_value = ".")]
+        /// The deployment's certs directory, where NAME.pem is.
+        #[arg(long, default_value = ".", value_name = "DIR")]
         dir: PathBuf,
         /// A node name, or the path of a certificate file.
         name: String,
@@ -67,13 +75,17 @@ pub enum CertsCommand {
     ///
     /// Example: cascade certs rotate-release-key --dir /etc/cascade/certs
     RotateReleaseKey {
-        #[arg(long)]
+        /// The deployment's certs directory (ca.pem, NAME.pem, NAME.key, release.pub...).
+        #[arg(long, value_name = "DIR")]
         dir: PathBuf,
     },
     /// Create only the release-signing key pair (a deployment made before releases were
     /// signed).
+    ///
+    /// Example: cascade certs release-key --dir /etc/cascade/certs
     ReleaseKey {
-        #[arg(long)]
+        /// The deployment's certs directory (ca.pem, NAME.pem, NAME.key, release.pub...).
+        #[arg(long, value_name = "DIR")]
         dir: PathBuf,
         /// Replace an existing key (every host then needs the new release.pub).
         #[arg(long)]

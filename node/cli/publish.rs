@@ -10,16 +10,15 @@ use anyhow::{bail, Result};
 use cascade_topology::Topology;
 use clap::Args;
 
-use super::{runtime, ConfigArgs};
+use super::{runtime, Ask};
 use crate::admin;
-use crate::config::NodeConfig;
 use crate::status::{NodeState, NodeStatus};
 use crate::wire::{AdminRequest, AdminResponse};
 
 #[derive(Args)]
 pub struct PublishArgs {
     #[command(flatten)]
-    config: ConfigArgs,
+    node: Ask,
     /// Wait until every node of the topology has applied the release.
     #[arg(long)]
     wait: bool,
@@ -34,9 +33,9 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(200);
 
 pub fn run(args: &PublishArgs) -> Result<ExitCode> {
-    let cfg = args.config.load()?;
+    let (data, _) = args.node.resolve()?;
     runtime()?.block_on(publish(
-        cfg,
+        &data,
         AdminRequest::Publish,
         args.wait,
         Duration::from_secs(args.timeout),
@@ -47,13 +46,13 @@ pub fn run(args: &PublishArgs) -> Result<ExitCode> {
 /// follows the release it cut down the tree until every node of the topology it carries
 /// holds it.
 pub(super) async fn publish(
-    cfg: NodeConfig,
+    data: &std::path::Path,
     request: AdminRequest,
     wait: bool,
     timeout: Duration,
 ) -> Result<ExitCode> {
     let started = Instant::now();
-    let summary = match admin::request(&cfg.data, &request).await? {
+    let summary = match admin::request(data, &request).await? {
         AdminResponse::Published(s) => s,
         other => bail!("unexpected answer from the node: {other:?}"),
     };
@@ -72,7 +71,7 @@ pub(super) async fn publish(
         return Ok(ExitCode::SUCCESS);
     }
     // The nodes of the topology the origin runs under now (the one just applied, if so).
-    let text = match admin::request(&cfg.data, &AdminRequest::Topology).await? {
+    let text = match admin::request(data, &AdminRequest::Topology).await? {
         AdminResponse::Topology(t) => t,
         other => bail!("unexpected answer from the node: {other:?}"),
     };
@@ -83,7 +82,7 @@ pub(super) async fn publish(
         .collect();
     let mut report = Report::new(summary.version, expected);
     loop {
-        let nodes = match admin::request(&cfg.data, &AdminRequest::Status).await? {
+        let nodes = match admin::request(data, &AdminRequest::Status).await? {
             AdminResponse::Status { nodes, .. } => nodes,
             other => bail!("unexpected answer from the node: {other:?}"),
         };

@@ -1,7 +1,6 @@
 //! `cascade status [--json] [--watch]`: the tree below a running node, as that node sees it.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -26,12 +25,8 @@ one of: in sync, fetching, applying, behind, failing, refused, unreachable, no r
 Exit status: 0 when every node is in sync, fetching or applying; 1 when any is behind,
 failing, refused, unreachable or has not reported; 2 on a usage error.")]
 pub struct StatusArgs {
-    /// The node's config file (TOML): its `data` key says where the node's admin socket is.
-    #[arg(long, short, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// The node's data directory (instead of --config), e.g. /var/lib/cascade.
-    #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
+    #[command(flatten)]
+    node: super::Ask,
     /// Print the view as JSON (one document; with --watch, one per line), for scripts.
     #[arg(long)]
     json: bool,
@@ -44,10 +39,7 @@ pub struct StatusArgs {
 const EVERY: Duration = Duration::from_secs(1);
 
 pub fn run(args: &StatusArgs) -> Result<ExitCode> {
-    let data = match &args.data {
-        Some(d) => d.clone(),
-        None => super::ConfigArgs::file(args.config.clone()).load()?.data,
-    };
+    let (data, _) = args.node.resolve()?;
     let rt = runtime()?;
     let mut out = std::io::stdout().lock();
     let terminal = out.is_terminal();

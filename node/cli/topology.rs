@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use cascade_topology::Topology;
 use clap::Subcommand;
 
-use super::{runtime, ConfigArgs};
+use super::{runtime, Ask};
 use crate::admin;
 use crate::wire::{AdminRequest, AdminResponse};
 
@@ -17,7 +17,10 @@ pub enum TopologyCommand {
     /// Validate a topology file and print the tree with roles and depths.
     ///
     /// Example: cascade topology check /etc/cascade/topology.toml
-    Check { file: PathBuf },
+    Check {
+        /// The topology file (TOML).
+        file: PathBuf,
+    },
     /// Print what would change from the running topology (asked of the node given by
     /// --config, usually the origin) or from --from FILE, to FILE: nodes added, removed,
     /// moved, role, listen address and backup parent changes, in words and as a marked tree.
@@ -25,12 +28,13 @@ pub enum TopologyCommand {
     ///
     /// Example: cascade topology plan new-topology.toml --config /etc/cascade/node.toml
     Plan {
+        /// The new topology file (TOML).
         file: PathBuf,
         /// Compare with this topology file instead of asking a running node.
         #[arg(long)]
         from: Option<PathBuf>,
         #[command(flatten)]
-        node: ConfigArgs,
+        node: Ask,
     },
     /// Make FILE the tree's topology without restarting any node: the origin (given by
     /// --config) checks it as `plan` does, and signs it into a new release that every node
@@ -40,9 +44,10 @@ pub enum TopologyCommand {
     ///
     /// Example: cascade topology apply new-topology.toml --config /etc/cascade/node.toml --wait
     Apply {
+        /// The new topology file (TOML).
         file: PathBuf,
         #[command(flatten)]
-        node: ConfigArgs,
+        node: Ask,
         /// Wait until every node of the new topology runs under it.
         #[arg(long)]
         wait: bool,
@@ -63,9 +68,9 @@ pub fn run(command: TopologyCommand) -> Result<ExitCode> {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             load(&file)?;
-            let cfg = node.load()?;
+            let (data, _) = node.resolve()?;
             return runtime()?.block_on(super::publish::publish(
-                cfg,
+                &data,
                 AdminRequest::ApplyTopology(text),
                 wait,
                 std::time::Duration::from_secs(timeout),
@@ -81,15 +86,16 @@ pub fn run(command: TopologyCommand) -> Result<ExitCode> {
             let (old, what) = match from {
                 Some(f) => (load(&f)?, f.display().to_string()),
                 None => {
-                    let cfg = node.load()?;
+                    let (data, name) = node.resolve()?;
+                    let name = name.unwrap_or_else(|| data.display().to_string());
                     let answer =
-                        runtime()?.block_on(admin::request(&cfg.data, &AdminRequest::Topology))?;
+                        runtime()?.block_on(admin::request(&data, &AdminRequest::Topology))?;
                     let AdminResponse::Topology(text) = answer else {
                         bail!("unexpected answer from the node: {answer:?}");
                     };
                     let t = Topology::parse(&text)
-                        .with_context(|| format!("the topology {} runs with", cfg.name))?;
-                    (t, format!("the topology {} runs with", cfg.name))
+                        .with_context(|| format!("the topology {name} runs with"))?;
+                    (t, format!("the topology {name} runs with"))
                 }
             };
             old.can_change_to(&new)

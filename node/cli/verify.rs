@@ -6,14 +6,14 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::{runtime, ConfigArgs};
+use super::{runtime, Ask};
 use crate::admin;
 use crate::wire::{AdminRequest, AdminResponse};
 
 #[derive(Args)]
 pub struct VerifyArgs {
     #[command(flatten)]
-    config: ConfigArgs,
+    node: Ask,
     /// Read every file and compare MD5s (default: the node's `verify` setting, quick unless
     /// set to full: size, mtime and mode).
     #[arg(long)]
@@ -21,11 +21,12 @@ pub struct VerifyArgs {
 }
 
 pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
-    let cfg = args.config.load()?;
+    let (data, name) = args.node.resolve()?;
+    let name = name.unwrap_or_else(|| data.display().to_string());
     let req = AdminRequest::Verify {
         full: args.full.then_some(true),
     };
-    let answer = runtime()?.block_on(admin::request(&cfg.data, &req))?;
+    let answer = runtime()?.block_on(admin::request(&data, &req))?;
     let AdminResponse::Verified(s) = answer else {
         bail!("unexpected answer from the node: {answer:?}");
     };
@@ -33,12 +34,12 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
     if s.repaired.is_empty() {
         println!(
             "{}: dir matches release {} ({} files checked, {how})",
-            cfg.name, s.version, s.checked
+            name, s.version, s.checked
         );
     } else {
         println!(
             "{}: repaired {} paths to release {} ({} files checked, {how}; {} bodies fetched from the parent)",
-            cfg.name,
+            name,
             s.repaired.len(),
             s.version,
             s.checked,

@@ -268,8 +268,12 @@ async fn attached(shared: &Arc<Shared>, conn: &Connection, parent: &str) -> Ende
             debug!("link to parent {parent} closed");
             Ended::Here
         }
+        // A parent that stops closes its links with `Shutdown`; one whose last handle on a
+        // link was dropped first (its tasks stopping) closes it with `Ok`: both are planned.
         (_, Some(quinn::ConnectionError::ApplicationClosed(c)))
-            if c.error_code == VarInt::from_u32(ErrorCode::Shutdown.code()) =>
+            if [ErrorCode::Shutdown, ErrorCode::Ok]
+                .iter()
+                .any(|code| c.error_code == VarInt::from_u32(code.code())) =>
         {
             info!("parent {parent} is stopping: reconnecting when it is back");
             Ended::ParentStopped
