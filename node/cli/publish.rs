@@ -2,6 +2,7 @@
 //! the release down the tree until every node of the topology holds it.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::mem::Discriminant;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -9,9 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use cascade_topology::Topology;
 use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{runtime, Ask};
 use crate::admin;
+use crate::status::render::bytes;
 use crate::status::{NodeState, NodeStatus};
 use crate::wire::{AdminRequest, AdminResponse};
 
@@ -81,16 +84,43 @@ pub(super) async fn publish(
         .map(|n| n.name.clone())
         .collect();
     let mut report = Report::new(summary.version, expected);
+    // A live bar on a terminal; nothing but the lines below otherwise.
+    let bar = if std::io::stdout().is_terminal() {
+        let bar = ProgressBar::with_draw_target(
+            Some(report.expected.len() as u64),
+            ProgressDrawTarget::stdout(),
+        );
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {pos}/{len} nodes [{bar:24}] {msg}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        report.repeat_progress = false;
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
     loop {
         let nodes = match admin::request(data, &AdminRequest::Status).await? {
             AdminResponse::Status { nodes, .. } => nodes,
             other => bail!("unexpected answer from the node: {other:?}"),
         };
         for line in report.changes(&nodes, Instant::now()) {
-            println!("  {line}");
+            if bar.is_hidden() {
+                println!("  {line}");
+            } else {
+                bar.println(format!("  {line}"));
+            }
         }
+        let p = report.progress(&nodes);
+        bar.set_position(p.done as u64);
+        bar.set_message(p.to_string());
         let lagging = report.lagging(&nodes);
         let refused = report.refused(&nodes);
+        if lagging.is_empty() || started.elapsed() >= timeout {
+            bar.finish_and_clear();
+        }
         if lagging.is_empty() {
             let hooks: Vec<_> = nodes.iter().filter(|s| s.hook_error.is_some()).collect();
             if refused.is_empty() {
@@ -141,12 +171,41 @@ pub(super) async fn publish(
     }
 }
 
+/// How far a release got, for the live bar.
+#[derive(Debug, PartialEq)]
+struct Progress {
+    /// Nodes done with it (holding it, or having refused it).
+    done: usize,
+    /// Body bytes moved for it, across the nodes.
+    bytes: u64,
+    /// Up to three of the nodes furthest from done, with how far each is.
+    slowest: Vec<String>,
+    /// Nodes not done.
+    waiting: usize,
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} moved", bytes(self.bytes))?;
+        if !self.slowest.is_empty() {
+            write!(f, " · slowest: {}", self.slowest.join(", "))?;
+            if self.waiting > self.slowest.len() {
+                write!(f, " and {} more", self.waiting - self.slowest.len())?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What `publish --wait` has shown so far, and what it shows next.
 struct Report {
     version: u64,
     expected: Vec<String>,
     /// Per node: its last shown (release, state, link) and when it was shown.
     shown: HashMap<String, (Shown, Instant)>,
+    /// Whether a fetching node's progress is repeated every [`PROGRESS_EVERY`] (off while
+    /// the live bar shows it).
+    repeat_progress: bool,
 }
 
 type Shown = (Option<u64>, Discriminant<NodeState>, bool, Option<String>);
@@ -157,6 +216,7 @@ impl Report {
             version,
             expected,
             shown: HashMap::new(),
+            repeat_progress: true,
         }
     }
 
@@ -174,7 +234,8 @@ impl Report {
             let due = match self.shown.get(&s.name) {
                 Some((k, at)) => {
                     *k != key
-                        || (matches!(s.state, NodeState::Fetching { .. })
+                        || (self.repeat_progress
+                            && matches!(s.state, NodeState::Fetching { .. })
                             && now.duration_since(*at) >= PROGRESS_EVERY)
                 }
                 None => true,
@@ -185,6 +246,54 @@ impl Report {
             }
         }
         lines
+    }
+
+    /// How far the release got: nodes holding it (or having refused it), body bytes moved
+    /// for it, and the nodes furthest from done.
+    fn progress(&self, nodes: &[NodeStatus]) -> Progress {
+        let by_name: HashMap<_, _> = nodes.iter().map(|s| (s.name.as_str(), s)).collect();
+        let (mut done, mut bytes) = (0, 0);
+        let mut waiting: Vec<(f64, &str)> = Vec::new();
+        for n in &self.expected {
+            let s = by_name.get(n.as_str());
+            if let Some(s) = s.filter(|s| s.applied.is_some_and(|v| v >= self.version)) {
+                done += 1;
+                bytes += s.fetched_bytes;
+                continue;
+            }
+            if s.is_some_and(|s| self.has_refused(s)) {
+                done += 1;
+                continue;
+            }
+            let fraction = match s.map(|s| &s.state) {
+                Some(NodeState::Fetching {
+                    version,
+                    done_bytes,
+                    total_bytes,
+                }) if *version == self.version => {
+                    bytes += done_bytes;
+                    if *total_bytes == 0 {
+                        1.0
+                    } else {
+                        *done_bytes as f64 / *total_bytes as f64
+                    }
+                }
+                Some(NodeState::Applying { version }) if *version == self.version => 1.0,
+                _ => 0.0,
+            };
+            waiting.push((fraction, n));
+        }
+        waiting.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
+        Progress {
+            done,
+            bytes,
+            slowest: waiting
+                .iter()
+                .take(3)
+                .map(|(f, n)| format!("{n} {:.0}%", f * 100.0))
+                .collect(),
+            waiting: waiting.len(),
+        }
     }
 
     /// Whether `s` refused this release with its check hook (it will not take it).
@@ -230,6 +339,42 @@ mod tests {
             connected: true,
             ..NodeStatus::new(name)
         }
+    }
+
+    #[test]
+    fn progress_counts_nodes_done_bytes_moved_and_names_the_slowest() {
+        let r = Report::new(2, ["o", "a", "b", "c", "d", "e"].map(String::from).to_vec());
+        let mut o = status("o", Some(2), NodeState::Idle);
+        o.fetched_bytes = 0;
+        let mut a = status("a", Some(2), NodeState::Idle);
+        a.fetched_bytes = 100;
+        let fetching = |done| NodeState::Fetching {
+            version: 2,
+            done_bytes: done,
+            total_bytes: 100,
+        };
+        let nodes = vec![
+            o,
+            a,
+            status("b", Some(1), fetching(50)),
+            status("c", Some(1), fetching(10)),
+            status("d", Some(1), NodeState::Applying { version: 2 }),
+            // e never reported.
+        ];
+        let p = r.progress(&nodes);
+        assert_eq!(
+            p,
+            Progress {
+                done: 2,
+                bytes: 160,
+                slowest: vec!["e 0%".into(), "c 10%".into(), "b 50%".into()],
+                waiting: 4,
+            }
+        );
+        assert_eq!(
+            p.to_string(),
+            "160 B moved · slowest: e 0%, c 10%, b 50% and 1 more"
+        );
     }
 
     #[test]
