@@ -244,9 +244,9 @@ impl Metrics {
             }
             rate.get_or_create(&l)
                 .set(n.rate_bytes_per_second.min(i64::MAX as u64) as i64);
-            for s in ALL_STATES {
+            for s in State::ALL {
                 let mut l = l.clone();
-                l.push(("state", s.label().to_owned()));
+                l.push(("state", s.label()));
                 state.get_or_create(&l).set(i64::from(n.state == s));
             }
         }
@@ -276,32 +276,5 @@ impl Metrics {
             "Each node's state (1 for the state it is in, 0 for the others)",
             state,
         );
-    }
-}
-
-const ALL_STATES: [State; 8] = [
-    State::InSync,
-    State::Fetching,
-    State::Applying,
-    State::Behind,
-    State::Failing,
-    State::Refused,
-    State::Unreachable,
-    State::NoReport,
-];
-
-impl State {
-    /// As a label value (the same words as the `--json` output).
-    pub fn label(self) -> &'static str {
-        match self {
-            State::InSync => "in_sync",
-            State::Fetching => "fetching",
-            State::Applying => "applying",
-            State::Behind => "behind",
-            State::Failing => "failing",
-            State::Refused => "refused",
-            State::Unreachable => "unreachable",
-            State::NoReport => "no_report",
-        }
     }
 }

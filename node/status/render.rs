@@ -175,26 +175,12 @@ mod tests {
 
     fn leaf(name: &str, state: State) -> ViewNode {
         ViewNode {
-            name: name.into(),
-            role: "leaf".into(),
-            state,
-            detail: None,
             release: Some(3),
-            fetching: None,
             lag_releases: Some(0),
             lag_seconds: Some(0),
-            rate_bytes_per_second: 0,
             parent: Some("relay-1".into()),
-            on_backup_parent: false,
-            unreachable_since_ms: None,
             last_report_ms: Some(1),
-            hook_error: None,
-            fetched_bytes: 0,
-            fetched_files: 0,
-            sent_bytes: 0,
-            repaired: 0,
-            kept: vec![],
-            children: vec![],
+            ..ViewNode::new(name, "leaf", state)
         }
     }
 

@@ -70,6 +70,34 @@ pub struct ViewNode {
     pub children: Vec<ViewNode>,
 }
 
+impl ViewNode {
+    /// A node in `state` with nothing else known yet.
+    pub fn new(name: &str, role: &str, state: State) -> Self {
+        ViewNode {
+            name: name.to_owned(),
+            role: role.to_owned(),
+            state,
+            detail: None,
+            release: None,
+            fetching: None,
+            lag_releases: None,
+            lag_seconds: None,
+            rate_bytes_per_second: 0,
+            parent: None,
+            on_backup_parent: false,
+            unreachable_since_ms: None,
+            last_report_ms: None,
+            hook_error: None,
+            fetched_bytes: 0,
+            fetched_files: 0,
+            sent_bytes: 0,
+            repaired: 0,
+            kept: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+}
+
 /// What a node is doing, as one word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -91,6 +119,19 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in order.
+    pub const ALL: [State; 8] = [
+        State::InSync,
+        State::Fetching,
+        State::Applying,
+        State::Behind,
+        State::Failing,
+        State::Refused,
+        State::Unreachable,
+        State::NoReport,
+    ];
+
+    /// As words, for people.
     pub fn as_str(self) -> &'static str {
         match self {
             State::InSync => "in sync",
@@ -102,6 +143,11 @@ impl State {
             State::Unreachable => "unreachable",
             State::NoReport => "no report",
         }
+    }
+
+    /// As one word, the way `--json` and the metrics' `state` label write it (`in_sync`).
+    pub fn label(self) -> String {
+        self.as_str().replace(' ', "_")
     }
 
     /// Whether an operator should look at it.
@@ -213,19 +259,9 @@ fn node(
     let topo = k.topology.node(name).ok();
     let status = k.statuses.get(name);
     let root = name == k.me;
+    let role = topo.map_or("unknown".to_owned(), |n| n.role.to_string());
     let mut v = ViewNode {
-        name: name.to_owned(),
-        role: topo.map_or("unknown".to_owned(), |n| n.role.to_string()),
-        state: State::NoReport,
-        detail: None,
         release: status.and_then(|s| s.applied),
-        fetching: None,
-        lag_releases: None,
-        lag_seconds: None,
-        rate_bytes_per_second: 0,
-        parent: None,
-        on_backup_parent: false,
-        unreachable_since_ms: None,
         last_report_ms: status.map(|s| s.updated_ms).filter(|&t| t > 0),
         hook_error: status.and_then(|s| s.hook_error.clone()),
         fetched_bytes: status.map_or(0, |s| s.fetched_bytes),
@@ -233,7 +269,7 @@ fn node(
         sent_bytes: status.map_or(0, |s| s.sent_bytes),
         repaired: status.map_or(0, |s| s.repaired),
         kept: status.map(|s| s.kept.clone()).unwrap_or_default(),
-        children: Vec::new(),
+        ..ViewNode::new(name, &role, State::NoReport)
     };
     if !root {
         let own = topo.and_then(|n| n.parent.clone());
@@ -432,6 +468,16 @@ parent = "relay-2"
         let web3 = find(&v, "web-3");
         assert_eq!(web3.state, State::NoReport);
         assert_eq!(v.counts()[&State::Unreachable], 2);
+    }
+
+    #[test]
+    fn a_states_label_is_its_json_word() {
+        for s in State::ALL {
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.label())
+            );
+        }
     }
 
     #[test]

@@ -238,26 +238,8 @@ mod tests {
     fn the_page_carries_the_view_and_no_text_in_it_can_end_the_script() {
         use crate::status::view::{State, TreeView, ViewNode};
         let root = ViewNode {
-            name: "origin".into(),
-            role: "origin".into(),
-            state: State::InSync,
-            detail: None,
-            release: Some(1),
-            fetching: None,
-            lag_releases: Some(0),
-            lag_seconds: Some(0),
-            rate_bytes_per_second: 0,
-            parent: None,
-            on_backup_parent: false,
-            unreachable_since_ms: None,
-            last_report_ms: None,
             hook_error: Some("</script><script>alert(1)</script> & more".into()),
-            fetched_bytes: 0,
-            fetched_files: 0,
-            sent_bytes: 0,
-            repaired: 0,
-            kept: vec![],
-            children: vec![],
+            ..ViewNode::new("origin", "origin", State::InSync)
         };
         let html = page(&TreeView {
             node: "origin".into(),
