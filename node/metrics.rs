@@ -27,8 +27,8 @@ pub struct Metrics {
     pub received_files: Counter,
     /// Body bytes sent, by child.
     pub sent_bytes: Family<Label, Counter>,
-    /// Body requests answered, by child.
-    pub sent_requests: Family<Label, Counter>,
+    /// Bodies sent whole, by child.
+    pub sent_bodies: Family<Label, Counter>,
     /// Bytes of offers (manifests and deltas) sent to children.
     pub offered_bytes: Counter,
     /// Releases applied (held completely).
@@ -65,7 +65,7 @@ impl Default for Metrics {
             received_bytes: Counter::default(),
             received_files: Counter::default(),
             sent_bytes: Family::default(),
-            sent_requests: Family::default(),
+            sent_bodies: Family::default(),
             offered_bytes: Counter::default(),
             releases: Counter::default(),
             failovers: Counter::default(),
@@ -89,9 +89,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The counter of body requests from `child`.
-    pub fn asked_by(&self, child: &str) -> Counter {
-        self.sent_requests
+    /// The counter of bodies sent to `child`.
+    pub fn bodies_to(&self, child: &str) -> Counter {
+        self.sent_bodies
             .get_or_create(&vec![("child", child.to_owned())])
             .clone()
     }
@@ -174,9 +174,9 @@ impl Metrics {
             self.sent_bytes.clone(),
         );
         r.register(
-            "body_requests",
-            "Body requests answered, by child",
-            self.sent_requests.clone(),
+            "sent_bodies",
+            "Bodies sent to children (to their end), by child",
+            self.sent_bodies.clone(),
         );
         r.register_with_unit(
             "offered",

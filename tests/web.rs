@@ -138,10 +138,18 @@ fn metrics_count_what_moved_and_the_page_shows_every_node_in_a_real_browser() {
     );
     assert_eq!(r["cascade_received_bytes_total"], total as f64);
     assert_eq!(r["cascade_received_bodies_total"], sizes.len() as f64);
+    assert_eq!(
+        o["cascade_sent_bodies_total{child=\"relay-1\"}"],
+        sizes.len() as f64
+    );
     for leaf in ["leaf-1-1", "leaf-1-2"] {
         assert_eq!(
             r[&format!("cascade_sent_bytes_total{{child=\"{leaf}\"}}")],
             total as f64
+        );
+        assert_eq!(
+            r[&format!("cascade_sent_bodies_total{{child=\"{leaf}\"}}")],
+            sizes.len() as f64
         );
     }
     assert_eq!(o["cascade_release_held"], 1.0);

@@ -274,12 +274,16 @@ async fn serve_child(
     };
     let bodies = async {
         let sent = shared.metrics.sent_to(name);
-        let asked = shared.metrics.asked_by(name);
+        let bodies = shared.metrics.bodies_to(name);
         let mut streams = JoinSet::new();
         loop {
             let (s, r) = conn.accept_bi().await?;
-            asked.inc();
-            streams.spawn(serve_body(shared.clone(), s, r, sent.clone()));
+            streams.spawn(serve_body(
+                shared.clone(),
+                s,
+                r,
+                (sent.clone(), bodies.clone()),
+            ));
             while streams.try_join_next().is_some() {}
         }
     };

@@ -31,12 +31,13 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`REQUEST_TIMEOUT`], or is malformed or over its size limit, is reset with
 /// [`ErrorCode::Protocol`].
 ///
-/// What is sent counts into `sent` (the child's `cascade_sent_bytes_total`).
+/// What is sent counts into the child's counters: bytes (`cascade_sent_bytes_total`), and
+/// bodies sent to their end (`cascade_sent_bodies_total`).
 pub async fn serve_body(
     shared: Arc<Shared>,
     mut send: SendStream,
     mut recv: RecvStream,
-    sent: Counter,
+    (sent, bodies): (Counter, Counter),
 ) {
     let req = tokio::time::timeout(REQUEST_TIMEOUT, net::recv::<_, BodyRequest>(&mut recv)).await;
     let mut refused = |why: String| {
@@ -70,7 +71,12 @@ pub async fn serve_body(
         Err(e) => Err(e),
     };
     match result.and_then(|()| send.finish().map_err(LinkError::from)) {
-        Ok(()) => {}
+        Ok(()) => {
+            bodies.inc_by(match &req.bodies {
+                Bodies::One { .. } => 1,
+                Bodies::Many(list) => list.len() as u64,
+            });
+        }
         Err(e) => {
             warn!("serving {}: {e}", req.bodies);
             let _ = send.reset(VarInt::from_u32(ErrorCode::NotFound.code()));
