@@ -56,15 +56,20 @@ pub fn run(args: &StatusArgs) -> Result<ExitCode> {
         } else {
             render(&view, paint)
         };
-        if args.watch && terminal && !args.json {
+        let written = if args.watch && terminal && !args.json {
             // Home and clear, then the new frame: a redraw in place, as `watch` does.
-            write!(out, "\x1b[H\x1b[2J{text}")?;
+            write!(out, "\x1b[H\x1b[2J{text}")
         } else if args.watch && !args.json {
-            writeln!(out, "{text}")?;
+            writeln!(out, "{text}")
         } else {
-            write!(out, "{text}")?;
+            write!(out, "{text}")
         }
-        out.flush()?;
+        .and_then(|()| out.flush());
+        match written {
+            // The reader went away (`| head`): that ends the command, as it would `cat`.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+            r => r?,
+        }
         if !args.watch {
             return Ok(exit_code(&view));
         }
