@@ -6,7 +6,8 @@
 //! | layer | module | what it owns |
 //! |---|---|---|
 //! | model | [`tree`] | MD5s and the body hasher, manifests with their hash tree, releases |
-//! | | [`status`] | what a node reports about itself |
+//! | | [`status`] | what a node reports about itself, and the tree view built from the reports |
+//! | | [`metrics`] | the node's Prometheus counters, and their encoding with the view's gauges |
 //! | protocol, disk | [`wire`] | the protocol spec: messages and framing, no sockets |
 //! | | [`data`] | the data dir: content store, body writer, saved state, lock |
 //! | | [`net`] | QUIC endpoints with mutual TLS, frame I/O, the upload limit |
@@ -15,6 +16,7 @@
 //! | config | [`config`] | the one table of config keys (file, `CASCADE_*`, `--flags`) |
 //! | sync | [`sync`] | moving releases: parent side, children side, bodies, publisher |
 //! | node | [`admin`] | the local socket `publish` and `status` talk to |
+//! | | [`web`] | the `metrics` address: `/metrics`, the status page, `/status.json` |
 //! | | [`daemon`] | a running node: start-up wiring, tasks, shutdown |
 //! | edges | [`testkit`] | real deployments for tests, the bench and the demo |
 //! | | [`cli`] | the `cascade` command, one file per subcommand |
