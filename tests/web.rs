@@ -1,6 +1,6 @@
-//! The operator's HTTP face (`metrics = ADDR`) on a real tree: the metrics parse and pass
-//! Prometheus's own linter (`promtool check metrics`, Debian's prometheus package, installed
-//! by `.ci/run`), their byte counters match the bytes that moved, and the status page,
+//! The operator's HTTP face (`metrics = ADDR`) on a real tree: the metrics parse (with the
+//! `prometheus-parse` crate) and pass Prometheus's own parser and linter (`promtool check
+//! metrics`, Debian's prometheus package, installed by `.ci/run`), their byte counters match the bytes that moved, and the status page,
 //! loaded in a real headless Chromium (Debian's chromium package), shows every node with its
 //! state.
 
@@ -42,14 +42,33 @@ fn get(port: u16, path: &str) -> String {
     body
 }
 
-/// The samples of a Prometheus text exposition: `name{labels}` to value. (Whether the text
-/// is valid is promtool's to say; this only reads the values.)
+/// The samples of a Prometheus text exposition, read by a parser crate
+/// (`prometheus-parse`): `name{labels}` (labels sorted by name) to value.
 fn samples(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap();
-            (series.to_owned(), value.parse().unwrap())
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("the metrics parse");
+    scrape
+        .samples
+        .into_iter()
+        .map(|s| {
+            let mut labels: Vec<_> = s.labels.iter().collect();
+            labels.sort();
+            let labels: Vec<String> = labels
+                .into_iter()
+                .map(|(k, v)| format!("{k}=\"{v}\""))
+                .collect();
+            let key = if labels.is_empty() {
+                s.metric
+            } else {
+                format!("{}{{{}}}", s.metric, labels.join(","))
+            };
+            let value = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                other => panic!("{key}: unexpected {other:?}"),
+            };
+            (key, value)
         })
         .collect()
 }
@@ -154,7 +173,7 @@ fn metrics_count_what_moved_and_the_page_shows_every_node_in_a_real_browser() {
     }
     assert_eq!(o["cascade_release_held"], 1.0);
     assert_eq!(r["cascade_release_applied"], 1.0);
-    assert_eq!(r["cascade_link_up{peer=\"origin\",link=\"parent\"}"], 1.0);
+    assert_eq!(r["cascade_link_up{link=\"parent\",peer=\"origin\"}"], 1.0);
     assert_eq!(r["cascade_verification_failures_total{what=\"body\"}"], 0.0);
     // The origin sees the whole tree.
     for n in ["origin", "relay-1", "leaf-1-1", "leaf-1-2"] {
@@ -179,11 +198,11 @@ fn metrics_count_what_moved_and_the_page_shows_every_node_in_a_real_browser() {
     );
     let relay = samples(&get(relay_port, "/metrics"));
     assert_eq!(
-        relay["cascade_link_up{peer=\"leaf-1-2\",link=\"child\"}"],
+        relay["cascade_link_up{link=\"child\",peer=\"leaf-1-2\"}"],
         0.0
     );
     assert_eq!(
-        relay["cascade_link_up{peer=\"leaf-1-1\",link=\"child\"}"],
+        relay["cascade_link_up{link=\"child\",peer=\"leaf-1-1\"}"],
         1.0
     );
 
