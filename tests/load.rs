@@ -90,10 +90,18 @@ async fn one_relay_serves_100_leaves_through_50_quick_publishes_and_a_restart() 
         assert!(!cfg.data.join("pending.bin").exists(), "{}", cfg.name);
         let tmp_files = fs::read_dir(cfg.data.join("store/tmp")).unwrap().count();
         assert_eq!(tmp_files, 0, "{} has leftover temp bodies", cfg.name);
-        let objects: usize = fs::read_dir(cfg.data.join("store/objects"))
+        let names: Vec<String> = fs::read_dir(cfg.data.join("store/objects"))
             .unwrap()
-            .map(|d| fs::read_dir(d.unwrap().path()).unwrap().count())
-            .sum();
+            .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let writing: Vec<_> = names.iter().filter(|n| n.starts_with(".tmp-")).collect();
+        assert!(
+            writing.is_empty(),
+            "{} has bodies half written: {writing:?}",
+            cfg.name
+        );
+        let objects = names.len();
         assert!(objects <= 20 + 2 + 1, "{} holds {objects} bodies", cfg.name);
     }
     let relay_view = nodes[1].as_ref().unwrap().statuses();

@@ -232,12 +232,8 @@ impl BodyWriter {
                 what,
             });
         }
-        // Flushed with the rest of the batch (Store::commit_batch), not one by one.
-        let parent = self
-            .dest
-            .parent()
-            .expect("object paths have a fan-out parent");
-        fs::create_dir_all(parent)?;
+        // Flushed with the rest of the batch (Store::commit_batch), not one by one. The
+        // fan-out directory exists: Store::open made every one.
         fs::rename(&self.tmp, &self.dest)?;
         Ok(())
     }
