@@ -119,7 +119,7 @@ impl Metrics {
         let mut r = Registry::with_prefix("cascade");
         let gauge = |v: u64| {
             let g = Gauge::<i64>::default();
-            g.set(v.min(i64::MAX as u64) as i64);
+            g.set(signed(v));
             g
         };
         r.register(
@@ -231,19 +231,14 @@ impl Metrics {
             let l = vec![("node", n.name.clone())];
             release
                 .get_or_create(&l)
-                .set(n.release.unwrap_or(0).min(i64::MAX as u64) as i64);
+                .set(signed(n.release.unwrap_or(0)));
             if let Some(x) = n.lag_releases {
-                lag_releases
-                    .get_or_create(&l)
-                    .set(x.min(i64::MAX as u64) as i64);
+                lag_releases.get_or_create(&l).set(signed(x));
             }
             if let Some(x) = n.lag_seconds {
-                lag_seconds
-                    .get_or_create(&l)
-                    .set(x.min(i64::MAX as u64) as i64);
+                lag_seconds.get_or_create(&l).set(signed(x));
             }
-            rate.get_or_create(&l)
-                .set(n.rate_bytes_per_second.min(i64::MAX as u64) as i64);
+            rate.get_or_create(&l).set(signed(n.rate_bytes_per_second));
             for s in State::ALL {
                 let mut l = l.clone();
                 l.push(("state", s.label()));
@@ -277,4 +272,9 @@ impl Metrics {
             state,
         );
     }
+}
+
+/// A count as a gauge's value (gauges are signed; nothing here comes near the limit).
+fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }

@@ -35,7 +35,7 @@ const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
 /// Fetches `wanted` (bodies not in the store) on parallel streams, then flushes the store.
 /// A node with children offers `release` to them as soon as the bodies are registered in
 /// flight, and serves each body's verified prefix while the rest arrives. `done` counts the
-/// body bytes received (on disk) across calls for one release.
+/// body bytes received (as they arrive) across calls for one release.
 pub async fn fetch_all(
     shared: &Arc<Shared>,
     conn: &Connection,
@@ -194,8 +194,10 @@ impl Asker {
             recv,
             unpacker,
             stored: Vec::new(),
-            arrived: self.done.clone(),
-            received: self.shared.metrics.received_bytes.clone(),
+            arrived: Arrived {
+                release: self.done.clone(),
+                total: self.shared.metrics.received_bytes.clone(),
+            },
         })
     }
 
@@ -359,10 +361,21 @@ struct Incoming {
     unpacker: Option<Unpacker>,
     /// One block's stored bytes.
     stored: Vec<u8>,
-    /// Body bytes arrived for the release, counted as they come (what progress shows).
-    arrived: Arc<AtomicU64>,
-    /// The same, since the node started (`cascade_received_bytes_total`).
-    received: prometheus_client::metrics::counter::Counter,
+    arrived: Arrived,
+}
+
+/// Body bytes counted as they arrive: for the release (what progress shows) and since the
+/// node started (`cascade_received_bytes_total`).
+struct Arrived {
+    release: Arc<AtomicU64>,
+    total: prometheus_client::metrics::counter::Counter,
+}
+
+impl Arrived {
+    fn add(&self, n: u64) {
+        self.release.fetch_add(n, Ordering::Relaxed);
+        self.total.inc_by(n);
+    }
 }
 
 impl Incoming {
@@ -370,7 +383,7 @@ impl Incoming {
     /// the stream ends (then returns true). A packed stream may end only between blocks.
     async fn read_up_to(&mut self, buf: &mut Vec<u8>, limit: usize) -> Result<bool, ReadFail> {
         let Some(unpacker) = &mut self.unpacker else {
-            return read_up_to(&mut self.recv, buf, limit, &self.arrived, &self.received)
+            return read_up_to(&mut self.recv, buf, limit, &self.arrived)
                 .await
                 .map_err(ReadFail::Read);
         };
@@ -388,8 +401,7 @@ impl Incoming {
                 .unpack(header, &self.stored, buf)
                 .map_err(ReadFail::Block)?;
             let n = (buf.len() - before) as u64;
-            self.arrived.fetch_add(n, Ordering::Relaxed);
-            self.received.inc_by(n);
+            self.arrived.add(n);
         }
         Ok(false)
     }
@@ -420,8 +432,7 @@ async fn read_up_to(
     recv: &mut RecvStream,
     buf: &mut Vec<u8>,
     limit: usize,
-    arrived: &AtomicU64,
-    received: &prometheus_client::metrics::counter::Counter,
+    arrived: &Arrived,
 ) -> Result<bool, quinn::ReadError> {
     let mut chunks: [_; 64] = std::array::from_fn(|_| Default::default());
     while buf.len() < limit {
@@ -437,8 +448,7 @@ async fn read_up_to(
         };
         for c in &chunks[..n] {
             buf.extend_from_slice(c);
-            arrived.fetch_add(c.len() as u64, Ordering::Relaxed);
-            received.inc_by(c.len() as u64);
+            arrived.add(c.len() as u64);
         }
     }
     Ok(false)
