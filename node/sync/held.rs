@@ -161,11 +161,12 @@ impl Held {
     /// When this node first had a release newer than `applied` (ms since the Unix epoch):
     /// since then, a node that applied `applied` has been behind. `None` if not known.
     pub fn behind_since(&self, applied: Option<u64>) -> Option<u64> {
+        let from = match applied {
+            None => 0,
+            Some(a) => a.checked_add(1)?,
+        };
         let seen = self.seen.lock().expect("seen lock");
-        seen.iter()
-            .filter(|(v, _)| newer(**v, applied))
-            .map(|(_, t)| *t)
-            .min()
+        seen.range(from..).map(|(_, t)| *t).min()
     }
 
     /// Offers `offer` to children unless something newer is offered already.
