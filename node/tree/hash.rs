@@ -301,6 +301,45 @@ pub fn blake3_root(chunks: &[Blake3], len: u64) -> Blake3 {
     Blake3(*root.as_bytes())
 }
 
+/// Feeds `data` to each digest wanted, on two threads if it is large.
+fn feed(
+    whole: Option<&mut Md5Hasher>,
+    chunk_md5: Option<&mut ChunkMd5>,
+    b3: &mut ChunkBlake3,
+    data: &[u8],
+) {
+    if data.is_empty() {
+        return;
+    }
+    let heavy = data.len() >= PARALLEL_MIN;
+    match (whole, chunk_md5) {
+        (Some(w), Some(c)) if heavy => std::thread::scope(|s| {
+            s.spawn(|| {
+                w.update(data);
+                b3.update(data);
+            });
+            c.update(data);
+        }),
+        (Some(w), None) if heavy => std::thread::scope(|s| {
+            s.spawn(|| w.update(data));
+            b3.update(data);
+        }),
+        (None, Some(c)) if heavy => std::thread::scope(|s| {
+            s.spawn(|| c.update(data));
+            b3.update(data);
+        }),
+        (w, c) => {
+            if let Some(w) = w {
+                w.update(data);
+            }
+            if let Some(c) = c {
+                c.update(data);
+            }
+            b3.update(data);
+        }
+    }
+}
+
 impl BodyHasher {
     /// A hasher computing the BLAKE3, and the whole MD5 and/or the chunk MD5s.
     pub fn new(want_whole: bool, want_chunks: bool) -> Self {
@@ -315,8 +354,13 @@ impl BodyHasher {
     /// Hashes `data`; returns the indexes of the chunks it completed. A large `data` is hashed
     /// on two threads (MD5 is the slowest step of moving a body, and the digests are
     /// independent): the whole MD5 and BLAKE3 on one, the chunk MD5s on the other.
+    ///
+    /// With both MD5s wanted, the first chunk is hashed once: its MD5 is the whole MD5's state
+    /// at the chunk's end. Hashing it twice doubled the MD5 work of every body of at most one
+    /// chunk, which is most files of a tree (and a publish hashes with chunks).
     pub fn update(&mut self, data: &[u8]) -> std::ops::Range<usize> {
         let first = self.b3.done.len();
+        let before = self.len;
         self.len += data.len() as u64;
         let BodyHasher {
             whole,
@@ -324,33 +368,18 @@ impl BodyHasher {
             b3,
             ..
         } = self;
-        let heavy = data.len() >= PARALLEL_MIN;
-        match (whole.as_mut(), chunk_md5.as_mut()) {
-            (Some(w), Some(c)) if heavy => std::thread::scope(|s| {
-                s.spawn(|| {
-                    w.update(data);
-                    b3.update(data);
-                });
-                c.update(data);
-            }),
-            (Some(w), None) if heavy => std::thread::scope(|s| {
-                s.spawn(|| w.update(data));
-                b3.update(data);
-            }),
-            (None, Some(c)) if heavy => std::thread::scope(|s| {
-                s.spawn(|| c.update(data));
-                b3.update(data);
-            }),
-            (w, c) => {
-                if let Some(w) = w {
-                    w.update(data);
+        let shared = match (whole.as_mut(), chunk_md5.as_mut()) {
+            (Some(w), Some(c)) if before < CHUNK => {
+                let shared = ((CHUNK - before) as usize).min(data.len());
+                feed(Some(&mut *w), None, b3, &data[..shared]);
+                if before + shared as u64 == CHUNK {
+                    c.done.push(Md5(w.clone().finalize().into()));
                 }
-                if let Some(c) = c {
-                    c.update(data);
-                }
-                b3.update(data);
+                shared
             }
-        }
+            _ => 0,
+        };
+        feed(whole.as_mut(), chunk_md5.as_mut(), b3, &data[shared..]);
         first..self.b3.done.len()
     }
 
@@ -508,6 +537,9 @@ mod tests {
             for part in body.chunks(step) {
                 h.update(part);
             }
+            // Each chunk's digests as a relay reads them before the body ends.
+            let each: Vec<Sums> = (0..3).map_while(|i| h.chunk(i)).collect();
+            assert_eq!(each, chunk_sums(&body)[..2], "write size {step}");
             let got = h.finish();
             assert_eq!(got.md5, Md5::of(&body));
             assert_eq!(got.blake3, Blake3::of(&body));
