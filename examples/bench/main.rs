@@ -446,6 +446,7 @@ async fn small(o: &Opts, base: &Path) -> Result<()> {
     // Offer bytes the origin and the relay sent for each step (last run).
     let mut offers = vec![(0, 0); steps.len()];
     let mut rss = String::new();
+    let mut hop: (Vec<Duration>, Vec<Duration>) = Default::default();
     for run in 0..o.runs {
         let mut c = Cluster::new(&base.join("cascade"), &t, &src, None)?;
         c.start().await?;
@@ -487,6 +488,17 @@ async fn small(o: &Opts, base: &Path) -> Result<()> {
         check_same(&src, &c.dir("leaf"))?;
         check_same(&src, &dest)?;
         rss = chain_rss(&c);
+        drop(c);
+        // One hop as rsync makes it: the origin straight to a leaf, which writes `dir` (the
+        // relay above holds bodies in its store only, and shares the two cores with the leaf
+        // fetching from it).
+        let mut one = Cluster::new(&base.join("cascade-1"), &chain(1), &src, None)?;
+        one.start().await?;
+        hop.0.push(one.publish(&["leaf"]).await?.reached[0]);
+        check_same(&src, &one.dir("leaf"))?;
+        drop(one);
+        hop.1
+            .push(daemon.pull(&rsync::fresh(&base.join("rsync-dest-1"))?, &[])?);
     }
     println!(
         "## 2. {} files of 4 KiB in {} directories, origin → relay → leaf\n",
@@ -506,6 +518,13 @@ async fn small(o: &Opts, base: &Path) -> Result<()> {
             offers[i].1
         );
     }
+    let (one, rs) = (median(std::mem::take(&mut hop.0)), median(hop.1));
+    println!(
+        "| first sync, origin → leaf (1 hop, the leaf writes `dir`; the tree as it was after the steps above) | {} | | {} | {} | |",
+        secs(one),
+        secs(rs),
+        ratio(one, rs)
+    );
     println!("{rss}");
     Ok(())
 }

@@ -51,6 +51,26 @@ pub enum StoreError {
     ChunkMismatch { id: Blake3, index: usize },
 }
 
+/// Above this many bodies asked about, one listing of the store is cheaper than a lookup each
+/// (a directory read returns many names at once; a lookup walks the whole path).
+const LIST_ABOVE: usize = 1024;
+
+/// [`Store::has`] for many bodies at once (see [`Store::has_many`]).
+#[derive(Debug)]
+pub struct HasMany<'a> {
+    store: &'a Store,
+    listed: Option<HashSet<Blake3>>,
+}
+
+impl HasMany<'_> {
+    /// Whether the store held `id` when it was listed (or now, if it was not listed).
+    pub fn has(&self, id: &Blake3) -> bool {
+        self.listed
+            .as_ref()
+            .map_or_else(|| self.store.has(id), |l| l.contains(id))
+    }
+}
+
 /// Verified bodies by BLAKE3.
 #[derive(Debug)]
 pub struct Store {
@@ -218,6 +238,19 @@ impl Store {
             Ok(())
         })?;
         Ok(out)
+    }
+
+    /// Answers [`Store::has`] for about `count` bodies: from one listing of the store if they
+    /// are many, else by a lookup each.
+    pub fn has_many(&self, count: usize) -> Result<HasMany<'_>, StoreError> {
+        let listed = match count > LIST_ABOVE {
+            true => Some(self.held()?),
+            false => None,
+        };
+        Ok(HasMany {
+            store: self,
+            listed,
+        })
     }
 
     /// Bytes and bodies held, from one listing of the store (a body removed meanwhile is

@@ -12,8 +12,8 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 use super::apply::{
-    apply_with, drift, held_in_place, in_place_already, repair, tmp_name, ApplyError, ApplyStats,
-    How,
+    apply_with, body_in_place, drift, held_in_place, repair, tmp_name, ApplyError, ApplyStats, How,
+    Probe,
 };
 use super::rules::Rules;
 use crate::data::Store;
@@ -170,11 +170,19 @@ impl Applier {
         self.dir_is_only_copy() && held_in_place(&self.dir, e)
     }
 
-    /// Whether applying file entry `e` over `old` (the release `dir` holds) needs no body:
-    /// in place, `dir` has the same body where `old` had it, and only the mode or mtime
-    /// changes.
-    pub fn needs_no_body(&self, old: &Manifest, e: &Entry) -> bool {
-        self.mode == ApplyMode::InPlace && in_place_already(&self.dir, old, e)
+    /// A [`Probe`] of `dir`, for [`Applier::body_in_dir`] asked about many entries in
+    /// manifest order.
+    pub fn probe(&self) -> Probe<'_> {
+        Probe::new(&self.dir)
+    }
+
+    /// Whether `dir` holds what file entry `e` needs, so that its body need not be fetched
+    /// (`old`: the release `dir` shows): on a node whose `dir` is its only copy, a file that
+    /// passes the quick check, as for [`Applier::holds_in_dir`]; in place, a file `old` left
+    /// with `e`'s body, which only needs its mode or mtime set.
+    pub fn body_in_dir(&self, probe: &mut Probe, old: Option<&Manifest>, e: &Entry) -> bool {
+        let old = old.filter(|_| self.mode == ApplyMode::InPlace);
+        body_in_place(probe, e, self.dir_is_only_copy(), old)
     }
 
     /// The directory release `version` is built in (atomic mode).

@@ -109,14 +109,14 @@ impl Beneath {
         remove_tree(&parent_fd, &name).map_err(|e| self.err(rel, e))
     }
 
-    /// Renames `from` to `to`, both under the root (replacing a file or symlink at `to`).
-    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+    /// Renames the file or symlink `from` to `to`, both under the root (replacing a file or
+    /// symlink at `to`). No directory descriptor goes stale: renaming a file over a
+    /// directory fails (`EISDIR`), and one over a file leaves every directory where it was.
+    pub fn rename_file(&self, from: &str, to: &str) -> io::Result<()> {
         let (fp, fname) = split(from);
         let (tp, tname) = split(to);
         rustix::fs::renameat(&*self.dir(fp)?, fname, &*self.dir(tp)?, tname)
-            .map_err(|e| self.err(to, e))?;
-        self.forget(to);
-        Ok(())
+            .map_err(|e| self.err(to, e))
     }
 
     pub fn symlink(&self, target: &str, rel: &str) -> io::Result<()> {
@@ -240,7 +240,7 @@ mod tests {
             ("symlink", b.symlink("x", "a/l")),
             ("chmod", b.chmod_dir("a", 0o777)),
             ("open", b.open_file("a/victim").map(drop)),
-            ("rename", b.rename("a/victim", "stolen")),
+            ("rename", b.rename_file("a/victim", "stolen")),
         ] {
             let e = r.expect_err(what);
             assert!(e.to_string().contains("tree/a"), "{what}: {e}");

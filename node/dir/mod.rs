@@ -14,7 +14,7 @@ pub mod watch;
 use std::sync::OnceLock;
 
 pub use applier::{Applier, ApplyMode, Verified};
-pub use apply::{held_in_place, kept_conflicts, ApplyError, ApplyStats};
+pub use apply::{held_in_place, kept_conflicts, ApplyError, ApplyStats, Probe};
 pub use rules::Rules;
 pub use scan::{
     fingerprint, fingerprint_with, scan, scan_with, Dirty, ScanError, ScanStats, Scanned, Scope,

@@ -21,9 +21,6 @@ use crate::dir::{Applier, ApplyError};
 use crate::status::NodeState;
 use crate::tree::{Blake3, Entry, Manifest, Release};
 
-/// Above this many changed files, one listing of the store is cheaper than a lookup each.
-const LIST_STORE_ABOVE: usize = 1024;
-
 /// Fetches every body of `release` this node lacks, verifies each, applies, and holds it.
 /// A node with children offers the release to them as soon as its bodies are registered in
 /// flight, and serves each body's verified prefix while the rest arrives.
@@ -113,21 +110,13 @@ fn wanted(
     let empty = Manifest::empty();
     let old_manifest = old.map_or(&empty, |h| &h.release.manifest);
     let changed = release.manifest.changed_files(old_manifest);
-    let listed = if changed.len() > LIST_STORE_ABOVE {
-        Some(shared.store.held()?)
-    } else {
-        None
-    };
-    let in_store = |id: &Blake3| {
-        listed
-            .as_ref()
-            .map_or_else(|| shared.store.has(id), |h| h.contains(id))
-    };
-    let in_dir = |e: &Entry| {
-        shared
-            .applier
-            .as_ref()
-            .is_some_and(|a| a.holds_in_dir(e) || a.needs_no_body(old_manifest, e))
+    let held = shared.store.has_many(changed.len())?;
+    let in_store = |id: &Blake3| held.has(id);
+    let mut probe = shared.applier.as_ref().map(|a| (a, a.probe()));
+    let mut in_dir = |e: &Entry| {
+        probe
+            .as_mut()
+            .is_some_and(|(a, p)| a.body_in_dir(p, Some(old_manifest), e))
     };
     // Paths the node keeps as its own are not applied, so their bodies are not needed.
     let kept = |e: &Entry| {

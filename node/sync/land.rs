@@ -131,12 +131,10 @@ pub async fn recover(shared: &Arc<Shared>, pending: Option<Release>) {
         // Bodies already moved into `dir` count (the apply confirms them by their digests),
         // and so do those the held release left in place that only change mode or mtime.
         let held = shared.held.current();
+        let mut probe = applier.probe();
         let complete = p.manifest.files().all(|(e, _, id)| {
             shared.store.has(&id)
-                || applier.holds_in_dir(e)
-                || held
-                    .as_ref()
-                    .is_some_and(|h| applier.needs_no_body(&h.release.manifest, e))
+                || applier.body_in_dir(&mut probe, held.as_ref().map(|h| &h.release.manifest), e)
         });
         let version = p.version;
         if complete && newer(version, shared.held.version()) {
