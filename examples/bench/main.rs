@@ -447,6 +447,8 @@ async fn small(o: &Opts, base: &Path) -> Result<()> {
     let mut offers = vec![(0, 0); steps.len()];
     let mut rss = String::new();
     let mut hop: (Vec<Duration>, Vec<Duration>) = Default::default();
+    // CPU time the origin and the leaf used for the one-hop first sync (last run).
+    let mut hop_cpu = [Duration::ZERO; 2];
     for run in 0..o.runs {
         let mut c = Cluster::new(&base.join("cascade"), &t, &src, None)?;
         c.start().await?;
@@ -494,7 +496,9 @@ async fn small(o: &Opts, base: &Path) -> Result<()> {
         // fetching from it).
         let mut one = Cluster::new(&base.join("cascade-1"), &chain(1), &src, None)?;
         one.start().await?;
+        let before = ["origin", "leaf"].map(|n| one.cpu_time(n));
         hop.0.push(one.publish(&["leaf"]).await?.reached[0]);
+        hop_cpu = [0, 1].map(|k| one.cpu_time(["origin", "leaf"][k]) - before[k]);
         check_same(&src, &one.dir("leaf"))?;
         drop(one);
         hop.1
@@ -520,11 +524,14 @@ async fn small(o: &Opts, base: &Path) -> Result<()> {
     }
     let (one, rs) = (median(std::mem::take(&mut hop.0)), median(hop.1));
     println!(
-        "| first sync, origin → leaf (1 hop, the leaf writes `dir`; the tree as it was after the steps above) | {} | | {} | {} | |",
+        "| first sync, origin → leaf (1 hop) | {} | | {} | {} | CPU origin {} / leaf {} |",
         secs(one),
         secs(rs),
-        ratio(one, rs)
+        ratio(one, rs),
+        secs(hop_cpu[0]),
+        secs(hop_cpu[1])
     );
+    println!("\nThe last row is one hop as rsync makes it: a tree of the origin and one leaf, which writes `dir` (the relay above keeps bodies in its store only, and shares the two cores with the leaf fetching from it); the tree as the steps above left it.\n");
     println!("{rss}");
     Ok(())
 }
