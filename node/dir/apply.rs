@@ -511,8 +511,10 @@ struct FileJob<'a> {
 }
 
 /// Writes one file under a temporary name and renames it over the real one: hard-linked from
-/// the previous release directory if it can be, else moved (`take`) or copied from the
-/// store. Returns whether it was linked.
+/// the previous release directory if it can be, else copied from the store. A body moved out
+/// of the store (`take`) needs no temporary name: it gets its mode and mtime in the store
+/// (the node's own, mode 0700) and is renamed over the real name from there, one rename
+/// instead of two. Returns whether it was linked.
 fn write_file(
     tree: &Beneath,
     store: &Store,
@@ -524,29 +526,46 @@ fn write_file(
     let EntryKind::File { blake3, mtime, .. } = &e.kind else {
         unreachable!("only files are written by write_file");
     };
+    if take && !(job.same_as_old && how.link_from.is_some()) {
+        let body = store.path(blake3);
+        if let Ok(file) = open_body(&body) {
+            finish_file(&file, e, *mtime)?;
+            drop(file);
+            if job.current.as_ref().is_some_and(|m| m.is_dir()) {
+                tree.remove(&e.path)?;
+            }
+            if tree.move_in(&body, &e.path).is_ok() {
+                return Ok(false);
+            }
+        }
+        // Not in the store after all: copied below, or reported missing.
+    }
     let tmp = tmp_beside(&e.path);
     let linked = job.same_as_old
         && how
             .link_from
             .is_some_and(|from| tree.link_in(&from.join(&e.path), &tmp).is_ok());
     if !linked {
-        let moved = take && tree.move_in(&store.path(blake3), &tmp).is_ok();
-        let file = if moved {
-            tree.open_file(&tmp)?
-        } else {
-            if !store.has(blake3) {
-                return Err(ApplyError::MissingBody(blake3.hex(), e.path.clone()));
-            }
-            let mut out = tree.create(&tmp, 0o600)?;
-            // A std file both ways: the copy is done in the kernel (copy_file_range).
-            let mut body = fs::File::open(store.path(blake3))?.into_file();
-            io::copy(&mut body, &mut out)?;
-            out
-        };
-        finish_file(&file, e, *mtime)?;
+        if !store.has(blake3) {
+            return Err(ApplyError::MissingBody(blake3.hex(), e.path.clone()));
+        }
+        let mut out = tree.create(&tmp, 0o600)?;
+        // A std file both ways: the copy is done in the kernel (copy_file_range).
+        let mut body = fs::File::open(store.path(blake3))?.into_file();
+        io::copy(&mut body, &mut out)?;
+        finish_file(&out, e, *mtime)?;
     }
     replace(tree, &tmp, &e.path, job.current.as_ref())?;
     Ok(linked)
+}
+
+/// Opens a body in the store to set its mode and times (read-only, never through a symlink).
+fn open_body(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32)
+        .open(path)
 }
 
 /// A store error as the I/O error it is (a listing of the store failed).

@@ -137,7 +137,6 @@ impl Beneath {
         Ok(File::from(fd))
     }
 
-    /// Opens the regular file `rel` for writing its metadata (never through a symlink).
     /// Opens the regular file `rel` to set its mode and times (read-only: the node may not
     /// have write permission on a file it made read-only; never through a symlink, never
     /// blocking on a FIFO swapped in).
@@ -155,18 +154,6 @@ impl Beneath {
             return Err(io::Error::other(format!("{rel}: not a regular file")));
         }
         Ok(file)
-    }
-
-    pub fn open_file(&self, rel: &str) -> io::Result<File> {
-        let (parent, name) = split(rel);
-        let fd = rustix::fs::openat(
-            &*self.dir(parent)?,
-            name,
-            OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| self.err(rel, e))?;
-        Ok(File::from(fd))
     }
 
     /// Hard-links `src` (outside the tree, a path the node owns) as `rel`.
@@ -239,7 +226,7 @@ mod tests {
             ("remove", b.remove("a/victim")),
             ("symlink", b.symlink("x", "a/l")),
             ("chmod", b.chmod_dir("a", 0o777)),
-            ("open", b.open_file("a/victim").map(drop)),
+            ("open", b.open_existing("a/victim").map(drop)),
             ("rename", b.rename_file("a/victim", "stolen")),
         ] {
             let e = r.expect_err(what);
