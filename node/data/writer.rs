@@ -74,6 +74,9 @@ pub struct BodyWriter {
     at_verified: BodyHasher,
     /// Keep the bytes if dropped unfinished (a network transfer to resume later).
     keep_partial: bool,
+    /// The temporary file is gone (renamed under the body's name, or removed): nothing to
+    /// clean up when dropped.
+    tmp_gone: bool,
     /// Where the last early flush began (see [`FLUSH_AHEAD`]), and the thread running it.
     flushed_at: u64,
     flushing: Option<std::thread::JoinHandle<()>>,
@@ -103,6 +106,7 @@ impl BodyWriter {
             written: 0,
             verified: 0,
             keep_partial,
+            tmp_gone: false,
             flushed_at: 0,
             flushing: None,
         }
@@ -206,7 +210,7 @@ impl BodyWriter {
 
     /// Checks size, chunks, BLAKE3 and (if asked) the whole MD5, then moves the body under its
     /// name. A mismatch deletes it.
-    pub fn finish(self) -> Result<(), StoreError> {
+    pub fn finish(mut self) -> Result<(), StoreError> {
         let size_ok = self.written == self.expected.size;
         let got = self.hasher.clone().finish();
         let md5_ok = !(self.expected.whole || self.expected.chunks.is_empty())
@@ -217,6 +221,7 @@ impl BodyWriter {
             || got.chunks != self.expected.chunks
         {
             let _ = fs::remove_file(&self.tmp);
+            self.tmp_gone = true;
             let what = if !size_ok {
                 format!(
                     "got {} bytes, expected {}",
@@ -235,6 +240,7 @@ impl BodyWriter {
         // Flushed with the rest of the batch (Store::commit_batch), not one by one. The
         // fan-out directory exists: Store::open made every one.
         fs::rename(&self.tmp, &self.dest)?;
+        self.tmp_gone = true;
         Ok(())
     }
 }
@@ -243,7 +249,7 @@ impl Drop for BodyWriter {
     fn drop(&mut self) {
         // After a successful finish the temp path no longer exists; otherwise clean up,
         // unless these are the first bytes of a transfer to resume.
-        if !self.keep_partial {
+        if !self.keep_partial && !self.tmp_gone {
             let _ = fs::remove_file(&self.tmp);
         }
     }

@@ -155,7 +155,7 @@ impl Asker {
                 let (exp, flight) = &bodies[0];
                 self.streamed(exp.clone(), flight).await
             } else {
-                self.whole(&bodies).await
+                self.whole(&bodies, attempt > 1).await
             };
             match fetched {
                 Err(e) if e.is_corrupt() => {
@@ -201,14 +201,21 @@ impl Asker {
         })
     }
 
-    /// Fetches the bodies the store still lacks of `bodies` (each at most [`STREAM_ABOVE`]),
-    /// received whole on one stream, and stores them in one blocking job: one job and one
-    /// round trip for up to [`super::BATCH_FILES`] files.
-    async fn whole(&self, bodies: &[(Expected, FlightHandle)]) -> Result<(), SyncError> {
+    /// Fetches `bodies` (each at most [`STREAM_ABOVE`]), received whole on one stream, and
+    /// stores them in one blocking job: one job and one round trip for up to
+    /// [`super::BATCH_FILES`] files. Asked again (`again`) after a corrupt body, only those
+    /// the store still lacks: the first attempt's good bodies before the bad one were stored.
+    /// (A first attempt asks for all: they were chosen as missing, and this fetch's flights
+    /// own them since.)
+    async fn whole(
+        &self,
+        bodies: &[(Expected, FlightHandle)],
+        again: bool,
+    ) -> Result<(), SyncError> {
         let missing: Vec<Expected> = bodies
             .iter()
             .map(|(e, _)| e.clone())
-            .filter(|e| !self.shared.store.has(&e.blake3))
+            .filter(|e| !again || !self.shared.store.has(&e.blake3))
             .collect();
         let Some(first) = missing.first().map(|e| e.blake3) else {
             return Ok(());
