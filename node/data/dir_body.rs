@@ -58,12 +58,11 @@ impl DirBody {
                 wanted.size, wanted.blake3
             ))));
         }
-        let mut file = match open_regular(path, None) {
-            Ok(f) => f,
+        let (mut file, len) = match open_regular(path, None) {
+            Ok(opened) => opened,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(changed(e.to_string())),
             Err(e) => return Err(e.into()),
         };
-        let len = file.metadata()?.len();
         if len < wanted.size {
             return Err(changed(format!("{len} bytes, {} expected", wanted.size)));
         }

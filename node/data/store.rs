@@ -315,10 +315,10 @@ impl Store {
     /// file whose body it keeps a copy of: see [`crate::dir::Stored`]).
     /// What is stored is what was hashed, even if the file changes meanwhile.
     pub fn ingest(&self, src: &Path, expect: Option<(u64, u64)>) -> Result<Body, StoreError> {
-        let mut input = open_regular(src, expect)?;
+        let (mut input, len) = open_regular(src, expect)?;
         let tmp = TmpFile(self.tmp_path("ingest"));
         let mut out = fs::File::create(&tmp.0)?;
-        let body = hash_reader(&mut input, true, |block| out.write_all(block))?;
+        let body = hash_reader(&mut input, len, true, |block| out.write_all(block))?;
         if !self.has(&body.blake3) {
             let dest = self.path(&body.blake3);
             let parent = dest.parent().expect("object paths have a fan-out parent");
@@ -332,14 +332,14 @@ impl Store {
     /// (checked while copying); returns whether it was. A node whose `dir` is the only copy of
     /// its bodies takes a renamed file's body from its old path this way.
     pub fn adopt(&self, src: &Path, expected: Expected) -> Result<bool, StoreError> {
-        let mut input = match open_regular(src, None) {
-            Ok(f) => f,
+        let (mut input, len) = match open_regular(src, None) {
+            Ok(opened) => opened,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e.into()),
         };
         let size = expected.size;
         let mut w = self.writer(expected)?;
-        let mut buf = buffer_for(&input);
+        let mut buf = buffer_for(len);
         loop {
             let n = input.read(&mut buf)?;
             if n == 0 {

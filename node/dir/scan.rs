@@ -510,7 +510,7 @@ impl<'a> Walk<'a> {
                         e => ScanError::Store(e),
                     }),
                 Some(_) => open_regular(&job.path, Some((job.dev, job.stat.ino)))
-                    .and_then(|mut f| hash_reader(&mut f, true, |_| Ok(())))
+                    .and_then(|(mut f, len)| hash_reader(&mut f, len, true, |_| Ok(())))
                     .map_err(ScanError::Io),
                 None => hash_file(&job.path, true).map_err(ScanError::Io),
             };

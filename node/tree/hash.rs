@@ -434,22 +434,23 @@ impl BodyHasher {
     }
 }
 
-/// A read buffer for `file`: its size plus one (so the end shows at once) up to [`IO_BUF`].
-/// Zeroing a full buffer per small file would cost more than reading it.
-pub fn buffer_for(file: &fs_err::File) -> Vec<u8> {
-    let len = file.metadata().map_or(IO_BUF as u64, |m| m.len() + 1);
-    vec![0u8; len.clamp(1, IO_BUF as u64) as usize]
+/// A read buffer for a file of `len` bytes: its size plus one (so the end shows at once) up to
+/// [`IO_BUF`]. Zeroing a full buffer per small file would cost more than reading it.
+pub fn buffer_for(len: u64) -> Vec<u8> {
+    vec![0u8; len.saturating_add(1).clamp(1, IO_BUF as u64) as usize]
 }
 
 /// Reads all of `input`, passing each block to `sink` after hashing it; returns what was
 /// read. `sink` sees the bytes in order (the store copies them while they are hashed).
+/// (`len`: the file's length when opened, which sizes the buffer.)
 pub fn hash_reader(
     input: &mut fs_err::File,
+    len: u64,
     chunks: bool,
     mut sink: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<Body> {
     let mut h = BodyHasher::new(true, chunks);
-    let mut buf = buffer_for(input);
+    let mut buf = buffer_for(len);
     loop {
         let n = input.read(&mut buf)?;
         if n == 0 {
@@ -462,14 +463,16 @@ pub fn hash_reader(
 
 /// MD5, BLAKE3, size and (if `chunks`) chunk digests of a file, in one read.
 pub fn hash_file(path: &Path, chunks: bool) -> io::Result<Body> {
-    hash_reader(&mut open_regular(path, None)?, chunks, |_| Ok(()))
+    let (mut file, len) = open_regular(path, None)?;
+    hash_reader(&mut file, len, chunks, |_| Ok(()))
 }
 
 /// Opens `path` for reading only if it is a regular file, and (with `expect`) the very file
 /// (device, inode) a walk found there: never through a symlink swapped in since (a content
 /// author could otherwise make a root-run origin publish `/etc/shadow`), never blocking on a
-/// FIFO. Anything else is `NotFound`: the file the walk saw is gone.
-pub fn open_regular(path: &Path, expect: Option<(u64, u64)>) -> io::Result<fs_err::File> {
+/// FIFO. Anything else is `NotFound`: the file the walk saw is gone. Returns the file and its
+/// length when opened.
+pub fn open_regular(path: &Path, expect: Option<(u64, u64)>) -> io::Result<(fs_err::File, u64)> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
     let f = std::fs::OpenOptions::new()
@@ -496,7 +499,7 @@ pub fn open_regular(path: &Path, expect: Option<(u64, u64)>) -> io::Result<fs_er
     if expect.is_some_and(|id| id != (m.dev(), m.ino())) {
         return Err(gone(path, "was replaced since it was listed"));
     }
-    Ok(fs_err::File::from_parts(f, path))
+    Ok((fs_err::File::from_parts(f, path), m.len()))
 }
 
 fn gone(path: &Path, why: &str) -> io::Error {
