@@ -183,8 +183,8 @@ pub fn body_in_place(probe: &mut Probe, e: &Entry, quick: bool, old: Option<&Man
 /// `lstat`s the files of one tree, asked in manifest order, skipping those in a directory
 /// found missing: none of its files can be there, so a first sync into an empty `dir` costs
 /// one `lstat` per directory instead of one per file (the files of a directory come
-/// together in manifest order). A directory that is a symlink counts as missing: an apply
-/// replaces it, with whatever is below.
+/// together in manifest order). A directory found to be a symlink (when a file below it is
+/// not there) counts as missing: an apply replaces it, with whatever is below.
 #[derive(Debug)]
 pub struct Probe<'a> {
     dir: &'a Path,
@@ -426,7 +426,11 @@ pub(super) fn apply_with(
             EntryKind::File { size, blake3, .. } => {
                 let same_as_old = same_as_old(old, e);
                 let on_disk_ok = current.as_ref().is_some_and(|m| looks_right(m, e));
-                if (same_as_old && on_disk_ok && !rewrite(e)) || in_place.contains(&i) {
+                // (Found in place before the walk, but gone now: it was below a symlink the
+                // walk replaced with a directory. Its write then fails as a missing body,
+                // and the retry fetches it.)
+                let in_place = in_place.contains(&i) && current.is_some();
+                if (same_as_old && on_disk_ok && !rewrite(e)) || in_place {
                     stats.unchanged += 1;
                     return Ok(());
                 }
@@ -791,6 +795,40 @@ mod tests {
     fn write(p: &Path, body: &str) {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, body).unwrap();
+    }
+
+    #[test]
+    fn a_probe_skips_only_what_a_missing_directory_holds() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        write(&d.join("a/f"), "a");
+        write(&d.join("d10/f"), "x");
+        write(&d.join("top"), "t");
+        fs::create_dir_all(d.join("real")).unwrap();
+        write(&d.join("real/f"), "r");
+        std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
+        let mut p = Probe::new(d);
+        // In manifest order: `d1` is missing, `d10` (which starts with its name) is not.
+        let asked = [
+            ("a/f", true),
+            ("a/g", false),
+            ("d1/f", false),
+            ("d1/g", false),
+            ("d1/sub/f", false),
+            ("d10/f", true),
+            // Found through the symlink (the apply confirms a body by its digests after
+            // it made `link` a directory); the next miss finds `link` is no directory.
+            ("link/f", true),
+            ("link/g", false),
+            ("link/h", false),
+            ("real/f", true),
+            ("top", true),
+        ];
+        for (rel, there) in asked {
+            assert_eq!(p.lstat(rel).is_some(), there, "{rel}");
+        }
+        // A symlinked directory counts as missing: what is below it is not `dir`'s.
+        assert_eq!(p.missing.as_deref(), Some("link"));
     }
 
     /// Scans `src`, applies to `dst`, and checks `dst` scans to the same tree digest.
