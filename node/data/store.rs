@@ -16,6 +16,7 @@
 //! release), not per file: see [`Store::begin_batch`] and, after a crash inside a batch,
 //! [`Store::recover`].
 
+use std::cell::{Cell, OnceCell};
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -51,23 +52,34 @@ pub enum StoreError {
     ChunkMismatch { id: Blake3, index: usize },
 }
 
-/// Above this many bodies asked about, one listing of the store is cheaper than a lookup each
-/// (a directory read returns many names at once; a lookup walks the whole path).
+/// After this many bodies asked about, one listing of the store is cheaper than a lookup
+/// each (a directory read returns many names at once; a lookup walks the whole path).
 const LIST_ABOVE: usize = 1024;
 
 /// [`Store::has`] for many bodies at once (see [`Store::has_many`]).
 #[derive(Debug)]
 pub struct HasMany<'a> {
     store: &'a Store,
-    listed: Option<HashSet<Blake3>>,
+    asked: Cell<usize>,
+    listed: OnceCell<HashSet<Blake3>>,
 }
 
 impl HasMany<'_> {
-    /// Whether the store held `id` when it was listed (or now, if it was not listed).
+    /// Whether the store holds `id`: by a lookup for the first [`LIST_ABOVE`] asked, then
+    /// from one listing of the store (a body stored after it is not seen; if the listing
+    /// fails, by a lookup each again).
     pub fn has(&self, id: &Blake3) -> bool {
-        self.listed
-            .as_ref()
-            .map_or_else(|| self.store.has(id), |l| l.contains(id))
+        if let Some(listed) = self.listed.get() {
+            return listed.contains(id);
+        }
+        let asked = self.asked.get() + 1;
+        self.asked.set(asked);
+        if asked > LIST_ABOVE {
+            if let Ok(listed) = self.store.held() {
+                return self.listed.get_or_init(|| listed).contains(id);
+            }
+        }
+        self.store.has(id)
     }
 }
 
@@ -240,17 +252,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Answers [`Store::has`] for about `count` bodies: from one listing of the store if they
-    /// are many, else by a lookup each.
-    pub fn has_many(&self, count: usize) -> Result<HasMany<'_>, StoreError> {
-        let listed = match count > LIST_ABOVE {
-            true => Some(self.held()?),
-            false => None,
-        };
-        Ok(HasMany {
+    /// Answers [`Store::has`] for many bodies: a lookup each for a few, one listing of the
+    /// store for many (so a release that changed one file of 100,000 does not list them all).
+    pub fn has_many(&self) -> HasMany<'_> {
+        HasMany {
             store: self,
-            listed,
-        })
+            asked: Cell::new(0),
+            listed: OnceCell::new(),
+        }
     }
 
     /// Bytes and bodies held, from one listing of the store (a body removed meanwhile is
@@ -586,6 +595,31 @@ mod tests {
         })
         .unwrap();
         n
+    }
+
+    #[test]
+    fn many_lookups_answer_the_same_before_and_after_the_store_is_listed() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("store")).unwrap();
+        let held: Vec<Blake3> = (0..3u32)
+            .map(|i| {
+                let b = i.to_le_bytes();
+                s.writer(whole(&b))
+                    .and_then(|mut w| w.write(&b).and(w.finish()))
+                    .unwrap();
+                Blake3::of(&b)
+            })
+            .collect();
+        let absent = Blake3::of(b"never stored");
+        let many = s.has_many();
+        // Past LIST_ABOVE questions it answers from one listing: the same answers.
+        for round in 0..=LIST_ABOVE / 4 + 1 {
+            for id in &held {
+                assert!(many.has(id), "round {round}");
+            }
+            assert!(!many.has(&absent), "round {round}");
+        }
+        assert!(many.listed.get().is_some());
     }
 
     #[test]

@@ -319,7 +319,7 @@ fn check_bodies(
     let mut missing = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let entries = manifest.entries();
-    let held = store.has_many(entries.len()).map_err(store_io)?;
+    let held = store.has_many();
     walk(
         manifest,
         old.filter(|_| how.skip_unchanged),
@@ -570,14 +570,6 @@ fn open_body(path: &Path) -> io::Result<std::fs::File> {
         .read(true)
         .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32)
         .open(path)
-}
-
-/// A store error as the I/O error it is (a listing of the store failed).
-fn store_io(e: crate::data::StoreError) -> io::Error {
-    match e {
-        crate::data::StoreError::Io(e) => e,
-        e => io::Error::other(e),
-    }
 }
 
 fn same_filesystem(a: &Path, b: &Path) -> bool {

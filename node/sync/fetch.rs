@@ -110,7 +110,7 @@ fn wanted(
     let empty = Manifest::empty();
     let old_manifest = old.map_or(&empty, |h| &h.release.manifest);
     let changed = release.manifest.changed_files(old_manifest);
-    let held = shared.store.has_many(changed.len())?;
+    let held = shared.store.has_many();
     let in_store = |id: &Blake3| held.has(id);
     let mut probe = shared.applier.as_ref().map(|a| (a, a.probe()));
     let mut in_dir = |e: &Entry| {
