@@ -23,7 +23,7 @@ use fs_err as fs;
 use super::beneath::Beneath;
 use super::rules::Rules;
 use crate::data::{short_of_room, Store};
-use crate::tree::hash::hash_file;
+use crate::tree::hash::{hash_file, open_regular};
 use crate::tree::{Blake3, Entry, EntryKind, Manifest};
 
 #[derive(Debug, thiserror::Error)]
@@ -532,8 +532,9 @@ fn write_file(
     };
     if take && !(job.same_as_old && how.link_from.is_some()) {
         let body = store.path(blake3);
-        if let Ok(file) = open_body(&body) {
-            finish_file(&file, e, *mtime)?;
+        // Read-only, never through a symlink: the store's own file.
+        if let Ok((file, _)) = open_regular(&body, None) {
+            finish_file(file.file(), e, *mtime)?;
             drop(file);
             if job.current.as_ref().is_some_and(|m| m.is_dir()) {
                 tree.remove(&e.path)?;
@@ -561,15 +562,6 @@ fn write_file(
     }
     replace(tree, &tmp, &e.path, job.current.as_ref())?;
     Ok(linked)
-}
-
-/// Opens a body in the store to set its mode and times (read-only, never through a symlink).
-fn open_body(path: &Path) -> io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32)
-        .open(path)
 }
 
 fn same_filesystem(a: &Path, b: &Path) -> bool {
