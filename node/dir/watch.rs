@@ -11,7 +11,7 @@
 //! never carries a half-written file. A file silent for [`STALE_WRITER`] without a close is
 //! published as it is (a lost event must not hold it back forever).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -52,8 +52,14 @@ pub struct DirWatch {
     exclude: Rules,
     watcher: notify::RecommendedWatcher,
     events: mpsc::Receiver<notify::Result<Event>>,
-    /// Directories watched, relative to `root` (`""` is `root`).
-    watched: BTreeSet<String>,
+    /// Directories watched, relative to `root` (`""` is `root`), with the device and inode
+    /// each was watched at.
+    watched: BTreeMap<String, (u64, u64)>,
+    /// The same, by device and inode. The kernel keeps one watch per directory, wherever it
+    /// is moved, and `notify` drops it when the path it was added for is moved away; so a
+    /// directory found under a new path before its move was handled must lose its old path
+    /// first, or handling that move would leave the new path unwatched.
+    by_inode: HashMap<(u64, u64), String>,
     /// `root`'s device and inode when watched (a replaced `dir` has new ones).
     root_id: Option<(u64, u64)>,
     /// `root` is gone: nothing is published until it is back.
@@ -85,7 +91,8 @@ impl DirWatch {
             exclude,
             watcher,
             events,
-            watched: BTreeSet::new(),
+            watched: BTreeMap::new(),
+            by_inode: HashMap::new(),
             root_id: None,
             gone: false,
             limited: false,
@@ -99,7 +106,7 @@ impl DirWatch {
         match fs::metadata(root) {
             Ok(m) => {
                 w.root_id = Some((m.dev(), m.ino()));
-                if let Err(e) = w.watch_tree("") {
+                if let Err(e) = w.watch_tree("", false) {
                     return Err(WatchError::Start(root.to_owned(), e));
                 }
             }
@@ -137,7 +144,7 @@ impl DirWatch {
     /// Takes what changed since the last take.
     pub fn take(&mut self) -> Batch {
         if std::mem::take(&mut self.overflowed) {
-            if let Err(e) = self.watch_tree("") {
+            if let Err(e) = self.watch_tree("", false) {
                 tracing::warn!(dir = %self.root.display(), "cannot watch: {e}");
             }
         }
@@ -203,14 +210,12 @@ impl DirWatch {
             None => {}
             Some(id) if self.gone || self.root_id != Some(id) => {
                 tracing::warn!(dir = %self.root.display(), "the watched directory was replaced: watching the new one and scanning it whole");
-                for rel in std::mem::take(&mut self.watched) {
-                    let _ = self.watcher.unwatch(&self.abs(&rel));
-                }
+                self.unwatch_below("");
                 self.writing.clear();
                 self.dirty = Dirty::default();
                 self.gone = false;
                 self.root_id = Some(id);
-                if let Err(e) = self.watch_tree("") {
+                if let Err(e) = self.watch_tree("", false) {
                     tracing::warn!(dir = %self.root.display(), "cannot watch: {e}");
                 }
                 self.rescan();
@@ -278,7 +283,7 @@ impl DirWatch {
                 EventKind::Access(_) => continue,
                 EventKind::Create(_) => {
                     if is_dir {
-                        if let Err(e) = self.watch_tree(&rel) {
+                        if let Err(e) = self.watch_tree(&rel, true) {
                             tracing::warn!("cannot watch {}: {e}", path.display());
                         }
                     } else if fs::symlink_metadata(path)
@@ -293,14 +298,23 @@ impl DirWatch {
                 }
                 EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => continue,
                 EventKind::Modify(ModifyKind::Name(RenameMode::To)) if is_dir => {
-                    if let Err(e) = self.watch_tree(&rel) {
+                    if let Err(e) = self.watch_tree(&rel, true) {
                         tracing::warn!("cannot watch {}: {e}", path.display());
                     }
                 }
                 EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {}
                 EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => {
                     self.writing.remove(&rel);
-                    self.unwatch_below(&rel);
+                    if self.watched.contains_key(&rel) {
+                        self.unwatch_below(&rel);
+                        // A directory may stand there again already (moved back, or made
+                        // anew): it is watched afresh, as `notify` dropped the old watch.
+                        if is_dir {
+                            if let Err(e) = self.watch_tree(&rel, false) {
+                                tracing::warn!("cannot watch {}: {e}", path.display());
+                            }
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -322,22 +336,46 @@ impl DirWatch {
         }
     }
 
-    /// Watches directory `rel` and every directory below it that is not excluded. The watch
-    /// limit is reported (once) rather than returned: the tree is then rescanned whole.
-    fn watch_tree(&mut self, rel: &str) -> Result<(), notify::Error> {
+    /// Watches directory `rel` and every directory below it that is not excluded; `fresh`
+    /// drops the watches held there first (a directory that appeared). The watch limit is
+    /// reported (once) rather than returned: the tree is then rescanned whole.
+    fn watch_tree(&mut self, rel: &str, fresh: bool) -> Result<(), notify::Error> {
+        if fresh {
+            self.unwatch_below(rel);
+        }
         let mut stack = vec![rel.to_owned()];
         while let Some(rel) = stack.pop() {
             let abs = self.abs(&rel);
-            if !self.watched.contains(&rel) {
+            // `dir` itself may be a symlink; nothing below it is followed.
+            let meta = if rel.is_empty() {
+                fs::metadata(&abs)
+            } else {
+                fs::symlink_metadata(&abs)
+            };
+            // Gone already (a temporary directory): its removal is an event too.
+            let Ok(meta) = meta else { continue };
+            if !meta.is_dir() {
+                continue;
+            }
+            let id = (meta.dev(), meta.ino());
+            if self.watched.get(&rel) != Some(&id) {
+                if let Some(old) = self.by_inode.get(&id).filter(|old| **old != rel).cloned() {
+                    // Moved here, and the move not handled yet.
+                    self.unwatch_below(&old);
+                }
+                if self.watched.contains_key(&rel) {
+                    // Another directory stood here.
+                    self.unwatch_below(&rel);
+                }
                 match self.watcher.watch(&abs, RecursiveMode::NonRecursive) {
                     Ok(()) => {
-                        self.watched.insert(rel.clone());
+                        self.watched.insert(rel.clone(), id);
+                        self.by_inode.insert(id, rel.clone());
                     }
                     Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
                         self.limit_reached();
                         return Ok(());
                     }
-                    // Gone already (a temporary directory): its removal is an event too.
                     Err(e) if matches!(e.kind, notify::ErrorKind::PathNotFound) => continue,
                     Err(e) if rel.is_empty() => return Err(e),
                     Err(e) => {
@@ -370,23 +408,32 @@ impl DirWatch {
         Ok(())
     }
 
-    /// Drops the watches on `rel` and below (renamed away or deleted).
+    /// Drops the watches on `rel` and below (renamed away, deleted or replaced; `""` is all).
     fn unwatch_below(&mut self, rel: &str) {
-        let prefix = format!("{rel}/");
-        let gone: Vec<String> = self
-            .watched
-            .get(rel)
-            .into_iter()
-            .chain(
-                self.watched
-                    .range(prefix.clone()..)
-                    .take_while(|p| p.starts_with(&prefix)),
-            )
-            .cloned()
-            .collect();
+        let gone: Vec<String> = if rel.is_empty() {
+            self.watched.keys().cloned().collect()
+        } else {
+            let prefix = format!("{rel}/");
+            self.watched
+                .get_key_value(rel)
+                .map(|(k, _)| k)
+                .into_iter()
+                .chain(
+                    self.watched
+                        .range(prefix.clone()..)
+                        .map(|(k, _)| k)
+                        .take_while(|p| p.starts_with(&prefix)),
+                )
+                .cloned()
+                .collect()
+        };
         for p in gone {
             let _ = self.watcher.unwatch(&self.abs(&p));
-            self.watched.remove(&p);
+            if let Some(id) = self.watched.remove(&p) {
+                if self.by_inode.get(&id) == Some(&p) {
+                    self.by_inode.remove(&id);
+                }
+            }
         }
     }
 
@@ -534,6 +581,56 @@ mod tests {
         assert!(
             dirty.contains("big.bin") && dirty.contains("new.bin"),
             "{dirty:?}"
+        );
+    }
+
+    /// A directory moved into a directory that is new itself: the new one's watch may list
+    /// it before the move's own event is handled (both then name one kernel watch). Changes
+    /// inside it later must still be seen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_directory_moved_into_a_new_one_stays_watched() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        const N: usize = 200;
+        for i in 0..N {
+            fs::create_dir_all(src.join(format!("old/b{i}/sub"))).unwrap();
+        }
+        let mut w = DirWatch::start(&src, Rules::none()).unwrap();
+        let mover = {
+            let src = src.clone();
+            std::thread::spawn(move || {
+                for i in 0..N {
+                    fs::create_dir(src.join(format!("a{i}"))).unwrap();
+                    fs::rename(src.join(format!("old/b{i}")), src.join(format!("a{i}/c"))).unwrap();
+                    if i % 10 == 0 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            })
+        };
+        while !mover.is_finished() {
+            if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(5), w.recv()).await {
+                w.note(ev);
+            }
+        }
+        mover.join().unwrap();
+        drain(&mut w).await;
+        w.take();
+        for i in 0..N {
+            fs::write(src.join(format!("a{i}/c/f")), "x").unwrap();
+            fs::write(src.join(format!("a{i}/c/sub/g")), "y").unwrap();
+        }
+        drain(&mut w).await;
+        let dirty = w.take().dirty.unwrap();
+        let lost: Vec<usize> = (0..N)
+            .filter(|i| {
+                !dirty.contains(&format!("a{i}/c/f")) || !dirty.contains(&format!("a{i}/c/sub/g"))
+            })
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "changes lost in {} of {N} moved directories: {lost:?}",
+            lost.len()
         );
     }
 }
