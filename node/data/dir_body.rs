@@ -85,17 +85,46 @@ impl DirBody {
     /// Reads the next piece into `piece` (its allocation reused) and checks it; returns
     /// where in the body it starts, or `None` at the end.
     pub fn next_piece(&mut self, piece: &mut Vec<u8>) -> Result<Option<u64>, DirBodyError> {
+        let Some((at, len)) = self.next_range() else {
+            return Ok(None);
+        };
+        // Not cleared first: only a longer piece than the last is zeroed.
+        piece.resize(len as usize, 0);
+        self.fill(piece, at)?;
+        Ok(Some(at))
+    }
+
+    /// Reads the next piece onto the end of `out` and checks it, as [`DirBody::next_piece`];
+    /// on an error, `out` is as it was.
+    pub fn append_piece(&mut self, out: &mut Vec<u8>) -> Result<Option<u64>, DirBodyError> {
+        let Some((at, len)) = self.next_range() else {
+            return Ok(None);
+        };
+        let start = out.len();
+        out.resize(start + len as usize, 0);
+        if let Err(e) = self.fill(&mut out[start..], at) {
+            out.truncate(start);
+            return Err(e);
+        }
+        Ok(Some(at))
+    }
+
+    /// Where the next piece starts and how long it is; `None` at the end.
+    fn next_range(&self) -> Option<(u64, u64)> {
         let size = self.wanted.size;
         if self.next >= size && !(size == 0 && self.next == 0) {
-            return Ok(None);
+            return None;
         }
-        let at = self.next;
         let len = if self.wanted.chunks.is_empty() {
             size
         } else {
-            (size - at).min(CHUNK)
+            (size - self.next).min(CHUNK)
         };
-        piece.resize(len as usize, 0);
+        Some((self.next, len))
+    }
+
+    /// Reads the piece at `at` into `piece` (its length) and checks it.
+    fn fill(&mut self, piece: &mut [u8], at: u64) -> Result<(), DirBodyError> {
         if let Err(e) = self.file.read_exact(piece) {
             return Err(match e.kind() {
                 io::ErrorKind::UnexpectedEof => self.changed("it got shorter".into()),
@@ -115,8 +144,8 @@ impl DirBody {
             };
             return Err(self.changed(what));
         }
-        self.next = at + len.max(1);
-        Ok(Some(at))
+        self.next = at + (piece.len() as u64).max(1);
+        Ok(())
     }
 
     fn changed(&self, what: String) -> DirBodyError {
@@ -127,14 +156,22 @@ impl DirBody {
     }
 }
 
-/// Reads a whole small body (one piece) from `path`, verified; what [`DirBody`] would give.
-pub fn read_whole(path: &Path, wanted: Wanted) -> Result<Vec<u8>, DirBodyError> {
+/// Reads a whole small body from `path`, verified, onto the end of `out`: what [`DirBody`]
+/// would give. On an error, `out` is as it was.
+pub fn read_whole_into(path: &Path, wanted: Wanted, out: &mut Vec<u8>) -> Result<(), DirBodyError> {
+    let start = out.len();
     let mut body = DirBody::open(path, wanted, 0)?;
-    let (mut out, mut piece) = (Vec::new(), Vec::new());
-    while body.next_piece(&mut piece)?.is_some() {
-        out.extend_from_slice(&piece);
+    out.reserve(body.wanted.size as usize);
+    loop {
+        match body.append_piece(out) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -220,7 +257,9 @@ mod tests {
         std::fs::write(&s, b"abc").unwrap();
         let w = wanted_of(&s);
         std::fs::write(&s, b"abd").unwrap();
-        let e = read_whole(&s, w).unwrap_err();
+        let mut out = b"before".to_vec();
+        let e = read_whole_into(&s, w, &mut out).unwrap_err();
+        assert_eq!(out, b"before", "nothing of a changed body is kept");
         assert!(
             e.to_string().contains("changed since it was scanned"),
             "{e}"
@@ -230,6 +269,8 @@ mod tests {
         std::fs::write(&s, b"abc").unwrap();
         let w = wanted_of(&s);
         std::fs::write(&s, b"abcdef").unwrap();
-        assert_eq!(read_whole(&s, w).unwrap(), b"abc");
+        let mut out = b"x".to_vec();
+        read_whole_into(&s, w, &mut out).unwrap();
+        assert_eq!(out, b"xabc");
     }
 }

@@ -211,47 +211,60 @@ async fn send_many(
     Ok(())
 }
 
-/// Reads the longest run of `ids` from the start that are held in the store, small and not
-/// arriving, up to about [`STORED_RUN`] bytes: how many, and their bytes back to back.
+/// Reads the longest run of `ids` from the start that are held in the store or, on the
+/// origin, in `dir`, small and not arriving, up to about [`STORED_RUN`] bytes: how many, and
+/// their bytes back to back.
 fn read_stored(shared: &Shared, ids: &[Blake3]) -> std::io::Result<(usize, Vec<u8>)> {
-    use std::io::Read;
     let mut bytes = Vec::new();
+    let held = shared.in_dir.as_ref().and(shared.held.current());
     for (i, id) in ids.iter().enumerate() {
         if bytes.len() as u64 >= STORED_RUN || shared.flights.get(id).is_some() {
             return Ok((i, bytes));
         }
-        let mut file = match std::fs::File::open(shared.store.path(id)) {
-            Ok(f) => f,
-            // Neither stored nor arriving: on the origin, in `dir`.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                match (shared.in_dir.as_ref()).and_then(|d| d.find(shared.held.current(), id)) {
-                    Some(found) if found.wanted.size <= super::SMALL => {
-                        let body = dir_body::read_whole(&found.abs, found.wanted.clone())
-                            .map_err(|e| refused_from_dir(shared, &found, e))?;
-                        bytes.extend_from_slice(&body);
-                        continue;
-                    }
-                    _ => return Ok((i, bytes)),
-                }
+        // The origin holds most bodies only in `dir`: looked for there first.
+        let found = (shared.in_dir.as_ref()).and_then(|d| d.find(held.clone(), id));
+        if let Some(found) = found {
+            if found.wanted.size > super::SMALL {
+                return Ok((i, bytes));
             }
-            Err(e) => return Err(e),
-        };
-        let size = file.metadata()?.len();
-        if size > super::SMALL {
-            return Ok((i, bytes));
+            match dir_body::read_whole_into(&found.abs, found.wanted.clone(), &mut bytes) {
+                Ok(()) => continue,
+                // A file that changed before may have its body copied into the store.
+                Err(_) if shared.store.has(id) => {}
+                Err(e) => return Err(refused_from_dir(shared, &found, e)),
+            }
         }
-        let at = bytes.len();
-        bytes.reserve(size as usize);
-        file.read_to_end(&mut bytes)?;
-        if bytes.len() - at != size as usize {
-            // Stored bodies are never rewritten: a changed length is a broken store.
-            return Err(std::io::Error::other(format!(
-                "body {id} is {} bytes in the store, {size} when opened",
-                bytes.len() - at
-            )));
+        match read_one_stored(shared, id, &mut bytes)? {
+            true => {}
+            false => return Ok((i, bytes)),
         }
     }
     Ok((ids.len(), bytes))
+}
+
+/// Appends body `id` from the store to `bytes` if it is there and small: whether it was.
+fn read_one_stored(shared: &Shared, id: &Blake3, bytes: &mut Vec<u8>) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut file = match std::fs::File::open(shared.store.path(id)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let size = file.metadata()?.len();
+    if size > super::SMALL {
+        return Ok(false);
+    }
+    let at = bytes.len();
+    bytes.reserve(size as usize);
+    file.read_to_end(bytes)?;
+    if bytes.len() - at != size as usize {
+        // Stored bodies are never rewritten: a changed length is a broken store.
+        return Err(std::io::Error::other(format!(
+            "body {id} is {} bytes in the store, {size} when opened",
+            bytes.len() - at
+        )));
+    }
+    Ok(true)
 }
 
 /// Where a body is read from while it is served: the store, or the partial file of a body
