@@ -263,6 +263,49 @@ struct ToRead {
     copy: bool,
 }
 
+/// How many directories are listed ahead of the walk at once, on several threads: enough
+/// to keep them busy, few enough that the listings held stay small.
+const LIST_AHEAD: usize = 32;
+
+/// An entry of a directory, as listed (its `lstat`, and a symlink's target).
+struct Listed {
+    name: std::ffi::OsString,
+    meta: std::fs::Metadata,
+    target: Option<PathBuf>,
+}
+
+/// Lists directory `abs`, sorted by name (the order of a manifest's entries, so the walk
+/// builds them in order). An entry deleted since the listing is left out.
+fn list(abs: &Path) -> Result<Vec<Listed>, ScanError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    for item in fs::read_dir(abs)? {
+        let item = item?;
+        // Relative to the open directory: no walk of the whole path per entry.
+        let meta = match item.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let target = if meta.file_type().is_symlink() {
+            match fs::read_link(item.path()) {
+                Ok(t) => Some(t),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
+        out.push(Listed {
+            name: item.file_name(),
+            meta,
+            target,
+        });
+    }
+    out.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    Ok(out)
+}
+
 struct Walk<'a> {
     root: &'a Path,
     store: Option<&'a Store>,
@@ -321,26 +364,56 @@ impl<'a> Walk<'a> {
         } else {
             self.root.join(rel)
         };
+        let listing = list(&abs)?;
+        self.walk_listed(rel, &abs, depth, listing)
+    }
+
+    /// Walks directory `rel` (at `abs`), listed as `listing`. The directories below it that
+    /// are walked are listed ahead, [`LIST_AHEAD`] at a time, on several threads (the
+    /// `lstat`s are most of a walk through an unchanged tree); the entries are then taken in
+    /// order here.
+    fn walk_listed(
+        &mut self,
+        rel: &str,
+        abs: &Path,
+        depth: Depth,
+        listing: Vec<Listed>,
+    ) -> Result<(), ScanError> {
         self.stats.listed += 1;
-        for item in fs::read_dir(&abs)? {
-            let item = item?;
-            let path = item.path();
-            let name = item
-                .file_name()
-                .into_string()
-                .map_err(|_| ScanError::NotUtf8(path.clone()))?;
-            let rel_path = if rel.is_empty() {
-                name
+        let child = |name: &str| {
+            if rel.is_empty() {
+                name.to_owned()
             } else {
                 format!("{rel}/{name}")
+            }
+        };
+        // What is done below each directory of the listing (`None`: excluded, or not one).
+        let below: Vec<Option<Below>> = listing
+            .iter()
+            .map(|l| {
+                if !l.meta.is_dir() {
+                    return None;
+                }
+                let rel_path = child(l.name.to_str()?);
+                let excluded = self
+                    .scope
+                    .exclude
+                    .is_some_and(|x| x.matches(&rel_path, true));
+                (!excluded).then(|| self.below(&rel_path, depth))
+            })
+            .collect();
+        // Where each directory walked is.
+        let walked: Vec<Option<PathBuf>> = (listing.iter().zip(&below))
+            .map(|(l, b)| matches!(b, Some(Below::Walk(_))).then(|| abs.join(&l.name)))
+            .collect();
+        let mut ahead: HashMap<usize, Vec<Listed>> = HashMap::new();
+        for (i, item) in listing.into_iter().enumerate() {
+            let path = || abs.join(&item.name);
+            let Some(name) = item.name.to_str() else {
+                return Err(ScanError::NotUtf8(path()));
             };
-            // Relative to the open directory: no walk of the whole path per entry.
-            let meta = match item.metadata() {
-                Ok(m) => m,
-                // Deleted since the listing: as if it had not been listed.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
+            let rel_path = child(name);
+            let meta = item.meta;
             let ft = meta.file_type();
             if let Some(pattern) = self
                 .scope
@@ -373,7 +446,7 @@ impl<'a> Walk<'a> {
                     None => {
                         self.to_read.push(ToRead {
                             entry: self.entries.len(),
-                            path: path.clone(),
+                            path: path(),
                             stat: Stat::of(&meta),
                             dev: meta.dev(),
                             copy: self.copies(&rel_path),
@@ -394,33 +467,51 @@ impl<'a> Walk<'a> {
                     chunks,
                 }
             } else if ft.is_symlink() {
-                let target = match fs::read_link(&path) {
-                    Ok(t) => t,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e.into()),
+                let Some(target) = item.target.as_ref() else {
+                    continue;
                 };
-                let target = target
-                    .into_os_string()
-                    .into_string()
-                    .map_err(|_| ScanError::NotUtf8(path.clone()))?;
-                EntryKind::Symlink { target }
+                let Some(target) = target.to_str() else {
+                    return Err(ScanError::NotUtf8(path()));
+                };
+                EntryKind::Symlink {
+                    target: target.to_owned(),
+                }
             } else {
-                tracing::warn!(path = %path.display(), "skipping special file (socket, fifo or device)");
+                tracing::warn!(path = %path().display(), "skipping special file (socket, fifo or device)");
                 continue;
             };
-            let is_dir = matches!(kind, EntryKind::Dir);
-            self.entries.push(Entry {
-                path: rel_path.clone(),
-                mode,
-                kind,
-            });
-            if is_dir {
-                match self.below(&rel_path, depth) {
-                    Below::Walk(d) => self.walk(&rel_path, d)?,
-                    Below::Copy(range) => {
-                        let prev = self.scope.prev.expect("copies come from prev");
-                        self.entries.extend_from_slice(&prev.entries()[range]);
+            if !matches!(kind, EntryKind::Dir) {
+                self.entries.push(Entry {
+                    path: rel_path,
+                    mode,
+                    kind,
+                });
+            } else {
+                self.entries.push(Entry {
+                    path: rel_path.clone(),
+                    mode,
+                    kind,
+                });
+                match &below[i] {
+                    Some(Below::Walk(d)) => {
+                        if !ahead.contains_key(&i) {
+                            let next: Vec<(usize, &PathBuf)> = (i..walked.len())
+                                .filter_map(|j| Some((j, walked[j].as_ref()?)))
+                                .take(LIST_AHEAD)
+                                .collect();
+                            let lists = super::par_map(&next, |(_, p)| list(p))?;
+                            ahead.extend(next.iter().map(|(j, _)| *j).zip(lists));
+                        }
+                        let listing = ahead.remove(&i).expect("listed ahead");
+                        self.walk_listed(&rel_path, &path(), *d, listing)?
                     }
+                    Some(Below::Copy(range)) => {
+                        let prev = self.scope.prev.expect("copies come from prev");
+                        self.entries
+                            .extend_from_slice(&prev.entries()[range.clone()]);
+                    }
+                    // Excluded directories were skipped above.
+                    None => {}
                 }
             }
         }
@@ -486,10 +577,12 @@ impl<'a> Walk<'a> {
             return None;
         }
         self.stats.cached += 1;
-        let body = body.clone();
-        if !self.incremental() {
-            self.new.files.insert(rel.to_owned(), (stat, body.clone()));
+        if self.incremental() {
+            return Some(body.clone());
         }
+        // A full scan builds a new cache and drops the old: its entry moves over.
+        let (path, (stat, body)) = self.old.files.remove_entry(rel).expect("just found");
+        self.new.files.insert(path, (stat, body.clone()));
         Some(body)
     }
 
@@ -598,7 +691,8 @@ impl<'a> Walk<'a> {
                 .map(|(_, e)| e)
                 .collect()
         };
-        let manifest = Manifest::from_entries(entries)?;
+        // The walk lists each directory sorted: its entries come in order.
+        let manifest = Manifest::from_sorted(entries)?;
         let cache = if self.scope.dirty.is_some() && self.scope.prev.is_some() {
             // Deleted files linger in an updated cache; sweep them once they are many.
             let files = manifest.file_count() as usize;
@@ -620,6 +714,7 @@ impl<'a> Walk<'a> {
 }
 
 /// Below a directory: walk it, or take its subtree (these entries) from the last scan.
+#[derive(Debug, Clone)]
 enum Below {
     Walk(Depth),
     Copy(std::ops::Range<usize>),
