@@ -382,20 +382,10 @@ pub(super) fn apply_with(
     check_space(dir, manifest, old, how, take)?;
     let rewrite = |e: &Entry| how.rewrite.is_some_and(|r| r.contains(&e.path));
     let entries = manifest.entries();
-    // The entry that uses each body last: the one the body is moved to.
-    let last_use: std::collections::HashMap<_, _> = entries
-        .iter()
-        .enumerate()
-        .filter(|_| take)
-        .filter_map(|(i, e)| match &e.kind {
-            EntryKind::File { blake3, .. } => Some((*blake3, i)),
-            _ => None,
-        })
-        .collect();
     let mut stats = ApplyStats::default();
     // Files are written once the walk has made every directory, on several threads; bodies
     // moved out of the store go last, after every copy of them was made.
-    let (mut copies, mut moves) = (Vec::new(), Vec::new());
+    let mut jobs = Vec::new();
     // Directories this apply made: nothing is in them but what it puts there, so their
     // entries need no `lstat` (a first sync of 100,000 files saves as many).
     let mut made: HashSet<&str> = HashSet::new();
@@ -443,19 +433,13 @@ pub(super) fn apply_with(
                     stats.touched += 1;
                     return Ok(());
                 }
-                // The empty body stays: the store always holds it.
-                let move_body = take && *size > 0 && last_use.get(blake3) == Some(&i);
                 let job = FileJob {
                     entry: e,
                     current,
                     // A file rewritten because it drifted is not linked from anywhere.
                     same_as_old: same_as_old && !rewrite(e),
                 };
-                if move_body {
-                    moves.push(job);
-                } else {
-                    copies.push(job);
-                }
+                jobs.push((job, (*size, *blake3)));
             }
             EntryKind::Symlink { target } => {
                 if let Some(m) = &current {
@@ -475,6 +459,20 @@ pub(super) fn apply_with(
         Ok(())
     })?;
     stats.unchanged += skipped;
+    // The last file written with each body gets the body itself, moved out of the store
+    // (the files left as they were need none); the empty body stays, the store always
+    // holds it.
+    let last_use: std::collections::HashMap<Blake3, usize> = (jobs.iter().enumerate())
+        .filter(|(_, (_, (size, _)))| take && *size > 0)
+        .map(|(j, (_, (_, id)))| (*id, j))
+        .collect();
+    let (mut copies, mut moves) = (Vec::new(), Vec::new());
+    for (j, (job, (_, id))) in jobs.into_iter().enumerate() {
+        match last_use.get(&id) == Some(&j) {
+            true => moves.push(job),
+            false => copies.push(job),
+        }
+    }
     for (jobs, take) in [(copies, false), (moves, true)] {
         let linked = super::par_map(&jobs, |job| write_file(&tree, store, job, how, take))?
             .into_iter()
@@ -582,20 +580,31 @@ fn check_space(
     take: bool,
 ) -> Result<(), ApplyError> {
     let mut first_use = std::collections::HashSet::new();
-    let need: u64 = manifest
-        .files()
-        .filter(|(e, _, _)| !how.keep.is_some_and(|k| k.covers(&e.path, false)))
-        .filter(|(e, _, _)| {
-            let same = same_as_old(old, e);
+    let mut need = 0;
+    // Unchanged subtrees are skipped as the apply skips them: they cost nothing.
+    walk(
+        manifest,
+        old.filter(|_| how.skip_unchanged),
+        how.keep,
+        |i| {
+            let e = &manifest.entries()[i];
+            let EntryKind::File { size, blake3, .. } = &e.kind else {
+                return Ok(());
+            };
             // Unchanged files cost nothing in place; in a new release dir they are hard links.
-            !(same
+            if same_as_old(old, e)
                 && (how.link_from.is_some()
                     || how.skip_unchanged
-                    || fs::symlink_metadata(dir.join(&e.path)).is_ok()))
-        })
-        .filter(|(_, _, id)| !(take && first_use.insert(*id)))
-        .map(|(_, size, _)| size)
-        .sum();
+                    || fs::symlink_metadata(dir.join(&e.path)).is_ok())
+            {
+                return Ok(());
+            }
+            if !(take && first_use.insert(*blake3)) {
+                need += size;
+            }
+            Ok(())
+        },
+    )?;
     match short_of_room(dir, need) {
         Some(free) => Err(ApplyError::NoSpace {
             path: dir.to_owned(),
