@@ -119,6 +119,12 @@ pub fn path_order(a: &str, b: &str) -> Ordering {
     }
 }
 
+/// Whether path `p` is directory `dir` or below it.
+fn is_within(p: &str, dir: &str) -> bool {
+    p.strip_prefix(dir)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 fn safe_path(p: &str) -> bool {
     !p.is_empty()
         && !p.contains('\0')
@@ -144,7 +150,9 @@ impl Manifest {
         entries: Vec<Entry>,
         known: Option<&Known>,
     ) -> Result<Self, ManifestError> {
-        let mut kinds: HashMap<&str, bool> = HashMap::with_capacity(entries.len());
+        // The directories the last entry is in, outermost first: in component order, an
+        // entry's parent (if it is listed at all) is one of them, or the last entry itself.
+        let mut dirs: Vec<&str> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             if !safe_path(&e.path) {
                 return Err(ManifestError::UnsafePath(e.path.clone()));
@@ -186,13 +194,18 @@ impl Manifest {
                 }
             }
             let parent = e.parent();
-            if !parent.is_empty() && kinds.get(parent) != Some(&true) {
+            while dirs.last().is_some_and(|d| !is_within(parent, d)) {
+                dirs.pop();
+            }
+            if !parent.is_empty() && dirs.last() != Some(&parent) {
                 return Err(ManifestError::NoParentDir(
                     e.path.clone(),
                     parent.to_owned(),
                 ));
             }
-            kinds.insert(&e.path, matches!(e.kind, EntryKind::Dir));
+            if matches!(e.kind, EntryKind::Dir) {
+                dirs.push(&e.path);
+            }
         }
         let (digests, root) = hash_tree(&entries, known);
         Ok(Manifest {
@@ -482,6 +495,52 @@ mod tests {
         #[test]
         fn path_order_is_the_order_of_the_components(a in "[ab/.-]{0,6}", b in "[ab/.-]{0,6}") {
             proptest::prop_assert_eq!(path_order(&a, &b), a.split('/').cmp(b.split('/')));
+        }
+
+        /// The parent check (a stack of the directories the walk is in) agrees with asking,
+        /// for every entry, whether its parent is listed as a directory.
+        #[test]
+        fn an_entry_is_refused_exactly_when_its_parent_is_not_a_listed_directory(
+            items in proptest::collection::btree_map("[ab]{1,2}(/[ab]{1,2}){0,3}", proptest::bool::ANY, 1..24)
+        ) {
+            let entries: Vec<Entry> = items
+                .iter()
+                .map(|(p, is_dir)| if *is_dir { dir(p) } else { file(p, b"") })
+                .collect();
+            let listed_dirs: HashMap<&str, bool> =
+                items.iter().map(|(p, d)| (p.as_str(), *d)).collect();
+            let orphan = items.keys().any(|p| {
+                p.rsplit_once('/')
+                    .is_some_and(|(parent, _)| listed_dirs.get(parent) != Some(&true))
+            });
+            match Manifest::from_entries(entries) {
+                Ok(_) => proptest::prop_assert!(!orphan),
+                Err(ManifestError::NoParentDir(..)) => proptest::prop_assert!(orphan),
+                Err(e) => proptest::prop_assert!(false, "{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_parent_is_found_after_deeper_subtrees_and_not_by_a_prefix_of_its_name() {
+        let ok = Manifest::from_entries(vec![
+            dir("a"),
+            dir("a/b"),
+            dir("a/b/c"),
+            file("a/b/c/f", b""),
+            file("a/d", b""),
+            dir("ab"),
+            file("ab/x", b""),
+        ]);
+        assert!(ok.is_ok(), "{ok:?}");
+        for bad in [
+            vec![dir("a"), file("a/x", b""), file("ab/y", b"")],
+            vec![dir("a"), dir("a/b"), file("a/b/f", b""), file("a/c/d", b"")],
+        ] {
+            assert!(matches!(
+                Manifest::from_entries(bad),
+                Err(ManifestError::NoParentDir(..))
+            ));
         }
     }
 
