@@ -68,6 +68,15 @@ pub fn save_release(path: &Path, release: &Release) -> Result<(), StateError> {
     write_file(path, Kind::Release, &payload, release_check(release))
 }
 
+/// Makes the release saved at `from` (by [`save_release`], so already flushed) the one at
+/// `to`, atomically: the same as saving it there again, without writing it again.
+pub fn promote(from: &Path, to: &Path) -> Result<(), StateError> {
+    fs::rename(from, to)?;
+    let dir = to.parent().filter(|p| !p.as_os_str().is_empty());
+    fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
+    Ok(())
+}
+
 /// What a release file held.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Loaded {

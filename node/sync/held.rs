@@ -82,6 +82,9 @@ pub struct Held {
     /// When this node first had each recent release (offered or held; ms since the Unix
     /// epoch): how long a node below has been behind is measured from these.
     seen: std::sync::Mutex<BTreeMap<u64, u64>>,
+    /// The release [`Held::begin_apply`] saved as pending (version and root digest): holding
+    /// it renames that file instead of writing the same bytes again.
+    pending: std::sync::Mutex<Option<(u64, Blake3)>>,
 }
 
 /// Releases whose first-seen time is kept.
@@ -126,6 +129,7 @@ impl Held {
             held: watch::Sender::new(held.map(Offer::new)),
             offered: watch::Sender::new(None),
             seen: std::sync::Mutex::new(seen),
+            pending: std::sync::Mutex::new(None),
         };
         Ok((held, pending))
     }
@@ -204,7 +208,12 @@ impl Held {
     /// Records `release` as held: saved first, then offered. Returns the release held before.
     /// The offer made of it while it was arriving (cut-through) is kept, deltas included.
     pub fn hold(&self, release: Release) -> Result<(Arc<Offer>, Option<Arc<Offer>>), StateError> {
-        state::save_release(&self.data.release, &release)?;
+        let pending = self.pending.lock().expect("pending lock").take();
+        let renamed = pending == Some((release.version, release.manifest.root_digest()))
+            && state::promote(&self.data.pending, &self.data.release).is_ok();
+        if !renamed {
+            state::save_release(&self.data.release, &release)?;
+        }
         self.saw(release.version);
         let previous = self.last_offer();
         let held = match previous {
@@ -227,11 +236,67 @@ impl Held {
 
     /// Saves `release` as being applied, so a node killed mid-apply finishes it on restart.
     pub fn begin_apply(&self, release: &Release) -> Result<(), StateError> {
-        state::save_release(&self.data.pending, release)
+        *self.pending.lock().expect("pending lock") = None;
+        state::save_release(&self.data.pending, release)?;
+        *self.pending.lock().expect("pending lock") =
+            Some((release.version, release.manifest.root_digest()));
+        Ok(())
     }
 
     /// The apply begun by [`Held::begin_apply`] is over (held, or given up).
     pub fn end_apply(&self) {
+        *self.pending.lock().expect("pending lock") = None;
         let _ = fs_err::remove_file(&self.data.pending);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::manifest::fixtures::file;
+    use crate::tree::Manifest;
+
+    fn release(version: u64, body: &[u8]) -> Release {
+        Release {
+            version,
+            manifest: Manifest::from_entries(vec![file("index.html", body)]).unwrap(),
+            revoked: Vec::new(),
+            signature: vec![7; 64],
+            topology: None,
+            rotation: None,
+        }
+    }
+
+    #[test]
+    fn holding_the_release_being_applied_renames_its_pending_file() {
+        let t = tempfile::tempdir().unwrap();
+        let data = DataDir::new(t.path());
+        data.create().unwrap();
+        let (held, _) = Held::load(data.clone()).unwrap();
+        let one = release(1, b"one");
+        use std::os::unix::fs::MetadataExt;
+        held.begin_apply(&one).unwrap();
+        let pending_inode = std::fs::metadata(&data.pending).unwrap().ino();
+        held.hold(one.clone()).unwrap();
+        // The very file saved as pending, not written again.
+        assert_eq!(
+            std::fs::metadata(&data.release).unwrap().ino(),
+            pending_inode
+        );
+        held.end_apply();
+        assert!(!data.pending.exists());
+        let (again, pending) = Held::load(data.clone()).unwrap();
+        assert!(pending.is_none());
+        assert_eq!(again.current().unwrap().release, one);
+        // Another release than the one pending is saved whole; the pending file stays
+        // until the apply ends.
+        let (two, three) = (release(2, b"two"), release(3, b"three"));
+        again.begin_apply(&two).unwrap();
+        again.hold(three.clone()).unwrap();
+        assert!(data.pending.exists());
+        again.end_apply();
+        let (last, pending) = Held::load(data).unwrap();
+        assert!(pending.is_none());
+        assert_eq!(last.current().unwrap().release, three);
     }
 }
