@@ -327,12 +327,9 @@ impl Publisher {
             unsettled,
             matched,
         } = scanned;
-        if !incremental || state.saved.is_none_or(|t| t.elapsed() >= SAVE_CACHE_EVERY) {
-            if let Err(e) = cache.save(&self.stat_cache) {
-                tracing::warn!("cannot save the stat cache: {e}");
-            }
-            state.saved = Some(Instant::now());
-        }
+        // Saved once the release is out: children need not wait for it.
+        let save_cache =
+            !incremental || state.saved.is_none_or(|t| t.elapsed() >= SAVE_CACHE_EVERY);
         state.cache = Some(cache);
         for rel in &unsettled {
             self.heat(rel);
@@ -376,6 +373,9 @@ impl Publisher {
                 && shared.trust.signed_now(&p.release)
             {
                 state.in_step = true;
+                if save_cache {
+                    self.save_cache(&mut state).await;
+                }
                 return Ok((summary(p.version(), false), unsettled));
             }
         }
@@ -412,6 +412,27 @@ impl Publisher {
         }
         state.in_step = true;
         shared.released(version, self.dir.clone(), changed);
+        if save_cache {
+            self.save_cache(&mut state).await;
+        }
         Ok((out, unsettled))
+    }
+
+    /// Writes the stat cache to disk (on a blocking thread: 100,000 files are megabytes).
+    async fn save_cache(&self, state: &mut ScanState) {
+        let Some(cache) = state.cache.take() else {
+            return;
+        };
+        let path = self.stat_cache.clone();
+        let cache = tokio::task::spawn_blocking(move || {
+            if let Err(e) = cache.save(&path) {
+                tracing::warn!("cannot save the stat cache: {e}");
+            }
+            cache
+        })
+        .await
+        .expect("saving the stat cache does not panic");
+        state.cache = Some(cache);
+        state.saved = Some(Instant::now());
     }
 }
