@@ -82,13 +82,17 @@ impl Shared {
         let version = release.version;
         let (held, previous) = self.held.hold(release)?;
         self.keys.release_held(&held.release);
-        let keep: HashSet<Blake3> = held
-            .release
-            .manifest
-            .files()
-            .chain(previous.iter().flat_map(|p| p.release.manifest.files()))
-            .map(|(_, _, id)| id)
-            .collect();
+        let mut keep: HashSet<Blake3> = HashSet::with_capacity(
+            held.release.manifest.file_count() as usize
+                + previous
+                    .as_ref()
+                    .map_or(0, |p| p.release.manifest.file_count() as usize),
+        );
+        keep.extend(
+            (held.release.manifest.files())
+                .chain(previous.iter().flat_map(|p| p.release.manifest.files()))
+                .map(|(_, _, id)| id),
+        );
         match self.store.retain(&keep) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(removed = n, "store garbage collected"),
