@@ -413,7 +413,7 @@ pub(super) fn apply_with(
                 }
                 // Keep the directory writable while we fill it; its mode is set at the end.
             }
-            EntryKind::File { size, blake3, .. } => {
+            EntryKind::File { mtime, .. } => {
                 let same_as_old = same_as_old(old, e);
                 let on_disk_ok = current.as_ref().is_some_and(|m| looks_right(m, e));
                 // (Found in place before the walk, but gone now: it was below a symlink the
@@ -425,9 +425,6 @@ pub(super) fn apply_with(
                     return Ok(());
                 }
                 if how.touch && !rewrite(e) && same_body_in_place(old, e, current.as_ref()) {
-                    let EntryKind::File { mtime, .. } = &e.kind else {
-                        unreachable!("a file entry");
-                    };
                     let file = tree.open_existing(&e.path)?;
                     finish_file(&file, e, *mtime)?;
                     stats.touched += 1;
@@ -439,7 +436,7 @@ pub(super) fn apply_with(
                     // A file rewritten because it drifted is not linked from anywhere.
                     same_as_old: same_as_old && !rewrite(e),
                 };
-                jobs.push((job, (*size, *blake3)));
+                jobs.push(job);
             }
             EntryKind::Symlink { target } => {
                 if let Some(m) = &current {
@@ -462,13 +459,16 @@ pub(super) fn apply_with(
     // The last file written with each body gets the body itself, moved out of the store
     // (the files left as they were need none); the empty body stays, the store always
     // holds it.
+    let body = |job: &FileJob| match job.entry.kind {
+        EntryKind::File { size, blake3, .. } if take && size > 0 => Some(blake3),
+        _ => None,
+    };
     let last_use: std::collections::HashMap<Blake3, usize> = (jobs.iter().enumerate())
-        .filter(|(_, (_, (size, _)))| take && *size > 0)
-        .map(|(j, (_, (_, id)))| (*id, j))
+        .filter_map(|(j, job)| Some((body(job)?, j)))
         .collect();
     let (mut copies, mut moves) = (Vec::new(), Vec::new());
-    for (j, (job, (_, id))) in jobs.into_iter().enumerate() {
-        match last_use.get(&id) == Some(&j) {
+    for (j, job) in jobs.into_iter().enumerate() {
+        match body(&job).is_some_and(|id| last_use.get(&id) == Some(&j)) {
             true => moves.push(job),
             false => copies.push(job),
         }
