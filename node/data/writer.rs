@@ -3,10 +3,11 @@
 //! checked it.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use fs_err as fs;
 
+use super::store::{Objects, Spot};
 use super::StoreError;
 use crate::tree::{Blake3, Body, BodyHasher, Md5, Sums, CHUNK};
 
@@ -61,10 +62,11 @@ impl Expected {
 /// list, each chunk is checked as soon as it is complete: [`BodyWriter::verified`] is the
 /// prefix known good, which a relay may forward before the body is finished.
 pub struct BodyWriter {
-    /// Where the verified body goes.
-    dest: PathBuf,
+    objects: Arc<Objects>,
+    /// Where the verified body goes, below `objects`.
+    dest: String,
     file: fs::File,
-    tmp: PathBuf,
+    tmp: Spot,
     expected: Expected,
     written: u64,
     hasher: BodyHasher,
@@ -91,12 +93,14 @@ impl BodyWriter {
     /// A writer of `expected` into `file` (at `tmp`), moved to `dest` when it checks out.
     pub(super) fn new(
         expected: Expected,
-        dest: PathBuf,
-        tmp: PathBuf,
+        objects: Arc<Objects>,
+        dest: String,
+        tmp: Spot,
         file: fs::File,
         keep_partial: bool,
     ) -> Self {
         BodyWriter {
+            objects,
             dest,
             file,
             tmp,
@@ -220,7 +224,7 @@ impl BodyWriter {
             || got.blake3 != self.expected.blake3
             || got.chunks != self.expected.chunks
         {
-            let _ = fs::remove_file(&self.tmp);
+            self.objects.remove(&self.tmp);
             self.tmp_gone = true;
             let what = if !size_ok {
                 format!(
@@ -239,7 +243,7 @@ impl BodyWriter {
         }
         // Flushed with the rest of the batch (Store::commit_batch), not one by one. The
         // fan-out directory exists: Store::open made every one.
-        fs::rename(&self.tmp, &self.dest)?;
+        self.objects.rename(&self.tmp, &self.dest)?;
         self.tmp_gone = true;
         Ok(())
     }
@@ -250,7 +254,7 @@ impl Drop for BodyWriter {
         // After a successful finish the temp path no longer exists; otherwise clean up,
         // unless these are the first bytes of a transfer to resume.
         if !self.keep_partial && !self.tmp_gone {
-            let _ = fs::remove_file(&self.tmp);
+            self.objects.remove(&self.tmp);
         }
     }
 }

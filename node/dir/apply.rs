@@ -23,7 +23,7 @@ use fs_err as fs;
 use super::beneath::Beneath;
 use super::rules::Rules;
 use crate::data::{short_of_room, Store};
-use crate::tree::hash::{hash_file, open_regular};
+use crate::tree::hash::hash_file;
 use crate::tree::{Blake3, Entry, EntryKind, Manifest};
 
 #[derive(Debug, thiserror::Error)]
@@ -529,15 +529,14 @@ fn write_file(
         unreachable!("only files are written by write_file");
     };
     if take && !(job.same_as_old && how.link_from.is_some()) {
-        let body = store.path(blake3);
-        // Read-only, never through a symlink: the store's own file.
-        if let Ok((file, _)) = open_regular(&body, None) {
-            finish_file(file.file(), e, *mtime)?;
-            drop(file);
+        // By name, not through a descriptor: the store is the node's own, and an open and
+        // close per file cost more than the two calls.
+        if store.set_mode_and_mtime(blake3, e.mode, *mtime).is_ok() {
             if job.current.as_ref().is_some_and(|m| m.is_dir()) {
                 tree.remove(&e.path)?;
             }
-            if tree.move_in(&body, &e.path).is_ok() {
+            let (objects, body) = store.body_at(blake3);
+            if tree.move_in(objects, &body, &e.path).is_ok() {
                 return Ok(false);
             }
         }
@@ -554,7 +553,7 @@ fn write_file(
         }
         let mut out = tree.create(&tmp, 0o600)?;
         // A std file both ways: the copy is done in the kernel (copy_file_range).
-        let mut body = fs::File::open(store.path(blake3))?.into_file();
+        let mut body = store.open_body(blake3)?;
         io::copy(&mut body, &mut out)?;
         finish_file(&out, e, *mtime)?;
     }

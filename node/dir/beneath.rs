@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -163,10 +163,11 @@ impl Beneath {
             .map_err(|e| self.err(rel, e))
     }
 
-    /// Moves `src` (outside the tree, a path the node owns, on the same filesystem) to `rel`.
-    pub fn move_in(&self, src: &Path, rel: &str) -> io::Result<()> {
+    /// Moves `src` below directory `from` (outside the tree, a directory the node owns, on
+    /// the same filesystem) to `rel`.
+    pub fn move_in(&self, from: BorrowedFd, src: &str, rel: &str) -> io::Result<()> {
         let (parent, name) = split(rel);
-        rustix::fs::renameat(CWD, src, &*self.dir(parent)?, name).map_err(|e| self.err(rel, e))
+        rustix::fs::renameat(from, src, &*self.dir(parent)?, name).map_err(|e| self.err(rel, e))
     }
 
     /// Sets the mode of directory `rel` through its descriptor.

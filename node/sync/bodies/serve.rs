@@ -245,7 +245,7 @@ fn read_stored(shared: &Shared, ids: &[Blake3]) -> std::io::Result<(usize, Vec<u
 /// Appends body `id` from the store to `bytes` if it is there and small: whether it was.
 fn read_one_stored(shared: &Shared, id: &Blake3, bytes: &mut Vec<u8>) -> std::io::Result<bool> {
     use std::io::Read;
-    let mut file = match std::fs::File::open(shared.store.path(id)) {
+    let mut file = match shared.store.open_body(id) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
