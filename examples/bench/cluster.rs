@@ -174,6 +174,13 @@ impl Cluster {
                     c.args(["netns", "exec", ns]).arg(&exe);
                     c
                 }
+                // `BENCH_HEAPTRACK=NODE`: that node runs under heaptrack, which writes
+                // `heaptrack.zst` beside its log (what holds its memory at its peak).
+                None if std::env::var("BENCH_HEAPTRACK").as_deref() == Ok(n.name.as_str()) => {
+                    let mut c = Command::new("heaptrack");
+                    c.arg("-o").arg(n.log.with_file_name("heaptrack")).arg(&exe);
+                    c
+                }
                 None => Command::new(&exe),
             };
             n.process = Some(

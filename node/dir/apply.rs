@@ -432,7 +432,7 @@ pub(super) fn apply_with(
                 }
                 let job = FileJob {
                     entry: e,
-                    current,
+                    dir_in_way: current.as_ref().is_some_and(|m| m.is_dir()),
                     // A file rewritten because it drifted is not linked from anywhere.
                     same_as_old: same_as_old && !rewrite(e),
                 };
@@ -449,7 +449,12 @@ pub(super) fn apply_with(
                 }
                 let tmp = tmp_beside(&e.path);
                 tree.symlink(target, &tmp)?;
-                replace(&tree, &tmp, &e.path, current.as_ref())?;
+                replace(
+                    &tree,
+                    &tmp,
+                    &e.path,
+                    current.as_ref().is_some_and(|m| m.is_dir()),
+                )?;
                 stats.written += 1;
             }
         }
@@ -466,13 +471,17 @@ pub(super) fn apply_with(
     let last_use: std::collections::HashMap<Blake3, usize> = (jobs.iter().enumerate())
         .filter_map(|(j, job)| Some((body(job)?, j)))
         .collect();
-    let (mut copies, mut moves) = (Vec::new(), Vec::new());
-    for (j, job) in jobs.into_iter().enumerate() {
-        match body(&job).is_some_and(|id| last_use.get(&id) == Some(&j)) {
-            true => moves.push(job),
-            false => copies.push(job),
+    let (mut moves, mut j) = (Vec::new(), 0);
+    jobs.retain(|job| {
+        let last = body(job).is_some_and(|id| last_use.get(&id) == Some(&j));
+        j += 1;
+        if last {
+            moves.push(*job);
         }
-    }
+        !last
+    });
+    drop(last_use);
+    let copies = jobs;
     for (jobs, take) in [(copies, false), (moves, true)] {
         let linked = super::par_map(&jobs, |job| write_file(&tree, store, job, how, take))?
             .into_iter()
@@ -504,10 +513,12 @@ pub(super) fn apply_with(
     Ok(stats)
 }
 
-/// A file an apply must write.
+/// A file an apply must write (one per file of a first sync: kept small).
+#[derive(Clone, Copy)]
 struct FileJob<'a> {
     entry: &'a Entry,
-    current: Option<Metadata>,
+    /// A directory stands at its path (removed before the file is renamed there).
+    dir_in_way: bool,
     /// The previous release had the same body and mode here (so atomic mode can link it).
     same_as_old: bool,
 }
@@ -532,7 +543,7 @@ fn write_file(
         // By name, not through a descriptor: the store is the node's own, and an open and
         // close per file cost more than the two calls.
         if store.set_mode_and_mtime(blake3, e.mode, *mtime).is_ok() {
-            if job.current.as_ref().is_some_and(|m| m.is_dir()) {
+            if job.dir_in_way {
                 tree.remove(&e.path)?;
             }
             let (objects, body) = store.body_at(blake3);
@@ -557,7 +568,7 @@ fn write_file(
         io::copy(&mut body, &mut out)?;
         finish_file(&out, e, *mtime)?;
     }
-    replace(tree, &tmp, &e.path, job.current.as_ref())?;
+    replace(tree, &tmp, &e.path, job.dir_in_way)?;
     Ok(linked)
 }
 
@@ -631,13 +642,8 @@ fn finish_file(f: &std::fs::File, e: &Entry, mtime: i64) -> Result<(), ApplyErro
 }
 
 /// Renames `tmp` over `rel`; a directory in the way is removed first (a type change).
-fn replace(
-    tree: &Beneath,
-    tmp: &str,
-    rel: &str,
-    current: Option<&Metadata>,
-) -> Result<(), ApplyError> {
-    if current.is_some_and(|m| m.is_dir()) {
+fn replace(tree: &Beneath, tmp: &str, rel: &str, dir_in_way: bool) -> Result<(), ApplyError> {
+    if dir_in_way {
         tree.remove(rel)?;
     }
     tree.rename_file(tmp, rel)?;

@@ -336,16 +336,24 @@ impl<'a> Walk<'a> {
         scope: Scope<'a>,
         now: i128,
     ) -> Self {
+        // Sized once from the last scan (most trees change little between two), instead of
+        // grown by doubling while the old cache and the last release are still held: the
+        // peak of a publish is here.
+        let incremental = scope.dirty.is_some() && scope.prev.is_some();
+        let files = if incremental { 0 } else { old.files.len() };
+        let entries = scope.prev.map_or(0, |m| m.entries().len());
         Walk {
             root,
             store,
             held,
             old,
-            new: StatCache::default(),
+            new: StatCache {
+                files: HashMap::with_capacity(files),
+            },
             scope,
             stats: ScanStats::default(),
             now,
-            entries: Vec::new(),
+            entries: Vec::with_capacity(entries),
             dropped: HashSet::new(),
             to_read: Vec::new(),
             unsettled: Vec::new(),

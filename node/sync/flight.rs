@@ -25,29 +25,70 @@ pub enum Flight {
     Failed,
 }
 
+/// One registered body. Its channel is made only when someone asks to follow it: a fetch
+/// registers every body of a release at once (a first sync of a million files registers a
+/// million), and a channel costs some 400 bytes where a slot costs 56.
+#[derive(Debug)]
+struct Slot {
+    /// Which registration this is (a newer one of the same body takes the slot over).
+    generation: u64,
+    verified: u64,
+    follow: Option<watch::Sender<Flight>>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    slots: HashMap<Blake3, Slot>,
+    next: u64,
+}
+
 /// The registry of bodies this node is receiving.
 #[derive(Debug, Clone, Default)]
-pub struct Flights(Arc<Mutex<HashMap<Blake3, watch::Receiver<Flight>>>>);
+pub struct Flights(Arc<Mutex<Registry>>);
 
 impl Flights {
-    /// Registers `id` as coming (a newer registration replaces an older one).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.0.lock().expect("flights lock")
+    }
+
+    /// Registers `id` as coming. A newer registration of a body takes over from an older
+    /// one: whoever follows the body follows the newer fetch, and the older ending changes
+    /// nothing.
     pub fn start(&self, id: Blake3) -> FlightHandle {
-        let (tx, rx) = watch::channel(Flight::Receiving { verified: 0 });
-        self.0.lock().expect("flights lock").insert(id, rx);
+        let mut r = self.lock();
+        r.next += 1;
+        let generation = r.next;
+        let slot = r.slots.entry(id).or_insert(Slot {
+            generation,
+            verified: 0,
+            follow: None,
+        });
+        slot.generation = generation;
         FlightHandle {
             id,
-            tx,
+            generation,
             flights: self.clone(),
         }
     }
 
-    /// The flight of `id`, if it is being received.
+    /// Whether `id` is being received.
+    pub fn has(&self, id: &Blake3) -> bool {
+        self.lock().slots.contains_key(id)
+    }
+
+    /// Follows the flight of `id`, if it is being received.
     pub fn get(&self, id: &Blake3) -> Option<watch::Receiver<Flight>> {
-        self.0.lock().expect("flights lock").get(id).cloned()
+        let mut r = self.lock();
+        let slot = r.slots.get_mut(id)?;
+        let verified = slot.verified;
+        let tx = slot
+            .follow
+            .get_or_insert_with(|| watch::channel(Flight::Receiving { verified }).0);
+        Some(tx.subscribe())
     }
 
     pub fn len(&self) -> usize {
-        self.0.lock().expect("flights lock").len()
+        self.lock().slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -59,7 +100,7 @@ impl Flights {
 #[derive(Debug)]
 pub struct FlightHandle {
     id: Blake3,
-    tx: watch::Sender<Flight>,
+    generation: u64,
     flights: Flights,
 }
 
@@ -70,35 +111,48 @@ impl FlightHandle {
 
     /// Bytes `..verified` may now be served.
     pub fn progress(&self, verified: u64) {
-        self.tx.send_if_modified(|f| match f {
-            Flight::Receiving { verified: v } if *v < verified => {
-                *v = verified;
-                true
-            }
-            _ => false,
-        });
+        let mut r = self.flights.lock();
+        let Some(slot) = r.slots.get_mut(&self.id) else {
+            return;
+        };
+        if slot.generation != self.generation || slot.verified >= verified {
+            return;
+        }
+        slot.verified = verified;
+        if let Some(tx) = &slot.follow {
+            tx.send_if_modified(|f| match f {
+                Flight::Receiving { verified: v } if *v < verified => {
+                    *v = verified;
+                    true
+                }
+                _ => false,
+            });
+        }
     }
 
     /// The body is in the store.
-    pub fn done(self) {
+    pub fn done(mut self) {
         self.end(Flight::Done);
+        self.generation = 0;
     }
 
     fn end(&self, how: Flight) {
-        self.tx.send_replace(how);
-        let mut map = self.flights.0.lock().expect("flights lock");
-        if map
+        let mut r = self.flights.lock();
+        if r.slots
             .get(&self.id)
-            .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+            .is_some_and(|s| s.generation == self.generation)
         {
-            map.remove(&self.id);
+            if let Some(tx) = r.slots.remove(&self.id).and_then(|s| s.follow) {
+                tx.send_replace(how);
+            }
         }
     }
 }
 
 impl Drop for FlightHandle {
     fn drop(&mut self) {
-        if *self.tx.borrow() != Flight::Done {
+        // (Generation 0 is never registered: a handle that is done has nothing left to end.)
+        if self.generation != 0 {
             self.end(Flight::Failed);
         }
     }
@@ -132,5 +186,25 @@ mod tests {
         let _new = flights.start(id);
         drop(old);
         assert_eq!(flights.len(), 1);
+    }
+
+    #[test]
+    fn a_follower_starts_at_the_watermark_and_follows_a_newer_registration_to_its_end() {
+        let flights = Flights::default();
+        let id = Blake3::of(b"y");
+        let old = flights.start(id);
+        old.progress(7);
+        // Nobody followed yet: the channel is made now, at what is verified.
+        let rx = flights.get(&id).unwrap();
+        assert_eq!(*rx.borrow(), Flight::Receiving { verified: 7 });
+        let new = flights.start(id);
+        drop(old); // the older fetch failing is not the body failing
+        assert_eq!(*rx.borrow(), Flight::Receiving { verified: 7 });
+        assert!(flights.has(&id));
+        new.progress(9);
+        assert_eq!(*rx.borrow(), Flight::Receiving { verified: 9 });
+        new.done();
+        assert_eq!(*rx.borrow(), Flight::Done);
+        assert!(!flights.has(&id));
     }
 }

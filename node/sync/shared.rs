@@ -154,7 +154,7 @@ impl Shared {
     /// arriving (so that only the file has it).
     pub fn body_in_dir(&self, id: &Blake3) -> Option<super::bodies::in_dir::Found> {
         let in_dir = self.in_dir.as_ref()?;
-        if self.flights.get(id).is_some() || self.store.has(id) {
+        if self.flights.has(id) || self.store.has(id) {
             return None;
         }
         in_dir.find(self.held.current(), id)

@@ -12,6 +12,7 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -89,11 +90,13 @@ pub enum ManifestError {
 }
 
 /// A validated, ordered list of entries with a digest per entry and for the whole tree.
+/// Never changed once made, so a copy shares the entries: a release is held, offered,
+/// fetched and applied at once without a copy of its entries each (about 150 bytes a file).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Manifest {
-    entries: Vec<Entry>,
+    entries: Arc<Vec<Entry>>,
     /// Per entry: a file's or symlink's own hash, a directory's subtree digest.
-    digests: Vec<Blake3>,
+    digests: Arc<Vec<Blake3>>,
     root: Blake3,
 }
 
@@ -208,9 +211,12 @@ impl Manifest {
             }
         }
         let (digests, root) = hash_tree(&entries, known);
+        // Kept as long as the release is: without the slack of a vector grown by pushes.
+        let mut entries = entries;
+        entries.shrink_to_fit();
         Ok(Manifest {
-            entries,
-            digests,
+            entries: Arc::new(entries),
+            digests: Arc::new(digests),
             root,
         })
     }
@@ -440,7 +446,7 @@ fn entry_digest(e: &Entry, children: &mut HashMap<&str, Vec<u8>>) -> Blake3 {
 
 impl Serialize for Manifest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.entries.serialize(s)
+        (*self.entries).serialize(s)
     }
 }
 

@@ -80,20 +80,14 @@ pub async fn fetch_all(
 
     shared.store.begin_batch()?;
     let sizes: Vec<u64> = wanted.iter().map(|e| e.size).collect();
-    let mut wanted: Vec<Option<Expected>> = wanted.into_iter().map(Some).collect();
-    let jobs: Vec<Vec<(Expected, FlightHandle)>> = super::plan(&sizes)
-        .into_iter()
-        .map(|group| {
-            group
-                .into_iter()
-                .map(|i| {
-                    let e = wanted[i].take().expect("plan uses each body once");
-                    let flight = shared.flights.start(e.blake3);
-                    (e, flight)
-                })
-                .collect()
-        })
+    let groups = super::plan(&sizes);
+    drop(sizes);
+    // Each body with its flight, taken out as its group is asked for (one copy of the
+    // expectations at a time, not two).
+    let mut flights: Vec<Option<FlightHandle>> = (wanted.iter())
+        .map(|e| Some(shared.flights.start(e.blake3)))
         .collect();
+    let mut wanted: Vec<Option<Expected>> = wanted.into_iter().map(Some).collect();
     // Every body is registered: children may now ask for any of them.
     shared.offer_early(release);
     let asker = Asker {
@@ -102,7 +96,16 @@ pub async fn fetch_all(
         done: done.clone(),
         files_done: files_done.clone(),
     };
-    let mut queue = jobs.into_iter();
+    let mut queue = groups
+        .into_iter()
+        .map(|group| -> Vec<(Expected, FlightHandle)> {
+            (group.into_iter())
+                .map(|i| {
+                    let taken = wanted[i].take().zip(flights[i].take());
+                    taken.expect("plan uses each body once")
+                })
+                .collect()
+        });
     let mut running = JoinSet::new();
     let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
     loop {

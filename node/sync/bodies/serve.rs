@@ -218,7 +218,7 @@ fn read_stored(shared: &Shared, ids: &[Blake3]) -> std::io::Result<(usize, Vec<u
     let mut bytes = Vec::new();
     let held = shared.in_dir.as_ref().and(shared.held.current());
     for (i, id) in ids.iter().enumerate() {
-        if bytes.len() as u64 >= STORED_RUN || shared.flights.get(id).is_some() {
+        if bytes.len() as u64 >= STORED_RUN || shared.flights.has(id) {
             return Ok((i, bytes));
         }
         // The origin holds most bodies only in `dir`: looked for there first.
