@@ -4,6 +4,7 @@
 
 pub mod dir_body;
 pub mod lock;
+mod objects;
 pub mod state;
 pub mod store;
 pub mod writer;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use fs_err as fs;
 
-use super::store::{Objects, Spot};
+use super::objects::{Objects, Spot};
 use super::StoreError;
 use crate::tree::{Blake3, Body, BodyHasher, Md5, Sums, CHUNK};
 
