@@ -119,14 +119,9 @@ impl FlightHandle {
             return;
         }
         slot.verified = verified;
+        // (A channel says Receiving for as long as its slot is there, at most `verified`.)
         if let Some(tx) = &slot.follow {
-            tx.send_if_modified(|f| match f {
-                Flight::Receiving { verified: v } if *v < verified => {
-                    *v = verified;
-                    true
-                }
-                _ => false,
-            });
+            tx.send_replace(Flight::Receiving { verified });
         }
     }
 
