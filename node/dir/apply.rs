@@ -397,6 +397,7 @@ pub(super) fn apply_with(
             true => None,
             false => fs::symlink_metadata(&path).ok(),
         };
+        let dir_in_way = current.as_ref().is_some_and(|m| m.is_dir());
         match &e.kind {
             EntryKind::Dir => {
                 match &current {
@@ -432,7 +433,7 @@ pub(super) fn apply_with(
                 }
                 let job = FileJob {
                     entry: e,
-                    dir_in_way: current.as_ref().is_some_and(|m| m.is_dir()),
+                    dir_in_way,
                     // A file rewritten because it drifted is not linked from anywhere.
                     same_as_old: same_as_old && !rewrite(e),
                 };
@@ -449,12 +450,7 @@ pub(super) fn apply_with(
                 }
                 let tmp = tmp_beside(&e.path);
                 tree.symlink(target, &tmp)?;
-                replace(
-                    &tree,
-                    &tmp,
-                    &e.path,
-                    current.as_ref().is_some_and(|m| m.is_dir()),
-                )?;
+                replace(&tree, &tmp, &e.path, dir_in_way)?;
                 stats.written += 1;
             }
         }

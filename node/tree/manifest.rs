@@ -150,7 +150,7 @@ impl Manifest {
     /// were spliced from instead of hashing them again: the hash tree then costs what changed
     /// (and the directories above it), not every entry. Validation is the same.
     pub fn from_sorted_known(
-        entries: Vec<Entry>,
+        mut entries: Vec<Entry>,
         known: Option<&Known>,
     ) -> Result<Self, ManifestError> {
         // The directories the last entry is in, outermost first: in component order, an
@@ -212,7 +212,6 @@ impl Manifest {
         }
         let (digests, root) = hash_tree(&entries, known);
         // Kept as long as the release is: without the slack of a vector grown by pushes.
-        let mut entries = entries;
         entries.shrink_to_fit();
         Ok(Manifest {
             entries: Arc::new(entries),
