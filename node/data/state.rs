@@ -5,7 +5,7 @@
 //! # Format 3
 //! ```text
 //! magic   8 bytes   "CASCADE\0"
-//! kind    1 byte    1 = release, 2 = stat cache
+//! kind    1 byte    1 = release, 3 = stat cache (2: a stat cache by path, no longer read)
 //! format  2 bytes   little endian; this build writes 3
 //! length  8 bytes   little endian; bytes of payload
 //! check  16 bytes   a release: MD5 of its version, manifest root digest and signature; a
@@ -45,7 +45,9 @@ const MAX_PAYLOAD: u64 = 1 << 32;
 #[repr(u8)]
 pub enum Kind {
     Release = 1,
-    StatCache = 2,
+    /// Aligned with the entries of the release it was saved for (kind 2 was keyed by path:
+    /// such a file is refused, and the cache rebuilt).
+    StatCache = 3,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -2,9 +2,9 @@
 //! leaving its body in `dir` to be served from there: see [`Stored`]), and build the manifest
 //! of the release to publish.
 //!
-//! A [`StatCache`] remembers, per path, the file's size, mtime, ctime and inode with its MD5,
-//! so a publish reads only files whose metadata changed: an unchanged tree costs one walk of
-//! `lstat` calls. Entries written within [`RACY_WINDOW`] of the scan are not cached, since a
+//! A [`StatCache`] remembers, per entry of the last scan's manifest, the file's size, mtime,
+//! ctime and inode, so a publish reads only files whose metadata changed (the others take
+//! their body from that manifest): an unchanged tree costs one walk of `lstat` calls. Entries written within [`RACY_WINDOW`] of the scan are not cached, since a
 //! later write in the same timestamp tick could go unnoticed ("racily clean", as in git).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -20,7 +20,7 @@ use super::rules::Rules;
 use crate::data::state::{self, Kind};
 use crate::data::{Store, StoreError};
 use crate::tree::hash::{hash_file, hash_reader, open_regular};
-use crate::tree::{Blake3, Body, Entry, EntryKind, Manifest, ManifestError, Md5};
+use crate::tree::{Blake3, Body, Entry, EntryKind, Known, Manifest, ManifestError, Md5};
 
 /// Files modified this recently before a scan (nanoseconds) are re-hashed on the next one: a
 /// write in the same timestamp tick after hashing would leave the stat unchanged. Filesystems
@@ -42,58 +42,114 @@ pub enum ScanError {
     Manifest(#[from] ManifestError),
 }
 
-/// What a file looked like when it was last hashed.
+/// What a file looked like when it was last hashed: its size, mtime and ctime (nanoseconds
+/// since the Unix epoch) and inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Stat {
     size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+    mtime: i64,
+    ctime: i64,
     ino: u64,
 }
 
 impl Stat {
+    /// The stat of an entry the cache does not vouch for (no file has inode 0).
+    const UNKNOWN: Stat = Stat {
+        size: 0,
+        mtime: 0,
+        ctime: 0,
+        ino: 0,
+    };
+
     fn of(m: &std::fs::Metadata) -> Self {
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
         Stat {
             size: m.len(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
+            mtime: ns(m.mtime(), m.mtime_nsec()),
+            ctime: ns(m.ctime(), m.ctime_nsec()),
             ino: m.ino(),
+        }
+    }
+
+    fn known(&self) -> bool {
+        self.ino != 0
+    }
+}
+
+/// What the last scan saw of the files of its manifest, entry by entry: a file whose stat is
+/// unchanged takes its body from that manifest instead of being read again. The cache holds
+/// no paths or bodies of its own (the manifest has them, shared with the release it became).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatCache {
+    manifest: Manifest,
+    /// One per entry of `manifest`: [`Stat::UNKNOWN`] for directories, symlinks and files
+    /// not trusted to the cache.
+    stats: Vec<Stat>,
+}
+
+impl Default for StatCache {
+    fn default() -> Self {
+        StatCache {
+            manifest: Manifest::empty(),
+            stats: Vec::new(),
         }
     }
 }
 
-/// Path → (stat, body) of the files seen by the last scan.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatCache {
-    files: HashMap<String, (Stat, Body)>,
+/// A stat cache on disk: the stats, and the root digest of the manifest they are aligned with
+/// (saved as a release of its own).
+#[derive(Serialize, Deserialize)]
+struct CacheRecord<'a> {
+    root: Blake3,
+    stats: std::borrow::Cow<'a, [Stat]>,
 }
 
 impl StatCache {
-    /// Loads a cache saved by [`StatCache::save`]; a missing or unreadable one is empty
-    /// (it only saves work: every file is then read again).
-    pub fn load(path: &Path) -> Self {
-        state::read(path, Kind::StatCache)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+    /// Loads a cache saved by [`StatCache::save`] for `manifest` (the release it became); a
+    /// missing or unreadable one, or one saved for another manifest, is empty (it only saves
+    /// work: every file is then read again).
+    pub fn load(path: &Path, manifest: Option<&Manifest>) -> Self {
+        let Some(manifest) = manifest else {
+            return Self::default();
+        };
+        match state::read::<CacheRecord>(path, Kind::StatCache) {
+            Ok(Some(r))
+                if r.root == manifest.root_digest()
+                    && r.stats.len() == manifest.entries().len() =>
+            {
+                StatCache {
+                    manifest: manifest.clone(),
+                    stats: r.stats.into_owned(),
+                }
+            }
+            _ => Self::default(),
+        }
     }
 
     pub fn save(&self, path: &Path) -> Result<(), state::StateError> {
-        state::write(path, Kind::StatCache, self)
+        let record = CacheRecord {
+            root: self.manifest.root_digest(),
+            stats: std::borrow::Cow::Borrowed(&self.stats),
+        };
+        state::write(path, Kind::StatCache, &record)
     }
 
+    /// Refers to `manifest` instead of an equal copy of it (one copy of the tree in memory).
+    pub fn share(&mut self, manifest: &Manifest) {
+        if manifest.root_digest() == self.manifest.root_digest()
+            && manifest.entries().len() == self.manifest.entries().len()
+        {
+            self.manifest = manifest.clone();
+        }
+    }
+
+    /// How many files the cache vouches for.
     pub fn len(&self) -> usize {
-        self.files.len()
+        self.stats.iter().filter(|s| s.known()).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
-    /// Drops entries for paths that are no longer files of `manifest` (deleted since).
-    fn prune(&mut self, manifest: &Manifest) {
-        self.files
-            .retain(|p, _| matches!(manifest.get(p), Some((e, _)) if matches!(e.kind, EntryKind::File { .. })));
+        !self.stats.iter().any(Stat::known)
     }
 }
 
@@ -177,6 +233,9 @@ pub struct Scanned {
     pub manifest: Manifest,
     /// The cache to use next time.
     pub cache: StatCache,
+    /// Whether `cache` differs from the one the scan started from (else it need not be saved
+    /// again).
+    pub cache_changed: bool,
     pub stats: ScanStats,
     /// Files held at their previous state because they were open for writing or changed
     /// while being read: scan them again once they settle.
@@ -267,172 +326,88 @@ struct ToRead {
 /// to keep them busy, few enough that the listings held stay small.
 const LIST_AHEAD: usize = 32;
 
-/// An entry of a directory, as listed (its `lstat`, and a symlink's target).
-struct Listed {
-    name: std::ffi::OsString,
-    meta: std::fs::Metadata,
-    target: Option<PathBuf>,
-}
+/// [`Walk::from`] of an entry that is new (or changed) since the last scan.
+const NEW: u32 = u32::MAX;
 
-/// Lists directory `abs`, sorted by name (the order of a manifest's entries, so the walk
-/// builds them in order). An entry deleted since the listing is left out.
-fn list(abs: &Path) -> Result<Vec<Listed>, ScanError> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut out = Vec::new();
-    for item in fs::read_dir(abs)? {
-        let item = item?;
-        // Relative to the open directory: no walk of the whole path per entry.
-        let meta = match item.metadata() {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let target = if meta.file_type().is_symlink() {
-            match fs::read_link(item.path()) {
-                Ok(t) => Some(t),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            None
-        };
-        out.push(Listed {
-            name: item.file_name(),
-            meta,
-            target,
-        });
-    }
-    out.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-    Ok(out)
-}
-
-struct Walk<'a> {
+/// What a walk reads and never changes: shared by the threads that list directories.
+struct Ctx<'a> {
     root: &'a Path,
     store: Option<&'a Store>,
     /// The bodies the store held when the scan began (`None`: ask the store each time).
     held: Option<HashSet<Blake3>>,
-    /// The last scan's cache; a watched scan updates it in place, a full one builds `new`.
+    /// The last scan's cache.
     old: StatCache,
-    new: StatCache,
     scope: Scope<'a>,
-    stats: ScanStats,
-    /// When the scan started, in nanoseconds since the Unix epoch.
-    now: i128,
-    entries: Vec<Entry>,
-    /// Entries left out in the end (unsettled new files), by index.
-    dropped: HashSet<usize>,
-    /// Files to read once the walk is done, on several threads.
-    to_read: Vec<ToRead>,
-    unsettled: Vec<String>,
-    matched: HashSet<String>,
 }
 
-impl<'a> Walk<'a> {
-    fn new(
-        root: &'a Path,
-        store: Option<&'a Store>,
-        held: Option<HashSet<Blake3>>,
-        old: StatCache,
-        scope: Scope<'a>,
-        now: i128,
-    ) -> Self {
-        // Sized once from the last scan (most trees change little between two), instead of
-        // grown by doubling while the old cache and the last release are still held: the
-        // peak of a publish is here.
-        let incremental = scope.dirty.is_some() && scope.prev.is_some();
-        let files = if incremental { 0 } else { old.files.len() };
-        let entries = scope.prev.map_or(0, |m| m.entries().len());
-        Walk {
-            root,
-            store,
-            held,
-            old,
-            new: StatCache {
-                files: HashMap::with_capacity(files),
-            },
-            scope,
-            stats: ScanStats::default(),
-            now,
-            entries: Vec::with_capacity(entries),
-            dropped: HashSet::new(),
-            to_read: Vec::new(),
-            unsettled: Vec::new(),
-            matched: HashSet::new(),
+/// What one name of a directory is, made out on a listing thread: everything the walk needs
+/// to add it to the manifest in order.
+enum Found {
+    /// A file, symlink or directory. A file either comes from the cache (at `from` there, to
+    /// be cached again at `cache_at`) or is a placeholder to be read.
+    Entry {
+        entry: Entry,
+        cache_at: Stat,
+        from: u32,
+        read: Option<Box<ToRead>>,
+        /// For a directory: what is done below it, and where it is.
+        below: Option<(Below, PathBuf)>,
+    },
+    /// Matched this exclude pattern.
+    Excluded(String),
+    /// A file open for writing: held at its last published state.
+    Writing(String),
+}
+
+impl Ctx<'_> {
+    /// Lists directory `rel` (at `abs`, reached at `depth`) and makes out each name, sorted
+    /// by name (the order of a manifest's entries, so the walk takes them in order). The
+    /// `lstat`s are most of a walk through an unchanged tree, and this runs on several
+    /// threads. A name deleted since the listing is left out.
+    fn survey(&self, rel: &str, abs: &Path, depth: Depth) -> Result<Vec<Found>, ScanError> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut items = Vec::new();
+        for item in fs::read_dir(abs)? {
+            let item = item?;
+            // Relative to the open directory: no walk of the whole path per entry.
+            let meta = match item.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            items.push((item.file_name(), meta));
         }
-    }
-
-    /// Whether this scan takes unchanged subtrees from the last one.
-    fn incremental(&self) -> bool {
-        self.scope.dirty.is_some() && self.scope.prev.is_some()
-    }
-
-    fn walk(&mut self, rel: &str, depth: Depth) -> Result<(), ScanError> {
-        let abs = if rel.is_empty() {
-            self.root.to_owned()
-        } else {
-            self.root.join(rel)
-        };
-        let listing = list(&abs)?;
-        self.walk_listed(rel, &abs, depth, listing)
-    }
-
-    /// Walks directory `rel` (at `abs`), listed as `listing`. The directories below it that
-    /// are walked are listed ahead, [`LIST_AHEAD`] at a time, on several threads (the
-    /// `lstat`s are most of a walk through an unchanged tree); the entries are then taken in
-    /// order here.
-    fn walk_listed(
-        &mut self,
-        rel: &str,
-        abs: &Path,
-        depth: Depth,
-        listing: Vec<Listed>,
-    ) -> Result<(), ScanError> {
-        self.stats.listed += 1;
-        let child = |name: &str| {
-            if rel.is_empty() {
-                name.to_owned()
-            } else {
-                format!("{rel}/{name}")
-            }
-        };
-        // What is done below each directory of the listing (`None`: excluded, or not one).
-        let below: Vec<Option<Below>> = listing
-            .iter()
-            .map(|l| {
-                if !l.meta.is_dir() {
-                    return None;
-                }
-                let rel_path = child(l.name.to_str()?);
-                let excluded = self
-                    .scope
-                    .exclude
-                    .is_some_and(|x| x.matches(&rel_path, true));
-                (!excluded).then(|| self.below(&rel_path, depth))
-            })
-            .collect();
-        // Where each directory walked is.
-        let walked: Vec<Option<PathBuf>> = (listing.iter().zip(&below))
-            .map(|(l, b)| matches!(b, Some(Below::Walk(_))).then(|| abs.join(&l.name)))
-            .collect();
-        let mut ahead: HashMap<usize, Vec<Listed>> = HashMap::new();
-        for (i, item) in listing.into_iter().enumerate() {
-            let path = || abs.join(&item.name);
-            let Some(name) = item.name.to_str() else {
+        items.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        // This directory's children in the last scan's manifest, met in the same order.
+        let mut old = OldChildren::of(&self.old.manifest, rel);
+        let mut out = Vec::with_capacity(items.len());
+        for (name, meta) in items {
+            let path = || abs.join(&name);
+            let Some(name) = name.to_str() else {
                 return Err(ScanError::NotUtf8(path()));
             };
-            let rel_path = child(name);
-            let meta = item.meta;
+            let mut rel_path = String::with_capacity(rel.len() + 1 + name.len());
+            if !rel.is_empty() {
+                rel_path.push_str(rel);
+                rel_path.push('/');
+            }
+            rel_path.push_str(name);
             let ft = meta.file_type();
             if let Some(pattern) = self
                 .scope
                 .exclude
                 .and_then(|x| x.matched(&rel_path, ft.is_dir()))
             {
-                self.matched.insert(pattern.to_owned());
+                out.push(Found::Excluded(pattern.to_owned()));
                 continue;
             }
             let mode = meta.permissions().mode() & 0o7777;
+            // Where the last scan had this name (the entry must still be the same to count).
+            let was = old.find(name);
+            let (mut cache_at, mut read, mut below) = (Stat::UNKNOWN, None, None);
+            let mut from = was.map_or(NEW, |k| k as u32);
             let kind = if ft.is_dir() {
+                below = Some((self.below(&rel_path, depth), path()));
                 EntryKind::Dir
             } else if ft.is_file() {
                 if self
@@ -440,25 +415,32 @@ impl<'a> Walk<'a> {
                     .writing
                     .is_some_and(|w| w.contains(rel_path.as_str()))
                 {
-                    self.hold_back(&rel_path);
+                    out.push(Found::Writing(rel_path));
                     continue;
                 }
+                let stat = Stat::of(&meta);
+                let copy = self.copies(&rel_path);
+                let cached = was.and_then(|k| self.cached(k, stat, copy));
                 // A file to read gets a placeholder, filled in by `read_files`.
                 let Body {
                     md5,
                     blake3,
                     size,
                     chunks,
-                } = match self.cached(&rel_path, &meta) {
-                    Some(body) => body,
+                } = match cached {
+                    Some(body) => {
+                        cache_at = stat;
+                        body
+                    }
                     None => {
-                        self.to_read.push(ToRead {
-                            entry: self.entries.len(),
+                        from = NEW;
+                        read = Some(Box::new(ToRead {
+                            entry: 0,
                             path: path(),
-                            stat: Stat::of(&meta),
+                            stat,
                             dev: meta.dev(),
-                            copy: self.copies(&rel_path),
-                        });
+                            copy,
+                        }));
                         Body {
                             md5: Md5::of(b""),
                             blake3: Blake3::empty(),
@@ -475,8 +457,10 @@ impl<'a> Walk<'a> {
                     chunks,
                 }
             } else if ft.is_symlink() {
-                let Some(target) = item.target.as_ref() else {
-                    continue;
+                let target = match fs::read_link(path()) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
                 };
                 let Some(target) = target.to_str() else {
                     return Err(ScanError::NotUtf8(path()));
@@ -488,42 +472,25 @@ impl<'a> Walk<'a> {
                 tracing::warn!(path = %path().display(), "skipping special file (socket, fifo or device)");
                 continue;
             };
-            if !matches!(kind, EntryKind::Dir) {
-                self.entries.push(Entry {
-                    path: rel_path,
-                    mode,
-                    kind,
-                });
-            } else {
-                self.entries.push(Entry {
-                    path: rel_path.clone(),
-                    mode,
-                    kind,
-                });
-                match &below[i] {
-                    Some(Below::Walk(d)) => {
-                        if !ahead.contains_key(&i) {
-                            let next: Vec<(usize, &PathBuf)> = (i..walked.len())
-                                .filter_map(|j| Some((j, walked[j].as_ref()?)))
-                                .take(LIST_AHEAD)
-                                .collect();
-                            let lists = super::par_map(&next, |(_, p)| list(p))?;
-                            ahead.extend(next.iter().map(|(j, _)| *j).zip(lists));
-                        }
-                        let listing = ahead.remove(&i).expect("listed ahead");
-                        self.walk_listed(&rel_path, &path(), *d, listing)?
-                    }
-                    Some(Below::Copy(range)) => {
-                        let prev = self.scope.prev.expect("copies come from prev");
-                        self.entries
-                            .extend_from_slice(&prev.entries()[range.clone()]);
-                    }
-                    // Excluded directories were skipped above.
-                    None => {}
-                }
+            let entry = Entry {
+                path: rel_path,
+                mode,
+                kind,
+            };
+            // The same entry as last time (mode and mtime too) keeps its digest; a directory's
+            // is hashed again all the same unless everything below it is the same too.
+            if from != NEW && self.old.manifest.entries()[from as usize] != entry {
+                from = NEW;
             }
+            out.push(Found::Entry {
+                entry,
+                cache_at,
+                from,
+                read,
+                below,
+            });
         }
-        Ok(())
+        Ok(out)
     }
 
     /// What to do below directory `rel`, reached at `depth`.
@@ -547,20 +514,6 @@ impl<'a> Walk<'a> {
         }
     }
 
-    /// Keeps file `rel` as the last scan had it (or leaves it out if it is new): it is open
-    /// for writing or changed while it was read.
-    fn hold_back(&mut self, rel: &str) {
-        self.unsettled.push(rel.to_owned());
-        let prev = self
-            .scope
-            .prev
-            .and_then(|p| p.get(rel))
-            .filter(|(e, _)| matches!(e.kind, EntryKind::File { .. }));
-        if let Some((e, _)) = prev {
-            self.entries.push(e.clone());
-        }
-    }
-
     /// Whether the body of file `rel` is copied into the store (when scanning for a publish).
     fn copies(&self, rel: &str) -> bool {
         self.store.is_some()
@@ -570,28 +523,257 @@ impl<'a> Walk<'a> {
             }
     }
 
-    /// The body of a file whose stat is unchanged since the last scan and whose body is held
-    /// (in the store if it is copied there, else in the file itself).
-    fn cached(&mut self, rel: &str, meta: &std::fs::Metadata) -> Option<Body> {
+    /// The body of the file at entry `k` of the cache's manifest, if the file is still at the
+    /// `stat` cached and its body is held (in the store if it is copied there, else in the
+    /// file itself).
+    fn cached(&self, k: usize, stat: Stat, copy: bool) -> Option<Body> {
         let store = self.store?;
-        let stat = Stat::of(meta);
-        let (old, body) = self.old.files.get(rel)?;
-        let held = match &self.held {
-            _ if !self.copies(rel) => true,
-            Some(h) => h.contains(&body.blake3),
-            None => store.has(&body.blake3),
-        };
-        if *old != stat || !held {
+        if !self.old.stats[k].known() || self.old.stats[k] != stat {
             return None;
         }
-        self.stats.cached += 1;
-        if self.incremental() {
-            return Some(body.clone());
+        let EntryKind::File {
+            size,
+            md5,
+            blake3,
+            chunks,
+            ..
+        } = &self.old.manifest.entries()[k].kind
+        else {
+            return None;
+        };
+        let held = match &self.held {
+            _ if !copy => true,
+            Some(h) => h.contains(blake3),
+            None => store.has(blake3),
+        };
+        held.then(|| Body {
+            md5: *md5,
+            blake3: *blake3,
+            size: *size,
+            chunks: chunks.clone(),
+        })
+    }
+}
+
+/// The children of one directory in a manifest, looked up by name in ascending order: a
+/// cursor that steps over each child's subtree at once.
+struct OldChildren<'m> {
+    manifest: &'m Manifest,
+    /// The next child's index; `end` is past the directory's subtree.
+    at: usize,
+    end: usize,
+    /// The directory's path with its `/` (empty at the top).
+    prefix_len: usize,
+}
+
+impl<'m> OldChildren<'m> {
+    fn of(manifest: &'m Manifest, dir: &str) -> Self {
+        let (at, end) = if dir.is_empty() {
+            (0, manifest.entries().len())
+        } else {
+            match manifest.position(dir) {
+                Some(i) if matches!(manifest.entries()[i].kind, EntryKind::Dir) => {
+                    (i + 1, manifest.subtree_end(i))
+                }
+                _ => (0, 0),
+            }
+        };
+        let prefix_len = if dir.is_empty() { 0 } else { dir.len() + 1 };
+        OldChildren {
+            manifest,
+            at,
+            end,
+            prefix_len,
         }
-        // A full scan builds a new cache and drops the old: its entry moves over.
-        let (path, (stat, body)) = self.old.files.remove_entry(rel).expect("just found");
-        self.new.files.insert(path, (stat, body.clone()));
-        Some(body)
+    }
+
+    /// The index of child `name`; names must be asked in ascending order.
+    fn find(&mut self, name: &str) -> Option<usize> {
+        let entries = self.manifest.entries();
+        while self.at < self.end {
+            let e = &entries[self.at];
+            match e.path.as_bytes()[self.prefix_len..].cmp(name.as_bytes()) {
+                std::cmp::Ordering::Less if matches!(e.kind, EntryKind::Dir) => {
+                    self.at = self.manifest.subtree_end(self.at)
+                }
+                std::cmp::Ordering::Less => self.at += 1,
+                std::cmp::Ordering::Equal => return Some(self.at),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+        None
+    }
+}
+
+struct Walk<'a> {
+    ctx: Ctx<'a>,
+    /// Whether the cache's manifest is [`Scope::prev`] (subtrees copied from one are entries
+    /// of the other).
+    old_is_prev: bool,
+    stats: ScanStats,
+    /// When the scan started, in nanoseconds since the Unix epoch.
+    now: i128,
+    entries: Vec<Entry>,
+    /// Per entry: the stat to cache it at ([`Stat::UNKNOWN`]: not cached).
+    cache_at: Vec<Stat>,
+    /// Per entry: its index in the cache's manifest when it is the same entry there (its
+    /// digest is then known), else [`NEW`].
+    from: Vec<u32>,
+    /// Entries left out in the end (unsettled new files), by index.
+    dropped: HashSet<usize>,
+    /// Files to read once the walk is done, on several threads.
+    to_read: Vec<ToRead>,
+    unsettled: Vec<String>,
+    matched: HashSet<String>,
+}
+
+impl<'a> Walk<'a> {
+    fn new(
+        root: &'a Path,
+        store: Option<&'a Store>,
+        held: Option<HashSet<Blake3>>,
+        old: StatCache,
+        scope: Scope<'a>,
+        now: i128,
+    ) -> Self {
+        // Sized once from the last scan (most trees change little between two), instead of
+        // grown by doubling while the last release is still held: the peak of a publish is
+        // here.
+        let entries = scope.prev.map_or(0, |m| m.entries().len());
+        let old_is_prev = scope
+            .prev
+            .is_some_and(|p| p.root_digest() == old.manifest.root_digest());
+        Walk {
+            ctx: Ctx {
+                root,
+                store,
+                held,
+                old,
+                scope,
+            },
+            old_is_prev,
+            stats: ScanStats::default(),
+            now,
+            entries: Vec::with_capacity(entries),
+            cache_at: Vec::with_capacity(entries),
+            from: Vec::with_capacity(entries),
+            dropped: HashSet::new(),
+            to_read: Vec::new(),
+            unsettled: Vec::new(),
+            matched: HashSet::new(),
+        }
+    }
+
+    fn walk(&mut self, rel: &str, depth: Depth) -> Result<(), ScanError> {
+        let abs = if rel.is_empty() {
+            self.ctx.root.to_owned()
+        } else {
+            self.ctx.root.join(rel)
+        };
+        let found = self.ctx.survey(rel, &abs, depth)?;
+        self.walk_found(found)
+    }
+
+    /// Adds what one directory holds (`found`) to the manifest, and walks below it. The
+    /// directories below are surveyed ahead, [`LIST_AHEAD`] at a time, on several threads;
+    /// what they hold is then taken in order here.
+    fn walk_found(&mut self, found: Vec<Found>) -> Result<(), ScanError> {
+        self.stats.listed += 1;
+        // The directories walked below, in order: where each is in `found`, and how.
+        let walked: Vec<(usize, String, PathBuf, Depth)> = (found.iter().enumerate())
+            .filter_map(|(i, f)| match f {
+                Found::Entry {
+                    entry,
+                    below: Some((Below::Walk(d), abs)),
+                    ..
+                } => Some((i, entry.path.clone(), abs.clone(), *d)),
+                _ => None,
+            })
+            .collect();
+        let mut ahead: HashMap<usize, Vec<Found>> = HashMap::new();
+        // The first of `walked` not surveyed yet.
+        let mut next = 0;
+        for (i, f) in found.into_iter().enumerate() {
+            let (entry, cache_at, from, read, below) = match f {
+                Found::Excluded(pattern) => {
+                    self.matched.insert(pattern);
+                    continue;
+                }
+                Found::Writing(rel) => {
+                    self.hold_back(&rel);
+                    continue;
+                }
+                Found::Entry {
+                    entry,
+                    cache_at,
+                    from,
+                    read,
+                    below,
+                } => (entry, cache_at, from, read, below),
+            };
+            if let Some(mut r) = read {
+                r.entry = self.entries.len();
+                self.to_read.push(*r);
+            } else if cache_at.known() {
+                self.stats.cached += 1;
+            }
+            self.push(entry, cache_at, from);
+            match below {
+                Some((Below::Walk(_), _)) => {
+                    if !ahead.contains_key(&i) {
+                        let batch = &walked[next..walked.len().min(next + LIST_AHEAD)];
+                        let ctx = &self.ctx;
+                        let lists =
+                            super::par_map(batch, |(_, rel, abs, d)| ctx.survey(rel, abs, *d))?;
+                        ahead.extend(batch.iter().map(|w| w.0).zip(lists));
+                        next += batch.len();
+                    }
+                    let below = ahead.remove(&i).expect("surveyed ahead");
+                    self.walk_found(below)?;
+                }
+                Some((Below::Copy(range), _)) => self.copy(range),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps file `rel` as the last scan had it (or leaves it out if it is new): it is open
+    /// for writing or changed while it was read.
+    fn hold_back(&mut self, rel: &str) {
+        self.unsettled.push(rel.to_owned());
+        let prev = self
+            .ctx
+            .scope
+            .prev
+            .and_then(|p| p.get(rel))
+            .filter(|(e, _)| matches!(e.kind, EntryKind::File { .. }));
+        if let Some((e, _)) = prev {
+            self.push(e.clone(), Stat::UNKNOWN, NEW);
+        }
+    }
+
+    /// Adds `entry` to the manifest, to be cached at `stat`; `from` is where the cache's
+    /// manifest has the same entry.
+    fn push(&mut self, entry: Entry, stat: Stat, from: u32) {
+        self.entries.push(entry);
+        self.cache_at.push(stat);
+        self.from.push(from);
+    }
+
+    /// Takes the entries `range` of the last scan's manifest as they are.
+    fn copy(&mut self, range: std::ops::Range<usize>) {
+        let prev = self.ctx.scope.prev.expect("copies come from prev");
+        self.entries
+            .extend_from_slice(&prev.entries()[range.clone()]);
+        if self.old_is_prev {
+            (self.cache_at).extend_from_slice(&self.ctx.old.stats[range.clone()]);
+            self.from.extend(range.map(|k| k as u32));
+        } else {
+            let n = range.len();
+            self.cache_at.extend(std::iter::repeat_n(Stat::UNKNOWN, n));
+            self.from.extend(std::iter::repeat_n(NEW, n));
+        }
     }
 
     /// Reads the files the walk could not take from the cache, on several threads
@@ -601,7 +783,7 @@ impl<'a> Walk<'a> {
         if jobs.is_empty() {
             return Ok(());
         }
-        let store = self.store;
+        let store = self.ctx.store;
         let read = super::par_map(&jobs, |job| {
             let body = match store {
                 Some(store) if job.copy => store
@@ -625,7 +807,6 @@ impl<'a> Walk<'a> {
             let after = fs::symlink_metadata(&job.path).map(|m| Stat::of(&m)).ok();
             Ok::<_, ScanError>(Some((body, after)))
         })?;
-        let incremental = self.incremental();
         for (job, read) in jobs.iter().zip(read) {
             let Some((body, after)) = read else {
                 self.dropped.insert(job.entry);
@@ -634,11 +815,11 @@ impl<'a> Walk<'a> {
             self.stats.hashed += 1;
             self.stats.hashed_bytes += body.size;
             let stat = job.stat;
-            let path = self.entries[job.entry].path.clone();
             if after != Some(stat) || body.size != stat.size {
                 // Changed while it was read: what was read may be half old, half new.
-                self.unsettled.push(path.clone());
+                let path = self.entries[job.entry].path.clone();
                 match self
+                    .ctx
                     .scope
                     .prev
                     .and_then(|p| p.get(&path))
@@ -649,9 +830,7 @@ impl<'a> Walk<'a> {
                         self.dropped.insert(job.entry);
                     }
                 }
-                if incremental {
-                    self.old.files.remove(&path);
-                }
+                self.unsettled.push(path);
                 continue;
             }
             let entry = &mut self.entries[job.entry];
@@ -663,57 +842,77 @@ impl<'a> Walk<'a> {
                 ..
             } = &mut entry.kind
             {
-                (*m, *b, *sz, *c) = (body.md5, body.blake3, body.size, body.chunks.clone());
+                (*m, *b, *sz, *c) = (body.md5, body.blake3, body.size, body.chunks);
             }
             // Cache nothing modified too recently to tell a later write in the same tick.
-            let mtime = stat.mtime.0 as i128 * 1_000_000_000 + stat.mtime.1 as i128;
-            let window = if stat.mtime.1 == 0 {
+            let window = if stat.mtime % 1_000_000_000 == 0 {
                 RACY_WINDOW_COARSE
             } else {
                 RACY_WINDOW_FINE
             };
-            let cache = if incremental {
-                &mut self.old
-            } else {
-                &mut self.new
-            };
-            if self.store.is_some() && self.now - mtime > window {
-                cache.files.insert(path, (stat, body));
-            } else if incremental {
-                cache.files.remove(&path);
+            if self.ctx.store.is_some() && self.now - i128::from(stat.mtime) > window {
+                self.cache_at[job.entry] = stat;
             }
         }
         Ok(())
     }
 
     /// The manifest and the cache for next time.
-    fn finish(mut self) -> Result<Scanned, ScanError> {
-        let entries = if self.dropped.is_empty() {
-            self.entries
-        } else {
-            let dropped = &self.dropped;
-            self.entries
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| !dropped.contains(i))
-                .map(|(_, e)| e)
-                .collect()
+    fn finish(self) -> Result<Scanned, ScanError> {
+        let (mut entries, mut cache_at, mut from) = (self.entries, self.cache_at, self.from);
+        if !self.dropped.is_empty() {
+            let keep = |i: &usize| !self.dropped.contains(i);
+            let mut i = 0..;
+            entries.retain(|_| keep(&i.next().expect("endless")));
+            let mut i = 0..;
+            cache_at.retain(|_| keep(&i.next().expect("endless")));
+            let mut i = 0..;
+            from.retain(|_| keep(&i.next().expect("endless")));
+        }
+        let old = &self.ctx.old.manifest;
+        // Every entry as the last scan had it, in the same places: the same manifest, kept
+        // as it is (nothing to validate or hash, and one copy of the tree in memory).
+        let same = entries.len() == old.entries().len()
+            && from.iter().enumerate().all(|(i, &k)| k as usize == i);
+        if same {
+            drop(entries);
+            let cache_changed = cache_at != self.ctx.old.stats;
+            return Ok(Scanned {
+                manifest: old.clone(),
+                cache: StatCache {
+                    manifest: old.clone(),
+                    stats: cache_at,
+                },
+                cache_changed,
+                stats: self.stats,
+                unsettled: self.unsettled,
+                matched: self.matched,
+            });
+        }
+        // Entries the last scan had as they are keep their digests: only what changed, and
+        // the directories above it, are hashed.
+        let known = Known {
+            digests: from
+                .iter()
+                .map(|&k| (k != NEW).then(|| old.digest(k as usize)))
+                .collect(),
+            subtrees: Vec::new(),
         };
+        drop(from);
         // The walk lists each directory sorted: its entries come in order.
-        let manifest = Manifest::from_sorted(entries)?;
-        let cache = if self.scope.dirty.is_some() && self.scope.prev.is_some() {
-            // Deleted files linger in an updated cache; sweep them once they are many.
-            let files = manifest.file_count() as usize;
-            if self.old.files.len() > files + files / 4 + 1024 {
-                self.old.prune(&manifest);
-            }
-            self.old
-        } else {
-            self.new
+        let manifest = Manifest::from_sorted_known(entries, Some(&known))?;
+        drop(known);
+        let cache_changed =
+            manifest.root_digest() != old.root_digest() || cache_at != self.ctx.old.stats;
+        cache_at.shrink_to_fit();
+        let cache = StatCache {
+            manifest: manifest.clone(),
+            stats: cache_at,
         };
         Ok(Scanned {
             manifest,
             cache,
+            cache_changed,
             stats: self.stats,
             unsettled: self.unsettled,
             matched: self.matched,
@@ -769,6 +968,70 @@ mod tests {
         let s3 = scan_with(&dir, &store, s2.cache, every).unwrap();
         assert_eq!((s3.stats.hashed, s3.stats.cached), (1, 1));
         assert!(store.has(&Blake3::of(b"cold")));
+    }
+
+    #[test]
+    fn a_saved_cache_serves_only_the_release_it_was_saved_with() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("src");
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        let old = SystemTime::now() - std::time::Duration::from_secs(60);
+        for (p, body) in [("a.txt", "a"), ("sub/b.txt", "b")] {
+            fs::write(dir.join(p), body).unwrap();
+            set_mtime(&dir.join(p), old);
+        }
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let s1 = scan_with(&dir, &store, StatCache::default(), Scope::default()).unwrap();
+        assert!(s1.cache_changed);
+        let path = t.path().join("statcache.bin");
+        s1.cache.save(&path).unwrap();
+        // For its own release: nothing is read again, and nothing is new to save.
+        let loaded = StatCache::load(&path, Some(&s1.manifest));
+        assert_eq!(loaded.len(), 2);
+        let scope = Scope {
+            prev: Some(&s1.manifest),
+            ..Scope::default()
+        };
+        let s2 = scan_with(&dir, &store, loaded, scope).unwrap();
+        assert_eq!((s2.stats.hashed, s2.stats.cached), (0, 2));
+        assert!(!s2.cache_changed);
+        assert_eq!(s2.manifest, s1.manifest);
+        // For any other release (or none), it is empty: its stats are by entry.
+        fs::write(dir.join("c.txt"), "c").unwrap();
+        let other = fingerprint(&dir).unwrap();
+        assert!(StatCache::load(&path, Some(&other)).is_empty());
+        assert!(StatCache::load(&path, None).is_empty());
+    }
+
+    #[test]
+    fn digests_taken_from_the_last_scan_equal_a_fresh_hash() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("src");
+        let old = SystemTime::now() - std::time::Duration::from_secs(60);
+        for d in ["a", "a/deep", "b", "c"] {
+            fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        for p in ["a/1", "a/2", "a/deep/3", "b/4", "b/5", "c/6", "top"] {
+            fs::write(dir.join(p), p).unwrap();
+            set_mtime(&dir.join(p), old);
+        }
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let first = scan_with(&dir, &store, StatCache::default(), Scope::default()).unwrap();
+        // A mode changed, a file added deep down, one deleted, one with a new mtime only.
+        fs::set_permissions(dir.join("a/2"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(dir.join("a/deep/new"), "new").unwrap();
+        fs::remove_file(dir.join("b/5")).unwrap();
+        set_mtime(&dir.join("c/6"), old + std::time::Duration::from_secs(7));
+        let scope = Scope {
+            prev: Some(&first.manifest),
+            ..Scope::default()
+        };
+        let again = scan_with(&dir, &store, first.cache, scope).unwrap();
+        // Read again: the new file, the one with a new mtime, the one whose mode changed
+        // (its ctime did too).
+        assert_eq!((again.stats.hashed, again.stats.cached), (3, 4));
+        assert_eq!(again.manifest, fingerprint(&dir).unwrap());
+        assert!(again.cache_changed);
     }
 
     #[test]

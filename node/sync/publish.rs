@@ -152,6 +152,8 @@ struct ScanState {
     in_step: bool,
     /// When the cache was last written to disk.
     saved: Option<Instant>,
+    /// The cache changed since (or was never written).
+    unsaved: bool,
     /// Exclude patterns that matched nothing were reported.
     reported_unmatched: bool,
     /// A topology to run under from the next release on (`cascade topology apply`).
@@ -289,11 +291,11 @@ impl Publisher {
         let mut state = self.state.lock().await;
         let shared = &self.shared;
         let started = Instant::now();
+        let held = shared.held.current();
         let cache = match state.cache.take() {
             Some(c) => c,
-            None => StatCache::load(&self.stat_cache),
+            None => StatCache::load(&self.stat_cache, held.as_ref().map(|h| &h.release.manifest)),
         };
-        let held = shared.held.current();
         let in_step = std::mem::take(&mut state.in_step) && held.is_some();
         let incremental = batch.dirty.is_some() && in_step;
         let (me, dir, exclude) = (shared.clone(), self.dir.clone(), self.exclude.clone());
@@ -323,13 +325,15 @@ impl Publisher {
         let Scanned {
             manifest,
             cache,
+            cache_changed,
             stats,
             unsettled,
             matched,
         } = scanned;
         // Saved once the release is out: children need not wait for it.
-        let save_cache =
-            !incremental || state.saved.is_none_or(|t| t.elapsed() >= SAVE_CACHE_EVERY);
+        state.unsaved |= cache_changed;
+        let save_cache = state.unsaved
+            && (!incremental || state.saved.is_none_or(|t| t.elapsed() >= SAVE_CACHE_EVERY));
         state.cache = Some(cache);
         for rel in &unsettled {
             self.heat(rel);
@@ -373,6 +377,10 @@ impl Publisher {
                 && shared.trust.signed_now(&p.release)
             {
                 state.in_step = true;
+                // The cache refers to the release held, not to an equal copy of it.
+                if let Some(c) = &mut state.cache {
+                    c.share(&p.release.manifest);
+                }
                 if save_cache {
                     self.save_cache(&mut state).await;
                 }
@@ -424,15 +432,17 @@ impl Publisher {
             return;
         };
         let path = self.stat_cache.clone();
-        let cache = tokio::task::spawn_blocking(move || {
-            if let Err(e) = cache.save(&path) {
+        let (cache, saved) = tokio::task::spawn_blocking(move || {
+            let saved = cache.save(&path);
+            if let Err(e) = &saved {
                 tracing::warn!("cannot save the stat cache: {e}");
             }
-            cache
+            (cache, saved.is_ok())
         })
         .await
         .expect("saving the stat cache does not panic");
         state.cache = Some(cache);
         state.saved = Some(Instant::now());
+        state.unsaved &= !saved;
     }
 }

@@ -52,12 +52,19 @@ pub struct Entry {
 impl Entry {
     /// The last component of the path.
     pub fn name(&self) -> &str {
-        self.path.rsplit('/').next().unwrap_or(&self.path)
+        self.last_slash()
+            .map_or(&self.path, |i| &self.path[i + 1..])
+    }
+
+    /// Where the path's last `/` is (a plain loop: paths are short, and this is on every
+    /// entry of every hash tree).
+    fn last_slash(&self) -> Option<usize> {
+        self.path.bytes().rposition(|b| b == b'/')
     }
 
     /// The parent directory's path (`""` for the top level).
     pub fn parent(&self) -> &str {
-        self.path.rsplit_once('/').map_or("", |(p, _)| p)
+        self.last_slash().map_or("", |i| &self.path[..i])
     }
     /// The chunk digests of a file's body (empty for a small file or a non-file).
     pub fn chunks(&self) -> &[Sums] {
