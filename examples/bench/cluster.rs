@@ -183,6 +183,8 @@ impl Cluster {
                 }
                 None => Command::new(&exe),
             };
+            // As the systemd unit runs a node (examples/deploy/cascade-node.service).
+            cmd.env("MALLOC_ARENA_MAX", malloc_arenas());
             n.process = Some(
                 cmd.arg("__node")
                     .arg(&n.config)
@@ -349,4 +351,10 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// glibc's malloc arenas for a node process: what the caller's `MALLOC_ARENA_MAX` says, else
+/// 1, as in the systemd unit (examples/deploy/cascade-node.service says why).
+pub fn malloc_arenas() -> String {
+    std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "1".into())
 }

@@ -187,11 +187,12 @@ fn run(o: Opts) -> Result<()> {
     fs::create_dir_all(&o.base)?;
     warm_up(&o.base, o.warm_gib)?;
     println!(
-        "Cascade benchmark: {} core(s), base {}, {}, {} run(s) per figure (medians)\n",
+        "Cascade benchmark: {} core(s), base {}, {}, {} run(s) per figure (medians), nodes with MALLOC_ARENA_MAX={}\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         o.base.display(),
         rsync::version(),
-        o.runs
+        o.runs,
+        cluster::malloc_arenas()
     );
     for w in &o.workloads {
         let base = o.base.join(w);
