@@ -413,12 +413,16 @@ impl Store {
         }
     }
 
-    /// Deletes every held body whose BLAKE3 is not in `keep`; returns how many were removed.
-    pub fn retain(&self, keep: &HashSet<Blake3>) -> Result<u64, StoreError> {
-        // Names are parsed, not `keep` turned into strings: one allocation per held body less.
-        let kept = |hex: &str| Blake3::from_hex(hex).is_some_and(|id| keep.contains(&id));
+    /// Deletes every held body (and every partial one) that `needed` does not name; returns
+    /// how many held bodies were removed. `needed` may be long (every file of the releases
+    /// kept): it is only looked up in what the store holds, which on an origin that serves
+    /// from `dir` is next to nothing, so the walk through it stops as soon as every body held
+    /// is accounted for.
+    pub fn retain(&self, needed: impl IntoIterator<Item = Blake3>) -> Result<u64, StoreError> {
         let empty = Blake3::empty().hex();
-        let mut removed = 0;
+        // What the store holds now, by name. A body written after this listing is not in it,
+        // and so is never taken.
+        let mut held: HashSet<Blake3> = HashSet::new();
         self.for_each_object(|name, obj| {
             match temporary(name) {
                 // A body being written now.
@@ -427,22 +431,34 @@ impl Store {
                 Some(false) => {
                     let _ = fs::remove_file(obj.path());
                 }
-                None if name != empty && !kept(name) => {
-                    fs::remove_file(obj.path())?;
-                    removed += 1;
-                }
+                None if name != empty => held.extend(Blake3::from_hex(name)),
                 None => {}
             }
             Ok(())
         })?;
-        // Partial bodies nothing needs any more.
+        let mut partial: HashSet<Blake3> = HashSet::new();
         for e in fs::read_dir(&self.tmp)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.strip_suffix(PARTIAL).is_some_and(|hex| !kept(hex)) {
-                let _ = fs::remove_file(e.path());
+            partial.extend(name.strip_suffix(PARTIAL).and_then(Blake3::from_hex));
+        }
+        for id in needed {
+            if held.is_empty() && partial.is_empty() {
+                break;
+            }
+            held.remove(&id);
+            partial.remove(&id);
+        }
+        for id in &held {
+            match fs::remove_file(self.path(id)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
             }
         }
-        Ok(removed)
+        // Partial bodies nothing needs any more.
+        for id in &partial {
+            let _ = fs::remove_file(self.partial_path(id));
+        }
+        Ok(held.len() as u64)
     }
 }
 
@@ -560,7 +576,7 @@ mod tests {
         let mut w = s.writer(whole(b"other")).unwrap();
         w.write(b"other").unwrap();
         w.finish().unwrap();
-        assert_eq!(s.retain(&[md5].into_iter().collect()).unwrap(), 1);
+        assert_eq!(s.retain([md5]).unwrap(), 1);
         assert!(s.has(&md5) && !s.has(&other) && s.has(&Blake3::empty()));
         assert_eq!(
             s.held().unwrap(),
@@ -696,7 +712,7 @@ mod tests {
         assert_eq!(s.held().unwrap(), [Blake3::empty()].into_iter().collect());
         assert_eq!(s.usage().unwrap(), (0, 1));
         // Garbage collection takes the dead writer's file and leaves the live one alone.
-        assert_eq!(s.retain(&HashSet::new()).unwrap(), 0);
+        assert_eq!(s.retain([]).unwrap(), 0);
         assert!(!dead.exists());
         w.finish().unwrap();
         assert!(s.has(&id));

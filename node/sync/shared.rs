@@ -1,7 +1,6 @@
 //! What the parts of one node share: who it is, its store, the release it holds, its board,
 //! the bodies it is receiving, and how it applies releases to `dir`.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 
 use cascade_topology::Role;
@@ -82,18 +81,10 @@ impl Shared {
         let version = release.version;
         let (held, previous) = self.held.hold(release)?;
         self.keys.release_held(&held.release);
-        let mut keep: HashSet<Blake3> = HashSet::with_capacity(
-            held.release.manifest.file_count() as usize
-                + previous
-                    .as_ref()
-                    .map_or(0, |p| p.release.manifest.file_count() as usize),
-        );
-        keep.extend(
-            (held.release.manifest.files())
-                .chain(previous.iter().flat_map(|p| p.release.manifest.files()))
-                .map(|(_, _, id)| id),
-        );
-        match self.store.retain(&keep) {
+        let needed = (held.release.manifest.files())
+            .chain(previous.iter().flat_map(|p| p.release.manifest.files()))
+            .map(|(_, _, id)| id);
+        match self.store.retain(needed) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(removed = n, "store garbage collected"),
             Err(e) => tracing::warn!("store garbage collection: {e}"),
