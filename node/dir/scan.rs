@@ -861,47 +861,31 @@ impl<'a> Walk<'a> {
     fn finish(self) -> Result<Scanned, ScanError> {
         let (mut entries, mut cache_at, mut from) = (self.entries, self.cache_at, self.from);
         if !self.dropped.is_empty() {
-            let keep = |i: &usize| !self.dropped.contains(i);
-            let mut i = 0..;
-            entries.retain(|_| keep(&i.next().expect("endless")));
-            let mut i = 0..;
-            cache_at.retain(|_| keep(&i.next().expect("endless")));
-            let mut i = 0..;
-            from.retain(|_| keep(&i.next().expect("endless")));
+            drop_indices(&mut entries, &self.dropped);
+            drop_indices(&mut cache_at, &self.dropped);
+            drop_indices(&mut from, &self.dropped);
         }
         let old = &self.ctx.old.manifest;
-        // Every entry as the last scan had it, in the same places: the same manifest, kept
-        // as it is (nothing to validate or hash, and one copy of the tree in memory).
         let same = entries.len() == old.entries().len()
             && from.iter().enumerate().all(|(i, &k)| k as usize == i);
-        if same {
+        let manifest = if same {
+            // Every entry as the last scan had it, in the same places: the same manifest,
+            // kept as it is (nothing to validate or hash, and one copy of the tree in memory).
             drop(entries);
-            let cache_changed = cache_at != self.ctx.old.stats;
-            return Ok(Scanned {
-                manifest: old.clone(),
-                cache: StatCache {
-                    manifest: old.clone(),
-                    stats: cache_at,
-                },
-                cache_changed,
-                stats: self.stats,
-                unsettled: self.unsettled,
-                matched: self.matched,
-            });
-        }
-        // Entries the last scan had as they are keep their digests: only what changed, and
-        // the directories above it, are hashed.
-        let known = Known {
-            digests: from
-                .iter()
-                .map(|&k| (k != NEW).then(|| old.digest(k as usize)))
-                .collect(),
-            subtrees: Vec::new(),
+            old.clone()
+        } else {
+            // Entries the last scan had as they are keep their digests: only what changed,
+            // and the directories above it, are hashed.
+            let known = Known {
+                digests: (from.iter())
+                    .map(|&k| (k != NEW).then(|| old.digest(k as usize)))
+                    .collect(),
+                subtrees: Vec::new(),
+            };
+            drop(from);
+            // The walk lists each directory sorted: its entries come in order.
+            Manifest::from_sorted_known(entries, Some(&known))?
         };
-        drop(from);
-        // The walk lists each directory sorted: its entries come in order.
-        let manifest = Manifest::from_sorted_known(entries, Some(&known))?;
-        drop(known);
         let cache_changed =
             manifest.root_digest() != old.root_digest() || cache_at != self.ctx.old.stats;
         cache_at.shrink_to_fit();
@@ -918,6 +902,12 @@ impl<'a> Walk<'a> {
             matched: self.matched,
         })
     }
+}
+
+/// Removes the items at `indices` from `v`, keeping the others in order.
+fn drop_indices<T>(v: &mut Vec<T>, indices: &HashSet<usize>) {
+    let mut i = 0..;
+    v.retain(|_| !indices.contains(&i.next().expect("endless")));
 }
 
 /// Below a directory: walk it, or take its subtree (these entries) from the last scan.
