@@ -14,6 +14,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fs_err as fs;
@@ -26,9 +28,10 @@ use super::scan::Dirty;
 
 /// A file open for writing this long without a write or a close is taken as it is.
 pub const STALE_WRITER: Duration = Duration::from_secs(60);
-/// Events waiting to be handled; a slower consumer makes the kernel's queue overflow, which
-/// is reported and answered with a full rescan.
-const QUEUE: usize = 8192;
+/// Events waiting to be handled. Past it, events are dropped and the loss answered with a
+/// full rescan, as when the kernel's own queue overflows: the watcher's thread is never
+/// blocked on a slow consumer, since adding a watch waits on that thread.
+const QUEUE: usize = 32768;
 
 const MAX_WATCHES: &str = "/proc/sys/fs/inotify/max_user_watches";
 
@@ -52,6 +55,8 @@ pub struct DirWatch {
     exclude: Rules,
     watcher: notify::RecommendedWatcher,
     events: mpsc::Receiver<notify::Result<Event>>,
+    /// Set by the watcher's thread when it dropped an event because the queue was full.
+    dropped: Arc<AtomicBool>,
     /// Directories watched, relative to `root` (`""` is `root`), with the device and inode
     /// each was watched at.
     watched: BTreeMap<String, (u64, u64)>,
@@ -81,9 +86,13 @@ impl DirWatch {
     /// Watches every directory of `root` except those `exclude` names.
     pub fn start(root: &Path, exclude: Rules) -> Result<Self, WatchError> {
         let (tx, events) = mpsc::channel(QUEUE);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let full = dropped.clone();
         let watcher = notify::recommended_watcher(move |ev| {
-            // The consumer is gone only when the node stops.
-            let _ = tx.blocking_send(ev);
+            // Closed only when the node stops.
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(ev) {
+                full.store(true, Ordering::Release);
+            }
         })
         .map_err(|e| WatchError::Start(root.to_owned(), e))?;
         let mut w = DirWatch {
@@ -91,6 +100,7 @@ impl DirWatch {
             exclude,
             watcher,
             events,
+            dropped,
             watched: BTreeMap::new(),
             by_inode: HashMap::new(),
             root_id: None,
@@ -132,13 +142,18 @@ impl DirWatch {
     }
 
     /// When the changes seen so far should be scanned: once `settle` passed without an event,
-    /// or `max_delay` after the first one. `None` while nothing is pending.
+    /// or `max_delay` after the first one; or when a file open for writing turns stale (its
+    /// close may have been lost). `None` while nothing is pending.
     pub fn due(&self, settle: Duration, max_delay: Duration) -> Option<Instant> {
         if self.gone {
             return None;
         }
-        let (first, last) = (self.first?, self.last?);
-        Some((last + settle).min(first + max_delay))
+        let changes = match (self.first, self.last) {
+            (Some(first), Some(last)) => Some((last + settle).min(first + max_delay)),
+            _ => None,
+        };
+        let stale = self.writing.values().min().map(|t| *t + STALE_WRITER);
+        changes.into_iter().chain(stale).min()
     }
 
     /// Takes what changed since the last take.
@@ -147,6 +162,9 @@ impl DirWatch {
             if let Err(e) = self.watch_tree("", false) {
                 tracing::warn!(dir = %self.root.display(), "cannot watch: {e}");
             }
+            // Events queued before the loss and handled after it may have marked files whose
+            // close was lost: the full scan checks them itself.
+            self.writing.clear();
         }
         let now = Instant::now();
         let stale: Vec<String> = self
@@ -239,18 +257,13 @@ impl DirWatch {
             }
         };
         if ev.need_rescan() {
-            if !self.overflowed {
-                tracing::warn!(
-                    dir = %self.root.display(),
-                    "inotify dropped events (its queue overflowed; sysctl fs.inotify.max_queued_events): scanning the whole tree"
-                );
-            }
-            self.overflowed = true;
-            // Closes may be among the lost events: what was being written is checked by the
-            // scan itself (a file changing while read is held back).
-            self.writing.clear();
-            self.rescan();
+            self.lost(
+                "inotify dropped events (its queue overflowed; sysctl fs.inotify.max_queued_events)",
+            );
             return;
+        }
+        if self.dropped.swap(false, Ordering::Acquire) {
+            self.lost("events came faster than they were handled and some were dropped");
         }
         let now = Instant::now();
         for path in &ev.paths {
@@ -323,6 +336,18 @@ impl DirWatch {
         }
     }
 
+    /// Events were lost: the whole tree is scanned, and watched again at the next take.
+    fn lost(&mut self, why: &str) {
+        if !self.overflowed {
+            tracing::warn!(dir = %self.root.display(), "{why}: scanning the whole tree");
+        }
+        self.overflowed = true;
+        // Closes may be among the lost events: what was being written is checked by the scan
+        // itself (a file changing while read is held back).
+        self.writing.clear();
+        self.rescan();
+    }
+
     fn rel(&self, path: &Path) -> Option<String> {
         let rel = path.strip_prefix(&self.root).ok()?;
         rel.to_str().map(|s| s.to_owned())
@@ -336,13 +361,18 @@ impl DirWatch {
         }
     }
 
-    /// Watches directory `rel` and every directory below it that is not excluded; `fresh`
-    /// drops the watches held there first (a directory that appeared). The watch limit is
-    /// reported (once) rather than returned: the tree is then rescanned whole.
+    /// Watches directory `rel` and every directory below it that is not excluded. `fresh` (a
+    /// directory that appeared) adds again the watches already held there and drops those
+    /// whose directories are gone. A watch held on the same directory is never dropped
+    /// first: its events not yet read would be lost with it (a new directory's listing
+    /// watches the directories below it before their own `Create` events are handled). The
+    /// watch limit is reported (once) rather than returned: the tree is then rescanned whole.
     fn watch_tree(&mut self, rel: &str, fresh: bool) -> Result<(), notify::Error> {
-        if fresh {
-            self.unwatch_below(rel);
-        }
+        let mut stale: HashSet<String> = if fresh {
+            self.watched_below(rel).into_iter().collect()
+        } else {
+            HashSet::new()
+        };
         let mut stack = vec![rel.to_owned()];
         while let Some(rel) = stack.pop() {
             let abs = self.abs(&rel);
@@ -358,14 +388,21 @@ impl DirWatch {
                 continue;
             }
             let id = (meta.dev(), meta.ino());
-            if self.watched.get(&rel) != Some(&id) {
-                if let Some(old) = self.by_inode.get(&id).filter(|old| **old != rel).cloned() {
-                    // Moved here, and the move not handled yet.
-                    self.unwatch_below(&old);
-                }
-                if self.watched.contains_key(&rel) {
-                    // Another directory stood here.
-                    self.unwatch_below(&rel);
+            stale.remove(&rel);
+            // The kernel keeps one watch per directory: adding it again returns the same one,
+            // with its queued events; a watch the kernel dropped (its directory deleted, the
+            // inode number reused) is made anew.
+            let held = self.watched.get(&rel) == Some(&id);
+            if fresh || !held {
+                if !held {
+                    if let Some(old) = self.by_inode.get(&id).filter(|old| **old != rel).cloned() {
+                        // Moved here, and the move not handled yet.
+                        self.unwatch_below(&old);
+                    }
+                    if self.watched.contains_key(&rel) {
+                        // Another directory stood here.
+                        self.unwatch_below(&rel);
+                    }
                 }
                 match self.watcher.watch(&abs, RecursiveMode::NonRecursive) {
                     Ok(()) => {
@@ -405,12 +442,22 @@ impl DirWatch {
                 }
             }
         }
+        for p in stale {
+            self.unwatch(&p);
+        }
         Ok(())
     }
 
     /// Drops the watches on `rel` and below (renamed away, deleted or replaced; `""` is all).
     fn unwatch_below(&mut self, rel: &str) {
-        let gone: Vec<String> = if rel.is_empty() {
+        for p in self.watched_below(rel) {
+            self.unwatch(&p);
+        }
+    }
+
+    /// The directories watched at `rel` and below (`""` is all).
+    fn watched_below(&self, rel: &str) -> Vec<String> {
+        if rel.is_empty() {
             self.watched.keys().cloned().collect()
         } else {
             let prefix = format!("{rel}/");
@@ -426,13 +473,14 @@ impl DirWatch {
                 )
                 .cloned()
                 .collect()
-        };
-        for p in gone {
-            let _ = self.watcher.unwatch(&self.abs(&p));
-            if let Some(id) = self.watched.remove(&p) {
-                if self.by_inode.get(&id) == Some(&p) {
-                    self.by_inode.remove(&id);
-                }
+        }
+    }
+
+    fn unwatch(&mut self, rel: &str) {
+        let _ = self.watcher.unwatch(&self.abs(rel));
+        if let Some(id) = self.watched.remove(rel) {
+            if self.by_inode.get(&id).map(String::as_str) == Some(rel) {
+                self.by_inode.remove(&id);
             }
         }
     }
@@ -557,6 +605,16 @@ mod tests {
         let mut writing: Vec<_> = batch.writing.iter().cloned().collect();
         writing.sort();
         assert_eq!(writing, ["big.bin", "new.bin"]);
+        // Nothing else pending, the writers still hold a scan due: when they turn stale (a
+        // lost close must not hold them back for ever).
+        let due = w
+            .due(Duration::from_millis(100), Duration::from_secs(1))
+            .expect("a scan is due for the open files");
+        let left = due.saturating_duration_since(Instant::now());
+        assert!(
+            left > STALE_WRITER - Duration::from_secs(10) && left <= STALE_WRITER,
+            "{left:?}"
+        );
         let scope = Scope {
             prev: Some(&first.manifest),
             dirty: batch.dirty.as_ref(),
@@ -581,6 +639,78 @@ mod tests {
         assert!(
             dirty.contains("big.bin") && dirty.contains("new.bin"),
             "{dirty:?}"
+        );
+    }
+
+    /// An unpacked archive: directories made and filled while the consumer is busy elsewhere
+    /// (a publisher scanning), so more events come than the queue holds. Handling them must
+    /// not stall (a new directory's watch is added by the watcher's thread, which must never
+    /// be blocked on a full queue), the loss must be said (a full scan follows), and what
+    /// comes after must be seen: files in the new directories, closed or not.
+    #[test]
+    fn a_full_queue_neither_stalls_nor_hides_later_changes() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        let consumer = {
+            let src = src.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
+                let outcome = rt.block_on(async {
+                    let path = |i: usize| format!("d{}/e{}/f{i}.html", i % 30, i % 7);
+                    for i in 0..210 {
+                        fs::create_dir_all(src.join(path(i)).parent().unwrap()).unwrap();
+                    }
+                    let mut w = DirWatch::start(&src, Rules::none()).unwrap();
+                    // Several events a file (create, open, write, close): past the queue;
+                    // new directories among them.
+                    for i in 0..QUEUE {
+                        fs::write(src.join(path(i)), format!("page {i}\n")).unwrap();
+                        if i % 100 == 0 {
+                            fs::create_dir_all(src.join(format!("new{i}/sub"))).unwrap();
+                            fs::write(src.join(format!("new{i}/sub/f")), "x").unwrap();
+                        }
+                    }
+                    drain(&mut w).await;
+                    let first = w.take();
+                    // Later changes, in directories made during the flood.
+                    for i in 0..210 {
+                        fs::write(src.join(path(i)), "changed").unwrap();
+                    }
+                    for i in (0..QUEUE).step_by(100) {
+                        fs::write(src.join(format!("new{i}/sub/f")), "changed").unwrap();
+                    }
+                    drain(&mut w).await;
+                    (first.dirty.is_none(), w.take())
+                });
+                let _ = done.send(outcome);
+            })
+        };
+        let (lost_said, later) = finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the watch stalled: handling events stopped");
+        consumer.join().unwrap();
+        assert!(
+            lost_said,
+            "events past the queue were lost without a full scan"
+        );
+        assert!(later.writing.is_empty(), "{:?}", later.writing);
+        let dirty = later.dirty.expect("nothing lost after the flood");
+        let missed: Vec<usize> = (0..210)
+            .filter(|&i| !dirty.contains(&format!("d{}/e{}/f{i}.html", i % 30, i % 7)))
+            .collect();
+        assert!(missed.is_empty(), "changes not seen: {missed:?}");
+        let missed: Vec<usize> = (0..QUEUE)
+            .step_by(100)
+            .filter(|i| !dirty.contains(&format!("new{i}/sub/f")))
+            .collect();
+        assert!(
+            missed.is_empty(),
+            "changes not seen in new directories: {missed:?}"
         );
     }
 
