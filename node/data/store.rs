@@ -482,14 +482,14 @@ mod tests {
     }
 
     /// A body of two chunks and a bit, checked chunk by chunk.
-    fn chunked(whole: bool) -> (Vec<u8>, Expected) {
+    fn chunked() -> (Vec<u8>, Expected) {
         let body = crate::testkit::content::noise(2 * CHUNK as usize + 5, 3);
         let h = {
             let mut h = BodyHasher::new(true, true);
             h.update(&body);
             h.finish()
         };
-        let expected = Expected::of(&h, whole);
+        let expected = Expected::of(&h);
         (body, expected)
     }
 
@@ -497,37 +497,46 @@ mod tests {
     fn chunks_are_verified_as_they_complete_and_a_bad_one_is_cut_off() {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(&d.path().join("store")).unwrap();
-        for whole in [false, true] {
-            let (body, exp) = chunked(whole);
-            let mut w = s.resume_writer(exp.clone()).unwrap();
-            w.write(&body[..CHUNK as usize - 1]).unwrap();
-            assert_eq!(w.verified(), 0);
-            w.write(&body[CHUNK as usize - 1..CHUNK as usize + 10])
-                .unwrap();
-            assert_eq!(w.verified(), CHUNK);
-            // A flipped byte in the second chunk: refused, cut back to the first chunk.
-            let mut bad = body[CHUNK as usize + 10..2 * CHUNK as usize].to_vec();
-            bad[7] ^= 1;
-            let e = w.write(&bad).unwrap_err();
-            assert!(
-                matches!(e, StoreError::ChunkMismatch { index: 1, .. }),
-                "{e}"
-            );
-            assert_eq!((w.written(), w.verified()), (CHUNK, CHUNK));
-            assert_eq!(
-                fs::metadata(s.partial_path(&exp.blake3)).unwrap().len(),
-                CHUNK
-            );
-            // The partial file on disk resumes from the verified prefix.
-            drop(w);
-            let mut w = s.resume_writer(exp.clone()).unwrap();
-            assert_eq!(w.verified(), CHUNK);
-            w.write(&body[CHUNK as usize..]).unwrap();
-            assert_eq!(w.verified(), 2 * CHUNK);
-            w.finish().unwrap();
-            assert_eq!(fs::read(s.path(&exp.blake3)).unwrap(), body);
-            fs::remove_file(s.path(&exp.blake3)).unwrap();
-        }
+        let (body, exp) = chunked();
+        let mut w = s.resume_writer(exp.clone()).unwrap();
+        w.write(&body[..CHUNK as usize - 1]).unwrap();
+        assert_eq!(w.verified(), 0);
+        w.write(&body[CHUNK as usize - 1..CHUNK as usize + 10])
+            .unwrap();
+        assert_eq!(w.verified(), CHUNK);
+        // A flipped byte in the second chunk: refused, cut back to the first chunk.
+        let mut bad = body[CHUNK as usize + 10..2 * CHUNK as usize].to_vec();
+        bad[7] ^= 1;
+        let e = w.write(&bad).unwrap_err();
+        assert!(
+            matches!(e, StoreError::ChunkMismatch { index: 1, .. }),
+            "{e}"
+        );
+        assert_eq!((w.written(), w.verified()), (CHUNK, CHUNK));
+        assert_eq!(
+            fs::metadata(s.partial_path(&exp.blake3)).unwrap().len(),
+            CHUNK
+        );
+        // The partial file on disk resumes from the verified prefix.
+        drop(w);
+        let mut w = s.resume_writer(exp.clone()).unwrap();
+        assert_eq!(w.verified(), CHUNK);
+        w.write(&body[CHUNK as usize..]).unwrap();
+        assert_eq!(w.verified(), 2 * CHUNK);
+        w.finish().unwrap();
+        assert_eq!(fs::read(s.path(&exp.blake3)).unwrap(), body);
+        fs::remove_file(s.path(&exp.blake3)).unwrap();
+        // Right chunks, a wrong whole MD5: refused at the end (every node checks the MD5 of
+        // every byte, a relay that forwards chunks as well).
+        let wrong = Expected {
+            md5: Md5::of(b"something else"),
+            ..exp.clone()
+        };
+        let mut w = s.resume_writer(wrong).unwrap();
+        w.write(&body).unwrap();
+        assert_eq!(w.verified(), 2 * CHUNK);
+        assert!(matches!(w.finish(), Err(StoreError::Mismatch { .. })));
+        assert!(!s.has(&exp.blake3));
         // A body of exactly one chunk carries no chunk list: checked whole, whatever the
         // write sizes (its BLAKE3 still runs chunk by chunk).
         let one = crate::testkit::content::noise(CHUNK as usize, 5);
@@ -538,7 +547,7 @@ mod tests {
         w.finish().unwrap();
         assert!(s.has(&Blake3::of(&one)));
         // A damaged partial file is cut back to its last good chunk when resumed.
-        let (mut body, exp) = chunked(false);
+        let (mut body, exp) = chunked();
         body[CHUNK as usize + 3] ^= 1;
         fs::write(s.partial_path(&exp.blake3), &body[..2 * CHUNK as usize]).unwrap();
         assert_eq!(s.resume_writer(exp).unwrap().written(), CHUNK);

@@ -55,7 +55,7 @@ pub async fn release(
                 .manifest
                 .files()
                 .filter(|(_, _, id)| missing.remove(id) && !shared.store.has(id))
-                .filter_map(|(entry, ..)| expected(entry, shared.serves(), true))
+                .filter_map(|(entry, ..)| expected(entry, shared.serves()))
                 .collect();
             info!(files = wanted.len(), "fetching bodies missing from dir");
             files += wanted.len() as u64;
@@ -132,7 +132,7 @@ fn wanted(
         .filter(|(entry, _, id)| {
             !kept(entry) && !in_store(id) && !in_dir(entry) && seen.insert(*id)
         })
-        .filter_map(|(entry, ..)| expected(entry, shared.serves(), shared.applier.is_some()))
+        .filter_map(|(entry, ..)| expected(entry, shared.serves()))
         .collect())
 }
 

@@ -132,7 +132,7 @@ impl Shared {
         let Some(entry) = self.dir_bodies.entry(&held, id) else {
             return false;
         };
-        let Some(expected) = super::bodies::expected(&entry, false, true) else {
+        let Some(expected) = super::bodies::expected(&entry, false) else {
             return false;
         };
         matches!(

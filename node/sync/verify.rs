@@ -105,7 +105,7 @@ async fn fetch(
         .manifest
         .files()
         .filter(|(_, _, id)| missing.remove(id))
-        .filter_map(|(entry, ..)| expected(entry, shared.serves(), true))
+        .filter_map(|(entry, ..)| expected(entry, shared.serves()))
         .collect();
     info!(
         files = wanted.len(),

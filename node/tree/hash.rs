@@ -141,7 +141,7 @@ pub const IO_BUF: usize = 1024 * 1024;
 
 /// Data at least this large is hashed on two threads by [`BodyHasher`]: a thread costs tens
 /// of microseconds, hashing this much about a millisecond.
-const PARALLEL_MIN: usize = 512 * 1024;
+pub(crate) const PARALLEL_MIN: usize = 512 * 1024;
 
 /// The digests of a body in one pass over its bytes: its BLAKE3 (always: it names the body),
 /// its whole MD5 and its chunk MD5s (each if wanted), and for a body larger than [`CHUNK`] the

@@ -31,12 +31,10 @@ pub const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// received in: hashing per datagram would be slow.
 pub const STREAM_ABOVE: usize = 1024 * 1024;
 
-/// How a body must be checked on this node. A node with children checks each chunk as it
-/// arrives so it can forward it at once; a node that applies bodies to a directory checks
-/// the whole MD5 too (a relay without a directory relies on the chunks, which cover every
-/// byte); a body without chunks is always checked whole. The BLAKE3 is always checked.
-/// `None` for an entry that is not a file.
-pub fn expected(entry: &Entry, serves: bool, applies: bool) -> Option<Expected> {
+/// How a body must be checked on this node: whole (size, MD5, BLAKE3) always, and a node
+/// with children checks each chunk as it arrives so it can forward it at once. `None` for an
+/// entry that is not a file.
+pub fn expected(entry: &Entry, serves: bool) -> Option<Expected> {
     let EntryKind::File {
         size,
         md5,
@@ -52,7 +50,6 @@ pub fn expected(entry: &Entry, serves: bool, applies: bool) -> Option<Expected> 
         md5: *md5,
         blake3: *blake3,
         size: *size,
-        whole: applies || chunks.is_empty(),
         chunks,
     })
 }
@@ -103,20 +100,17 @@ mod tests {
     }
 
     #[test]
-    fn relays_check_chunks_and_appliers_check_the_whole_body() {
+    fn relays_check_chunks_and_every_node_the_whole_body() {
         use crate::tree::manifest::fixtures::{dir, file};
         let big = file("big", &vec![7; crate::tree::CHUNK as usize + 9]);
-        // A pure relay: chunks only.
-        let e = expected(&big, true, false).unwrap();
-        assert_eq!((e.chunks.len(), e.whole), (2, false));
-        // A relay with a directory: both.
-        let e = expected(&big, true, true).unwrap();
-        assert_eq!((e.chunks.len(), e.whole), (2, true));
-        // A leaf: the whole body.
-        let e = expected(&big, false, true).unwrap();
-        assert_eq!((e.chunks.len(), e.whole), (0, true));
-        // No chunks: always whole.
-        assert!(expected(&file("small", b"x"), true, false).unwrap().whole);
-        assert!(expected(&dir("d"), true, true).is_none());
+        // A relay: chunks as they come (and the whole body, as every node).
+        assert_eq!(expected(&big, true).unwrap().chunks.len(), 2);
+        // A leaf: the whole body only.
+        assert!(expected(&big, false).unwrap().chunks.is_empty());
+        assert!(expected(&file("small", b"x"), true)
+            .unwrap()
+            .chunks
+            .is_empty());
+        assert!(expected(&dir("d"), true).is_none());
     }
 }
