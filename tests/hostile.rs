@@ -97,7 +97,7 @@ impl FakeParent {
     fn send_offer(&self, l: &mut FakeLink, version: u64, entries: Vec<Entry>, signature: Vec<u8>) {
         let frame = cascade::wire::encode(&RawDown::Offer(RawRelease {
             version,
-            entries,
+            entries: entries.into_iter().map(std::sync::Arc::new).collect(),
             revoked: vec![],
             signature,
             topology: None,

@@ -25,6 +25,7 @@
 use std::borrow::Cow;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fs_err as fs;
 use fs_err::os::unix::fs::OpenOptionsExt;
@@ -63,11 +64,51 @@ pub enum StateError {
     Newer { path: PathBuf, found: u16 },
 }
 
-/// Saves `release` to `path` (replacing it atomically).
+/// Saves `release` to `path` (replacing it atomically). Encoded straight into the file: a
+/// release of a million files is some 80 MB encoded, which is not held in memory first.
 pub fn save_release(path: &Path, release: &Release) -> Result<(), StateError> {
     let record = ReleaseRecord::from(release);
-    let payload = encode(path, &record)?;
-    write_file(path, Kind::Release, &payload, release_check(release))
+    write_file_with(path, Kind::Release, release_check(release), |out| {
+        encode_into(path, &record, out)
+    })
+}
+
+/// Encodes `value` into `out`, returning the writer's own error when a write fails.
+fn encode_into<T: Serialize>(path: &Path, value: &T, out: &mut dyn Write) -> io::Result<()> {
+    let mut out = KeepError { out, error: None };
+    let done = postcard::to_io(value, &mut out).map(|_| ());
+    // postcard reports a failed write as a full buffer: the write's own error (a full disk,
+    // say) is the one to name.
+    match (done, out.error) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(e)) => Err(e),
+        (Err(e), None) => Err(io::Error::other(format!(
+            "encoding {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// A writer that keeps the first error its inner writer returned, for an encoder that
+/// replaces it with one of its own.
+struct KeepError<'a> {
+    out: &'a mut dyn Write,
+    error: Option<io::Error>,
+}
+
+impl Write for KeepError<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.write(buf).inspect_err(|e| {
+            if e.kind() != io::ErrorKind::Interrupted {
+                self.error
+                    .get_or_insert_with(|| io::Error::new(e.kind(), e.to_string()));
+            }
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// Makes the release saved at `from` (by [`save_release`], so already flushed) the one at
@@ -193,11 +234,26 @@ fn encode<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, StateError> {
 }
 
 fn write_file(path: &Path, kind: Kind, payload: &[u8], check: Md5) -> Result<(), StateError> {
+    write_file_with(path, kind, check, |out| out.write_all(payload))
+}
+
+/// Where a state file's header holds the payload's length.
+const LENGTH_AT: u64 = (MAGIC.len() + 1 + 2) as u64;
+
+/// Writes a state file whose payload `payload` writes (through a buffer), then fills in its
+/// length in the header.
+fn write_file_with(
+    path: &Path,
+    kind: Kind,
+    check: Md5,
+    payload: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<(), StateError> {
+    use std::os::unix::fs::FileExt;
     let mut header = Vec::with_capacity(HEADER);
     header.extend_from_slice(MAGIC);
     header.push(kind as u8);
     header.extend_from_slice(&FORMAT.to_le_bytes());
-    header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    header.extend_from_slice(&0u64.to_le_bytes());
     header.extend_from_slice(&check.0);
     let tmp = path.with_extension("tmp");
     // The node user's alone: a manifest names every path of the tree, private ones too.
@@ -209,7 +265,16 @@ fn write_file(path: &Path, kind: Kind, payload: &[u8], check: Md5) -> Result<(),
         .mode(0o600)
         .open(&tmp)?;
     f.write_all(&header)?;
-    f.write_all(payload)?;
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("writing {}: {e}", tmp.display()));
+    let mut out = io::BufWriter::with_capacity(256 * 1024, f.file());
+    payload(&mut out)
+        .and_then(|()| out.flush())
+        .map_err(named)?;
+    drop(out);
+    let len = io::Seek::stream_position(&mut f)? - HEADER as u64;
+    f.file()
+        .write_all_at(&len.to_le_bytes(), LENGTH_AT)
+        .map_err(named)?;
     // A release must survive a crash once saved; a cache lost in one costs a rehash.
     if kind == Kind::Release {
         f.sync_all()?;
@@ -410,16 +475,16 @@ impl From<EntryRecord<'_>> for Entry {
 
 /// A release's entries written as a sequence of [`EntryRecord`]s (the same bytes as a
 /// vector of them), each made as it is written.
-struct EntriesOut<'a>(&'a [Entry]);
+struct EntriesOut<'a>(&'a [Arc<Entry>]);
 
 impl Serialize for EntriesOut<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(EntryRecord::from))
+        s.collect_seq(self.0.iter().map(|e| EntryRecord::from(&**e)))
     }
 }
 
 /// A sequence of [`EntryRecord`]s read straight into entries.
-struct EntriesIn(Vec<Entry>);
+struct EntriesIn(Vec<Arc<Entry>>);
 
 impl<'de> Deserialize<'de> for EntriesIn {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -437,7 +502,7 @@ impl<'de> Deserialize<'de> for EntriesIn {
                 // ask for all memory before the entries run out.)
                 let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
                 while let Some(e) = seq.next_element::<EntryRecord>()? {
-                    out.push(Entry::from(e));
+                    out.push(Arc::new(Entry::from(e)));
                 }
                 Ok(EntriesIn(out))
             }
@@ -464,7 +529,7 @@ impl ReleaseRecord<'_, EntriesIn> {
     fn into_release(self) -> Result<Release, crate::tree::ManifestError> {
         Ok(Release {
             version: self.version,
-            manifest: Manifest::from_sorted(self.entries.0)?,
+            manifest: Manifest::from_sorted_known(self.entries.0, None)?,
             revoked: self.revoked.into_owned(),
             signature: self.signature.into_owned(),
             topology: self.topology.map(Cow::into_owned),
@@ -505,6 +570,32 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_while_encoding_keeps_its_own_error() {
+        /// Takes 10 bytes, then reports a full disk.
+        struct Full(usize);
+        impl Write for Full {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if self.0 >= 10 {
+                    return Err(io::Error::from(io::ErrorKind::StorageFull));
+                }
+                let n = buf.len().min(10 - self.0);
+                self.0 += n;
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let r = sample();
+        let record = ReleaseRecord::from(&r);
+        let e = encode_into(Path::new("x"), &record, &mut Full(0)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+        let mut all = Vec::new();
+        encode_into(Path::new("x"), &record, &mut all).unwrap();
+        assert_eq!(all, postcard::to_stdvec(&record).unwrap());
+    }
+
+    #[test]
     fn a_release_round_trips_and_a_missing_file_is_none() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("release.bin");
@@ -527,7 +618,7 @@ mod tests {
                 .manifest
                 .entries()
                 .iter()
-                .map(EntryRecord::from)
+                .map(|e| EntryRecord::from(&**e))
                 .collect::<Vec<_>>(),
             revoked: Cow::Borrowed(&r.revoked[..]),
             signature: Cow::Borrowed(&r.signature[..]),

@@ -29,7 +29,7 @@ use rustix::fs::{AtFlags, Mode, Timespec, Timestamps};
 use super::objects::{named, rel, Objects, Spot};
 use super::writer::{BodyWriter, Expected};
 use crate::tree::hash::{buffer_for, hash_file, hash_reader, open_regular};
-use crate::tree::{Blake3, Body};
+use crate::tree::{Blake3, Body, BodySet};
 
 /// Suffix of a partially received body in `tmp/`.
 const PARTIAL: &str = ".partial";
@@ -64,7 +64,7 @@ const LIST_ABOVE: usize = 1024;
 pub struct HasMany<'a> {
     store: &'a Store,
     asked: Cell<usize>,
-    listed: OnceCell<HashSet<Blake3>>,
+    listed: OnceCell<BodySet>,
 }
 
 impl HasMany<'_> {
@@ -278,13 +278,13 @@ impl Store {
 
     /// Every held body, from one listing of the store: cheaper than [`Store::has`] per body
     /// when asking about a whole release (a directory read returns many names at once).
-    pub fn held(&self) -> Result<HashSet<Blake3>, StoreError> {
-        let mut out = HashSet::new();
+    pub fn held(&self) -> Result<BodySet, StoreError> {
+        let mut out = Vec::new();
         self.for_each_object(|name, _| {
             out.extend(Blake3::from_hex(name));
             Ok(())
         })?;
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
 
     /// Answers [`Store::has`] for many bodies: a lookup each for a few, one listing of the
@@ -422,7 +422,7 @@ impl Store {
         let empty = Blake3::empty().hex();
         // What the store holds now, by name. A body written after this listing is not in it,
         // and so is never taken.
-        let mut held: HashSet<Blake3> = HashSet::new();
+        let mut listed = Vec::new();
         self.for_each_object(|name, obj| {
             match temporary(name) {
                 // A body being written now.
@@ -431,11 +431,12 @@ impl Store {
                 Some(false) => {
                     let _ = fs::remove_file(obj.path());
                 }
-                None if name != empty => held.extend(Blake3::from_hex(name)),
+                None if name != empty => listed.extend(Blake3::from_hex(name)),
                 None => {}
             }
             Ok(())
         })?;
+        let mut held: BodySet = listed.into_iter().collect();
         let mut partial: HashSet<Blake3> = HashSet::new();
         for e in fs::read_dir(&self.tmp)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -448,7 +449,7 @@ impl Store {
             held.remove(&id);
             partial.remove(&id);
         }
-        for id in &held {
+        for id in held.iter() {
             match fs::remove_file(self.path(id)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
                 _ => {}

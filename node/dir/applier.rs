@@ -106,7 +106,7 @@ impl Applier {
             .iter()
             .map(|e| Entry {
                 mode: e.mode & !SPECIAL_BITS,
-                ..e.clone()
+                ..Entry::clone(e)
             })
             .collect();
         Cow::Owned(

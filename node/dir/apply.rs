@@ -24,7 +24,7 @@ use super::beneath::Beneath;
 use super::rules::Rules;
 use crate::data::{short_of_room, Store};
 use crate::tree::hash::hash_file;
-use crate::tree::{Blake3, Entry, EntryKind, Manifest};
+use crate::tree::{runs_by_body, sort_by_body, Blake3, Entry, EntryKind, Manifest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -464,12 +464,21 @@ pub(super) fn apply_with(
         EntryKind::File { size, blake3, .. } if take && size > 0 => Some(blake3),
         _ => None,
     };
-    let last_use: std::collections::HashMap<Blake3, usize> = (jobs.iter().enumerate())
-        .filter_map(|(j, job)| Some((body(job)?, j)))
+    // Jobs by body (a few bytes a job, where a map of bodies would take 64 or more).
+    let mut by_body: Vec<u32> = (0u32..)
+        .zip(&jobs)
+        .filter_map(|(j, job)| body(job).map(|_| j))
         .collect();
+    let job_body = |j: u32| body(&jobs[j as usize]).unwrap_or(Blake3([0; 32]));
+    sort_by_body(&mut by_body, job_body);
+    let mut last_use = vec![false; jobs.len()];
+    for run in runs_by_body(&by_body, job_body) {
+        last_use[run[run.len() - 1] as usize] = true;
+    }
+    drop(by_body);
     let (mut moves, mut j) = (Vec::new(), 0);
     jobs.retain(|job| {
-        let last = body(job).is_some_and(|id| last_use.get(&id) == Some(&j));
+        let last = last_use[j];
         j += 1;
         if last {
             moves.push(*job);
@@ -585,18 +594,24 @@ fn check_space(
     how: How,
     take: bool,
 ) -> Result<(), ApplyError> {
-    let mut first_use = std::collections::HashSet::new();
-    let mut need = 0;
+    // Files that need room, by index; with `take`, one of each body needs none.
+    let mut costly: Vec<u32> = Vec::new();
+    let entries = manifest.entries();
+    let body = |i: u32| {
+        entries[i as usize]
+            .body()
+            .map_or(Blake3([0; 32]), |(_, id)| id)
+    };
     // Unchanged subtrees are skipped as the apply skips them: they cost nothing.
     walk(
         manifest,
         old.filter(|_| how.skip_unchanged),
         how.keep,
         |i| {
-            let e = &manifest.entries()[i];
-            let EntryKind::File { size, blake3, .. } = &e.kind else {
+            let e = &entries[i];
+            if !matches!(e.kind, EntryKind::File { .. }) {
                 return Ok(());
-            };
+            }
             // Unchanged files cost nothing in place; in a new release dir they are hard links.
             if same_as_old(old, e)
                 && (how.link_from.is_some()
@@ -605,12 +620,20 @@ fn check_space(
             {
                 return Ok(());
             }
-            if !(take && first_use.insert(*blake3)) {
-                need += size;
-            }
+            // (A manifest has at most `u32::MAX` entries.)
+            costly.push(i as u32);
             Ok(())
         },
     )?;
+    let size = |i: u32| entries[i as usize].body().map_or(0, |(size, _)| size);
+    let need: u64 = if take {
+        sort_by_body(&mut costly, body);
+        runs_by_body(&costly, body)
+            .map(|run| run[1..].iter().map(|&i| size(i)).sum::<u64>())
+            .sum()
+    } else {
+        costly.iter().map(|&i| size(i)).sum()
+    };
     match short_of_room(dir, need) {
         Some(free) => Err(ApplyError::NoSpace {
             path: dir.to_owned(),

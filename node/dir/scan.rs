@@ -11,6 +11,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fs_err as fs;
@@ -20,7 +21,7 @@ use super::rules::Rules;
 use crate::data::state::{self, Kind};
 use crate::data::{Store, StoreError};
 use crate::tree::hash::{hash_file, hash_reader, open_regular};
-use crate::tree::{Blake3, Body, Entry, EntryKind, Known, Manifest, ManifestError, Md5};
+use crate::tree::{Blake3, Body, BodySet, Entry, EntryKind, Known, Manifest, ManifestError, Md5};
 
 /// Files modified this recently before a scan (nanoseconds) are re-hashed on the next one: a
 /// write in the same timestamp tick after hashing would leave the stat unchanged. Filesystems
@@ -334,7 +335,7 @@ struct Ctx<'a> {
     root: &'a Path,
     store: Option<&'a Store>,
     /// The bodies the store held when the scan began (`None`: ask the store each time).
-    held: Option<HashSet<Blake3>>,
+    held: Option<BodySet>,
     /// The last scan's cache.
     old: StatCache,
     scope: Scope<'a>,
@@ -346,7 +347,8 @@ enum Found {
     /// A file, symlink or directory. A file either comes from the cache (at `from` there, to
     /// be cached again at `cache_at`) or is a placeholder to be read.
     Entry {
-        entry: Entry,
+        /// The cache's manifest's own entry when it is the same (shared, not copied).
+        entry: Arc<Entry>,
         cache_at: Stat,
         from: u32,
         read: Option<Box<ToRead>>,
@@ -479,9 +481,13 @@ impl Ctx<'_> {
             };
             // The same entry as last time (mode and mtime too) keeps its digest; a directory's
             // is hashed again all the same unless everything below it is the same too.
-            if from != NEW && self.old.manifest.entries()[from as usize] != entry {
-                from = NEW;
-            }
+            let entry = match self.old.manifest.entries().get(from as usize) {
+                Some(old) if from != NEW && **old == entry => old.clone(),
+                _ => {
+                    from = NEW;
+                    Arc::new(entry)
+                }
+            };
             out.push(Found::Entry {
                 entry,
                 cache_at,
@@ -613,7 +619,7 @@ struct Walk<'a> {
     stats: ScanStats,
     /// When the scan started, in nanoseconds since the Unix epoch.
     now: i128,
-    entries: Vec<Entry>,
+    entries: Vec<Arc<Entry>>,
     /// Per entry: the stat to cache it at ([`Stat::UNKNOWN`]: not cached).
     cache_at: Vec<Stat>,
     /// Per entry: its index in the cache's manifest when it is the same entry there (its
@@ -631,7 +637,7 @@ impl<'a> Walk<'a> {
     fn new(
         root: &'a Path,
         store: Option<&'a Store>,
-        held: Option<HashSet<Blake3>>,
+        held: Option<BodySet>,
         old: StatCache,
         scope: Scope<'a>,
         now: i128,
@@ -746,16 +752,16 @@ impl<'a> Walk<'a> {
             .ctx
             .scope
             .prev
-            .and_then(|p| p.get(rel))
-            .filter(|(e, _)| matches!(e.kind, EntryKind::File { .. }));
-        if let Some((e, _)) = prev {
+            .and_then(|p| p.shared(rel))
+            .filter(|e| matches!(e.kind, EntryKind::File { .. }));
+        if let Some(e) = prev {
             self.push(e.clone(), Stat::UNKNOWN, NEW);
         }
     }
 
     /// Adds `entry` to the manifest, to be cached at `stat`; `from` is where the cache's
     /// manifest has the same entry.
-    fn push(&mut self, entry: Entry, stat: Stat, from: u32) {
+    fn push(&mut self, entry: Arc<Entry>, stat: Stat, from: u32) {
         self.entries.push(entry);
         self.cache_at.push(stat);
         self.from.push(from);
@@ -822,10 +828,10 @@ impl<'a> Walk<'a> {
                     .ctx
                     .scope
                     .prev
-                    .and_then(|p| p.get(&path))
-                    .filter(|(e, _)| matches!(e.kind, EntryKind::File { .. }))
+                    .and_then(|p| p.shared(&path))
+                    .filter(|e| matches!(e.kind, EntryKind::File { .. }))
                 {
-                    Some((e, _)) => self.entries[job.entry] = e.clone(),
+                    Some(e) => self.entries[job.entry] = e.clone(),
                     None => {
                         self.dropped.insert(job.entry);
                     }
@@ -833,7 +839,8 @@ impl<'a> Walk<'a> {
                 self.unsettled.push(path);
                 continue;
             }
-            let entry = &mut self.entries[job.entry];
+            // (A placeholder of this scan's own: not shared, changed in place.)
+            let entry = Arc::make_mut(&mut self.entries[job.entry]);
             if let EntryKind::File {
                 md5: m,
                 blake3: b,
@@ -876,12 +883,13 @@ impl<'a> Walk<'a> {
         } else {
             // Entries the last scan had as they are keep their digests: only what changed,
             // and the directories above it, are hashed.
-            let known = Known {
-                digests: (from.iter())
-                    .map(|&k| (k != NEW).then(|| old.digest(k as usize)))
-                    .collect(),
-                subtrees: Vec::new(),
+            let mut known = Known {
+                base: Some(old.clone()),
+                ..Known::default()
             };
+            for (i, &k) in from.iter().enumerate().filter(|(_, &k)| k != NEW) {
+                known.keep(i, k as usize);
+            }
             drop(from);
             // The walk lists each directory sorted: its entries come in order.
             Manifest::from_sorted_known(entries, Some(&known))?

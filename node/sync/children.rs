@@ -143,7 +143,7 @@ async fn redirect(
         return;
     };
     let (frame, _) = offer.frame_for(has);
-    if net::send_frame(&mut send, frame).await.is_ok() {
+    if net::send_frame(&mut send, &frame).await.is_ok() {
         shared.board.add_offered(frame.len() as u64);
         let _ = send.finish();
         info!(node = %name, version = offer.version(), "sent the release with the current topology to a node that is not a child here");
@@ -236,7 +236,7 @@ async fn serve_child(
             let current = offered.borrow_and_update().clone();
             if let Some(o) = current.filter(|o| newer(o.version(), sent)) {
                 let (frame, delta) = o.frame_for(known);
-                net::send_frame(&mut send, frame).await?;
+                net::send_frame(&mut send, &frame).await?;
                 shared.board.add_offered(frame.len() as u64);
                 shared.metrics.offered_bytes.inc_by(frame.len() as u64);
                 info!(

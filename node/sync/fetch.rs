@@ -16,10 +16,10 @@ use super::held::Offer;
 use super::land::land;
 use super::shared::Shared;
 use super::SyncError;
-use crate::data::{short_of_room, Expected};
+use crate::data::short_of_room;
 use crate::dir::{Applier, ApplyError};
 use crate::status::NodeState;
-use crate::tree::{Blake3, Entry, Manifest, Release};
+use crate::tree::{runs_by_body, sort_by_body, Blake3, Entry, Manifest, Release};
 
 /// Fetches every body of `release` this node lacks, verifies each, applies, and holds it.
 /// A node with children offers the release to them as soon as its bodies are registered in
@@ -34,11 +34,15 @@ pub async fn release(
     let old = shared.held.current();
     let wanted = wanted(shared, release, old.as_ref())?;
     let wanted = match (&shared.applier, &old) {
-        (Some(a), Some(old)) if a.dir_is_only_copy() => adopt_moved(shared, a, old, wanted).await?,
+        (Some(a), Some(old)) if a.dir_is_only_copy() => {
+            adopt_moved(shared, a, old, release, wanted).await?
+        }
         _ => wanted,
     };
+    let entries = release.manifest.entries();
+    let size = |i: &u32| entries[*i as usize].body().map_or(0, |(size, _)| size);
     let mut files = wanted.len() as u64;
-    let mut total: u64 = wanted.iter().map(|e| e.size).sum();
+    let mut total: u64 = wanted.iter().map(size).sum();
     check_room(shared, total)?;
     info!(files, bytes = total, "fetching");
     let done = Arc::new(AtomicU64::new(0));
@@ -51,15 +55,15 @@ pub async fn release(
         Err(SyncError::Apply(ApplyError::MissingBodies(missing))) => {
             // Files that drifted from bodies only `dir` held: fetch those and apply again.
             let mut missing: HashSet<Blake3> = missing.into_iter().collect();
-            let wanted: Vec<Expected> = release
+            let wanted: Vec<u32> = release
                 .manifest
-                .files()
-                .filter(|(_, _, id)| missing.remove(id) && !shared.store.has(id))
-                .filter_map(|(entry, ..)| expected(entry, shared.serves()))
+                .indexed_files()
+                .filter(|(.., id)| missing.remove(id) && !shared.store.has(id))
+                .map(|(i, ..)| i)
                 .collect();
             info!(files = wanted.len(), "fetching bodies missing from dir");
             files += wanted.len() as u64;
-            total += wanted.iter().map(|e| e.size).sum::<u64>();
+            total += wanted.iter().map(size).sum::<u64>();
             bodies::fetch_all(shared, conn, wanted, release, &done).await?;
             shared
                 .board
@@ -99,14 +103,15 @@ fn check_room(shared: &Shared, need: u64) -> Result<(), SyncError> {
     }
 }
 
-/// The bodies of `release` to fetch: those of files in subtrees that changed since `old`,
-/// once each, that the store lacks and, on a node whose `dir` is its only copy, that `dir`
-/// does not hold by the quick check (the apply confirms each by its digests, or asks for it again).
+/// The bodies of `release` to fetch, by the index of a file that has each: those of files in
+/// subtrees that changed since `old`, once each, that the store lacks and, on a node whose
+/// `dir` is its only copy, that `dir` does not hold by the quick check (the apply confirms
+/// each by its digests, or asks for it again).
 fn wanted(
     shared: &Shared,
     release: &Release,
     old: Option<&Arc<Offer>>,
-) -> Result<Vec<Expected>, SyncError> {
+) -> Result<Vec<u32>, SyncError> {
     let empty = Manifest::empty();
     let old_manifest = old.map_or(&empty, |h| &h.release.manifest);
     let changed = release.manifest.changed_files(old_manifest);
@@ -125,15 +130,38 @@ fn wanted(
             .as_ref()
             .is_some_and(|a| !a.keep.is_empty() && a.keep.covers(&e.path, false))
     };
-    let mut seen = HashSet::new();
-    Ok(changed
+    let entries = release.manifest.entries();
+    let mut out: Vec<u32> = changed
         .into_iter()
-        // A body `dir` holds at one path may still be needed at another: `seen` only after.
-        .filter(|(entry, _, id)| {
-            !kept(entry) && !in_store(id) && !in_dir(entry) && seen.insert(*id)
+        .filter(|&i| {
+            let e = &entries[i as usize];
+            e.body()
+                .is_some_and(|(_, id)| !kept(e) && !in_store(&id) && !in_dir(e))
         })
-        .filter_map(|(entry, ..)| expected(entry, shared.serves()))
-        .collect())
+        .collect();
+    // A body `dir` holds at one path may still be needed at another: once each only after.
+    once_each(&release.manifest, &mut out);
+    Ok(out)
+}
+
+/// Keeps, of the files in `list` (ascending indexes) that share a body, the first (sorted by
+/// body, a few bytes a file, where a set of bodies would hold 64 or more).
+fn once_each(manifest: &Manifest, list: &mut Vec<u32>) {
+    let body = |i: u32| {
+        manifest.entries()[i as usize]
+            .body()
+            .map_or(Blake3([0; 32]), |(_, id)| id)
+    };
+    let mut sorted = list.clone();
+    sort_by_body(&mut sorted, body);
+    let mut repeats: Vec<u32> = runs_by_body(&sorted, body)
+        .flat_map(|run| run[1..].iter().copied())
+        .collect();
+    drop(sorted);
+    if !repeats.is_empty() {
+        repeats.sort_unstable();
+        list.retain(|i| repeats.binary_search(i).is_err());
+    }
 }
 
 /// For a node whose `dir` is the only copy of its bodies: takes each wanted body that the
@@ -143,9 +171,11 @@ async fn adopt_moved(
     shared: &Arc<Shared>,
     applier: &Applier,
     old: &Arc<Offer>,
-    wanted: Vec<Expected>,
-) -> Result<Vec<Expected>, SyncError> {
+    release: &Release,
+    wanted: Vec<u32>,
+) -> Result<Vec<u32>, SyncError> {
     let (me, old, applier) = (shared.clone(), old.clone(), applier.clone());
+    let manifest = release.manifest.clone();
     tokio::task::spawn_blocking(move || {
         let by_body: HashMap<Blake3, &Entry> = old
             .release
@@ -156,19 +186,49 @@ async fn adopt_moved(
         // Adopted bodies are flushed with the fetched ones (see `Store::begin_batch`).
         me.store.begin_batch()?;
         let mut rest = Vec::new();
-        for e in wanted {
+        for i in wanted {
+            let Some(e) = expected(&manifest.entries()[i as usize], false) else {
+                continue;
+            };
             let adopted = match by_body.get(&e.blake3) {
                 Some(oe) if applier.holds_in_dir(oe) => {
-                    me.store.adopt(&applier.dir.join(&oe.path), e.clone())?
+                    me.store.adopt(&applier.dir.join(&oe.path), e)?
                 }
                 _ => false,
             };
             if !adopted {
-                rest.push(e);
+                rest.push(i);
             }
         }
         Ok(rest)
     })
     .await
     .expect("adopting bodies does not panic")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::manifest::fixtures::{dir, file};
+
+    #[test]
+    fn each_body_is_fetched_once_for_its_first_file() {
+        let m = Manifest::from_entries(vec![
+            file("a", b"same"),
+            file("b", b"other"),
+            dir("d"),
+            file("d/c", b"same"),
+            file("d/e", b"third"),
+            file("d/f", b"other"),
+            file("g", b"same"),
+        ])
+        .unwrap();
+        let mut list: Vec<u32> = m.indexed_files().map(|(i, ..)| i).collect();
+        once_each(&m, &mut list);
+        let paths: Vec<&str> = list
+            .iter()
+            .map(|&i| m.entries()[i as usize].path.as_str())
+            .collect();
+        assert_eq!(paths, ["a", "b", "d/e"]);
+    }
 }

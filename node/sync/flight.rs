@@ -1,18 +1,21 @@
 //! Bodies in flight: what a relay is still receiving, so it can serve a body's verified
 //! prefix to its children while the rest arrives (cut-through forwarding).
 //!
-//! The parent side registers every body of a release it starts fetching ([`Flights::start`])
-//! and reports each one's verified length as chunks pass their check; the children side
-//! follows that watermark ([`Flights::get`]) and never sends a byte beyond it. A flight ends
-//! [`Flight::Done`] once the body is in the store under its MD5, or [`Flight::Failed`] when its
-//! fetch is abandoned (the child's request then fails and is retried with the release).
+//! The parent side says which bodies of a release it is about to fetch ([`Flights::expect`]:
+//! a list of manifest indexes, 4 bytes a body, not a slot each: a first sync of a million
+//! files expects a million), registers each one as its request starts ([`Flights::start`]),
+//! and reports its verified length as chunks pass their check; the children side follows
+//! that watermark ([`Flights::get`]), from before the request starts if need be, and never
+//! sends a byte beyond it. A flight ends [`Flight::Done`] once the body is in the store, or
+//! [`Flight::Failed`] when its fetch is abandoned (the child's request then fails and is
+//! retried with the release).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::tree::Blake3;
+use crate::tree::{body_order, sort_by_body, Blake3, Manifest};
 
 /// Where a body being received stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,21 +28,66 @@ pub enum Flight {
     Failed,
 }
 
-/// One registered body. Its channel is made only when someone asks to follow it: a fetch
-/// registers every body of a release at once (a first sync of a million files registers a
-/// million), and a channel costs some 400 bytes where a slot costs 56.
+/// One body being received, or followed before its request started. Its channel is made
+/// only when someone asks to follow it (a channel costs some 400 bytes, a slot 56).
 #[derive(Debug)]
 struct Slot {
-    /// Which registration this is (a newer one of the same body takes the slot over).
+    /// Which registration this is (a newer one of the same body takes the slot over);
+    /// [`WAITING`] while only a follower made the slot.
     generation: u64,
     verified: u64,
     follow: Option<watch::Sender<Flight>>,
+}
+
+/// The generation of a slot a follower made for a body whose request has not started.
+const WAITING: u64 = 0;
+
+/// The bodies of one fetch, expected but not all started yet.
+#[derive(Debug)]
+struct Coming {
+    key: u64,
+    manifest: Manifest,
+    /// Manifest indexes of the bodies, sorted by body ([`body_order`]).
+    by_body: Vec<u32>,
+    /// One bit per position of `by_body`: its request started.
+    started: Vec<u64>,
+}
+
+impl Coming {
+    fn body(&self, index: u32) -> Blake3 {
+        self.manifest.entries()[index as usize]
+            .body()
+            .map_or(Blake3([0; 32]), |(_, id)| id)
+    }
+
+    fn position(&self, id: &Blake3) -> Option<usize> {
+        let want = body_order(id);
+        self.by_body
+            .binary_search_by(|&i| body_order(&self.body(i)).cmp(&want))
+            .ok()
+    }
+
+    fn is_started(&self, at: usize) -> bool {
+        self.started[at / 64] & (1 << (at % 64)) != 0
+    }
+
+    /// Whether `id` is expected and its request has not started.
+    fn pending(&self, id: &Blake3) -> bool {
+        self.position(id).is_some_and(|at| !self.is_started(at))
+    }
+
+    fn mark_started(&mut self, id: &Blake3) {
+        if let Some(at) = self.position(id) {
+            self.started[at / 64] |= 1 << (at % 64);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Registry {
     slots: HashMap<Blake3, Slot>,
     next: u64,
+    coming: Vec<Coming>,
 }
 
 /// The registry of bodies this node is receiving.
@@ -51,13 +99,41 @@ impl Flights {
         self.0.lock().expect("flights lock")
     }
 
-    /// Registers `id` as coming. A newer registration of a body takes over from an older
-    /// one: whoever follows the body follows the newer fetch, and the older ending changes
-    /// nothing.
+    /// Says that the files of `manifest` at `indexes` are about to be fetched: children may
+    /// follow their bodies from now on. Until the returned guard is dropped; then a body
+    /// whose request never started fails for whoever follows it.
+    pub fn expect(&self, manifest: &Manifest, indexes: &[u32]) -> Expecting {
+        let mut by_body = indexes.to_vec();
+        sort_by_body(&mut by_body, |i| {
+            manifest.entries()[i as usize]
+                .body()
+                .map_or(Blake3([0; 32]), |(_, id)| id)
+        });
+        let mut r = self.lock();
+        r.next += 1;
+        let key = r.next;
+        r.coming.push(Coming {
+            key,
+            manifest: manifest.clone(),
+            started: vec![0; by_body.len().div_ceil(64)],
+            by_body,
+        });
+        Expecting {
+            key,
+            flights: self.clone(),
+        }
+    }
+
+    /// Registers `id` as being received. A newer registration of a body takes over from an
+    /// older one: whoever follows the body follows the newer fetch, and the older ending
+    /// changes nothing.
     pub fn start(&self, id: Blake3) -> FlightHandle {
         let mut r = self.lock();
         r.next += 1;
         let generation = r.next;
+        for c in &mut r.coming {
+            c.mark_started(&id);
+        }
         let slot = r.slots.entry(id).or_insert(Slot {
             generation,
             verified: 0,
@@ -71,14 +147,25 @@ impl Flights {
         }
     }
 
-    /// Whether `id` is being received.
+    /// Whether `id` is being received or about to be.
     pub fn has(&self, id: &Blake3) -> bool {
-        self.lock().slots.contains_key(id)
+        let r = self.lock();
+        r.slots.contains_key(id) || r.coming.iter().any(|c| c.pending(id))
     }
 
-    /// Follows the flight of `id`, if it is being received.
+    /// Follows the flight of `id`, if it is being received or about to be.
     pub fn get(&self, id: &Blake3) -> Option<watch::Receiver<Flight>> {
         let mut r = self.lock();
+        if !r.slots.contains_key(id) && r.coming.iter().any(|c| c.pending(id)) {
+            r.slots.insert(
+                *id,
+                Slot {
+                    generation: WAITING,
+                    verified: 0,
+                    follow: None,
+                },
+            );
+        }
         let slot = r.slots.get_mut(id)?;
         let verified = slot.verified;
         let tx = slot
@@ -87,12 +174,51 @@ impl Flights {
         Some(tx.subscribe())
     }
 
+    /// Bodies being received (or followed before their request started).
     pub fn len(&self) -> usize {
         self.lock().slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The bodies one fetch expects ([`Flights::expect`]), until dropped.
+#[derive(Debug)]
+pub struct Expecting {
+    key: u64,
+    flights: Flights,
+}
+
+impl Drop for Expecting {
+    fn drop(&mut self) {
+        let mut r = self.flights.lock();
+        let Some(at) = r.coming.iter().position(|c| c.key == self.key) else {
+            return;
+        };
+        let coming = r.coming.swap_remove(at);
+        // Followers of bodies never asked for: nobody will send them now.
+        let Registry {
+            slots,
+            coming: others,
+            ..
+        } = &mut *r;
+        slots.retain(|id, slot| {
+            let orphan = slot.generation == WAITING
+                && coming.pending(id)
+                && !others.iter().any(|c| c.pending(id));
+            if orphan {
+                if let Some(tx) = &slot.follow {
+                    tx.send_replace(Flight::Failed);
+                }
+            }
+            !orphan
+        });
+        if slots.is_empty() {
+            // A first sync may have had many at once: give the table's room back.
+            *slots = HashMap::new();
+        }
     }
 }
 
@@ -128,7 +254,7 @@ impl FlightHandle {
     /// The body is in the store.
     pub fn done(mut self) {
         self.end(Flight::Done);
-        self.generation = 0;
+        self.generation = WAITING;
     }
 
     fn end(&self, how: Flight) {
@@ -146,8 +272,8 @@ impl FlightHandle {
 
 impl Drop for FlightHandle {
     fn drop(&mut self) {
-        // (Generation 0 is never registered: a handle that is done has nothing left to end.)
-        if self.generation != 0 {
+        // (A handle's generation is never `WAITING`, except once it is done.)
+        if self.generation != WAITING {
             self.end(Flight::Failed);
         }
     }
@@ -181,6 +307,45 @@ mod tests {
         let _new = flights.start(id);
         drop(old);
         assert_eq!(flights.len(), 1);
+    }
+
+    /// Three files with bodies a, b, c, and the flights expecting them.
+    fn expecting() -> (Flights, Expecting, [Blake3; 3]) {
+        use crate::tree::manifest::fixtures::file;
+        let m = Manifest::from_entries(vec![file("a", b"a"), file("b", b"b"), file("c", b"c")])
+            .unwrap();
+        let ids = [b"a", b"b", b"c"].map(|b| Blake3::of(b));
+        let flights = Flights::default();
+        let guard = flights.expect(&m, &[0, 1, 2]);
+        (flights, guard, ids)
+    }
+
+    #[test]
+    fn an_expected_body_is_followed_before_its_request_starts() {
+        let (flights, guard, [a, b, c]) = expecting();
+        assert!(flights.has(&a) && flights.has(&c));
+        assert!(!flights.has(&Blake3::of(b"d")) && flights.get(&Blake3::of(b"d")).is_none());
+        // No slot a body until someone follows or fetches it.
+        assert_eq!(flights.len(), 0);
+        let rx = flights.get(&b).unwrap();
+        assert_eq!(*rx.borrow(), Flight::Receiving { verified: 0 });
+        let h = flights.start(b);
+        h.progress(3);
+        assert_eq!(*rx.borrow(), Flight::Receiving { verified: 3 });
+        h.done();
+        assert_eq!(*rx.borrow(), Flight::Done);
+        // Started and done: in the store now, no longer coming.
+        assert!(!flights.has(&b) && flights.get(&b).is_none());
+        // The fetch ends without asking for `c`: whoever waits for it is told.
+        let rx = flights.get(&c).unwrap();
+        let ha = flights.start(a);
+        drop(guard);
+        assert_eq!(*rx.borrow(), Flight::Failed);
+        assert!(!flights.has(&c));
+        // A body under way is the fetch's own to end.
+        assert!(flights.has(&a));
+        ha.done();
+        assert!(flights.is_empty());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! whose apply may be unfinished is saved in `pending.bin` until it is held.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::watch;
 
@@ -15,21 +15,23 @@ use crate::data::{DataDir, StateError};
 use crate::tree::{newer, Blake3, Release};
 use crate::wire::{self, Delta, Down};
 
-/// A release with its offer frames, each encoded once for all children: the whole release
-/// (when a child first needs it) and, when it follows another release, a delta against that.
+/// A release with its offer frames: the whole release (when a child first needs it) and,
+/// when it follows another release, a delta against that. The delta is kept; the whole frame
+/// (some 80 bytes a file) only while it is being sent: children that ask at once share one
+/// encoding, and a release held for days does not keep a copy nobody needs.
 #[derive(Debug)]
 pub struct Offer {
     pub release: Release,
-    whole: OnceLock<Vec<u8>>,
+    whole: Mutex<Option<Weak<[u8]>>>,
     /// The previous release's version and root, and the delta frame against it.
-    delta: Option<(u64, Blake3, Vec<u8>)>,
+    delta: Option<(u64, Blake3, Arc<[u8]>)>,
 }
 
 impl Offer {
     pub fn new(release: Release) -> Arc<Self> {
         Arc::new(Offer {
             release,
-            whole: OnceLock::new(),
+            whole: Mutex::new(None),
             delta: None,
         })
     }
@@ -38,11 +40,11 @@ impl Offer {
     pub fn after(release: Release, previous: Option<&Offer>) -> Arc<Self> {
         let delta = previous.filter(|p| p.version() < release.version).map(|p| {
             let frame = wire::encode(&Down::OfferDelta(Delta::between(&p.release, &release)));
-            (p.version(), p.root(), frame)
+            (p.version(), p.root(), frame.into())
         });
         Arc::new(Offer {
             release,
-            whole: OnceLock::new(),
+            whole: Mutex::new(None),
             delta,
         })
     }
@@ -58,16 +60,22 @@ impl Offer {
     /// The frame to send a child known to hold the release `has` (version and root), and
     /// whether it is a delta: the delta against that release when there is one, the whole
     /// release otherwise.
-    pub fn frame_for(&self, has: Option<(u64, Blake3)>) -> (&[u8], bool) {
+    pub fn frame_for(&self, has: Option<(u64, Blake3)>) -> (Arc<[u8]>, bool) {
         match &self.delta {
-            Some((v, root, frame)) if has == Some((*v, *root)) => (frame, true),
+            Some((v, root, frame)) if has == Some((*v, *root)) => (frame.clone(), true),
             _ => (self.whole(), false),
         }
     }
 
-    /// The frame of the whole release.
-    pub fn whole(&self) -> &[u8] {
-        self.whole.get_or_init(|| wire::encode_offer(&self.release))
+    /// The frame of the whole release: the one being sent if there is one, else encoded anew.
+    pub fn whole(&self) -> Arc<[u8]> {
+        let mut cached = self.whole.lock().expect("offer frame lock");
+        if let Some(frame) = cached.as_ref().and_then(Weak::upgrade) {
+            return frame;
+        }
+        let frame: Arc<[u8]> = wire::encode_offer(&self.release).into();
+        *cached = Some(Arc::downgrade(&frame));
+        frame
     }
 }
 

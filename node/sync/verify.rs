@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::bodies::{self, expected};
+use super::bodies;
 use super::shared::Shared;
 use super::SyncError;
-use crate::data::Expected;
 use crate::dir::{ApplyError, Verified};
 use crate::tree::Blake3;
 use crate::wire::VerifySummary;
@@ -101,11 +100,11 @@ async fn fetch(
         return Err(VerifyError::NoParent(missing.len()));
     };
     let mut missing: HashSet<Blake3> = missing.into_iter().collect();
-    let wanted: Vec<Expected> = release
+    let wanted: Vec<u32> = release
         .manifest
-        .files()
-        .filter(|(_, _, id)| missing.remove(id))
-        .filter_map(|(entry, ..)| expected(entry, shared.serves()))
+        .indexed_files()
+        .filter(|(.., id)| missing.remove(id))
+        .map(|(i, ..)| i)
         .collect();
     info!(
         files = wanted.len(),

@@ -8,6 +8,8 @@
 //! rebuilt list as it would a whole manifest, recomputes the hash tree and checks the origin's
 //! signature over its root, so a wrong or hostile delta can only make a release be refused.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{path_order, Entry, EntryKind, Known, Manifest};
@@ -38,7 +40,7 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Run> {
     let (mut i, mut j) = (0, 0);
     while j < b.len() {
         let Some(oe) = a.get(i) else {
-            runs.add(b[j].clone());
+            runs.add(Entry::clone(&b[j]));
             j += 1;
             continue;
         };
@@ -46,11 +48,11 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Run> {
         match path_order(&oe.path, &ne.path) {
             std::cmp::Ordering::Less => i = old.subtree_end(i),
             std::cmp::Ordering::Greater => {
-                runs.add(ne.clone());
+                runs.add(Entry::clone(ne));
                 j += 1;
             }
             std::cmp::Ordering::Equal if oe != ne => {
-                runs.add(ne.clone());
+                runs.add(Entry::clone(ne));
                 i += 1;
                 j += 1;
             }
@@ -71,7 +73,7 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Run> {
 
 /// Rebuilds an entry list from `base` and `runs`. Kept runs must be ascending and inside the
 /// base, so the list is never longer than the base plus the new entries the delta carries.
-pub fn splice(base: &[Entry], runs: Vec<Run>) -> Result<Vec<Entry>, DeltaError> {
+pub fn splice(base: &[Arc<Entry>], runs: Vec<Run>) -> Result<Vec<Arc<Entry>>, DeltaError> {
     let mut out = Vec::with_capacity(base.len());
     let mut next = 0u64;
     for run in runs {
@@ -81,7 +83,7 @@ pub fn splice(base: &[Entry], runs: Vec<Run>) -> Result<Vec<Entry>, DeltaError> 
                 out.extend_from_slice(&base[start..end]);
                 next = end as u64;
             }
-            Run::New(entries) => out.extend(entries),
+            Run::New(entries) => out.extend(entries.into_iter().map(Arc::new)),
         }
     }
     Ok(out)
@@ -93,10 +95,16 @@ pub fn splice(base: &[Entry], runs: Vec<Run>) -> Result<Vec<Entry>, DeltaError> 
 /// not be computed again for them ([`Manifest::from_sorted_known`]). A hostile delta gains
 /// nothing from this: the list is validated as before, and an entry's known digest is the
 /// digest of the very entry kept.
-pub fn splice_known(base: &Manifest, runs: Vec<Run>) -> Result<(Vec<Entry>, Known), DeltaError> {
+pub fn splice_known(
+    base: &Manifest,
+    runs: Vec<Run>,
+) -> Result<(Vec<Arc<Entry>>, Known), DeltaError> {
     let b = base.entries();
     let mut out = Vec::with_capacity(b.len());
-    let mut digests = Vec::with_capacity(b.len());
+    let mut known = Known {
+        base: Some(base.clone()),
+        ..Known::default()
+    };
     let mut whole = Vec::new();
     let mut next = 0u64;
     for run in runs {
@@ -105,8 +113,10 @@ pub fn splice_known(base: &Manifest, runs: Vec<Run>) -> Result<(Vec<Entry>, Know
                 let (start, end) = keep_range(from, len, next, b.len())?;
                 let at = out.len();
                 out.extend_from_slice(&b[start..end]);
+                if end > start {
+                    known.runs.push((at, start, end - start));
+                }
                 for (k, e) in b.iter().enumerate().take(end).skip(start) {
-                    digests.push(Some(base.digest(k)));
                     if matches!(e.kind, EntryKind::Dir) {
                         let sub_end = base.subtree_end(k);
                         if sub_end <= end {
@@ -116,15 +126,12 @@ pub fn splice_known(base: &Manifest, runs: Vec<Run>) -> Result<(Vec<Entry>, Know
                 }
                 next = end as u64;
             }
-            Run::New(entries) => {
-                digests.extend(std::iter::repeat_n(None, entries.len()));
-                out.extend(entries);
-            }
+            Run::New(entries) => out.extend(entries.into_iter().map(Arc::new)),
         }
     }
     // Entries right after a kept subtree may still lie below its directory (added by the
     // next run): then that directory changed.
-    let subtrees = whole
+    known.subtrees = whole
         .into_iter()
         .filter(|&(s, e)| {
             out.get(e).is_none_or(|next| {
@@ -135,7 +142,7 @@ pub fn splice_known(base: &Manifest, runs: Vec<Run>) -> Result<(Vec<Entry>, Know
             })
         })
         .collect();
-    Ok((out, Known { digests, subtrees }))
+    Ok((out, known))
 }
 
 /// The base indexes a keep run covers, if it lies inside the base and does not go back.
@@ -208,7 +215,7 @@ mod tests {
     /// what is known from `old` (which must give the same manifest, digests included).
     fn rebuilt(old: &Manifest, new: &Manifest) -> Manifest {
         let runs = diff(old, new);
-        let full = Manifest::from_sorted(splice(old.entries(), runs.clone()).unwrap()).unwrap();
+        let full = Manifest::from_shared(splice(old.entries(), runs.clone()).unwrap()).unwrap();
         let (entries, known) = splice_known(old, runs).unwrap();
         let fast = Manifest::from_sorted_known(entries, Some(&known)).unwrap();
         assert_eq!(fast, full);
@@ -238,7 +245,7 @@ mod tests {
         let (entries, known) = splice_known(&old, runs.clone()).unwrap();
         assert_eq!(known.subtrees, [(1, 3)], "only a/sub is kept whole");
         let fast = Manifest::from_sorted_known(entries, Some(&known)).unwrap();
-        let full = Manifest::from_sorted(splice(old.entries(), runs).unwrap()).unwrap();
+        let full = Manifest::from_shared(splice(old.entries(), runs).unwrap()).unwrap();
         assert_eq!(fast.root_digest(), full.root_digest());
         assert_ne!(fast.root_digest(), old.root_digest());
     }
@@ -272,7 +279,12 @@ mod tests {
             }]
         );
         let runs = diff(&Manifest::empty(), &m);
-        assert_eq!(runs, [Run::New(m.entries().to_vec())]);
+        assert_eq!(
+            runs,
+            [Run::New(
+                m.entries().iter().map(|e| Entry::clone(e)).collect()
+            )]
+        );
         assert_eq!(rebuilt(&m, &Manifest::empty()), Manifest::empty());
     }
 
@@ -325,7 +337,7 @@ mod tests {
                 Err(DeltaError::BadKeep { .. })
             ));
         }
-        assert_eq!(splice(&base, vec![]).unwrap(), Vec::<Entry>::new());
+        assert!(splice(&base, vec![]).unwrap().is_empty());
     }
 
     proptest! {
@@ -389,7 +401,7 @@ mod tests {
                     _ => Run::New(vec![file(&format!("d{}/e{}/g{k}", k / 16, k / 4), b"n")]),
                 })
                 .collect();
-            let full = splice(base.entries(), runs.clone()).map(Manifest::from_sorted);
+            let full = splice(base.entries(), runs.clone()).map(Manifest::from_shared);
             let fast = splice_known(&base, runs)
                 .map(|(entries, known)| Manifest::from_sorted_known(entries, Some(&known)));
             match (full, fast) {

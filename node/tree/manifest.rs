@@ -66,6 +66,14 @@ impl Entry {
     pub fn parent(&self) -> &str {
         self.last_slash().map_or("", |i| &self.path[..i])
     }
+    /// A file's size and body; `None` for a directory or symlink.
+    pub fn body(&self) -> Option<(u64, Blake3)> {
+        match self.kind {
+            EntryKind::File { size, blake3, .. } => Some((size, blake3)),
+            _ => None,
+        }
+    }
+
     /// The chunk digests of a file's body (empty for a small file or a non-file).
     pub fn chunks(&self) -> &[Sums] {
         match &self.kind {
@@ -94,14 +102,19 @@ pub enum ManifestError {
     BadChunks(String, usize, u64),
     #[error("{0:?}: its chunk digests do not add up to its BLAKE3")]
     ChunksDisagree(String),
+    #[error("{0} entries: a manifest holds at most {max}", max = u32::MAX)]
+    TooMany(usize),
 }
 
 /// A validated, ordered list of entries with a digest per entry and for the whole tree.
 /// Never changed once made, so a copy shares the entries: a release is held, offered,
 /// fetched and applied at once without a copy of its entries each (about 150 bytes a file).
+/// Each entry is shared too: a manifest made from another (a delta, a scan that found one
+/// file changed) holds a pointer to each entry it kept, not a copy, so a node updating a
+/// release of a million files holds one set of entries, not two.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Manifest {
-    entries: Arc<Vec<Entry>>,
+    entries: Arc<Vec<Arc<Entry>>>,
     /// Per entry: a file's or symlink's own hash, a directory's subtree digest.
     digests: Arc<Vec<Blake3>>,
     root: Blake3,
@@ -150,6 +163,11 @@ impl Manifest {
 
     /// Validates entries that must already be in component order (as they come off the wire).
     pub fn from_sorted(entries: Vec<Entry>) -> Result<Self, ManifestError> {
+        Self::from_sorted_known(entries.into_iter().map(Arc::new).collect(), None)
+    }
+
+    /// [`Manifest::from_sorted`] of entries shared with other manifests.
+    pub fn from_shared(entries: Vec<Arc<Entry>>) -> Result<Self, ManifestError> {
         Self::from_sorted_known(entries, None)
     }
 
@@ -157,9 +175,13 @@ impl Manifest {
     /// were spliced from instead of hashing them again: the hash tree then costs what changed
     /// (and the directories above it), not every entry. Validation is the same.
     pub fn from_sorted_known(
-        mut entries: Vec<Entry>,
+        mut entries: Vec<Arc<Entry>>,
         known: Option<&Known>,
     ) -> Result<Self, ManifestError> {
+        // Entries are indexed by `u32` (lists of files to fetch are long).
+        if u32::try_from(entries.len()).is_err() {
+            return Err(ManifestError::TooMany(entries.len()));
+        }
         // The directories the last entry is in, outermost first: in component order, an
         // entry's parent (if it is listed at all) is one of them, or the last entry itself.
         let mut dirs: Vec<&str> = Vec::new();
@@ -232,7 +254,7 @@ impl Manifest {
         Self::from_sorted(Vec::new()).expect("an empty manifest is valid")
     }
 
-    pub fn entries(&self) -> &[Entry] {
+    pub fn entries(&self) -> &[Arc<Entry>] {
         &self.entries
     }
 
@@ -247,7 +269,12 @@ impl Manifest {
         self.entries
             .binary_search_by(|e| path_order(&e.path, path))
             .ok()
-            .map(|i| (&self.entries[i], self.digests[i]))
+            .map(|i| (&*self.entries[i], self.digests[i]))
+    }
+
+    /// The entry at `path`, shared.
+    pub fn shared(&self, path: &str) -> Option<&Arc<Entry>> {
+        self.position(path).map(|i| &self.entries[i])
     }
 
     /// Entry `i`'s digest: a file's or symlink's own, a directory's whole subtree's.
@@ -273,14 +300,23 @@ impl Manifest {
     /// Every file entry as (entry, size, BLAKE3: the name of its body).
     pub fn files(&self) -> impl Iterator<Item = (&Entry, u64, Blake3)> {
         self.entries.iter().filter_map(|e| match e.kind {
-            EntryKind::File { size, blake3, .. } => Some((e, size, blake3)),
+            EntryKind::File { size, blake3, .. } => Some((&**e, size, blake3)),
             _ => None,
         })
     }
 
-    /// Files of `self` that lie in subtrees differing from `old`: whole subtrees whose digest
-    /// equals the one at the same path in `old` are skipped without being walked.
-    pub fn changed_files<'a>(&'a self, old: &Manifest) -> Vec<(&'a Entry, u64, Blake3)> {
+    /// Files with their index, size and body.
+    pub fn indexed_files(&self) -> impl Iterator<Item = (u32, &Entry, u64, Blake3)> {
+        // (A manifest has at most `u32::MAX` entries.)
+        (0u32..)
+            .zip(self.entries.iter())
+            .filter_map(|(i, e)| e.body().map(|(size, id)| (i, &**e, size, id)))
+    }
+
+    /// The indexes of the files of `self` that lie in subtrees differing from `old`: whole
+    /// subtrees whose digest equals the one at the same path in `old` are skipped without
+    /// being walked.
+    pub fn changed_files(&self, old: &Manifest) -> Vec<u32> {
         let mut out = Vec::new();
         if self.root == old.root {
             return out;
@@ -293,9 +329,10 @@ impl Manifest {
                 .is_some_and(|(oe, od)| od == self.digests[i] && oe.kind == e.kind);
             match &e.kind {
                 EntryKind::Dir if same => i = self.subtree_end(i),
-                EntryKind::File { size, blake3, .. } => {
+                EntryKind::File { .. } => {
                     if !same {
-                        out.push((e, *size, *blake3));
+                        // (A manifest has at most `u32::MAX` entries.)
+                        out.push(i as u32);
                     }
                     i += 1;
                 }
@@ -358,19 +395,47 @@ impl Manifest {
 /// [`crate::tree::delta::splice_known`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Known {
-    /// By index: the digest a kept entry had in the base (`None` for a new entry). A file's or
-    /// symlink's depends on the entry alone, so it holds as it is; a directory's only for
-    /// the directories in `subtrees`.
-    pub digests: Vec<Option<Blake3>>,
+    /// The manifest the kept entries come from.
+    pub base: Option<Manifest>,
+    /// Runs of kept entries, ascending: `(start, base_start, len)` says that entries
+    /// `start..start + len` are the base's from `base_start` on, and have the digests they
+    /// had there (a few runs, where a digest per entry would take 33 bytes a file). A file's
+    /// or symlink's digest depends on the entry alone, so it holds as it is; a directory's
+    /// only for the directories in `subtrees`.
+    pub runs: Vec<(usize, usize, usize)>,
     /// Kept directories whose whole subtree is kept as it was, as index ranges `start..end`
     /// (the directory first), ascending by start.
     pub subtrees: Vec<(usize, usize)>,
 }
 
+impl Known {
+    /// Adds entry `at`, kept from the base's entry `base_at` (runs grow as entries come).
+    pub fn keep(&mut self, at: usize, base_at: usize) {
+        if let Some((start, base_start, len)) = self.runs.last_mut() {
+            if *start + *len == at && *base_start + *len == base_at {
+                *len += 1;
+                return;
+            }
+        }
+        self.runs.push((at, base_at, 1));
+    }
+
+    /// The digest entry `i` had in the base, if it is a kept one.
+    pub fn digest(&self, i: usize) -> Option<Blake3> {
+        let base = self.base.as_ref()?;
+        let run = self
+            .runs
+            .partition_point(|&(start, ..)| start <= i)
+            .checked_sub(1)?;
+        let (start, base_start, len) = self.runs[run];
+        (i < start + len).then(|| base.digest(base_start + i - start))
+    }
+}
+
 /// Computes per-entry digests and the root digest, bottom-up over the pre-order list. Digests
 /// `known` are taken as they are: a known file's is not hashed again, and a whole kept
 /// subtree is skipped at once (its digests copied, nothing below its directory hashed).
-fn hash_tree(entries: &[Entry], known: Option<&Known>) -> (Vec<Blake3>, Blake3) {
+fn hash_tree(entries: &[Arc<Entry>], known: Option<&Known>) -> (Vec<Blake3>, Blake3) {
     let mut digests = vec![Blake3([0; 32]); entries.len()];
     // The outermost whole kept subtrees, by their last index.
     let mut skip: HashMap<usize, usize> = HashMap::new();
@@ -383,7 +448,7 @@ fn hash_tree(entries: &[Entry], known: Option<&Known>) -> (Vec<Blake3>, Blake3) 
             }
         }
     }
-    let known_digest = |i: usize| known.and_then(|k| k.digests.get(i).copied().flatten());
+    let known_digest = |i: usize| known.and_then(|k| k.digest(i));
     // Per directory path: the serialized (name, digest) of its children, in reverse order.
     let mut children: HashMap<&str, Vec<u8>> = HashMap::new();
     let mut next = entries.len();
@@ -452,14 +517,14 @@ fn entry_digest(e: &Entry, children: &mut HashMap<&str, Vec<u8>>) -> Blake3 {
 
 impl Serialize for Manifest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (*self.entries).serialize(s)
+        s.collect_seq(self.entries.iter().map(|e| &**e))
     }
 }
 
 impl<'de> Deserialize<'de> for Manifest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let entries = Vec::<Entry>::deserialize(d)?;
-        Manifest::from_sorted(entries).map_err(serde::de::Error::custom)
+        let entries = Vec::<Arc<Entry>>::deserialize(d)?;
+        Manifest::from_sorted_known(entries, None).map_err(serde::de::Error::custom)
     }
 }
 
@@ -586,14 +651,20 @@ mod tests {
         assert_eq!(a.get("a").unwrap().1, c.get("a").unwrap().1);
         assert_ne!(a.get("z").unwrap().1, c.get("z").unwrap().1);
         // A rename changes the tree digest.
-        let mut renamed = a.entries().to_vec();
+        let owned = || {
+            a.entries()
+                .iter()
+                .map(|e| Entry::clone(e))
+                .collect::<Vec<_>>()
+        };
+        let mut renamed = owned();
         renamed[1].path = "a/0".into();
         assert_ne!(
             Manifest::from_entries(renamed).unwrap().root_digest(),
             a.root_digest()
         );
         // A mode change does too.
-        let mut chmod = a.entries().to_vec();
+        let mut chmod = owned();
         chmod[1].mode = 0o600;
         assert_ne!(
             Manifest::from_entries(chmod).unwrap().root_digest(),
@@ -636,7 +707,7 @@ mod tests {
         let changed: Vec<_> = new
             .changed_files(&old)
             .iter()
-            .map(|(e, ..)| e.path.clone())
+            .map(|&i| new.entries()[i as usize].path.clone())
             .collect();
         assert_eq!(changed, ["z/3"]);
         assert!(new.changed_files(&new).is_empty());

@@ -2,6 +2,8 @@
 //! variant index is the tag on the wire). Each message type has its own frame limit
 //! ([`Message::MAX`]): a peer can make a node allocate at most that much per frame.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::blocks::Compress;
@@ -107,7 +109,7 @@ pub enum RawDown {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RawRelease {
     pub version: u64,
-    pub entries: Vec<Entry>,
+    pub entries: Vec<Arc<Entry>>,
     pub revoked: Vec<[u8; 32]>,
     pub signature: Vec<u8>,
     pub topology: Option<String>,

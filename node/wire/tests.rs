@@ -444,7 +444,7 @@ fn wire_order_is_enforced() {
     let raw: RawRelease = decode_frame(&encode(&RawRelease {
         known: None,
         version: 1,
-        entries,
+        entries: entries.into_iter().map(std::sync::Arc::new).collect(),
         revoked: vec![],
         signature: vec![],
         topology: None,

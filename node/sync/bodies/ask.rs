@@ -33,18 +33,23 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Fetches `wanted` (bodies not in the store) on parallel streams, then flushes the store.
-/// A node with children offers `release` to them as soon as the bodies are registered in
-/// flight, and serves each body's verified prefix while the rest arrives. `done` counts the
-/// body bytes received (as they arrive) across calls for one release.
+/// `wanted` lists the files of `release` whose bodies to fetch, by manifest index, each body
+/// once: 4 bytes a body (a first sync of a million files fetches a million), each body's
+/// expectation made only when its request starts. A node with children offers `release` to
+/// them as soon as the bodies are expected, and serves each body's verified prefix while the
+/// rest arrives. `done` counts the body bytes received (as they arrive) across calls for one
+/// release.
 pub async fn fetch_all(
     shared: &Arc<Shared>,
     conn: &Connection,
-    wanted: Vec<Expected>,
+    wanted: Vec<u32>,
     release: &Release,
     done: &Arc<AtomicU64>,
 ) -> Result<(), SyncError> {
     let version = release.version;
-    let total: u64 = wanted.iter().map(|e| e.size).sum::<u64>() + done.load(Ordering::Relaxed);
+    let entries = release.manifest.entries();
+    let size = |i: u32| entries[i as usize].body().map_or(0, |(size, _)| size);
+    let total: u64 = wanted.iter().map(|&i| size(i)).sum::<u64>() + done.load(Ordering::Relaxed);
     let files = wanted.len() as u64;
     let files_done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -79,16 +84,8 @@ pub async fn fetch_all(
     progress(started);
 
     shared.store.begin_batch()?;
-    let sizes: Vec<u64> = wanted.iter().map(|e| e.size).collect();
-    let groups = super::plan(&sizes);
-    drop(sizes);
-    // Each body with its flight, taken out as its group is asked for (one copy of the
-    // expectations at a time, not two).
-    let mut flights: Vec<Option<FlightHandle>> = (wanted.iter())
-        .map(|e| Some(shared.flights.start(e.blake3)))
-        .collect();
-    let mut wanted: Vec<Option<Expected>> = wanted.into_iter().map(Some).collect();
-    // Every body is registered: children may now ask for any of them.
+    let _expecting = shared.flights.expect(&release.manifest, &wanted);
+    // Every body is expected: children may now ask for any of them.
     shared.offer_early(release);
     let asker = Asker {
         shared: shared.clone(),
@@ -96,16 +93,16 @@ pub async fn fetch_all(
         done: done.clone(),
         files_done: files_done.clone(),
     };
-    let mut queue = groups
-        .into_iter()
-        .map(|group| -> Vec<(Expected, FlightHandle)> {
-            (group.into_iter())
-                .map(|i| {
-                    let taken = wanted[i].take().zip(flights[i].take());
-                    taken.expect("plan uses each body once")
-                })
-                .collect()
-        });
+    let serves = shared.serves();
+    let mut queue = super::plan(wanted.iter().map(|&i| (i, size(i)))).map(|group| {
+        (group.into_iter())
+            .filter_map(|i| super::expected(&entries[i as usize], serves))
+            .map(|e| {
+                let flight = shared.flights.start(e.blake3);
+                (e, flight)
+            })
+            .collect::<Vec<(Expected, FlightHandle)>>()
+    });
     let mut running = JoinSet::new();
     let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
     loop {

@@ -54,49 +54,80 @@ pub fn expected(entry: &Entry, serves: bool) -> Option<Expected> {
     })
 }
 
-/// Groups the bodies to fetch (by index, in order): each body above [`SMALL`] alone, smaller
-/// ones together on one stream, up to [`BATCH_FILES`] bodies or [`BATCH_BYTES`] bytes.
-pub fn plan(sizes: &[u64]) -> Vec<Vec<usize>> {
-    let mut out = Vec::new();
-    let mut batch = Vec::new();
-    let mut batch_bytes = 0;
-    for (i, &size) in sizes.iter().enumerate() {
-        if size > SMALL {
-            out.push(vec![i]);
-            continue;
-        }
-        if batch.len() == BATCH_FILES || batch_bytes + size > BATCH_BYTES {
-            out.push(std::mem::take(&mut batch));
-            batch_bytes = 0;
-        }
-        batch.push(i);
-        batch_bytes += size;
+/// Groups the bodies to fetch, `(key, size)` in order, as they are asked for: each body above
+/// [`SMALL`] alone, smaller ones together on one stream, up to [`BATCH_FILES`] bodies or
+/// [`BATCH_BYTES`] bytes. Lazy: only the batch being filled is held.
+pub fn plan<I: Iterator<Item = (u32, u64)>>(bodies: I) -> Plan<I> {
+    Plan {
+        bodies,
+        batch: Vec::new(),
+        batch_bytes: 0,
     }
-    if !batch.is_empty() {
-        out.push(batch);
+}
+
+/// The groups of [`plan`].
+pub struct Plan<I> {
+    bodies: I,
+    batch: Vec<u32>,
+    batch_bytes: u64,
+}
+
+impl<I: Iterator<Item = (u32, u64)>> Iterator for Plan<I> {
+    type Item = Vec<u32>;
+
+    fn next(&mut self) -> Option<Vec<u32>> {
+        for (key, size) in self.bodies.by_ref() {
+            if size > SMALL {
+                return Some(vec![key]);
+            }
+            let full = self.batch.len() == BATCH_FILES || self.batch_bytes + size > BATCH_BYTES;
+            let out = full.then(|| std::mem::take(&mut self.batch));
+            if full {
+                self.batch_bytes = 0;
+            }
+            self.batch.push(key);
+            self.batch_bytes += size;
+            if out.is_some() {
+                return out;
+            }
+        }
+        (!self.batch.is_empty()).then(|| std::mem::take(&mut self.batch))
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn groups(sizes: &[u64]) -> Vec<Vec<u32>> {
+        plan((0..).zip(sizes.iter().copied())).collect()
+    }
+
     #[test]
     fn small_bodies_are_batched_and_large_ones_go_alone() {
         let big = SMALL + 1;
         assert_eq!(
-            plan(&[1, 2, big, 3, SMALL]),
+            groups(&[1, 2, big, 3, SMALL]),
             vec![vec![2], vec![0, 1, 3, 4]]
         );
-        assert!(plan(&[]).is_empty());
+        assert!(groups(&[]).is_empty());
         let many = vec![1; BATCH_FILES + 1];
         assert_eq!(
-            plan(&many).iter().map(Vec::len).collect::<Vec<_>>(),
+            groups(&many).iter().map(Vec::len).collect::<Vec<_>>(),
             [BATCH_FILES, 1]
         );
         let heavy = vec![SMALL; (BATCH_BYTES / SMALL) as usize + 1];
-        assert_eq!(plan(&heavy).len(), 2);
+        assert_eq!(groups(&heavy).len(), 2);
+        // A large body between full batches: each batch whole, in order.
+        let mut mixed = vec![1; BATCH_FILES];
+        mixed.push(big);
+        mixed.extend(vec![1; BATCH_FILES + 1]);
+        let g = groups(&mixed);
+        assert_eq!(
+            g.iter().map(Vec::len).collect::<Vec<_>>(),
+            [1, BATCH_FILES, BATCH_FILES, 1]
+        );
+        assert_eq!(g[0], [BATCH_FILES as u32]);
     }
 
     #[test]
