@@ -34,8 +34,31 @@ pub fn par_map<T: Sync, R: Send, E: Send>(
     f: impl Fn(&T) -> Result<R, E> + Sync + Send,
 ) -> Result<Vec<R>, E> {
     use rayon::prelude::*;
+    match pool() {
+        Some(pool) if items.len() > 1 => pool.install(|| items.par_iter().map(f).collect()),
+        // One item, or no threads to be had: here, in order.
+        _ => items.iter().map(f).collect(),
+    }
+}
+
+/// `f` applied to every item (taken by value, dropped as it is done) on the file pool, in
+/// no particular order; nothing is collected. The first error stops the others from taking
+/// new items and is returned.
+pub fn par_each<T: Send, E: Send>(
+    items: Vec<T>,
+    f: impl Fn(T) -> Result<(), E> + Sync + Send,
+) -> Result<(), E> {
+    use rayon::prelude::*;
+    match pool() {
+        Some(pool) if items.len() > 1 => pool.install(|| items.into_par_iter().try_for_each(f)),
+        _ => items.into_iter().try_for_each(f),
+    }
+}
+
+/// The file pool: `None` when no threads could be had.
+fn pool() -> Option<&'static rayon::ThreadPool> {
     static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
-    let pool = POOL.get_or_init(|| {
+    POOL.get_or_init(|| {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(MAX_THREADS);
@@ -44,12 +67,8 @@ pub fn par_map<T: Sync, R: Send, E: Send>(
             .thread_name(|i| format!("cascade-files-{i}"))
             .build()
             .ok()
-    });
-    match pool {
-        Some(pool) if items.len() > 1 => pool.install(|| items.par_iter().map(f).collect()),
-        // One item, or no threads to be had: here, in order.
-        _ => items.iter().map(f).collect(),
-    }
+    })
+    .as_ref()
 }
 
 #[cfg(test)]
@@ -64,5 +83,25 @@ mod tests {
         assert!(super::par_map(&[] as &[u32], |&n| Ok::<_, ()>(n))
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn each_item_is_taken_once_and_an_error_is_returned() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let sum = AtomicU64::new(0);
+        super::par_each((1..=1000u64).collect(), |n| {
+            sum.fetch_add(n, Ordering::Relaxed);
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        assert_eq!(sum.into_inner(), 500_500);
+        let err = super::par_each((0..1000u32).collect(), |n| {
+            if n == 500 {
+                Err(n)
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(err, Err(500));
     }
 }

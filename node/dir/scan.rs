@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fs_err as fs;
@@ -311,16 +311,30 @@ enum Depth {
     Changed,
 }
 
-/// A file the walk found that must be read: its entry (a placeholder until read), path and
-/// stat before reading.
-struct ToRead {
-    entry: usize,
-    path: PathBuf,
+/// How a file the walk found must be read: its stat before reading, and where it goes.
+struct ReadHow {
     stat: Stat,
     /// The device the walk found the file on (with the inode, what must be read).
     dev: u64,
     /// Its body is copied into the store (else only hashed where it is).
     copy: bool,
+}
+
+/// A file to read once the walk is done: its entry (a placeholder until read, shared with
+/// the walk's list until then; its path is where to read) and how. Some 64 bytes a file.
+struct ToRead {
+    entry: usize,
+    file: Arc<Entry>,
+    how: ReadHow,
+}
+
+/// What the threads reading files change in the walk, one file at a time.
+struct Landing<'w> {
+    entries: &'w mut Vec<Arc<Entry>>,
+    cache_at: &'w mut Vec<Stat>,
+    dropped: &'w mut HashSet<usize>,
+    stats: &'w mut ScanStats,
+    unsettled: &'w mut Vec<String>,
 }
 
 /// How many directories are listed ahead of the walk at once, on several threads: enough
@@ -351,7 +365,7 @@ enum Found {
         entry: Arc<Entry>,
         cache_at: Stat,
         from: u32,
-        read: Option<Box<ToRead>>,
+        read: Option<Box<ReadHow>>,
         /// For a directory: what is done below it, and where it is.
         below: Option<(Below, PathBuf)>,
     },
@@ -436,9 +450,7 @@ impl Ctx<'_> {
                     }
                     None => {
                         from = NEW;
-                        read = Some(Box::new(ToRead {
-                            entry: 0,
-                            path: path(),
+                        read = Some(Box::new(ReadHow {
                             stat,
                             dev: meta.dev(),
                             copy,
@@ -717,9 +729,12 @@ impl<'a> Walk<'a> {
                     below,
                 } => (entry, cache_at, from, read, below),
             };
-            if let Some(mut r) = read {
-                r.entry = self.entries.len();
-                self.to_read.push(*r);
+            if let Some(how) = read {
+                self.to_read.push(ToRead {
+                    entry: self.entries.len(),
+                    file: entry.clone(),
+                    how: *how,
+                });
             } else if cache_at.known() {
                 self.stats.cached += 1;
             }
@@ -783,85 +798,48 @@ impl<'a> Walk<'a> {
     }
 
     /// Reads the files the walk could not take from the cache, on several threads
-    /// (into the store when scanning for a publish), and fills in their entries.
+    /// (into the store when scanning for a publish), and fills in their entries as each is
+    /// read: nothing is gathered per file meanwhile (a first scan reads every file).
     fn read_files(&mut self) -> Result<(), ScanError> {
         let jobs = std::mem::take(&mut self.to_read);
         if jobs.is_empty() {
             return Ok(());
         }
-        let store = self.ctx.store;
-        let read = super::par_map(&jobs, |job| {
+        let (root, store, prev, now) =
+            (self.ctx.root, self.ctx.store, self.ctx.scope.prev, self.now);
+        let landing = Mutex::new(Landing {
+            entries: &mut self.entries,
+            cache_at: &mut self.cache_at,
+            dropped: &mut self.dropped,
+            stats: &mut self.stats,
+            unsettled: &mut self.unsettled,
+        });
+        super::par_each(jobs, |job| {
+            let path = root.join(&job.file.path);
+            let how = &job.how;
             let body = match store {
-                Some(store) if job.copy => store
-                    .ingest(&job.path, Some((job.dev, job.stat.ino)))
+                Some(store) if how.copy => store
+                    .ingest(&path, Some((how.dev, how.stat.ino)))
                     .map_err(|e| match e {
                         StoreError::Io(e) => ScanError::Io(e),
                         e => ScanError::Store(e),
                     }),
-                Some(_) => open_regular(&job.path, Some((job.dev, job.stat.ino)))
+                Some(_) => open_regular(&path, Some((how.dev, how.stat.ino)))
                     .and_then(|(mut f, len)| hash_reader(&mut f, len, true, |_| Ok(())))
                     .map_err(ScanError::Io),
-                None => hash_file(&job.path, true).map_err(ScanError::Io),
+                None => hash_file(&path, true).map_err(ScanError::Io),
             };
-            let body = match body {
-                Ok(b) => b,
+            let read = match body {
+                // Taken right after reading, to tell whether the file changed meanwhile.
+                Ok(b) => Some((b, fs::symlink_metadata(&path).map(|m| Stat::of(&m)).ok())),
                 // Deleted since it was listed: it is gone from this scan too.
-                Err(ScanError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(ScanError::Io(e)) if e.kind() == io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e),
             };
-            // Taken right after reading, to tell whether the file changed meanwhile.
-            let after = fs::symlink_metadata(&job.path).map(|m| Stat::of(&m)).ok();
-            Ok::<_, ScanError>(Some((body, after)))
-        })?;
-        for (job, read) in jobs.iter().zip(read) {
-            let Some((body, after)) = read else {
-                self.dropped.insert(job.entry);
-                continue;
-            };
-            self.stats.hashed += 1;
-            self.stats.hashed_bytes += body.size;
-            let stat = job.stat;
-            if after != Some(stat) || body.size != stat.size {
-                // Changed while it was read: what was read may be half old, half new.
-                let path = self.entries[job.entry].path.clone();
-                match self
-                    .ctx
-                    .scope
-                    .prev
-                    .and_then(|p| p.shared(&path))
-                    .filter(|e| matches!(e.kind, EntryKind::File { .. }))
-                {
-                    Some(e) => self.entries[job.entry] = e.clone(),
-                    None => {
-                        self.dropped.insert(job.entry);
-                    }
-                }
-                self.unsettled.push(path);
-                continue;
-            }
-            // (A placeholder of this scan's own: not shared, changed in place.)
-            let entry = Arc::make_mut(&mut self.entries[job.entry]);
-            if let EntryKind::File {
-                md5: m,
-                blake3: b,
-                size: sz,
-                chunks: c,
-                ..
-            } = &mut entry.kind
-            {
-                (*m, *b, *sz, *c) = (body.md5, body.blake3, body.size, body.chunks);
-            }
-            // Cache nothing modified too recently to tell a later write in the same tick.
-            let window = if stat.mtime % 1_000_000_000 == 0 {
-                RACY_WINDOW_COARSE
-            } else {
-                RACY_WINDOW_FINE
-            };
-            if self.ctx.store.is_some() && self.now - i128::from(stat.mtime) > window {
-                self.cache_at[job.entry] = stat;
-            }
-        }
-        Ok(())
+            let mut landing = landing.lock().expect("scan landing lock");
+            landing.land(job, read, prev, store.is_some(), now);
+            Ok(())
+        })
     }
 
     /// The manifest and the cache for next time.
@@ -909,6 +887,68 @@ impl<'a> Walk<'a> {
             unsettled: self.unsettled,
             matched: self.matched,
         })
+    }
+}
+
+impl Landing<'_> {
+    /// Fills in the entry of `job` from what reading it gave (`None`: it was gone).
+    fn land(
+        &mut self,
+        job: ToRead,
+        read: Option<(Body, Option<Stat>)>,
+        prev: Option<&Manifest>,
+        caching: bool,
+        now: i128,
+    ) {
+        let ToRead {
+            entry: at,
+            file,
+            how,
+        } = job;
+        let Some((body, after)) = read else {
+            self.dropped.insert(at);
+            return;
+        };
+        self.stats.hashed += 1;
+        self.stats.hashed_bytes += body.size;
+        let stat = how.stat;
+        if after != Some(stat) || body.size != stat.size {
+            // Changed while it was read: what was read may be half old, half new.
+            let path = file.path.clone();
+            match prev
+                .and_then(|p| p.shared(&path))
+                .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+            {
+                Some(e) => self.entries[at] = e.clone(),
+                None => {
+                    self.dropped.insert(at);
+                }
+            }
+            self.unsettled.push(path);
+            return;
+        }
+        // The placeholder is the walk's own again: changed in place, not copied.
+        drop(file);
+        let entry = Arc::make_mut(&mut self.entries[at]);
+        if let EntryKind::File {
+            md5: m,
+            blake3: b,
+            size: sz,
+            chunks: c,
+            ..
+        } = &mut entry.kind
+        {
+            (*m, *b, *sz, *c) = (body.md5, body.blake3, body.size, body.chunks);
+        }
+        // Cache nothing modified too recently to tell a later write in the same tick.
+        let window = if stat.mtime % 1_000_000_000 == 0 {
+            RACY_WINDOW_COARSE
+        } else {
+            RACY_WINDOW_FINE
+        };
+        if caching && now - i128::from(stat.mtime) > window {
+            self.cache_at[at] = stat;
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! renamed files' bodies from their old paths, fetch the rest, land the release, and fetch
 //! again whatever the apply finds missing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -177,12 +177,7 @@ async fn adopt_moved(
     let (me, old, applier) = (shared.clone(), old.clone(), applier.clone());
     let manifest = release.manifest.clone();
     tokio::task::spawn_blocking(move || {
-        let by_body: HashMap<Blake3, &Entry> = old
-            .release
-            .manifest
-            .files()
-            .map(|(e, _, id)| (id, e))
-            .collect();
+        let was = old_paths(&old.release.manifest, &manifest, &wanted);
         // Adopted bodies are flushed with the fetched ones (see `Store::begin_batch`).
         me.store.begin_batch()?;
         let mut rest = Vec::new();
@@ -190,7 +185,11 @@ async fn adopt_moved(
             let Some(e) = expected(&manifest.entries()[i as usize], false) else {
                 continue;
             };
-            let adopted = match by_body.get(&e.blake3) {
+            let oe = was
+                .binary_search_by(|(id, _)| id.cmp(&e.blake3))
+                .ok()
+                .map(|k| &old.release.manifest.entries()[was[k].1 as usize]);
+            let adopted = match oe {
                 Some(oe) if applier.holds_in_dir(oe) => {
                     me.store.adopt(&applier.dir.join(&oe.path), e)?
                 }
@@ -204,6 +203,30 @@ async fn adopt_moved(
     })
     .await
     .expect("adopting bodies does not panic")
+}
+
+/// Of the bodies of `manifest`'s files `wanted`, those `old` has, each with the index of the
+/// first file of `old` that has it, sorted by body: one pass over `old`, holding what is
+/// wanted (a few files when a few changed), not a map of every body `old` has.
+fn old_paths(old: &Manifest, manifest: &Manifest, wanted: &[u32]) -> Vec<(Blake3, u32)> {
+    let mut ids: Vec<Blake3> = wanted
+        .iter()
+        .filter_map(|&i| manifest.entries()[i as usize].body().map(|(_, id)| id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut first: Vec<Option<u32>> = vec![None; ids.len()];
+    if !ids.is_empty() {
+        for (oi, _, _, id) in old.indexed_files() {
+            if let Ok(k) = ids.binary_search(&id) {
+                first[k].get_or_insert(oi);
+            }
+        }
+    }
+    ids.into_iter()
+        .zip(first)
+        .filter_map(|(id, oi)| Some((id, oi?)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -230,5 +253,34 @@ mod tests {
             .map(|&i| m.entries()[i as usize].path.as_str())
             .collect();
         assert_eq!(paths, ["a", "b", "d/e"]);
+    }
+    #[test]
+    fn a_moved_body_is_found_at_its_first_old_path() {
+        let old = Manifest::from_entries(vec![
+            file("a", b"kept"),
+            dir("d"),
+            file("d/x", b"moved"),
+            file("d/y", b"moved"),
+        ])
+        .unwrap();
+        let new = Manifest::from_entries(vec![
+            file("a", b"kept"),
+            file("b", b"new"),
+            file("z", b"moved"),
+        ])
+        .unwrap();
+        let was = old_paths(&old, &new, &[1, 2]);
+        let found: Vec<(&str, &str)> = was
+            .iter()
+            .map(|&(id, oi)| {
+                let n = new.files().find(|(_, _, b)| *b == id).unwrap().0;
+                (n.path.as_str(), old.entries()[oi as usize].path.as_str())
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [("z", "d/x")],
+            "b's body is new; z's was first at d/x"
+        );
     }
 }

@@ -174,6 +174,17 @@ impl Flights {
         Some(tx.subscribe())
     }
 
+    /// The size of `id`, if a fetch expects it (started or not).
+    pub fn size(&self, id: &Blake3) -> Option<u64> {
+        let r = self.lock();
+        r.coming.iter().find_map(|c| {
+            let i = c.by_body[c.position(id)?];
+            c.manifest.entries()[i as usize]
+                .body()
+                .map(|(size, _)| size)
+        })
+    }
+
     /// Bodies being received (or followed before their request started).
     pub fn len(&self) -> usize {
         self.lock().slots.len()
@@ -327,11 +338,18 @@ mod tests {
         assert!(!flights.has(&Blake3::of(b"d")) && flights.get(&Blake3::of(b"d")).is_none());
         // No slot a body until someone follows or fetches it.
         assert_eq!(flights.len(), 0);
+        assert_eq!(
+            flights.size(&b),
+            Some(1),
+            "its size is known before it starts"
+        );
+        assert_eq!(flights.size(&Blake3::of(b"d")), None);
         let rx = flights.get(&b).unwrap();
         assert_eq!(*rx.borrow(), Flight::Receiving { verified: 0 });
         let h = flights.start(b);
         h.progress(3);
         assert_eq!(*rx.borrow(), Flight::Receiving { verified: 3 });
+        assert_eq!(flights.size(&b), Some(1), "and while it arrives");
         h.done();
         assert_eq!(*rx.borrow(), Flight::Done);
         // Started and done: in the store now, no longer coming.

@@ -39,8 +39,9 @@ impl Offer {
     /// `release`, with a delta against `previous` if that is an older release.
     pub fn after(release: Release, previous: Option<&Offer>) -> Arc<Self> {
         let delta = previous.filter(|p| p.version() < release.version).map(|p| {
-            let frame = wire::encode(&Down::OfferDelta(Delta::between(&p.release, &release)));
-            (p.version(), p.root(), frame.into())
+            let frame =
+                wire::encode_shared(&Down::OfferDelta(Delta::between(&p.release, &release)));
+            (p.version(), p.root(), frame)
         });
         Arc::new(Offer {
             release,
@@ -73,7 +74,7 @@ impl Offer {
         if let Some(frame) = cached.as_ref().and_then(Weak::upgrade) {
             return frame;
         }
-        let frame: Arc<[u8]> = wire::encode_offer(&self.release).into();
+        let frame = wire::encode_offer(&self.release);
         *cached = Some(Arc::downgrade(&frame));
         frame
     }

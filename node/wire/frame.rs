@@ -1,6 +1,8 @@
 //! Framing: a 4-byte big-endian length, then the message encoded with postcard 1 through
 //! serde. The only place that knows the encoding; swapping it touches this file alone.
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -30,6 +32,19 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
         .expect("encoding plain data into a Vec cannot fail");
     let len = (out.len() - HEADER_LEN) as u32;
     out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// [`encode`] into a shared buffer of exactly the frame's size: a large frame (a whole
+/// manifest, some 80 bytes a file) is neither grown by doubling while it is encoded nor
+/// copied once it is.
+pub fn encode_shared<T: Serialize>(msg: &T) -> Arc<[u8]> {
+    let len = postcard::experimental::serialized_size(msg).expect("sizing plain data cannot fail");
+    // One allocation of a known length, zeroed, then filled in place.
+    let mut out: Arc<[u8]> = std::iter::repeat_n(0u8, HEADER_LEN + len).collect();
+    let buf = Arc::get_mut(&mut out).expect("not shared yet");
+    buf[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    postcard::to_slice(msg, &mut buf[HEADER_LEN..]).expect("sized to fit exactly");
     out
 }
 

@@ -88,12 +88,12 @@ impl Delta {
 }
 
 /// Encodes `Down::Offer(release)` without taking the release.
-pub fn encode_offer(release: &Release) -> Vec<u8> {
+pub fn encode_offer(release: &Release) -> std::sync::Arc<[u8]> {
     #[derive(Serialize)]
     enum DownRef<'a> {
         Offer(&'a Release),
     }
-    super::encode(&DownRef::Offer(release))
+    super::encode_shared(&DownRef::Offer(release))
 }
 
 /// [`Down`] as a child decodes it: the offered manifest is not validated yet, so a hostile

@@ -62,7 +62,9 @@ mod frame;
 mod messages;
 
 pub use blocks::Compress;
-pub use frame::{decode, decode_frame, encode, frame_len, WireError, HEADER_LEN, MAX_FRAME};
+pub use frame::{
+    decode, decode_frame, encode, encode_shared, frame_len, WireError, HEADER_LEN, MAX_FRAME,
+};
 pub use messages::*;
 
 /// ALPN of protocol version 6: a peer of another version fails the handshake.

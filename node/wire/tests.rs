@@ -310,7 +310,7 @@ fn raw_down_encodes_like_down() {
         rotation: r.rotation.clone(),
     });
     assert_eq!(encode(&Down::Offer(r.clone())), encode(&raw));
-    assert_eq!(encode(&Down::Offer(r.clone())), encode_offer(&r));
+    assert_eq!(encode(&Down::Offer(r.clone()))[..], encode_offer(&r)[..]);
     let Ok(RawDown::Offer(back)) = decode_frame::<RawDown>(&encode(&Down::Offer(r.clone()))) else {
         panic!("an offer decodes as a raw offer")
     };
@@ -318,8 +318,11 @@ fn raw_down_encodes_like_down() {
     let d = sample_delta();
     assert_eq!(
         encode(&Down::OfferDelta(d.clone())),
-        encode(&RawDown::OfferDelta(d))
+        encode(&RawDown::OfferDelta(d.clone()))
     );
+    // Encoded in place into a buffer of its exact size: the same bytes.
+    let shared = encode_shared(&Down::OfferDelta(d.clone()));
+    assert_eq!(shared[..], encode(&Down::OfferDelta(d))[..]);
 }
 
 #[test]

@@ -369,12 +369,15 @@ async fn send_body(
         }
     }
     let mut source = Source::new(shared, id).await?;
-    // One buffer per stream, grown to the largest body served on it (up to IO_BUF).
+    // One buffer per stream, grown to the largest body served on it (up to IO_BUF). A body
+    // still arriving has the size its fetch expects (many small bodies are served while
+    // they arrive: a full buffer each would cost a megabyte a stream).
     let size = shared
         .store
         .size_hint(&id)
+        .or_else(|| shared.flights.size(&id))
         .map_or(u64::MAX, |s| s.saturating_sub(offset));
-    // Unknown (still arriving): a full buffer. Known: the body plus one, so its end shows.
+    // Unknown: a full buffer. Known: the body plus one, so its end shows.
     let want = size.saturating_add(1).min(IO_BUF as u64) as usize;
     if buf.len() < want {
         buf.resize(want, 0);
