@@ -77,7 +77,17 @@ pub fn save_release(path: &Path, release: &Release) -> Result<(), StateError> {
 /// Encodes `value` into `out`, returning the writer's own error when a write fails.
 fn encode_into<T: Serialize>(path: &Path, value: &T, out: &mut dyn Write) -> io::Result<()> {
     let mut out = KeepError { out, error: None };
-    let done = postcard::to_io(value, &mut out).map(|_| ());
+    // postcard writes a byte at a time: buffered here, where that is a copy into an array,
+    // the writers below (dyn, hashing) see large pieces.
+    let mut buffered = io::BufWriter::with_capacity(64 * 1024, &mut out);
+    let done = postcard::to_io(value, &mut buffered)
+        .map(|_| ())
+        .and_then(|()| {
+            buffered
+                .flush()
+                .map_err(|_| postcard::Error::SerializeBufferFull)
+        });
+    drop(buffered);
     // postcard reports a failed write as a full buffer: the write's own error (a full disk,
     // say) is the one to name.
     match (done, out.error) {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::tree::{body_order, sort_by_body, Blake3, Manifest};
+use crate::tree::{Blake3, ByBody, Manifest};
 
 /// Where a body being received stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +47,8 @@ const WAITING: u64 = 0;
 struct Coming {
     key: u64,
     manifest: Manifest,
-    /// Manifest indexes of the bodies, sorted by body ([`body_order`]).
-    by_body: Vec<u32>,
+    /// Manifest indexes of the bodies, sorted by body.
+    by_body: ByBody,
     /// One bit per position of `by_body`: its request started.
     started: Vec<u64>,
 }
@@ -61,10 +61,7 @@ impl Coming {
     }
 
     fn position(&self, id: &Blake3) -> Option<usize> {
-        let want = body_order(id);
-        self.by_body
-            .binary_search_by(|&i| body_order(&self.body(i)).cmp(&want))
-            .ok()
+        self.by_body.position(id, |i| self.body(i))
     }
 
     fn is_started(&self, at: usize) -> bool {
@@ -103,8 +100,7 @@ impl Flights {
     /// follow their bodies from now on. Until the returned guard is dropped; then a body
     /// whose request never started fails for whoever follows it.
     pub fn expect(&self, manifest: &Manifest, indexes: &[u32]) -> Expecting {
-        let mut by_body = indexes.to_vec();
-        sort_by_body(&mut by_body, |i| {
+        let by_body = ByBody::new(indexes.to_vec(), |i| {
             manifest.entries()[i as usize]
                 .body()
                 .map_or(Blake3([0; 32]), |(_, id)| id)
@@ -178,7 +174,7 @@ impl Flights {
     pub fn size(&self, id: &Blake3) -> Option<u64> {
         let r = self.lock();
         r.coming.iter().find_map(|c| {
-            let i = c.by_body[c.position(id)?];
+            let i = c.by_body.items()[c.position(id)?];
             c.manifest.entries()[i as usize]
                 .body()
                 .map(|(size, _)| size)

@@ -12,7 +12,7 @@ pub mod hash;
 pub mod manifest;
 pub mod release;
 
-pub use bodies::{body_order, runs_by_body, sort_by_body, BodySet};
+pub use bodies::{body_order, runs_by_body, sort_by_body, BodySet, ByBody};
 pub use delta::{DeltaError, Run};
 pub use hash::{Blake3, Body, BodyHasher, Md5, Sums, CHUNK};
 pub use manifest::{Entry, EntryKind, Known, Manifest, ManifestError};
