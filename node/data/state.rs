@@ -575,7 +575,7 @@ impl ReleaseRecord<'_, EntriesIn> {
     fn into_release(self) -> Result<Release, crate::tree::ManifestError> {
         Ok(Release {
             version: self.version,
-            manifest: Manifest::from_sorted_known(self.entries.0, None)?,
+            manifest: Manifest::from_shared(self.entries.0)?,
             revoked: self.revoked.into_owned(),
             signature: self.signature.into_owned(),
             topology: self.topology.map(Cow::into_owned),

@@ -597,11 +597,7 @@ fn check_space(
     // Files that need room, by index; with `take`, one of each body needs none.
     let mut costly: Vec<u32> = Vec::new();
     let entries = manifest.entries();
-    let body = |i: u32| {
-        entries[i as usize]
-            .body()
-            .map_or(Blake3([0; 32]), |(_, id)| id)
-    };
+    let body = |i: u32| manifest.body_key(i);
     // Unchanged subtrees are skipped as the apply skips them: they cost nothing.
     walk(
         manifest,
@@ -625,7 +621,7 @@ fn check_space(
             Ok(())
         },
     )?;
-    let size = |i: u32| entries[i as usize].body().map_or(0, |(size, _)| size);
+    let size = |i: u32| manifest.body_size(i);
     let need: u64 = if take {
         sort_by_body(&mut costly, body);
         runs_by_body(&costly, body)

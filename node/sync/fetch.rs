@@ -39,8 +39,7 @@ pub async fn release(
         }
         _ => wanted,
     };
-    let entries = release.manifest.entries();
-    let size = |i: &u32| entries[*i as usize].body().map_or(0, |(size, _)| size);
+    let size = |&i: &u32| release.manifest.body_size(i);
     let mut files = wanted.len() as u64;
     let mut total: u64 = wanted.iter().map(size).sum();
     check_room(shared, total)?;
@@ -147,11 +146,7 @@ fn wanted(
 /// Keeps, of the files in `list` (ascending indexes) that share a body, the first (sorted by
 /// body, a few bytes a file, where a set of bodies would hold 64 or more).
 fn once_each(manifest: &Manifest, list: &mut Vec<u32>) {
-    let body = |i: u32| {
-        manifest.entries()[i as usize]
-            .body()
-            .map_or(Blake3([0; 32]), |(_, id)| id)
-    };
+    let body = |i: u32| manifest.body_key(i);
     let mut sorted = list.clone();
     sort_by_body(&mut sorted, body);
     let mut repeats: Vec<u32> = runs_by_body(&sorted, body)
@@ -254,6 +249,7 @@ mod tests {
             .collect();
         assert_eq!(paths, ["a", "b", "d/e"]);
     }
+
     #[test]
     fn a_moved_body_is_found_at_its_first_old_path() {
         let old = Manifest::from_entries(vec![

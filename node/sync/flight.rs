@@ -54,14 +54,8 @@ struct Coming {
 }
 
 impl Coming {
-    fn body(&self, index: u32) -> Blake3 {
-        self.manifest.entries()[index as usize]
-            .body()
-            .map_or(Blake3([0; 32]), |(_, id)| id)
-    }
-
     fn position(&self, id: &Blake3) -> Option<usize> {
-        self.by_body.position(id, |i| self.body(i))
+        self.by_body.position(id, |i| self.manifest.body_key(i))
     }
 
     fn is_started(&self, at: usize) -> bool {
@@ -100,11 +94,7 @@ impl Flights {
     /// follow their bodies from now on. Until the returned guard is dropped; then a body
     /// whose request never started fails for whoever follows it.
     pub fn expect(&self, manifest: &Manifest, indexes: &[u32]) -> Expecting {
-        let by_body = ByBody::new(indexes.to_vec(), |i| {
-            manifest.entries()[i as usize]
-                .body()
-                .map_or(Blake3([0; 32]), |(_, id)| id)
-        });
+        let by_body = ByBody::new(indexes.to_vec(), |i| manifest.body_key(i));
         let mut r = self.lock();
         r.next += 1;
         let key = r.next;

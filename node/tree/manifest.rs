@@ -163,7 +163,7 @@ impl Manifest {
 
     /// Validates entries that must already be in component order (as they come off the wire).
     pub fn from_sorted(entries: Vec<Entry>) -> Result<Self, ManifestError> {
-        Self::from_sorted_known(entries.into_iter().map(Arc::new).collect(), None)
+        Self::from_shared(entries.into_iter().map(Arc::new).collect())
     }
 
     /// [`Manifest::from_sorted`] of entries shared with other manifests.
@@ -283,6 +283,19 @@ impl Manifest {
     }
 
     /// The index of the entry at `path`.
+    /// The body of entry `i`, as lists of files sorted by body ([`super::ByBody`],
+    /// [`super::sort_by_body`]) take it: an entry that is not a file counts as zeros.
+    pub fn body_key(&self, i: u32) -> Blake3 {
+        self.entries[i as usize]
+            .body()
+            .map_or(Blake3([0; 32]), |(_, id)| id)
+    }
+
+    /// The size of entry `i`'s body (0 for an entry that is not a file).
+    pub fn body_size(&self, i: u32) -> u64 {
+        self.entries[i as usize].body().map_or(0, |(size, _)| size)
+    }
+
     pub fn position(&self, path: &str) -> Option<usize> {
         self.entries
             .binary_search_by(|e| path_order(&e.path, path))
@@ -524,7 +537,7 @@ impl Serialize for Manifest {
 impl<'de> Deserialize<'de> for Manifest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let entries = Vec::<Arc<Entry>>::deserialize(d)?;
-        Manifest::from_sorted_known(entries, None).map_err(serde::de::Error::custom)
+        Manifest::from_shared(entries).map_err(serde::de::Error::custom)
     }
 }
 

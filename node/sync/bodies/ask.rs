@@ -48,7 +48,7 @@ pub async fn fetch_all(
 ) -> Result<(), SyncError> {
     let version = release.version;
     let entries = release.manifest.entries();
-    let size = |i: u32| entries[i as usize].body().map_or(0, |(size, _)| size);
+    let size = |i: u32| release.manifest.body_size(i);
     let total: u64 = wanted.iter().map(|&i| size(i)).sum::<u64>() + done.load(Ordering::Relaxed);
     let files = wanted.len() as u64;
     let files_done = Arc::new(AtomicU64::new(0));

@@ -48,14 +48,9 @@ struct Index {
 }
 
 impl Index {
-    fn body(&self, at: u32) -> Blake3 {
-        self.offer.release.manifest.entries()[at as usize]
-            .body()
-            .map_or(Blake3([0; 32]), |(_, id)| id)
-    }
-
     fn find(&self, id: &Blake3) -> Option<u32> {
-        let at = self.by_body.position(id, |i| self.body(i))?;
+        let manifest = &self.offer.release.manifest;
+        let at = self.by_body.position(id, |i| manifest.body_key(i))?;
         Some(self.by_body.items()[at])
     }
 }
@@ -67,11 +62,7 @@ impl BodyIndex {
         if index.as_ref().is_none_or(|i| !Arc::ptr_eq(&i.offer, held)) {
             let manifest = &held.release.manifest;
             let files: Vec<u32> = manifest.indexed_files().map(|(i, ..)| i).collect();
-            let by_body = ByBody::new(files, |i| {
-                manifest.entries()[i as usize]
-                    .body()
-                    .map_or(Blake3([0; 32]), |(_, id)| id)
-            });
+            let by_body = ByBody::new(files, |i| manifest.body_key(i));
             *index = Some(Index {
                 offer: held.clone(),
                 by_body,
