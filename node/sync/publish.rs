@@ -258,8 +258,25 @@ impl Publisher {
             .topology
             .can_change_to(&new)
             .map_err(|e| PublishError::Topology(e.to_string()))?;
-        self.state.lock().await.topology = Some(text);
-        self.publish().await
+        // Set and published under one hold of the scan state: a publish running meanwhile
+        // would otherwise carry the topology out itself, and this one find nothing changed.
+        let first = {
+            let mut state = self.state.lock().await;
+            state.topology = Some(text);
+            self.publish_in(&mut state, Batch::default()).await?
+        };
+        match first {
+            (summary, unsettled) if unsettled.is_empty() => Ok(summary),
+            // Files that were still changing are published as they settle, as a publish
+            // would; the topology went out with the first release.
+            (summary, _) => {
+                let rest = self.publish().await?;
+                Ok(PublishSummary {
+                    changed: summary.changed || rest.changed,
+                    ..rest
+                })
+            }
+        }
     }
 
     /// Scans all of `dir` and cuts a new release if anything changed.
@@ -288,7 +305,15 @@ impl Publisher {
         &self,
         batch: Batch,
     ) -> Result<(PublishSummary, Vec<String>), PublishError> {
-        let mut state = self.state.lock().await;
+        self.publish_in(&mut *self.state.lock().await, batch).await
+    }
+
+    /// [`Publisher::publish_batch`] with the scan state held.
+    async fn publish_in(
+        &self,
+        state: &mut ScanState,
+        batch: Batch,
+    ) -> Result<(PublishSummary, Vec<String>), PublishError> {
         let shared = &self.shared;
         let started = Instant::now();
         let held = shared.held.current();
@@ -382,7 +407,7 @@ impl Publisher {
                     c.share(&p.release.manifest);
                 }
                 if save_cache {
-                    self.save_cache(&mut state).await;
+                    self.save_cache(state).await;
                 }
                 return Ok((summary(p.version(), false), unsettled));
             }
@@ -421,7 +446,7 @@ impl Publisher {
         state.in_step = true;
         shared.released(version, self.dir.clone(), changed);
         if save_cache {
-            self.save_cache(&mut state).await;
+            self.save_cache(state).await;
         }
         Ok((out, unsettled))
     }
