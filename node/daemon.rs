@@ -270,6 +270,8 @@ impl RunningNode {
         };
 
         land::recover(&shared, pending).await;
+        // What the recovery did not use of an interrupted apply's stage.
+        shared.store.clear_stages()?;
         shared.held.offer_held();
 
         let mut tasks = JoinSet::new();

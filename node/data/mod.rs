@@ -5,6 +5,7 @@
 pub mod dir_body;
 pub mod lock;
 mod objects;
+pub mod stage;
 pub mod state;
 pub mod store;
 pub mod writer;
@@ -14,6 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub use lock::{DataLock, LockError};
+pub use stage::Stage;
 pub use state::StateError;
 pub use store::{Store, StoreError};
 pub use writer::{BodyWriter, Expected};

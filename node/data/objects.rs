@@ -22,11 +22,13 @@ pub(super) struct Objects {
     pub(super) path: PathBuf,
 }
 
-/// Where a temporary body is: below the objects directory, or at a path of its own.
+/// Where a temporary body is: below the objects directory, at a path of its own, or below
+/// another directory of the store opened once (a stage: see [`super::stage`]).
 #[derive(Debug)]
 pub(super) enum Spot {
     Objects(String),
     Path(PathBuf),
+    Under(std::sync::Arc<OwnedFd>, String),
 }
 
 impl Objects {
@@ -83,6 +85,7 @@ impl Objects {
         match from {
             Spot::Objects(tmp) => rustix::fs::renameat(&self.fd, tmp.as_str(), &self.fd, rel),
             Spot::Path(tmp) => rustix::fs::renameat(rustix::fs::CWD, tmp, &self.fd, rel),
+            Spot::Under(dir, tmp) => rustix::fs::renameat(&**dir, tmp.as_str(), &self.fd, rel),
         }
         .map_err(|e| self.err("rename to", rel, e))
     }
@@ -92,6 +95,7 @@ impl Objects {
         let _ = match spot {
             Spot::Objects(tmp) => rustix::fs::unlinkat(&self.fd, tmp.as_str(), AtFlags::empty()),
             Spot::Path(tmp) => rustix::fs::unlink(tmp),
+            Spot::Under(dir, tmp) => rustix::fs::unlinkat(&**dir, tmp.as_str(), AtFlags::empty()),
         };
     }
 }

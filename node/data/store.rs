@@ -1,8 +1,9 @@
 //! The content-addressed store: verified file bodies kept by BLAKE3 in the node's data dir.
 //!
 //! Layout under `DATA/store`: `objects/ab/abcdef…` (the BLAKE3 in hex, fanned out by its
-//! first byte), and `tmp/` for partial bodies (large ones, kept to resume) and copies being
-//! made. A body received whole is written under a temporary name in its own fan-out
+//! first byte), `tmp/` for partial bodies (large ones, kept to resume) and copies being
+//! made, and `stage/vN/` where a leaf writes the small files of release N at their own paths
+//! (see [`super::stage`]). A body received whole is written under a temporary name in its own fan-out
 //! directory (`objects/ab/.tmp-PID.N`), so that naming it is a rename within one directory:
 //! a rename across directories takes the filesystem's rename lock, which every writer would
 //! wait on (100,000 files of 4 KiB created and renamed by 8 threads: 1.37–1.65 s across
@@ -91,6 +92,8 @@ impl HasMany<'_> {
 pub struct Store {
     objects: Arc<Objects>,
     tmp: PathBuf,
+    /// Stages of releases being fetched or applied (see [`super::stage`]).
+    stage: PathBuf,
     /// Present while bodies written since it was created may not be on disk yet.
     dirty: PathBuf,
     next_tmp: AtomicU64,
@@ -103,6 +106,7 @@ impl Store {
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         let objects = root.join("objects");
         let tmp = root.join("tmp");
+        let stage = root.join("stage");
         fs::create_dir_all(&objects)?;
         fs::create_dir_all(&tmp)?;
         // Every fan-out directory, once: writers create their files in them.
@@ -127,6 +131,7 @@ impl Store {
         let store = Store {
             objects: Arc::new(Objects::open(objects)?),
             tmp,
+            stage,
             dirty: root.join("dirty"),
             next_tmp: AtomicU64::new(0),
             pid: std::process::id(),
@@ -177,6 +182,8 @@ impl Store {
         if !self.dirty.exists() {
             return Ok(0);
         }
+        // A stage written in the batch may hold files half written or never flushed.
+        self.clear_stages()?;
         let (mut checked, mut removed) = (0, 0);
         self.for_each_object(|name, obj| {
             if temporary(name).is_some() {
@@ -218,6 +225,26 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The objects directory, for a stage's writers (which remove a bad body through it).
+    pub(super) fn objects_dir(&self) -> &Arc<Objects> {
+        &self.objects
+    }
+
+    /// Where the stage of release `version` is (see [`super::stage`]), on the store's
+    /// filesystem.
+    pub(super) fn stage_path(&self, version: u64) -> PathBuf {
+        self.stage.join(format!("v{version}"))
+    }
+
+    /// Removes every stage (after a restart's recovery, which may have used the pending
+    /// release's own).
+    pub fn clear_stages(&self) -> Result<(), StoreError> {
+        match fs::remove_dir_all(&self.stage) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     /// The directory that holds the bodies.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use fs_err as fs;
 
-use super::objects::{Objects, Spot};
+use super::objects::{named, Objects, Spot};
 use super::StoreError;
 use crate::tree::{Blake3, Body, BodyHasher, Md5, Sums, CHUNK};
 
@@ -212,6 +212,41 @@ impl BodyWriter {
     /// Checks size, chunks, BLAKE3 and (if asked) the whole MD5, then moves the body under its
     /// name. A mismatch deletes it.
     pub fn finish(mut self) -> Result<(), StoreError> {
+        self.check()?;
+        // Flushed with the rest of the batch (Store::commit_batch), not one by one. The
+        // fan-out directory exists: Store::open made every one.
+        self.objects.rename(&self.tmp, &self.dest)?;
+        self.tmp_gone = true;
+        Ok(())
+    }
+
+    /// Checks the body as [`BodyWriter::finish`] does, but leaves it where it was written,
+    /// with the mode and modification time of the file it is (set through its descriptor):
+    /// a body written under the path it will have in a stage (see [`super::stage`]). A
+    /// mismatch deletes it.
+    pub(super) fn finish_in_place(mut self, mode: u32, mtime: i64) -> Result<(), StoreError> {
+        self.check()?;
+        let file = self.file.file();
+        let times = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_NOW,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: mtime,
+                tv_nsec: 0,
+            },
+        };
+        let path = self.file.path();
+        rustix::fs::futimens(file, &times).map_err(|e| named("set times of", path, e))?;
+        rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(mode))
+            .map_err(|e| named("set permissions of", path, e))?;
+        self.tmp_gone = true;
+        Ok(())
+    }
+
+    /// Checks size, chunks, BLAKE3 and the whole MD5; a mismatch deletes the body.
+    fn check(&mut self) -> Result<(), StoreError> {
         let size_ok = self.written == self.expected.size;
         let got = self.hasher.clone().finish();
         let md5_ok = got.md5 == self.expected.md5;
@@ -235,10 +270,6 @@ impl BodyWriter {
                 what,
             });
         }
-        // Flushed with the rest of the batch (Store::commit_batch), not one by one. The
-        // fan-out directory exists: Store::open made every one.
-        self.objects.rename(&self.tmp, &self.dest)?;
-        self.tmp_gone = true;
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ use super::apply::{
     Probe,
 };
 use super::rules::Rules;
-use crate::data::Store;
+use crate::data::{Stage, Store};
 use crate::tree::{Entry, Manifest};
 
 /// How a node's `dir` follows releases.
@@ -185,6 +185,22 @@ impl Applier {
         body_in_place(probe, e, self.dir_is_only_copy(), old)
     }
 
+    /// Whether a fetch may write the files of new directories to a stage, at their own paths,
+    /// for the apply to move into `dir` (see [`crate::data::stage`]): on a node whose `dir` is
+    /// the only copy of its bodies (in place, serving nobody), with no paths of its own
+    /// (`keep`) that the apply must leave alone.
+    pub fn stages(&self) -> bool {
+        self.dir_is_only_copy() && self.keep.is_empty()
+    }
+
+    /// The mode this node gives file entry `e` (see [`Applier::local`]).
+    pub fn mode_of(&self, e: &Entry) -> u32 {
+        match self.special_bits {
+            true => e.mode,
+            false => e.mode & !SPECIAL_BITS,
+        }
+    }
+
     /// The directory release `version` is built in (atomic mode).
     pub fn release_dir(&self, version: u64) -> PathBuf {
         self.releases.join(format!("v{version}"))
@@ -198,17 +214,19 @@ impl Applier {
         old: Option<(u64, &Manifest)>,
         store: &Store,
     ) -> Result<ApplyStats, ApplyError> {
-        self.apply_checked(version, new, old, store, |_| Ok(()))
+        self.apply_checked(version, new, old, store, None, |_| Ok(()))
     }
 
     /// [`Applier::apply`], asking `check` about a complete atomic release directory before
     /// `dir` is switched to it: an error refuses the release and `dir` stays as it was.
+    /// Files written to a `stage` (see [`Applier::stages`]) are moved into `dir` from there.
     pub fn apply_checked(
         &self,
         version: u64,
         new: &Manifest,
         old: Option<(u64, &Manifest)>,
         store: &Store,
+        stage: Option<&Stage>,
         check: impl FnOnce(&Path) -> Result<(), String>,
     ) -> Result<ApplyStats, ApplyError> {
         if !self.special_bits {
@@ -232,6 +250,7 @@ impl Applier {
                     take: self.dir_is_only_copy(),
                     keep: self.keep(),
                     touch: true,
+                    stage,
                     ..How::default()
                 };
                 apply_with(&self.dir, new, old.map(|(_, m)| m), store, how)

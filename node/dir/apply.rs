@@ -22,7 +22,7 @@ use fs_err as fs;
 
 use super::beneath::Beneath;
 use super::rules::Rules;
-use crate::data::{short_of_room, Store};
+use crate::data::{short_of_room, Stage, Store};
 use crate::tree::hash::hash_file;
 use crate::tree::{runs_by_body, sort_by_body, Blake3, Entry, EntryKind, Manifest};
 
@@ -134,6 +134,10 @@ pub(super) struct How<'a> {
     /// only has its mode and mtime set (in place; never in a release directory, whose files
     /// are hard links to the previous release's).
     pub touch: bool,
+    /// Files written for this apply below a stage at their own paths (checked, with their
+    /// modes and times): a new directory of the stage is renamed into `dir` whole, a staged
+    /// file elsewhere on its own. Their bodies are not in the store.
+    pub stage: Option<&'a Stage>,
 }
 
 /// Whether `old` has entry `e` at the same path with the same content, type and mode.
@@ -329,6 +333,9 @@ fn check_bodies(
             let EntryKind::File { md5, blake3, .. } = &e.kind else {
                 return Ok(());
             };
+            if how.stage.is_some_and(|s| s.staged(i as u32)) {
+                return Ok(());
+            }
             let forced = how.rewrite.is_some_and(|r| r.contains(&e.path));
             if held.has(blake3)
                 || how
@@ -389,8 +396,26 @@ pub(super) fn apply_with(
     // Directories this apply made: nothing is in them but what it puts there, so their
     // entries need no `lstat` (a first sync of 100,000 files saves as many).
     let mut made: HashSet<&str> = HashSet::new();
+    let staged = |i: usize| how.stage.is_some_and(|s| s.staged(i as u32));
+    // Entries below this index are inside a staged directory renamed into `dir` whole.
+    let mut moved_until = 0;
     let skipped = walk(manifest, skip, how.keep, |i| {
         let e = &entries[i];
+        if i < moved_until {
+            // Every directory of a staged one was made in the stage; its staged files are
+            // in place, the rest is written below as anywhere else.
+            match &e.kind {
+                EntryKind::Dir => {
+                    made.insert(&e.path);
+                    return Ok(());
+                }
+                EntryKind::File { .. } if staged(i) => {
+                    stats.written += 1;
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
         let path = dir.join(&e.path);
         let parent = e.path.rsplit_once('/').map_or("", |(p, _)| p);
         let current = match made.contains(parent) {
@@ -400,19 +425,32 @@ pub(super) fn apply_with(
         let dir_in_way = current.as_ref().is_some_and(|m| m.is_dir());
         match &e.kind {
             EntryKind::Dir => {
-                match &current {
-                    Some(m) if m.is_dir() => {}
-                    Some(_) => {
-                        tree.remove(&e.path)?;
-                        tree.mkdir(&e.path, 0o755)?;
-                        made.insert(&e.path);
-                    }
-                    None => {
-                        tree.mkdir(&e.path, 0o755)?;
-                        made.insert(&e.path);
-                    }
+                if current.as_ref().is_some_and(|m| m.is_dir()) {
+                    // Keep the directory writable while we fill it; its mode is set at the end.
+                    return Ok(());
                 }
-                // Keep the directory writable while we fill it; its mode is set at the end.
+                if current.is_some() {
+                    tree.remove(&e.path)?;
+                }
+                // A new directory built whole in the stage goes in with one rename.
+                let stage = how.stage.filter(|s| s.is_top(&e.path));
+                match stage {
+                    Some(s) if tree.move_in(s.fd(), &e.path, &e.path).is_ok() => {
+                        moved_until = manifest.subtree_end(i);
+                    }
+                    _ => tree.mkdir(&e.path, 0o755)?,
+                }
+                made.insert(&e.path);
+            }
+            EntryKind::File { .. } if staged(i) => {
+                // Staged in a directory `dir` has (or where something took its new directory's
+                // place): moved in on its own.
+                jobs.push(FileJob {
+                    entry: e,
+                    dir_in_way,
+                    same_as_old: false,
+                    staged: true,
+                });
             }
             EntryKind::File { mtime, .. } => {
                 let same_as_old = same_as_old(old, e);
@@ -436,6 +474,7 @@ pub(super) fn apply_with(
                     dir_in_way,
                     // A file rewritten because it drifted is not linked from anywhere.
                     same_as_old: same_as_old && !rewrite(e),
+                    staged: false,
                 };
                 jobs.push(job);
             }
@@ -461,7 +500,7 @@ pub(super) fn apply_with(
     // (the files left as they were need none); the empty body stays, the store always
     // holds it.
     let body = |job: &FileJob| match job.entry.kind {
-        EntryKind::File { size, blake3, .. } if take && size > 0 => Some(blake3),
+        EntryKind::File { size, blake3, .. } if take && size > 0 && !job.staged => Some(blake3),
         _ => None,
     };
     // Jobs by body (a few bytes a job, where a map of bodies would take 64 or more).
@@ -495,7 +534,7 @@ pub(super) fn apply_with(
         stats.linked += linked;
         stats.written += jobs.len() as u64 - linked;
     }
-    stats.deleted = delete_extraneous(&tree, dir, manifest, skip, how.keep)?;
+    stats.deleted = delete_extraneous(&tree, dir, manifest, skip, how.keep, &made)?;
     let mut kept_dirs = HashSet::new();
     if let Some(keep) = how.keep {
         walk_kept(manifest, keep, |e| {
@@ -526,6 +565,8 @@ struct FileJob<'a> {
     dir_in_way: bool,
     /// The previous release had the same body and mode here (so atomic mode can link it).
     same_as_old: bool,
+    /// Written below the stage, at its own path.
+    staged: bool,
 }
 
 /// Writes one file under a temporary name and renames it over the real one: hard-linked from
@@ -544,6 +585,13 @@ fn write_file(
     let EntryKind::File { blake3, mtime, .. } = &e.kind else {
         unreachable!("only files are written by write_file");
     };
+    if let Some(stage) = how.stage.filter(|_| job.staged) {
+        if job.dir_in_way {
+            tree.remove(&e.path)?;
+        }
+        tree.move_in(stage.fd(), &e.path, &e.path)?;
+        return Ok(false);
+    }
     if take && !(job.same_as_old && how.link_from.is_some()) {
         // By name, not through a descriptor: the store is the node's own, and an open and
         // close per file cost more than the two calls.
@@ -605,7 +653,10 @@ fn check_space(
         how.keep,
         |i| {
             let e = &entries[i];
-            if !matches!(e.kind, EntryKind::File { .. }) {
+            // A staged file is on this filesystem already.
+            if !matches!(e.kind, EntryKind::File { .. })
+                || how.stage.is_some_and(|s| s.staged(i as u32))
+            {
                 return Ok(());
             }
             // Unchanged files cost nothing in place; in a new release dir they are hard links.
@@ -677,8 +728,9 @@ fn delete_extraneous(
     manifest: &Manifest,
     unchanged_since: Option<&Manifest>,
     keep: Option<&Rules>,
+    made: &HashSet<&str>,
 ) -> Result<u64, ApplyError> {
-    let extra = extraneous(dir, manifest, unchanged_since, keep)?;
+    let extra = extraneous(dir, manifest, unchanged_since, keep, made)?;
     for (path, _) in &extra {
         tree.remove(path)?;
     }
@@ -687,12 +739,13 @@ fn delete_extraneous(
 
 /// Everything under `dir` that the manifest does not list (and `keep` does not name), top-most
 /// only, with whether it is a directory. Directories identical in `unchanged_since` are not
-/// walked.
+/// walked, nor are those an apply just `made` (nothing but what it put there is in them).
 fn extraneous(
     dir: &Path,
     manifest: &Manifest,
     unchanged_since: Option<&Manifest>,
     keep: Option<&Rules>,
+    made: &HashSet<&str>,
 ) -> Result<Vec<(String, bool)>, ApplyError> {
     let mut out = Vec::new();
     let mut stack = vec![String::new()];
@@ -725,7 +778,7 @@ fn extraneous(
                 let same = unchanged_since
                     .and_then(|o| o.get(&rel_path))
                     .is_some_and(|(oe, od)| od == digest && oe.kind == entry.kind);
-                if ft.is_dir() && !same {
+                if ft.is_dir() && !same && !made.contains(rel_path.as_str()) {
                     stack.push(rel_path);
                 }
                 continue;
@@ -792,7 +845,7 @@ pub fn drift(
             .map(|(&i, _)| entries[i].path.clone()),
     );
     out.extend(
-        extraneous(dir, manifest, None, keep)?
+        extraneous(dir, manifest, None, keep, &HashSet::new())?
             .into_iter()
             .map(|(p, _)| p),
     );
@@ -803,6 +856,7 @@ pub fn drift(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::StoreError;
     use crate::dir::scan::{fingerprint, scan};
 
     fn write(p: &Path, body: &str) {
@@ -977,6 +1031,146 @@ mod tests {
         }
         apply_with(&dst, &m3, Some(&m2), &store, how).unwrap();
         assert_eq!(fingerprint(&dst).unwrap().root_digest(), m3.root_digest());
+    }
+
+    #[test]
+    fn staged_files_are_moved_in_and_new_directories_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        let origin = Store::open(&t.path().join("origin")).unwrap();
+        let leaf = Store::open(&t.path().join("leaf")).unwrap();
+        write(&src.join("old/a.txt"), "a");
+        write(&src.join("old/was-a-file"), "becomes a directory");
+        let m1 = scan(&src, &origin, &Default::default()).unwrap().0;
+        for (e, ..) in m1.files() {
+            leaf.ingest(&src.join(&e.path), None).unwrap();
+        }
+        let how = How {
+            skip_unchanged: true,
+            take: true,
+            touch: true,
+            ..How::default()
+        };
+        apply_with(&dst, &m1, None, &leaf, how).unwrap();
+
+        write(&src.join("new/x.txt"), "x");
+        fs::set_permissions(src.join("new/x.txt"), Permissions::from_mode(0o640)).unwrap();
+        write(&src.join("new/sub/y.txt"), "y");
+        fs::create_dir_all(src.join("new/sub/empty")).unwrap();
+        std::os::unix::fs::symlink("x.txt", src.join("new/link")).unwrap();
+        write(&src.join("new/shared.txt"), "kept in the store");
+        write(&src.join("old/b.txt"), "b");
+        write(&src.join("other/z.txt"), "z");
+        write(&src.join("top.txt"), "t");
+        fs::remove_file(src.join("old/was-a-file")).unwrap();
+        write(&src.join("old/was-a-file/inner.txt"), "i");
+        let m2 = scan(&src, &origin, &Default::default()).unwrap().0;
+        let index = |p: &str| m2.position(p).unwrap() as u32;
+        // What a fetch would offer: every new file but one whose body another file shares
+        // (in new directories, in one `dst` has, and at the top).
+        let staged = [
+            "new/x.txt",
+            "new/sub/y.txt",
+            "other/z.txt",
+            "old/b.txt",
+            "old/was-a-file/inner.txt",
+            "top.txt",
+        ];
+        let mut candidates: Vec<u32> = staged.map(index).to_vec();
+        candidates.sort_unstable();
+        let stage = Stage::plan(&leaf, &dst, 2, &m2, &candidates)
+            .unwrap()
+            .expect("a stage on the same filesystem");
+        assert!(staged.iter().all(|p| stage.wants(index(p))));
+        assert!(!stage.wants(index("new/shared.txt")));
+
+        // A body that does not match is refused and leaves nothing behind.
+        let x = index("new/x.txt");
+        let entry = |i: u32| m2.entries()[i as usize].clone();
+        let wrong = stage.write(x, &entry(x), 0o640, b"not x");
+        assert!(
+            matches!(wrong, Err(StoreError::Mismatch { .. })),
+            "{wrong:?}"
+        );
+        assert!(!stage.staged(x));
+        for p in staged {
+            let e = entry(index(p));
+            let body = fs::read(src.join(p)).unwrap();
+            stage.write(index(p), &e, e.mode, &body).unwrap();
+        }
+        assert_eq!(stage.count(), staged.len());
+        leaf.ingest(&src.join("new/shared.txt"), None).unwrap();
+        // Something took the place of one new directory since: its staged file goes on its
+        // own, and what is not in the release there is removed.
+        write(&dst.join("other/stray"), "not in the release");
+
+        // The new directories (one where a file was), as the stage built them.
+        let new_dirs = ["new", "old/was-a-file"];
+        let in_stage = new_dirs.map(|d| {
+            rustix::fs::statat(stage.fd(), d, rustix::fs::AtFlags::empty())
+                .unwrap()
+                .st_ino
+        });
+        let how = How {
+            stage: Some(&stage),
+            ..how
+        };
+        let s = apply_with(&dst, &m2, Some(&m1), &leaf, how).unwrap();
+        assert_eq!(fingerprint(&dst).unwrap().root_digest(), m2.root_digest());
+        use std::os::unix::fs::MetadataExt;
+        let in_dst = new_dirs.map(|d| fs::metadata(dst.join(d)).unwrap().ino());
+        assert_eq!(
+            in_dst, in_stage,
+            "new directories are renamed into dst whole"
+        );
+        assert_eq!((s.written, s.deleted), (8, 1), "{s:?}");
+        let body = |p: &str| m2.get(p).unwrap().0.body().unwrap().1;
+        for p in staged {
+            assert!(
+                !leaf.has(&body(p)),
+                "{p}: staged bodies never enter the store"
+            );
+        }
+        assert!(!leaf.has(&body("new/shared.txt")), "taken from the store");
+        drop(stage);
+        assert!(fs::read_dir(t.path().join("leaf/stage"))
+            .unwrap()
+            .next()
+            .is_none());
+    }
+
+    #[test]
+    fn an_interrupted_apply_finishes_from_what_its_stage_still_holds() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        let origin = Store::open(&t.path().join("origin")).unwrap();
+        let leaf = Store::open(&t.path().join("leaf")).unwrap();
+        for (p, body) in [("a/x", "x"), ("a/y", "y"), ("b/z", "z")] {
+            write(&src.join(p), body);
+        }
+        let m = scan(&src, &origin, &Default::default()).unwrap().0;
+        let files: Vec<u32> = m.indexed_files().map(|(i, ..)| i).collect();
+        let stage = Stage::plan(&leaf, &dst, 7, &m, &files).unwrap().unwrap();
+        for (i, e, ..) in m.indexed_files() {
+            let body = fs::read(src.join(&e.path)).unwrap();
+            stage.write(i, e, e.mode, &body).unwrap();
+        }
+        // The node died mid-apply; one staged file was changed since.
+        write(&t.path().join("leaf/stage/v7/a/y"), "Y");
+        let again = Stage::reopen(&leaf, 7, &m, |e| e.mode).unwrap().unwrap();
+        let staged: Vec<bool> = files.iter().map(|&i| again.staged(i)).collect();
+        assert_eq!(staged, [true, false, true], "a/x, a/y, b/z");
+        assert!(Stage::reopen(&leaf, 8, &m, |e| e.mode).unwrap().is_none());
+        leaf.ingest(&src.join("a/y"), None).unwrap();
+        let how = How {
+            take: true,
+            touch: true,
+            stage: Some(&again),
+            ..How::default()
+        };
+        let s = apply_with(&dst, &m, None, &leaf, how).unwrap();
+        assert_eq!(s.written, 3);
+        assert_eq!(fingerprint(&dst).unwrap().root_digest(), m.root_digest());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::held::Offer;
 use super::land::land;
 use super::shared::Shared;
 use super::SyncError;
-use crate::data::short_of_room;
+use crate::data::{short_of_room, Stage};
 use crate::dir::{Applier, ApplyError};
 use crate::status::NodeState;
 use crate::tree::{runs_by_body, sort_by_body, Blake3, Entry, Manifest, Release};
@@ -32,25 +32,31 @@ pub async fn release(
     let started = Instant::now();
     let version = release.version;
     let old = shared.held.current();
-    let wanted = wanted(shared, release, old.as_ref())?;
+    let (wanted, shared_bodies) = wanted(shared, release, old.as_ref())?;
     let wanted = match (&shared.applier, &old) {
         (Some(a), Some(old)) if a.dir_is_only_copy() => {
             adopt_moved(shared, a, old, release, wanted).await?
         }
         _ => wanted,
     };
+    let stage = stage(shared, release, &wanted, shared_bodies).await?;
     let size = |&i: &u32| release.manifest.body_size(i);
     let mut files = wanted.len() as u64;
     let mut total: u64 = wanted.iter().map(size).sum();
     check_room(shared, total)?;
     info!(files, bytes = total, "fetching");
     let done = Arc::new(AtomicU64::new(0));
-    bodies::fetch_all(shared, conn, wanted, release, &done).await?;
-    debug!(ms = started.elapsed().as_millis() as u64, "bodies received");
+    bodies::fetch_all(shared, conn, wanted, release, &done, stage.as_ref()).await?;
+    debug!(
+        ms = started.elapsed().as_millis() as u64,
+        staged = stage.as_ref().map_or(0, |s| s.count()),
+        mtu = conn.stats().path.current_mtu,
+        "bodies received"
+    );
     shared
         .board
         .set_own(|s| s.state = NodeState::Applying { version });
-    match land(shared, release.clone()).await {
+    match land(shared, release.clone(), stage.clone()).await {
         Err(SyncError::Apply(ApplyError::MissingBodies(missing))) => {
             // Files that drifted from bodies only `dir` held: fetch those and apply again.
             let mut missing: HashSet<Blake3> = missing.into_iter().collect();
@@ -63,11 +69,12 @@ pub async fn release(
             info!(files = wanted.len(), "fetching bodies missing from dir");
             files += wanted.len() as u64;
             total += wanted.iter().map(size).sum::<u64>();
-            bodies::fetch_all(shared, conn, wanted, release, &done).await?;
+            // Into the store: the stage keeps what it has (nothing was applied yet).
+            bodies::fetch_all(shared, conn, wanted, release, &done, None).await?;
             shared
                 .board
                 .set_own(|s| s.state = NodeState::Applying { version });
-            land(shared, release.clone()).await?;
+            land(shared, release.clone(), stage).await?;
         }
         r => r?,
     }
@@ -105,12 +112,13 @@ fn check_room(shared: &Shared, need: u64) -> Result<(), SyncError> {
 /// The bodies of `release` to fetch, by the index of a file that has each: those of files in
 /// subtrees that changed since `old`, once each, that the store lacks and, on a node whose
 /// `dir` is its only copy, that `dir` does not hold by the quick check (the apply confirms
-/// each by its digests, or asks for it again).
+/// each by its digests, or asks for it again). Second, those of them whose body another
+/// changed file shares (ascending).
 fn wanted(
     shared: &Shared,
     release: &Release,
     old: Option<&Arc<Offer>>,
-) -> Result<Vec<u32>, SyncError> {
+) -> Result<(Vec<u32>, Vec<u32>), SyncError> {
     let empty = Manifest::empty();
     let old_manifest = old.map_or(&empty, |h| &h.release.manifest);
     let changed = release.manifest.changed_files(old_manifest);
@@ -139,24 +147,61 @@ fn wanted(
         })
         .collect();
     // A body `dir` holds at one path may still be needed at another: once each only after.
-    once_each(&release.manifest, &mut out);
-    Ok(out)
+    let shared_bodies = once_each(&release.manifest, &mut out);
+    Ok((out, shared_bodies))
 }
 
 /// Keeps, of the files in `list` (ascending indexes) that share a body, the first (sorted by
-/// body, a few bytes a file, where a set of bodies would hold 64 or more).
-fn once_each(manifest: &Manifest, list: &mut Vec<u32>) {
+/// body, a few bytes a file, where a set of bodies would hold 64 or more). Returns the files
+/// kept whose body was shared (ascending).
+fn once_each(manifest: &Manifest, list: &mut Vec<u32>) -> Vec<u32> {
     let body = |i: u32| manifest.body_key(i);
     let mut sorted = list.clone();
     sort_by_body(&mut sorted, body);
-    let mut repeats: Vec<u32> = runs_by_body(&sorted, body)
-        .flat_map(|run| run[1..].iter().copied())
-        .collect();
+    let (mut firsts, mut repeats) = (Vec::new(), Vec::new());
+    for run in runs_by_body(&sorted, body).filter(|run| run.len() > 1) {
+        firsts.push(run[0]);
+        repeats.extend_from_slice(&run[1..]);
+    }
     drop(sorted);
     if !repeats.is_empty() {
         repeats.sort_unstable();
         list.retain(|i| repeats.binary_search(i).is_err());
     }
+    firsts.sort_unstable();
+    firsts
+}
+
+/// On a node that may stage (see [`Applier::stages`]): a stage for the files of `wanted`
+/// small enough to be received whole whose body no other changed file shares
+/// (`shared_bodies`), which are written there at their own paths instead of into the store.
+async fn stage(
+    shared: &Arc<Shared>,
+    release: &Release,
+    wanted: &[u32],
+    shared_bodies: Vec<u32>,
+) -> Result<Option<Arc<Stage>>, SyncError> {
+    let Some(applier) = shared.applier.clone().filter(|a| a.stages()) else {
+        return Ok(None);
+    };
+    let (version, manifest) = (release.version, release.manifest.clone());
+    let candidates: Vec<u32> = (wanted.iter().copied())
+        .filter(|i| {
+            shared_bodies.binary_search(i).is_err()
+                && manifest.body_size(*i) <= bodies::STREAM_ABOVE as u64
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    let me = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        Stage::plan(&me.store, &applier.dir, version, &manifest, &candidates)
+            .map(|s| s.map(Arc::new))
+    })
+    .await
+    .expect("planning a stage does not panic")
+    .map_err(|e| SyncError::Store(e.into()))
 }
 
 /// For a node whose `dir` is the only copy of its bodies: takes each wanted body that the

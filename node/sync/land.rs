@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::shared::Shared;
 use super::SyncError;
+use crate::data::Stage;
 use crate::dir::{kept_conflicts, ApplyError};
 use crate::hooks::{self, HookEnv};
 use crate::status::MAX_KEPT;
@@ -14,8 +15,13 @@ use crate::tree::{newer, Manifest, Release};
 /// Applies `release` to `dir` (if this node has one) and holds it. The release is saved as
 /// pending first, so a node killed mid-apply finishes it when restarted. In atomic mode the
 /// `check` hook sees the complete release directory before the switch and may refuse it; the
-/// `on_release` hook is queued once the release is held.
-pub async fn land(shared: &Arc<Shared>, release: Release) -> Result<(), SyncError> {
+/// `on_release` hook is queued once the release is held. Files a fetch wrote to `stage` are
+/// moved into `dir` from there.
+pub async fn land(
+    shared: &Arc<Shared>,
+    release: Release,
+    stage: Option<Arc<Stage>>,
+) -> Result<(), SyncError> {
     let Some(applier) = shared.applier.clone() else {
         return Ok(shared.hold(release)?);
     };
@@ -57,6 +63,7 @@ pub async fn land(shared: &Arc<Shared>, release: Release) -> Result<(), SyncErro
             old.as_ref()
                 .map(|h| (h.release.version, &h.release.manifest)),
             &me.store,
+            stage.as_deref(),
             check,
         );
         (release, changed, stats)
@@ -128,17 +135,32 @@ pub async fn recover(shared: &Arc<Shared>, pending: Option<Release>) {
         return;
     };
     if let Some(p) = pending {
-        // Bodies already moved into `dir` count (the apply confirms them by their digests),
+        // Files the fetch staged and the apply had not moved yet count (each checked again),
+        // bodies already moved into `dir` too (the apply confirms them by their digests),
         // and so do those the held release left in place that only change mode or mtime.
+        let (me, a, release) = (shared.clone(), applier.clone(), p.clone());
+        let stage = tokio::task::spawn_blocking(move || {
+            Stage::reopen(&me.store, release.version, &release.manifest, |e| {
+                a.mode_of(e)
+            })
+        })
+        .await
+        .expect("reopening a stage does not panic")
+        .unwrap_or_else(|e| {
+            tracing::warn!("cannot use the stage of the interrupted apply: {e}");
+            None
+        })
+        .map(Arc::new);
         let held = shared.held.current();
         let mut probe = applier.probe();
-        let complete = p.manifest.files().all(|(e, _, id)| {
-            shared.store.has(&id)
+        let complete = p.manifest.indexed_files().all(|(i, e, _, id)| {
+            stage.as_ref().is_some_and(|s| s.staged(i))
+                || shared.store.has(&id)
                 || applier.body_in_dir(&mut probe, held.as_ref().map(|h| &h.release.manifest), e)
         });
         let version = p.version;
         if complete && newer(version, shared.held.version()) {
-            match land(shared, p).await {
+            match land(shared, p, stage).await {
                 Ok(()) => {
                     return tracing::info!(
                         version,

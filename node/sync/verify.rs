@@ -111,7 +111,7 @@ async fn fetch(
         "verify: fetching bodies from the parent"
     );
     let done = Arc::new(AtomicU64::new(0));
-    bodies::fetch_all(shared, &conn, wanted, release, &done).await?;
+    bodies::fetch_all(shared, &conn, wanted, release, &done, None).await?;
     Ok(())
 }
 

@@ -14,12 +14,12 @@ use super::super::flight::FlightHandle;
 use super::super::shared::Shared;
 use super::super::SyncError;
 use super::STREAM_ABOVE;
-use crate::data::{BodyWriter, Expected, StoreError};
+use crate::data::{BodyWriter, Expected, Stage, StoreError};
 use crate::net::{self, LinkError};
 use crate::status::rate::Rate;
 use crate::status::render::bytes;
 use crate::status::NodeState;
-use crate::tree::{Blake3, Release};
+use crate::tree::{Blake3, Manifest, Release};
 use crate::wire::blocks::{parse_header, Unpacker, BLOCK_HEADER};
 use crate::wire::{Bodies, BodyRequest, Compress, ErrorCode, WireError};
 
@@ -38,13 +38,15 @@ const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
 /// expectation made only when its request starts. A node with children offers `release` to
 /// them as soon as the bodies are expected, and serves each body's verified prefix while the
 /// rest arrives. `done` counts the body bytes received (as they arrive) across calls for one
-/// release.
+/// release. The files `stage` wants are written there, at their own paths, instead of into
+/// the store.
 pub async fn fetch_all(
     shared: &Arc<Shared>,
     conn: &Connection,
     wanted: Vec<u32>,
     release: &Release,
     done: &Arc<AtomicU64>,
+    stage: Option<&Arc<Stage>>,
 ) -> Result<(), SyncError> {
     let version = release.version;
     let entries = release.manifest.entries();
@@ -84,7 +86,16 @@ pub async fn fetch_all(
     progress(started);
 
     shared.store.begin_batch()?;
-    let _expecting = shared.flights.expect(&release.manifest, &wanted);
+    // A body written to the stage is never served from there (it is not in the store): it
+    // has no flight.
+    let staged = |i: u32| stage.is_some_and(|s| s.wants(i));
+    let _expecting = match stage {
+        None => shared.flights.expect(&release.manifest, &wanted),
+        Some(_) => {
+            let stored: Vec<u32> = wanted.iter().copied().filter(|&i| !staged(i)).collect();
+            shared.flights.expect(&release.manifest, &stored)
+        }
+    };
     // Every body is expected: children may now ask for any of them.
     shared.offer_early(release);
     let asker = Asker {
@@ -92,16 +103,17 @@ pub async fn fetch_all(
         conn: conn.clone(),
         done: done.clone(),
         files_done: files_done.clone(),
+        stage: stage.cloned().map(|s| (s, release.manifest.clone())),
     };
     let serves = shared.serves();
     let mut queue = super::plan(wanted.iter().map(|&i| (i, size(i)))).map(|group| {
         (group.into_iter())
-            .filter_map(|i| super::expected(&entries[i as usize], serves))
-            .map(|e| {
-                let flight = shared.flights.start(e.blake3);
-                (e, flight)
+            .filter_map(|i| super::expected(&entries[i as usize], serves).map(|e| (i, e)))
+            .map(|(i, e)| {
+                let flight = (!staged(i)).then(|| shared.flights.start(e.blake3));
+                (i, e, flight)
             })
-            .collect::<Vec<(Expected, FlightHandle)>>()
+            .collect::<Vec<Fetched>>()
     });
     let mut running = JoinSet::new();
     let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
@@ -132,6 +144,10 @@ pub async fn fetch_all(
     Ok(())
 }
 
+/// A body to fetch: the manifest index of a file that has it, what it must be, and its
+/// flight (none for a body written to the stage).
+type Fetched = (u32, Expected, Option<FlightHandle>);
+
 /// What every request of one fetch shares: the node, the link, and the counts.
 #[derive(Clone)]
 struct Asker {
@@ -140,6 +156,8 @@ struct Asker {
     done: Arc<AtomicU64>,
     /// Bodies stored.
     files_done: Arc<AtomicU64>,
+    /// Where the files of new directories go, and the manifest that names them.
+    stage: Option<(Arc<Stage>, Manifest)>,
 }
 
 impl Asker {
@@ -147,13 +165,13 @@ impl Asker {
     /// alone, or bodies received whole. A body that does not match the manifest is never
     /// stored; the group is asked again, at most [`BODY_ATTEMPTS`] times in all (a large
     /// body resumes after its last good chunk). Each flight ends once its body is stored.
-    async fn fetch(self, bodies: Vec<(Expected, FlightHandle)>) -> Result<(), SyncError> {
-        let streamed = bodies.len() == 1 && bodies[0].0.size > STREAM_ABOVE as u64;
+    async fn fetch(self, bodies: Vec<Fetched>) -> Result<(), SyncError> {
+        let streamed = bodies.len() == 1 && bodies[0].1.size > STREAM_ABOVE as u64;
         let mut attempt = 1;
         loop {
             let fetched = if streamed {
-                let (exp, flight) = &bodies[0];
-                self.streamed(exp.clone(), flight).await
+                let (_, exp, flight) = &bodies[0];
+                self.streamed(exp.clone(), flight.as_ref()).await
             } else {
                 self.whole(&bodies, attempt > 1).await
             };
@@ -176,7 +194,10 @@ impl Asker {
             .metrics
             .received_files
             .inc_by(bodies.len() as u64);
-        bodies.into_iter().for_each(|(_, f)| f.done());
+        bodies
+            .into_iter()
+            .flat_map(|(.., f)| f)
+            .for_each(|f| f.done());
         Ok(())
     }
 
@@ -202,37 +223,43 @@ impl Asker {
     }
 
     /// Fetches `bodies` (each at most [`STREAM_ABOVE`]), received whole on one stream, and
-    /// stores them in one blocking job: one job and one round trip for up to
-    /// [`super::BATCH_FILES`] files. Asked again (`again`) after a corrupt body, only those
-    /// the store still lacks: the first attempt's good bodies before the bad one were stored.
-    /// (A first attempt asks for all: they were chosen as missing, and this fetch's flights
-    /// own them since.)
-    async fn whole(
-        &self,
-        bodies: &[(Expected, FlightHandle)],
-        again: bool,
-    ) -> Result<(), SyncError> {
-        let missing: Vec<Expected> = bodies
+    /// stores them (or stages them: see [`Stage`]) in one blocking job: one job and one round
+    /// trip for up to [`super::BATCH_FILES`] files. Asked again (`again`) after a corrupt
+    /// body, only those still missing: the first attempt's good bodies before the bad one
+    /// were kept. (A first attempt asks for all: they were chosen as missing, and this
+    /// fetch's flights own them since.)
+    async fn whole(&self, bodies: &[Fetched], again: bool) -> Result<(), SyncError> {
+        let stage = self.stage.clone();
+        let staged = |i: u32| stage.as_ref().is_some_and(|(s, _)| s.staged(i));
+        let missing: Vec<(u32, Expected)> = bodies
             .iter()
-            .map(|(e, _)| e.clone())
-            .filter(|e| !again || !self.shared.store.has(&e.blake3))
+            .map(|(i, e, _)| (*i, e.clone()))
+            .filter(|(i, e)| !again || !(staged(*i) || self.shared.store.has(&e.blake3)))
             .collect();
-        let Some(first) = missing.first().map(|e| e.blake3) else {
+        let Some(first) = missing.first().map(|(_, e)| e.blake3) else {
             return Ok(());
         };
-        let total = missing.iter().map(|e| e.size).sum();
-        let bodies = Bodies::Many(missing.iter().map(|e| e.blake3).collect());
+        let total = missing.iter().map(|(_, e)| e.size).sum();
+        let bodies = Bodies::Many(missing.iter().map(|(_, e)| e.blake3).collect());
         let mut recv = self.request(bodies).await?;
         let data = read_whole(&mut recv, first, total).await?;
         let me = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let mut at = 0usize;
-            for e in missing {
+            for (i, e) in missing {
                 let body = data.get(at..at + e.size as usize).unwrap_or(&data[at..]);
                 at += body.len();
-                let mut w = me.store.writer(e)?;
-                w.write(body)?;
-                w.finish()?;
+                match (&stage, &me.applier) {
+                    (Some((stage, manifest)), Some(applier)) if stage.wants(i) => {
+                        let entry = &manifest.entries()[i as usize];
+                        stage.write(i, entry, applier.mode_of(entry), body)?;
+                    }
+                    _ => {
+                        let mut w = me.store.writer(e)?;
+                        w.write(body)?;
+                        w.finish()?;
+                    }
+                }
             }
             Ok(())
         })
@@ -246,13 +273,19 @@ impl Asker {
     /// waits on the network), and the verified length is published to children being served
     /// from this body. Dropped midway (link lost, node stopping), the writer keeps what it
     /// has for a later resume.
-    async fn streamed(&self, exp: Expected, flight: &FlightHandle) -> Result<(), SyncError> {
+    async fn streamed(
+        &self,
+        exp: Expected,
+        flight: Option<&FlightHandle>,
+    ) -> Result<(), SyncError> {
         let (id, size) = (exp.blake3, exp.size);
         let me = self.shared.clone();
         let mut writer = tokio::task::spawn_blocking(move || me.store.resume_writer(exp))
             .await
             .expect("opening a body does not panic")?;
-        flight.progress(writer.verified());
+        if let Some(f) = flight {
+            f.progress(writer.verified());
+        }
         let offset = writer.written();
         if offset < size {
             if offset > 0 {
@@ -276,11 +309,13 @@ impl Asker {
         writer: BodyWriter,
         id: Blake3,
         size: u64,
-        flight: &FlightHandle,
+        flight: Option<&FlightHandle>,
     ) -> Result<BodyWriter, SyncError> {
         type Written = Result<(BodyWriter, Vec<u8>), StoreError>;
         let landed = |(w, b): (BodyWriter, Vec<u8>)| {
-            flight.progress(w.verified());
+            if let Some(f) = flight {
+                f.progress(w.verified());
+            }
             (w, b)
         };
         let mut received = writer.written();
