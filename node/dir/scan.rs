@@ -817,21 +817,29 @@ impl<'a> Walk<'a> {
         super::par_each(jobs, |job| {
             let path = root.join(&job.file.path);
             let how = &job.how;
+            // With the file's stat taken right after reading it, to tell whether it changed
+            // meanwhile: through the descriptor read (no walk of the path) where there is one.
             let body = match store {
                 Some(store) if how.copy => store
                     .ingest(&path, Some((how.dev, how.stat.ino)))
+                    .map(|b| (b, None))
                     .map_err(|e| match e {
                         StoreError::Io(e) => ScanError::Io(e),
                         e => ScanError::Store(e),
                     }),
                 Some(_) => open_regular(&path, Some((how.dev, how.stat.ino)))
-                    .and_then(|(mut f, len)| hash_reader(&mut f, len, true, |_| Ok(())))
+                    .and_then(|(mut f, len)| {
+                        let body = hash_reader(&mut f, len, true, |_| Ok(()))?;
+                        Ok((body, Some(Stat::of(&f.metadata()?))))
+                    })
                     .map_err(ScanError::Io),
-                None => hash_file(&path, true).map_err(ScanError::Io),
+                None => hash_file(&path, true)
+                    .map(|b| (b, None))
+                    .map_err(ScanError::Io),
             };
             let read = match body {
-                // Taken right after reading, to tell whether the file changed meanwhile.
-                Ok(b) => Some((b, fs::symlink_metadata(&path).map(|m| Stat::of(&m)).ok())),
+                Ok((b, Some(after))) => Some((b, Some(after))),
+                Ok((b, None)) => Some((b, fs::symlink_metadata(&path).map(|m| Stat::of(&m)).ok())),
                 // Deleted since it was listed: it is gone from this scan too.
                 Err(ScanError::Io(e)) if e.kind() == io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e),

@@ -254,15 +254,17 @@ fn read_one_stored(shared: &Shared, id: &Blake3, bytes: &mut Vec<u8>) -> std::io
     if size > super::SMALL {
         return Ok(false);
     }
+    // One read of the length it has (`read_to_end` would ask for its size twice more and
+    // read once more to find the end).
     let at = bytes.len();
-    bytes.reserve(size as usize);
-    file.read_to_end(bytes)?;
-    if bytes.len() - at != size as usize {
-        // Stored bodies are never rewritten: a changed length is a broken store.
-        return Err(std::io::Error::other(format!(
-            "body {id} is {} bytes in the store, {size} when opened",
-            bytes.len() - at
-        )));
+    bytes.resize(at + size as usize, 0);
+    if let Err(e) = file.read_exact(&mut bytes[at..]) {
+        bytes.truncate(at);
+        // Stored bodies are never rewritten: a shorter one is a broken store.
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("body {id}: {size} bytes in the store when opened, fewer read: {e}"),
+        ));
     }
     Ok(true)
 }
