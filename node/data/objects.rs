@@ -109,6 +109,22 @@ pub(super) fn named(what: &str, path: &Path, e: Errno) -> io::Error {
     )
 }
 
+/// The times a body gets as the file it becomes: modified at `mtime` (whole seconds, as a
+/// manifest has it), accessed now.
+pub(super) fn file_times(mtime: i64) -> rustix::fs::Timestamps {
+    use rustix::fs::Timespec;
+    rustix::fs::Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        last_modification: Timespec {
+            tv_sec: mtime,
+            tv_nsec: 0,
+        },
+    }
+}
+
 /// A body's name below the objects directory: `ab/abcdef…`.
 pub(super) fn rel(id: &Blake3) -> String {
     let hex = id.hex();

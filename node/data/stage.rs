@@ -62,7 +62,7 @@ impl Stage {
         dir: &Path,
         version: u64,
         manifest: &Manifest,
-        candidates: &[u32],
+        candidates: Vec<u32>,
     ) -> io::Result<Option<Self>> {
         let entries = manifest.entries();
         // Directories of `dir` looked at, and what was found there.
@@ -82,7 +82,7 @@ impl Stage {
         if candidates.is_empty() || dev(dir).is_none() || dev(dir) != dev(store.objects()) {
             return Ok(None);
         }
-        for &i in candidates {
+        for &i in &candidates {
             let parent = entries[i as usize].parent();
             if parent.is_empty() || last == Some(parent) {
                 continue;
@@ -92,7 +92,6 @@ impl Stage {
                 parents.push(parent);
             }
         }
-        let files = candidates.to_vec();
         tops.sort_unstable();
         let path = store.stage_path(version);
         // Left by an earlier attempt at the release.
@@ -101,7 +100,7 @@ impl Stage {
             _ => {}
         }
         fs_err::create_dir_all(&path)?;
-        let stage = Stage::open(store, path, tops, files)?;
+        let stage = Stage::open(store, path, tops, candidates)?;
         let mkdir =
             |rel: &str| match rustix::fs::mkdirat(&*stage.fd, rel, Mode::from_raw_mode(0o755)) {
                 Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),

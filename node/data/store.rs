@@ -25,9 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use fs_err as fs;
-use rustix::fs::{AtFlags, Mode, Timespec, Timestamps};
+use rustix::fs::{AtFlags, Mode};
 
-use super::objects::{named, rel, Objects, Spot};
+use super::objects::{file_times, named, rel, Objects, Spot};
 use super::writer::{BodyWriter, Expected};
 use crate::tree::hash::{buffer_for, hash_file, hash_reader, open_regular};
 use crate::tree::{Blake3, Body, BodySet};
@@ -275,16 +275,7 @@ impl Store {
     /// (its access time: now), by its name: no descriptor is opened. Fails if it is not held.
     pub fn set_mode_and_mtime(&self, id: &Blake3, mode: u32, mtime: i64) -> io::Result<()> {
         let rel = rel(id);
-        let times = Timestamps {
-            last_access: Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_NOW,
-            },
-            last_modification: Timespec {
-                tv_sec: mtime,
-                tv_nsec: 0,
-            },
-        };
+        let times = file_times(mtime);
         rustix::fs::utimensat(&self.objects.fd, &rel, &times, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| self.objects.err("set times of", &rel, e))?;
         rustix::fs::chmodat(

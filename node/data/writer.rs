@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use fs_err as fs;
 
-use super::objects::{named, Objects, Spot};
+use super::objects::{file_times, named, Objects, Spot};
 use super::StoreError;
 use crate::tree::{Blake3, Body, BodyHasher, Md5, Sums, CHUNK};
 
@@ -227,16 +227,7 @@ impl BodyWriter {
     pub(super) fn finish_in_place(mut self, mode: u32, mtime: i64) -> Result<(), StoreError> {
         self.check()?;
         let file = self.file.file();
-        let times = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_NOW,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: mtime,
-                tv_nsec: 0,
-            },
-        };
+        let times = file_times(mtime);
         let path = self.file.path();
         rustix::fs::futimens(file, &times).map_err(|e| named("set times of", path, e))?;
         rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(mode))

@@ -140,6 +140,13 @@ pub(super) struct How<'a> {
     pub stage: Option<&'a Stage>,
 }
 
+impl How<'_> {
+    /// Whether file `i` of the manifest applied was written to the stage.
+    fn staged(&self, i: usize) -> bool {
+        self.stage.is_some_and(|s| s.staged(i as u32))
+    }
+}
+
 /// Whether `old` has entry `e` at the same path with the same content, type and mode.
 fn same_as_old(old: Option<&Manifest>, e: &Entry) -> bool {
     old.and_then(|o| o.get(&e.path))
@@ -333,7 +340,7 @@ fn check_bodies(
             let EntryKind::File { md5, blake3, .. } = &e.kind else {
                 return Ok(());
             };
-            if how.stage.is_some_and(|s| s.staged(i as u32)) {
+            if how.staged(i) {
                 return Ok(());
             }
             let forced = how.rewrite.is_some_and(|r| r.contains(&e.path));
@@ -396,7 +403,6 @@ pub(super) fn apply_with(
     // Directories this apply made: nothing is in them but what it puts there, so their
     // entries need no `lstat` (a first sync of 100,000 files saves as many).
     let mut made: HashSet<&str> = HashSet::new();
-    let staged = |i: usize| how.stage.is_some_and(|s| s.staged(i as u32));
     // Entries below this index are inside a staged directory renamed into `dir` whole.
     let mut moved_until = 0;
     let skipped = walk(manifest, skip, how.keep, |i| {
@@ -409,7 +415,7 @@ pub(super) fn apply_with(
                     made.insert(&e.path);
                     return Ok(());
                 }
-                EntryKind::File { .. } if staged(i) => {
+                EntryKind::File { .. } if how.staged(i) => {
                     stats.written += 1;
                     return Ok(());
                 }
@@ -442,7 +448,7 @@ pub(super) fn apply_with(
                 }
                 made.insert(&e.path);
             }
-            EntryKind::File { .. } if staged(i) => {
+            EntryKind::File { .. } if how.staged(i) => {
                 // Staged in a directory `dir` has (or where something took its new directory's
                 // place): moved in on its own.
                 jobs.push(FileJob {
@@ -654,9 +660,7 @@ fn check_space(
         |i| {
             let e = &entries[i];
             // A staged file is on this filesystem already.
-            if !matches!(e.kind, EntryKind::File { .. })
-                || how.stage.is_some_and(|s| s.staged(i as u32))
-            {
+            if !matches!(e.kind, EntryKind::File { .. }) || how.staged(i) {
                 return Ok(());
             }
             // Unchanged files cost nothing in place; in a new release dir they are hard links.
@@ -1033,12 +1037,17 @@ mod tests {
         assert_eq!(fingerprint(&dst).unwrap().root_digest(), m3.root_digest());
     }
 
+    /// A source and a destination below `t`, the origin's store and a leaf's.
+    fn origin_and_leaf(t: &Path) -> (PathBuf, PathBuf, Store, Store) {
+        let origin = Store::open(&t.join("origin")).unwrap();
+        let leaf = Store::open(&t.join("leaf")).unwrap();
+        (t.join("src"), t.join("dst"), origin, leaf)
+    }
+
     #[test]
     fn staged_files_are_moved_in_and_new_directories_whole() {
         let t = tempfile::tempdir().unwrap();
-        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
-        let origin = Store::open(&t.path().join("origin")).unwrap();
-        let leaf = Store::open(&t.path().join("leaf")).unwrap();
+        let (src, dst, origin, leaf) = origin_and_leaf(t.path());
         write(&src.join("old/a.txt"), "a");
         write(&src.join("old/was-a-file"), "becomes a directory");
         let m1 = scan(&src, &origin, &Default::default()).unwrap().0;
@@ -1078,7 +1087,7 @@ mod tests {
         ];
         let mut candidates: Vec<u32> = staged.map(index).to_vec();
         candidates.sort_unstable();
-        let stage = Stage::plan(&leaf, &dst, 2, &m2, &candidates)
+        let stage = Stage::plan(&leaf, &dst, 2, &m2, candidates)
             .unwrap()
             .expect("a stage on the same filesystem");
         assert!(staged.iter().all(|p| stage.wants(index(p))));
@@ -1142,15 +1151,15 @@ mod tests {
     #[test]
     fn an_interrupted_apply_finishes_from_what_its_stage_still_holds() {
         let t = tempfile::tempdir().unwrap();
-        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
-        let origin = Store::open(&t.path().join("origin")).unwrap();
-        let leaf = Store::open(&t.path().join("leaf")).unwrap();
+        let (src, dst, origin, leaf) = origin_and_leaf(t.path());
         for (p, body) in [("a/x", "x"), ("a/y", "y"), ("b/z", "z")] {
             write(&src.join(p), body);
         }
         let m = scan(&src, &origin, &Default::default()).unwrap().0;
         let files: Vec<u32> = m.indexed_files().map(|(i, ..)| i).collect();
-        let stage = Stage::plan(&leaf, &dst, 7, &m, &files).unwrap().unwrap();
+        let stage = Stage::plan(&leaf, &dst, 7, &m, files.clone())
+            .unwrap()
+            .unwrap();
         for (i, e, ..) in m.indexed_files() {
             let body = fs::read(src.join(&e.path)).unwrap();
             stage.write(i, e, e.mode, &body).unwrap();

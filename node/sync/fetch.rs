@@ -196,7 +196,7 @@ async fn stage(
     }
     let me = shared.clone();
     tokio::task::spawn_blocking(move || {
-        Stage::plan(&me.store, &applier.dir, version, &manifest, &candidates)
+        Stage::plan(&me.store, &applier.dir, version, &manifest, candidates)
             .map(|s| s.map(Arc::new))
     })
     .await
@@ -287,12 +287,15 @@ mod tests {
         ])
         .unwrap();
         let mut list: Vec<u32> = m.indexed_files().map(|(i, ..)| i).collect();
-        once_each(&m, &mut list);
-        let paths: Vec<&str> = list
-            .iter()
-            .map(|&i| m.entries()[i as usize].path.as_str())
-            .collect();
-        assert_eq!(paths, ["a", "b", "d/e"]);
+        let shared = once_each(&m, &mut list);
+        let paths = |l: &[u32]| -> Vec<String> {
+            l.iter()
+                .map(|&i| m.entries()[i as usize].path.clone())
+                .collect()
+        };
+        assert_eq!(paths(&list), ["a", "b", "d/e"]);
+        // The files kept whose body others share: never staged.
+        assert_eq!(paths(&shared), ["a", "b"]);
     }
 
     #[test]
