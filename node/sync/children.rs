@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
 use tokio::task::JoinSet;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use super::bodies::serve_body;
 use super::layout::Layout;
@@ -105,6 +105,7 @@ async fn handle(
             Ok(()) => info!(child = %name, "child disconnected"),
             Err(e) => info!(child = %name, "child link ended: {e}"),
         }
+        log_path(&conn);
         let mut links = links.lock().expect("links lock");
         if links
             .get(&name)
@@ -116,6 +117,19 @@ async fn handle(
     }
     .instrument(span)
     .await
+}
+
+/// Logs (at debug) how the link's path to the child has carried what was sent so far: the
+/// packet size it found, packets lost, and whether it ever fell back to the smallest packets.
+fn log_path(conn: &Connection) {
+    let path = conn.stats().path;
+    debug!(
+        mtu = path.current_mtu,
+        lost_packets = path.lost_packets,
+        black_holes = path.black_holes_detected,
+        rtt_us = path.rtt.as_micros() as u64,
+        "path to the child"
+    );
 }
 
 /// How long a node that is no longer a child here has to take the release that moves it.
@@ -245,6 +259,7 @@ async fn serve_child(
                     "offered release{}",
                     if delta { " as a delta" } else { "" }
                 );
+                log_path(conn);
                 sent = Some(o.version());
                 known = Some((o.version(), o.root()));
             }
