@@ -238,27 +238,31 @@ pub fn close_endpoint(ep: &Endpoint, code: ErrorCode) {
 mod tests {
     use super::*;
 
+    /// A parent's endpoint on 127.0.0.1 and a child's, each with its own certificate from one
+    /// CA, with the node's transport settings. The directory holding the certificates must
+    /// outlive them.
+    fn endpoints(certs: &std::path::Path) -> (Endpoint, Endpoint) {
+        cascade_certs::init_ca(certs, false).unwrap();
+        cascade_certs::issue(certs, &["parent", "child"]).unwrap();
+        let load = |name| Identity::load(certs, name).unwrap();
+        let idle = Duration::from_secs(15);
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let parent = endpoint(&load("parent"), Some(any), None, idle, &Revoked::default());
+        let parent = parent.unwrap();
+        let at = parent.local_addr().unwrap();
+        let child = endpoint(&load("child"), None, Some(at), idle, &Revoked::default()).unwrap();
+        (parent, child)
+    }
+
     /// A real link over loopback (mutual TLS, the node's transport settings) grows its packets
     /// to [`MAX_PAYLOAD`] and keeps them through a transfer at full speed: a segmented send the
     /// kernel refuses would lose its packets and drop the link to 1200 bytes.
     #[test]
     fn a_loopback_link_keeps_its_largest_packets_through_a_bulk_transfer() {
         let certs = tempfile::tempdir().unwrap();
-        cascade_certs::init_ca(certs.path(), false).unwrap();
-        cascade_certs::issue(certs.path(), &["parent", "child"]).unwrap();
-        let parent = Identity::load(certs.path(), "parent").unwrap();
-        let child = Identity::load(certs.path(), "child").unwrap();
-        let idle = Duration::from_secs(15);
         let rt = tokio::runtime::Runtime::new().unwrap();
         let (stats, got) = rt.block_on(async {
-            let server = endpoint(
-                &parent,
-                Some("127.0.0.1:0".parse().unwrap()),
-                None,
-                idle,
-                &Revoked::default(),
-            )
-            .unwrap();
+            let (server, client) = endpoints(certs.path());
             let addr = server.local_addr().unwrap();
             let sender = tokio::spawn(async move {
                 let conn = server.accept().await.unwrap().await.unwrap();
@@ -272,7 +276,6 @@ mod tests {
                 let stats = conn.stats().path;
                 (server, stats)
             });
-            let client = endpoint(&child, None, Some(addr), idle, &Revoked::default()).unwrap();
             let conn = connect(&client, addr, "parent").await.unwrap();
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
             send.write_all(b"go").await.unwrap();
@@ -283,5 +286,35 @@ mod tests {
         assert_eq!(got, 32 << 20);
         assert_eq!(stats.black_holes_detected, 0, "{stats:?}");
         assert_eq!(stats.current_mtu, MAX_PAYLOAD, "{stats:?}");
+    }
+
+    /// A link closed while its congestion window is full still tells the peer why: the close
+    /// is not held back behind data that will never be sent (vendor/quinn-proto/PATCHED.md).
+    #[test]
+    fn a_link_closed_with_a_full_congestion_window_still_sends_its_reason() {
+        let certs = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let (server, client) = endpoints(certs.path());
+            let addr = server.local_addr().unwrap();
+            let (conn, theirs) = tokio::join!(connect(&client, addr, "parent"), async {
+                server.accept().await.unwrap().await.unwrap()
+            });
+            let conn = conn.unwrap();
+            // At the start of a link its window holds about 14 KB: 4 MiB queued fills it.
+            let (mut send, _recv) = conn.open_bi().await.unwrap();
+            send.write_all(&vec![7u8; 4 << 20]).await.unwrap();
+            close(&conn, ErrorCode::Protocol, "malformed message: the test's");
+            let why = tokio::time::timeout(Duration::from_secs(5), theirs.closed())
+                .await
+                .expect("the peer learns of the close within 5 s");
+            match why {
+                quinn::ConnectionError::ApplicationClosed(c) => {
+                    assert_eq!(c.error_code, VarInt::from_u32(ErrorCode::Protocol.code()));
+                    assert_eq!(&c.reason[..], b"malformed message: the test's");
+                }
+                other => panic!("expected the close and its reason, got {other:?}"),
+            }
+        });
     }
 }
