@@ -50,7 +50,6 @@ pub async fn release(
     debug!(
         ms = started.elapsed().as_millis() as u64,
         staged = stage.as_ref().map_or(0, |s| s.count()),
-        mtu = conn.stats().path.current_mtu,
         "bodies received"
     );
     shared
