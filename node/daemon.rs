@@ -240,6 +240,8 @@ impl RunningNode {
             trust,
             keys,
             metrics: Default::default(),
+            pusher: Default::default(),
+            pushed: Default::default(),
         });
         if me.role == Role::Origin {
             sign_held(&shared)?;

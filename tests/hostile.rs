@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use cascade::net;
 use cascade::status::NodeState;
+use cascade::testkit::noise;
 use cascade::tree::{Blake3, Entry, EntryKind, Manifest, Md5, Release};
 use cascade::wire::{ErrorCode, RawDown, RawRelease, Up};
 use cascade_certs::{Identity, ReleaseKey};
@@ -297,6 +298,7 @@ fn a_hostile_child_is_cut_off_for_stalled_or_oversized_requests_or_a_topology_se
                 name: "leaf-1-1".into(),
                 have: None,
                 root: None,
+                push: None,
             },
         )
         .await
@@ -401,6 +403,16 @@ fn block(compressed: bool, stored: &[u8]) -> Vec<u8> {
 impl FakeParent {
     /// Accepts the leaf's next body stream, answers it with `answer` and returns the request.
     fn serve(&self, l: &FakeLink, answer: &[u8]) -> cascade::wire::BodyRequest {
+        self.serve_with(l, |_| answer.to_vec())
+    }
+
+    /// Accepts the leaf's next body stream, answers it with what `answer` makes of the
+    /// request, and returns the request.
+    fn serve_with(
+        &self,
+        l: &FakeLink,
+        answer: impl FnOnce(&cascade::wire::BodyRequest) -> Vec<u8>,
+    ) -> cascade::wire::BodyRequest {
         self.rt.block_on(async {
             let (mut send, mut recv) =
                 tokio::time::timeout(Duration::from_secs(30), l.conn.accept_bi())
@@ -408,7 +420,7 @@ impl FakeParent {
                     .expect("the leaf asks for the body within 30 s")
                     .unwrap();
             let req = net::recv(&mut recv).await.unwrap().unwrap();
-            send.write_all(answer).await.unwrap();
+            send.write_all(&answer(&req)).await.unwrap();
             send.finish().unwrap();
             let _ = tokio::time::timeout(Duration::from_secs(10), send.stopped()).await;
             req
@@ -460,4 +472,90 @@ fn a_compressed_body_stream_that_breaks_the_block_format_is_refused_and_asked_ag
     c.wait_holds("leaf-1-1", 1);
     assert_eq!(fs::read(c.dir("leaf-1-1").join("page.html")).unwrap(), body);
     assert!(!c.log("leaf-1-1").contains("panicked"));
+}
+
+impl FakeParent {
+    /// Pushes `announced` (a [`cascade::wire::PushHeader`]) and then `body` on a stream of its
+    /// own; `reset` cuts it off instead of finishing it. Returns once the leaf has read it all
+    /// (or stopped it).
+    fn push(&self, l: &FakeLink, path: &str, announced: u64, body: &[u8], reset: bool) {
+        self.rt.block_on(async {
+            let mut s = l.conn.open_uni().await.unwrap();
+            let header = cascade::wire::PushHeader {
+                size: announced,
+                path: path.into(),
+            };
+            net::send(&mut s, &header).await.unwrap();
+            let _ = s.write_all(body).await;
+            if reset {
+                let _ = s.reset(quinn::VarInt::from_u32(ErrorCode::Abandoned.code()));
+            } else {
+                let _ = s.finish();
+                let _ = tokio::time::timeout(Duration::from_secs(10), s.stopped()).await;
+            }
+        })
+    }
+}
+
+#[test]
+fn pushed_bodies_are_kept_only_if_the_signed_release_names_them() {
+    use cascade::wire::Bodies;
+    let mut c = Cluster::new(1, 1);
+    let fake = FakeParent::new(&c);
+    c.start("leaf-1-1");
+    let mut l = fake.accept();
+    let (named, forged) = (noise(3 << 20, 1), noise(3 << 20, 2));
+    let other = noise(2 << 20, 3);
+    // Pushed whole and named by the release: taken, never asked for.
+    fake.push(&l, "a/named.bin", named.len() as u64, &named, false);
+    // Same path and size as a file of the release, other bytes: not taken.
+    fake.push(&l, "b/forged.bin", forged.len() as u64, &forged, false);
+    // The release's third body, but cut short, and then longer than announced: not kept.
+    fake.push(
+        &l,
+        "c/other.bin",
+        other.len() as u64,
+        &other[..1 << 20],
+        true,
+    );
+    fake.push(&l, "c/other.bin", 1 << 20, &other, false);
+    let real = noise(3 << 20, 4);
+    let entries = vec![
+        dir("a"),
+        file_of("a/named.bin", &named),
+        dir("b"),
+        file_of("b/forged.bin", &real),
+        dir("c"),
+        file_of("c/other.bin", &other),
+    ];
+    fake.offer(&mut l, 1, entries);
+    // The leaf asks for the two bodies it was not given whole and right, one stream each.
+    let mut asked = Vec::new();
+    for _ in 0..2 {
+        let req = fake.serve_with(&l, |req| match &req.bodies {
+            Bodies::One { id, offset: 0 } if *id == Blake3::of(&real) => real.clone(),
+            Bodies::One { id, offset: 0 } if *id == Blake3::of(&other) => other.clone(),
+            other => panic!("unexpected request {other:?}"),
+        });
+        asked.push(req.bodies);
+    }
+    c.wait_holds("leaf-1-1", 1);
+    let d = c.dir("leaf-1-1");
+    assert_eq!(fs::read(d.join("a/named.bin")).unwrap(), named);
+    assert_eq!(fs::read(d.join("b/forged.bin")).unwrap(), real);
+    assert_eq!(fs::read(d.join("c/other.bin")).unwrap(), other);
+    assert!(!asked.contains(&Bodies::One {
+        id: Blake3::of(&named),
+        offset: 0
+    }));
+    let log = c.log("leaf-1-1");
+    assert!(
+        log.contains("took bodies pushed during the parent's scan bodies=1"),
+        "{log}"
+    );
+    // What was not taken is gone, and nothing panicked.
+    let tmp = c.data("leaf-1-1").join("store/tmp");
+    let left: Vec<_> = fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!log.contains("panicked"), "{log}");
 }

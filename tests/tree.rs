@@ -488,3 +488,65 @@ fn the_origin_serves_from_dir_never_sends_a_changed_file_and_copies_it_from_then
     assert!(copies.contains(&Blake3::of(b"<p>third</p>").hex()));
     assert!(!copies.contains(&Blake3::of(b"stable").hex()));
 }
+
+#[test]
+fn a_large_new_file_travels_while_the_origin_scans_and_is_not_asked_for_again() {
+    let mut c = Cluster::new(1, 1);
+    c.start_all();
+    // Pushes go to the children linked when the scan reads the file.
+    c.wait("relay-1 to be linked", Duration::from_secs(30), || {
+        c.status_of("origin", "relay-1")
+            .is_some_and(|s| s.connected)
+    });
+    let d = c.dir("origin");
+    let big = noise(24 << 20, 9);
+    write(&d, "media/big.bin", &big);
+    write(&d, "index.html", b"<p>small</p>");
+    for version in 1..=2 {
+        let out = c.publish_wait();
+        assert!(
+            out.contains(&format!("all 3 nodes hold release {version}")),
+            "{out}"
+        );
+        c.assert_same_as_origin("leaf-1-1");
+        // The relay hashed and stored the body as the origin read it: it fetched only the
+        // small file, and took the pushed body once the signed release named it.
+        let relay = c.status_of("relay-1", "relay-1").unwrap();
+        assert!(
+            relay.fetched_bytes < 1 << 20,
+            "release {version}: relay-1 fetched {} bytes\n{}",
+            relay.fetched_bytes,
+            c.log("relay-1")
+        );
+        if version == 1 {
+            // The next release changes the large file in its middle (and its mtime, which
+            // could otherwise stay within the same second).
+            poke(&d, "media/big.bin", 12 << 20, 0x5a);
+            let f = fs::File::options()
+                .write(true)
+                .open(d.join("media/big.bin"))
+                .unwrap();
+            f.set_modified(std::time::SystemTime::now() + Duration::from_secs(10))
+                .unwrap();
+        }
+    }
+    // A large file renamed (same size and mtime as a file of the last release) is not
+    // pushed: the relay holds its body already.
+    fs::rename(d.join("media/big.bin"), d.join("media/moved.bin")).unwrap();
+    let out = c.publish_wait();
+    assert!(out.contains("all 3 nodes hold release 3"), "{out}");
+    c.assert_same_as_origin("leaf-1-1");
+    let log = c.log("relay-1");
+    assert_eq!(
+        log.matches("took bodies pushed during the parent's scan bodies=1")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(!log.contains("path=\"media/moved.bin\""), "{log}");
+    // Nothing pushed is left outside the store.
+    let tmp = c.data("relay-1").join("store/tmp");
+    let left: Vec<_> = fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!c.all_logs().contains("WARN"), "{}", c.all_logs());
+}

@@ -56,6 +56,7 @@ async fn hello(conn: &Connection, claim: &str) -> Result<Down, ConnectionError> 
             name: claim.into(),
             have: None,
             root: None,
+            push: None,
         },
     )
     .await

@@ -402,6 +402,28 @@ impl Store {
         Ok(body)
     }
 
+    /// Creates the file a body pushed by the parent is written to (see
+    /// [`crate::sync::push`]): in `tmp/`, so whatever a crash leaves goes at [`Store::open`].
+    /// Nothing names it yet: it enters the store only through [`Store::take_pushed`].
+    pub fn push_file(&self) -> Result<(PathBuf, fs::File), StoreError> {
+        let path = self.tmp_path("push");
+        let file = fs::File::create(&path)?;
+        Ok((path, file))
+    }
+
+    /// Takes a pushed body (written by [`Store::push_file`]'s caller) into the store as
+    /// body `id`: the caller hashed every byte of it and found the size, MD5 and BLAKE3 a
+    /// release names. Call inside a batch ([`Store::begin_batch`]): it is flushed with it.
+    pub fn take_pushed(&self, path: &Path, id: &Blake3) -> Result<(), StoreError> {
+        if self.has(id) {
+            let _ = fs::remove_file(path);
+            return Ok(());
+        }
+        Ok(self
+            .objects
+            .rename(&Spot::Path(path.to_owned()), &rel(id))?)
+    }
+
     /// Copies a local file into the store as body `expected` if it is exactly that body
     /// (checked while copying); returns whether it was. A node whose `dir` is the only copy of
     /// its bodies takes a renamed file's body from its old path this way.

@@ -200,6 +200,23 @@ pub struct Scope<'a> {
     pub writing: Option<&'a HashSet<String>>,
     /// Which bodies are copied into the store.
     pub stored: Stored<'a>,
+    /// Who else reads the files read (the origin pushing them to its children).
+    pub tee: Option<&'a dyn Tee>,
+}
+
+/// Something that takes the bytes of the files a scan reads, as it reads them, so that one
+/// read serves both the hashes and their next use: the origin pushes large new bodies to
+/// its children while it scans (see [`crate::sync::push`]). The bytes are unchecked: the file
+/// may change while it is read, and the scan may then leave it out.
+pub trait Tee: Sync + std::fmt::Debug {
+    /// Where the bytes of file `rel` (`size` bytes when opened, modified at `mtime`) go, or
+    /// `None` if nobody wants them. Dropping the sink ends the file.
+    fn open(&self, rel: &str, size: u64, mtime: i64) -> Option<Box<dyn TeeSink + '_>>;
+}
+
+/// The bytes of one file, in order, as the scan reads them.
+pub trait TeeSink {
+    fn block(&mut self, data: &[u8]);
 }
 
 /// Which file bodies a publish copies into the store. A body left in `dir` costs no copy and
@@ -807,6 +824,7 @@ impl<'a> Walk<'a> {
         }
         let (root, store, prev, now) =
             (self.ctx.root, self.ctx.store, self.ctx.scope.prev, self.now);
+        let tee = self.ctx.scope.tee;
         let landing = Mutex::new(Landing {
             entries: &mut self.entries,
             cache_at: &mut self.cache_at,
@@ -829,7 +847,18 @@ impl<'a> Walk<'a> {
                     }),
                 Some(_) => open_regular(&path, Some((how.dev, how.stat.ino)))
                     .and_then(|(mut f, len)| {
-                        let body = hash_reader(&mut f, len, true, |_| Ok(()))?;
+                        let mtime = match job.file.kind {
+                            EntryKind::File { mtime, .. } => mtime,
+                            _ => 0,
+                        };
+                        let mut sink = tee.and_then(|t| t.open(&job.file.path, len, mtime));
+                        let body = hash_reader(&mut f, len, true, |block| {
+                            if let Some(s) = sink.as_mut() {
+                                s.block(block);
+                            }
+                            Ok(())
+                        })?;
+                        drop(sink);
                         Ok((body, Some(Stat::of(&f.metadata()?))))
                     })
                     .map_err(ScanError::Io),

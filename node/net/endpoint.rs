@@ -19,6 +19,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most streams a peer may have open at once on a link.
 pub const MAX_STREAMS: u32 = 32;
 
+/// Most bodies a parent may push to a child at once (one stream each).
+pub const PUSH_STREAMS: u32 = 8;
+
 /// Per-stream receive window and per-connection send window, in bytes.
 const WINDOW: u32 = 8 * 1024 * 1024;
 
@@ -65,7 +68,9 @@ fn transport(idle: Duration) -> TransportConfig {
     // (plus its control stream); each served stream holds a buffer of up to 1 MiB, so this
     // caps what one link can make its parent hold.
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
-    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    // Unidirectional streams carry bodies a parent pushes while it scans, one per body; the
+    // connection's receive window bounds what they buffer. A parent refuses any from a child.
+    t.max_concurrent_uni_streams(VarInt::from_u32(PUSH_STREAMS));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MAX_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));

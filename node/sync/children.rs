@@ -74,8 +74,13 @@ async fn handle(
             Err(_) => return net::close(&conn, ErrorCode::Protocol, "no hello"),
         };
         let hello = tokio::time::timeout(HELLO_TIMEOUT, net::recv::<_, Up>(&mut recv)).await;
-        let (name, have, root) = match hello {
-            Ok(Ok(Some(Up::Hello { name, have, root }))) => (name, have, root),
+        let (name, have, root, push) = match hello {
+            Ok(Ok(Some(Up::Hello {
+                name,
+                have,
+                root,
+                push,
+            }))) => (name, have, root, push),
             Ok(Err(e)) => {
                 warn!("refused {addr}: bad hello: {e}");
                 return net::close(&conn, ErrorCode::Protocol, "bad hello");
@@ -98,6 +103,7 @@ async fn handle(
             net::close(&old, ErrorCode::Replaced, "replaced by a new connection");
         }
         info!(child = %name, have = ?have, "child connected");
+        let _pushing = push.map(|c| shared.pusher.register(&shared, &conn, &name, c));
         let result = serve_child(&shared, &conn, &name, have, have.zip(root), send, recv)
             .instrument(tracing::info_span!("child", child = %name))
             .await;
@@ -308,6 +314,7 @@ async fn serve_child(
         r = bodies => r,
         e = shared.keys.watch_peer(conn) => Err(e),
         e = no_longer_a_child(shared, conn, name) => Err(e),
+        e = super::push::refuse(conn) => Err(e),
     };
     if let Err(LinkError::Wire(e)) = &r {
         net::close(conn, ErrorCode::Protocol, &e.to_string());

@@ -32,6 +32,7 @@ pub async fn release(
     let started = Instant::now();
     let version = release.version;
     let old = shared.held.current();
+    super::push::take(shared, release).await?;
     let (wanted, shared_bodies) = wanted(shared, release, old.as_ref())?;
     let wanted = match (&shared.applier, &old) {
         (Some(a), Some(old)) if a.dir_is_only_copy() => {

@@ -24,6 +24,7 @@ pub mod land;
 pub mod layout;
 pub mod parent;
 pub mod publish;
+pub mod push;
 pub mod reload;
 pub mod role;
 pub mod session;

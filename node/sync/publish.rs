@@ -326,6 +326,9 @@ impl Publisher {
         let (me, dir, exclude) = (shared.clone(), self.dir.clone(), self.exclude.clone());
         let hot = self.hot_paths();
         let scanned = tokio::task::spawn_blocking(move || {
+            let tee = me
+                .pusher
+                .for_scan(held.as_ref().map(|h| &h.release.manifest));
             let scope = Scope {
                 exclude: Some(&exclude),
                 prev: held.as_ref().map(|h| &h.release.manifest),
@@ -333,6 +336,8 @@ impl Publisher {
                 writing: Some(&batch.writing),
                 // The other bodies stay in `dir`, served from there.
                 stored: Stored::Only(&hot),
+                // Large new files go to the children as they are read.
+                tee: Some(&tee),
             };
             // Only copies need flushing (a copy of a file that changes is worth keeping).
             let copies = !hot.is_empty();
@@ -347,6 +352,8 @@ impl Publisher {
         })
         .await
         .expect("scan task does not panic")?;
+        // The pushes of this scan go out before the offer, so that children wait for them.
+        shared.pusher.written(super::push::WRITTEN).await;
         let Scanned {
             manifest,
             cache,

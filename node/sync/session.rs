@@ -32,6 +32,7 @@ pub async fn run(shared: &Arc<Shared>, conn: &Connection, parent: &str) -> Resul
             name: shared.name.clone(),
             have,
             root: held.as_ref().map(|h| h.root()),
+            push: Some(shared.compress),
         },
     )
     .await?;
@@ -48,6 +49,7 @@ pub async fn run(shared: &Arc<Shared>, conn: &Connection, parent: &str) -> Resul
         r = take_offers(shared, parent, &mut recv, &offers_tx) => r,
         r = report_up(shared, &mut send) => r,
         r = follow_offers(shared, conn, offers) => r,
+        r = super::push::accept(shared, conn) => r,
         e = shared.keys.watch_peer(conn) => Err(e.into()),
     };
     let _ = send.finish();

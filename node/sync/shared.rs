@@ -61,6 +61,10 @@ pub struct Shared {
     pub keys: Keys,
     /// What the node counts for Prometheus.
     pub metrics: crate::metrics::Metrics,
+    /// The children that take bodies pushed while this node scans (the origin).
+    pub pusher: super::push::Pusher,
+    /// Bodies the parent pushed, waiting for an offer to name them.
+    pub pushed: super::push::Received,
 }
 
 /// The node's hooks and what they need.

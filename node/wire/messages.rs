@@ -1,4 +1,4 @@
-//! The messages of protocol version 6, as serde types. Variants are append-only (the
+//! The messages of protocol version 7, as serde types. Variants are append-only (the
 //! variant index is the tag on the wire). Each message type has its own frame limit
 //! ([`Message::MAX`]): a peer can make a node allocate at most that much per frame.
 
@@ -19,11 +19,14 @@ use crate::tree::{
 pub enum Up {
     /// First message: who the child claims to be (checked against its certificate), the
     /// version of the release it has applied, if any, and that release's manifest root (so
-    /// the parent may send the next release as a [`Down::OfferDelta`] against it).
+    /// the parent may send the next release as a [`Down::OfferDelta`] against it). `push`:
+    /// whether the child takes bodies pushed while the parent scans (see [`PushHeader`]), and
+    /// packed how; `None` asks for none.
     Hello {
         name: String,
         have: Option<u64>,
         root: Option<Blake3>,
+        push: Option<Compress>,
     },
     /// The current state of the child and of every node below it.
     Status(Vec<NodeStatus>),
@@ -162,6 +165,16 @@ impl std::fmt::Display for Bodies {
     }
 }
 
+/// The first frame of a push stream (parent → child, unidirectional): the body that follows
+/// is `size` bytes, raw or packed as the child's hello asked, read from the file at `path`.
+/// Nothing vouches for either: the child hashes what arrives and keeps it only if a release
+/// it is offered next names those digests (see [`crate::sync::push`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushHeader {
+    pub size: u64,
+    pub path: String,
+}
+
 /// Local admin socket: request from `cascade publish` / `cascade status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdminRequest {
@@ -248,6 +261,11 @@ impl Message for BodyRequest {
     const MAX: usize = SMALL;
 }
 
+impl Message for PushHeader {
+    /// A path (at most 4096 bytes) and a size.
+    const MAX: usize = 16 << 10;
+}
+
 impl Message for AdminRequest {
     const MAX: usize = SMALL;
 }
@@ -277,6 +295,8 @@ pub enum ErrorCode {
     Shutdown = 4,
     /// The same child connected again; this older link is replaced.
     Replaced = 5,
+    /// A pushed body was given up (the child fell behind, or the file changed).
+    Abandoned = 6,
 }
 
 impl ErrorCode {

@@ -1,7 +1,7 @@
-//! The Cascade wire protocol, version 6. This module is the spec; it has no sockets.
+//! The Cascade wire protocol, version 7. This module is the spec; it has no sockets.
 //!
 //! # Links
-//! A child dials its parent over QUIC with mutual TLS 1.3; the ALPN is [`ALPN`] (`cascade/6`),
+//! A child dials its parent over QUIC with mutual TLS 1.3; the ALPN is [`ALPN`] (`cascade/7`),
 //! so a peer speaking another protocol version fails the handshake instead of misreading bytes.
 //! Both sides present certificates from the deployment CA; the parent accepts only the names of
 //! its own children, the child only its parent's name.
@@ -40,6 +40,14 @@
 //!   same bytes cut into blocks of at most [`blocks::BLOCK`], each raw or one zstd frame
 //!   (see [`blocks`]): blocks run across the bodies of a batch, so small files compress
 //!   together.
+//! - **Push** (one unidirectional stream per body, opened by the parent, only to a child
+//!   whose hello asked for pushes): while the origin scans, it sends each large new body it
+//!   reads as it reads it, before any release names it: a [`PushHeader`] frame, then the
+//!   body (raw, or in blocks as for a body request). The child hashes it as it arrives and
+//!   keeps it apart from its store; when the next offer names a body with the same size, MD5
+//!   and BLAKE3, the child takes it into its store instead of asking for it. A body no
+//!   offer names is deleted. A parent may reset a push ([`ErrorCode::Abandoned`]) at any
+//!   point: the child then asks for the body as usual.
 //!
 //! # Chunks
 //! A body larger than [`crate::tree::CHUNK`] (4 MiB) carries the MD5 and BLAKE3 chaining
@@ -50,7 +58,7 @@
 //! # Trust
 //! Every release carries the origin's Ed25519 signature over its version and its manifest's
 //! root digest (BLAKE3 over every entry); every node checks it before it stores, forwards or
-//! applies anything (see [`crate::sync::trust`]). Version 6 added compressed body streams;
+//! applies anything (see [`crate::sync::trust`]). Version 7 added push streams; version 6 added compressed body streams;
 //! version 5 added manifest deltas (and the root in the hello); version 4 added BLAKE3 (version 3 trusted
 //! MD5 alone, and named bodies by it) and moved from bincode to postcard.
 //!
@@ -67,8 +75,8 @@ pub use frame::{
 };
 pub use messages::*;
 
-/// ALPN of protocol version 6: a peer of another version fails the handshake.
-pub const ALPN: &[u8] = b"cascade/6";
+/// ALPN of protocol version 7: a peer of another version fails the handshake.
+pub const ALPN: &[u8] = b"cascade/7";
 
 /// Most bodies in one [`Bodies::Many`].
 pub const MAX_BATCH: usize = 4096;

@@ -118,11 +118,13 @@ fn all_messages() -> Samples {
                 name: "web-1".into(),
                 have: None,
                 root: None,
+                push: None,
             },
             Up::Hello {
                 name: "r".into(),
                 have: Some(u64::MAX),
                 root: Some(Blake3([5; 32])),
+                push: Some(Compress::Auto),
             },
             Up::Status(vec![status.clone()]),
         ],
@@ -252,13 +254,23 @@ fn every_message_round_trips_and_survives_corruption() {
 
 #[test]
 fn golden_bytes() {
-    // Wire compatibility: these bytes must never change within protocol version 6.
+    // Wire compatibility: these bytes must never change within protocol version 7.
     let hello = encode(&Up::Hello {
         name: "ab".into(),
         have: Some(300),
         root: None,
+        push: Some(Compress::Off),
     });
-    assert_eq!(hello, vec![0, 0, 0, 8, 0, 2, b'a', b'b', 1, 0xac, 0x02, 0]);
+    assert_eq!(
+        hello,
+        vec![0, 0, 0, 10, 0, 2, b'a', b'b', 1, 0xac, 0x02, 0, 1, 0]
+    );
+    // A push header: size 300, path "ab".
+    let push = encode(&PushHeader {
+        size: 300,
+        path: "ab".into(),
+    });
+    assert_eq!(push, vec![0, 0, 0, 5, 0xac, 0x02, 2, b'a', b'b']);
     // A delta: tag 1, version 2, base 1, base root, one kept run of 3 entries from 0, then
     // no revocations, no signature, no topology, no rotation.
     let delta = encode(&Down::OfferDelta(Delta {
@@ -635,7 +647,7 @@ mod props {
     proptest! {
         #[test]
         fn up_round_trips(name in name(), have in any::<Option<u64>>(), list in prop::collection::vec(status(), 0..5)) {
-            check(&Up::Hello { name, have, root: have.map(|v| Blake3([v as u8; 32])) });
+            check(&Up::Hello { name, have, root: have.map(|v| Blake3([v as u8; 32])), push: have.map(|_| Compress::Zstd) });
             check(&Up::Status(list));
         }
 

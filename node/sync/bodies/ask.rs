@@ -204,22 +204,14 @@ impl Asker {
     /// Opens a body stream and asks for `bodies`, compressed as this node's `compress` says.
     async fn request(&self, bodies: Bodies) -> Result<Incoming, SyncError> {
         let compress = self.shared.compress;
-        let unpacker = match compress {
-            Compress::Off => None,
-            _ => Some(Unpacker::new().map_err(LinkError::Io)?),
-        };
         let (mut send, recv) = self.conn.open_bi().await.map_err(LinkError::from)?;
         net::send(&mut send, &BodyRequest { bodies, compress }).await?;
         send.finish().map_err(LinkError::from)?;
-        Ok(Incoming {
-            recv,
-            unpacker,
-            stored: Vec::new(),
-            arrived: Arrived {
-                release: self.done.clone(),
-                total: self.shared.metrics.received_bytes.clone(),
-            },
-        })
+        let arrived = Arrived {
+            release: self.done.clone(),
+            total: self.shared.metrics.received_bytes.clone(),
+        };
+        Ok(Incoming::new(recv, compress, arrived).map_err(LinkError::Io)?)
     }
 
     /// Fetches `bodies` (each at most [`STREAM_ABOVE`]), received whole on one stream, and
@@ -368,7 +360,7 @@ impl SyncError {
 }
 
 /// Why a body stream could not be read.
-enum ReadFail {
+pub(in crate::sync) enum ReadFail {
     Read(quinn::ReadError),
     /// A packed stream broke the block format.
     Block(WireError),
@@ -398,7 +390,7 @@ impl From<quinn::ReadExactError> for ReadFail {
 }
 
 /// A body stream being received: the raw bytes, or blocks unpacked as they arrive.
-struct Incoming {
+pub(in crate::sync) struct Incoming {
     recv: RecvStream,
     unpacker: Option<Unpacker>,
     /// One block's stored bytes.
@@ -408,9 +400,9 @@ struct Incoming {
 
 /// Body bytes counted as they arrive: for the release (what progress shows) and since the
 /// node started (`cascade_received_bytes_total`).
-struct Arrived {
-    release: Arc<AtomicU64>,
-    total: prometheus_client::metrics::counter::Counter,
+pub(in crate::sync) struct Arrived {
+    pub release: Arc<AtomicU64>,
+    pub total: prometheus_client::metrics::counter::Counter,
 }
 
 impl Arrived {
@@ -421,9 +413,31 @@ impl Arrived {
 }
 
 impl Incoming {
+    /// Reads `recv`, a stream of bodies sent as `compress` says.
+    pub(in crate::sync) fn new(
+        recv: RecvStream,
+        compress: Compress,
+        arrived: Arrived,
+    ) -> std::io::Result<Self> {
+        let unpacker = match compress {
+            Compress::Off => None,
+            _ => Some(Unpacker::new()?),
+        };
+        Ok(Incoming {
+            recv,
+            unpacker,
+            stored: Vec::new(),
+            arrived,
+        })
+    }
+
     /// Appends received (unpacked) bytes to `buf` until it holds at least `limit` bytes or
     /// the stream ends (then returns true). A packed stream may end only between blocks.
-    async fn read_up_to(&mut self, buf: &mut Vec<u8>, limit: usize) -> Result<bool, ReadFail> {
+    pub(in crate::sync) async fn read_up_to(
+        &mut self,
+        buf: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<bool, ReadFail> {
         let Some(unpacker) = &mut self.unpacker else {
             return read_up_to(&mut self.recv, buf, limit, &self.arrived)
                 .await

@@ -1,0 +1,585 @@
+//! Bodies pushed while the origin scans, both sides (the Push streams of [`crate::wire`]).
+//!
+//! A release can only be offered once the origin has hashed every new file: the manifest it
+//! signs names each body by its digests. Without pushes a child starts fetching only then,
+//! so a large new file is read and hashed twice in a row, once by the origin's scan and
+//! once by the child as it arrives. With them, the scan hands each large file it reads to
+//! every child that asked for pushes ([`Pusher`], a [`Tee`] of the scan), and the child
+//! hashes and writes it at the same time ([`receive`]). The child trusts none of it: a pushed
+//! body stays outside its store, unnamed, until an offer names a body with the same size,
+//! MD5 and BLAKE3 ([`take`]); then it is taken into the store instead of being fetched. What
+//! no offer names is deleted.
+//!
+//! A child never holds the scan up for long: the scan of a file may wait for a child's link
+//! at most as long as it has spent reading the file, plus [`GRACE`] (a child at a third of
+//! the scan's speed is dropped from that push, not followed). A push given up is reset; the
+//! child deletes what it got and fetches the body as usual.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::{Connection, RecvStream, VarInt};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info};
+
+use super::bodies::ask::{Arrived, Incoming};
+use super::bodies::STREAM_ABOVE;
+use super::shared::Shared;
+use super::SyncError;
+use crate::data::short_of_room;
+use crate::dir::scan::{Tee, TeeSink};
+use crate::net::{self, LinkError};
+use crate::tree::hash::BodyHasher;
+use crate::tree::{Blake3, EntryKind, Manifest, Md5, Release};
+use crate::wire::blocks::Packer;
+use crate::wire::{Compress, ErrorCode, PushHeader};
+
+/// Files larger than this are pushed; smaller ones are fetched in batches as before (a
+/// stream per small file would cost more than the round trip it saves).
+pub const PUSH_ABOVE: u64 = STREAM_ABOVE as u64;
+/// Blocks (of up to 1 MiB) queued for one child's push before the scan waits for it.
+const QUEUE: usize = 16;
+/// How long the scan of a file may wait for a child beyond the time it spent reading.
+const GRACE: Duration = Duration::from_secs(1);
+/// Largest push a child takes (a sanity bound: the disk decides long before).
+const MAX_PUSH: u64 = 1 << 50;
+/// How often the scan looks again at a child's full queue.
+const POLL: Duration = Duration::from_millis(1);
+/// How long an origin waits, before it offers a release, for its pushes to be written out.
+pub const WRITTEN: Duration = Duration::from_secs(5);
+/// How long a child waits, when offered a release, for pushes still arriving.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// The parent's side: the children's links that take pushes, and a [`Tee`] for the scan.
+#[derive(Debug)]
+pub struct Pusher {
+    links: Mutex<Vec<Link>>,
+    /// Push streams still being written.
+    sending: Arc<watch::Sender<usize>>,
+}
+
+impl Default for Pusher {
+    fn default() -> Self {
+        Pusher {
+            links: Mutex::new(Vec::new()),
+            sending: Arc::new(watch::Sender::new(0)),
+        }
+    }
+}
+
+/// A child that asked for pushes.
+#[derive(Debug, Clone)]
+struct Link {
+    conn: Connection,
+    name: String,
+    compress: Compress,
+    shared: Arc<Shared>,
+    runtime: Handle,
+}
+
+/// Keeps a child registered with its [`Pusher`] while the link lasts.
+pub struct Registered<'a> {
+    pusher: &'a Pusher,
+    id: usize,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        let mut links = self.pusher.links.lock().expect("push links lock");
+        links.retain(|l| l.conn.stable_id() != self.id);
+    }
+}
+
+impl Pusher {
+    /// Waits (at most `limit`) until every push stream begun has been written out, so that
+    /// a child opens it before it reads the offer that follows (and waits for it then).
+    pub async fn written(&self, limit: Duration) {
+        let mut sending = self.sending.subscribe();
+        let _ = tokio::time::timeout(limit, sending.wait_for(|&n| n == 0)).await;
+    }
+
+    /// Pushes large bodies to child `name` over `conn`, packed as `compress` says, until the
+    /// returned guard is dropped. Call from the runtime (the link's task).
+    pub fn register<'a>(
+        &'a self,
+        shared: &Arc<Shared>,
+        conn: &Connection,
+        name: &str,
+        compress: Compress,
+    ) -> Registered<'a> {
+        let link = Link {
+            conn: conn.clone(),
+            name: name.to_owned(),
+            compress,
+            shared: shared.clone(),
+            runtime: Handle::current(),
+        };
+        self.links.lock().expect("push links lock").push(link);
+        Registered {
+            pusher: self,
+            id: conn.stable_id(),
+        }
+    }
+}
+
+impl Pusher {
+    /// What one scan pushes: large files, except those whose size and mtime a file of the
+    /// `last` release has (a file renamed, or copied with its time: the children hold its body
+    /// already, and a pushed body is not known to be held until all of it was sent).
+    pub fn for_scan(&self, last: Option<&Manifest>) -> ForScan<'_> {
+        let linked = !self.links.lock().expect("push links lock").is_empty();
+        let held = match last {
+            Some(m) if linked => m
+                .entries()
+                .iter()
+                .filter_map(|e| match e.kind {
+                    EntryKind::File { size, mtime, .. } if size > PUSH_ABOVE => Some((size, mtime)),
+                    _ => None,
+                })
+                .collect(),
+            _ => HashSet::new(),
+        };
+        ForScan { pusher: self, held }
+    }
+}
+
+/// The [`Tee`] of one scan (see [`Pusher::for_scan`]).
+#[derive(Debug)]
+pub struct ForScan<'a> {
+    pusher: &'a Pusher,
+    /// Size and mtime of each large file of the last release.
+    held: HashSet<(u64, i64)>,
+}
+
+impl Tee for ForScan<'_> {
+    fn open(&self, rel: &str, size: u64, mtime: i64) -> Option<Box<dyn TeeSink + '_>> {
+        if size <= PUSH_ABOVE || self.held.contains(&(size, mtime)) {
+            return None;
+        }
+        let links = self.pusher.links.lock().expect("push links lock").clone();
+        if links.is_empty() {
+            return None;
+        }
+        let header = PushHeader {
+            size,
+            path: rel.to_owned(),
+        };
+        let children = links
+            .into_iter()
+            .filter_map(|l| Child::start(l, header.clone(), &self.pusher.sending))
+            .collect();
+        Some(Box::new(Push {
+            children,
+            started: Instant::now(),
+            waited: Duration::ZERO,
+            path: rel.to_owned(),
+        }))
+    }
+}
+
+/// One file being pushed to every child registered when its read began.
+struct Push {
+    children: Vec<Child>,
+    started: Instant,
+    /// Time the scan spent waiting for children's links.
+    waited: Duration,
+    path: String,
+}
+
+/// One file's push to one child: the queue to the task that writes its stream.
+struct Child {
+    name: String,
+    tx: Option<mpsc::Sender<Bytes>>,
+    packer: Option<Packer>,
+    /// Set when the push is given up: the stream is reset instead of finished.
+    abandoned: Arc<AtomicBool>,
+}
+
+impl Child {
+    fn start(link: Link, header: PushHeader, sending: &Arc<watch::Sender<usize>>) -> Option<Child> {
+        let packer = match link.compress {
+            Compress::Off => None,
+            c => Some(Packer::new(c).ok()?),
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let child = Child {
+            name: link.name.clone(),
+            tx: Some(tx),
+            packer,
+            abandoned: abandoned.clone(),
+        };
+        let sending = Counted::new(sending);
+        link.runtime.clone().spawn(async move {
+            let _sending = sending;
+            let (name, path) = (link.name.clone(), header.path.clone());
+            if let Err(e) = send(link, header, rx, abandoned).await {
+                debug!(child = %name, path, "push ended: {e}");
+            }
+        });
+        Some(child)
+    }
+
+    fn give_up(&mut self, path: &str, why: &str) {
+        self.abandoned.store(true, Ordering::Relaxed);
+        self.tx = None;
+        debug!(child = %self.name, path, "push given up: {why}");
+    }
+}
+
+impl TeeSink for Push {
+    fn block(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let raw = Bytes::copy_from_slice(data);
+        let Push {
+            children,
+            started,
+            waited,
+            path,
+        } = self;
+        for c in children.iter_mut() {
+            let Some(tx) = c.tx.clone() else { continue };
+            let bytes = match &mut c.packer {
+                Some(p) => {
+                    let mut out = Vec::with_capacity(data.len() + 8);
+                    p.pack(data, &mut out);
+                    Bytes::from(out)
+                }
+                None => raw.clone(),
+            };
+            match tx.try_send(bytes) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => c.give_up(path, "the link ended"),
+                Err(mpsc::error::TrySendError::Full(mut bytes)) => {
+                    // Waits, polling (this is a scan thread, not the runtime's), for as long
+                    // as the file has been read so far less the time already waited, plus
+                    // the grace: a child may slow the scan down, not hold it up.
+                    let t = Instant::now();
+                    let reading = started.elapsed().saturating_sub(*waited);
+                    let budget = (reading + GRACE).saturating_sub(*waited);
+                    let outcome = loop {
+                        std::thread::sleep(POLL);
+                        match tx.try_send(bytes) {
+                            Ok(()) => break None,
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                break Some("the link ended")
+                            }
+                            Err(mpsc::error::TrySendError::Full(b)) if t.elapsed() < budget => {
+                                bytes = b;
+                            }
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                break Some("the child is much slower than the scan")
+                            }
+                        }
+                    };
+                    *waited += t.elapsed();
+                    if let Some(why) = outcome {
+                        c.give_up(path, why);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes one push stream: the header, then each block as the scan reads it; resets it if
+/// the push was given up.
+async fn send(
+    link: Link,
+    header: PushHeader,
+    mut rx: mpsc::Receiver<Bytes>,
+    abandoned: Arc<AtomicBool>,
+) -> Result<(), LinkError> {
+    let shared = &link.shared;
+    let sent = shared.metrics.sent_to(&link.name);
+    let mut stream = link.conn.open_uni().await?;
+    net::send(&mut stream, &header).await?;
+    while let Some(bytes) = rx.recv().await {
+        if abandoned.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Some(limit) = &shared.upload {
+            limit.acquire(bytes.len() as u64).await;
+        }
+        let n = bytes.len() as u64;
+        stream
+            .write_chunk(bytes)
+            .await
+            .map_err(|e| LinkError::Io(e.into()))?;
+        shared.board.add_sent(n);
+        sent.inc_by(n);
+    }
+    if abandoned.load(Ordering::Relaxed) {
+        let _ = stream.reset(VarInt::from_u32(ErrorCode::Abandoned.code()));
+    } else {
+        stream.finish().map_err(LinkError::from)?;
+    }
+    Ok(())
+}
+
+/// The child's side: pushed bodies received whole and hashed, waiting for an offer to name
+/// them, and how many are still arriving.
+#[derive(Debug)]
+pub struct Received {
+    bodies: Mutex<Vec<PushedBody>>,
+    arriving: Arc<watch::Sender<usize>>,
+    /// Bytes of the pushes kept and of those arriving (as announced).
+    pending: AtomicU64,
+}
+
+impl Default for Received {
+    fn default() -> Self {
+        Received {
+            bodies: Mutex::new(Vec::new()),
+            arriving: Arc::new(watch::Sender::new(0)),
+            pending: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A pushed body received whole, and what it hashed to.
+#[derive(Debug)]
+struct PushedBody {
+    file: PathBuf,
+    size: u64,
+    md5: Md5,
+    blake3: Blake3,
+}
+
+/// One of a count (pushes being written, or arriving), uncounted when dropped.
+struct Counted(Arc<watch::Sender<usize>>);
+
+impl Counted {
+    fn new(count: &Arc<watch::Sender<usize>>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Counted(count.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// On a parent: ends the link to a child that opens a push stream (only parents push).
+pub async fn refuse(conn: &Connection) -> LinkError {
+    match conn.accept_uni().await {
+        Ok(_) => LinkError::Wire(crate::wire::WireError::Malformed(
+            "a child opened a push stream".into(),
+        )),
+        Err(e) => e.into(),
+    }
+}
+
+/// Takes the pushes the parent opens on `conn` until the link ends (which drops those still
+/// arriving: their files go).
+pub async fn accept(shared: &Arc<Shared>, conn: &Connection) -> Result<(), SyncError> {
+    let mut receiving = JoinSet::new();
+    loop {
+        let recv = conn.accept_uni().await.map_err(LinkError::from)?;
+        // Counted at once: an offer read from now on waits for it.
+        let arriving = Counted::new(&shared.pushed.arriving);
+        receiving.spawn(receive(shared.clone(), recv, arriving));
+        while receiving.try_join_next().is_some() {}
+    }
+}
+
+/// Receives one pushed body, hashing it as it arrives, and keeps it for [`take`] if it came
+/// whole. A push cut short (given up by the parent, too long, no room) is deleted.
+async fn receive(shared: Arc<Shared>, mut recv: RecvStream, arriving: Counted) {
+    let _arriving = arriving;
+    let header = match net::recv::<_, PushHeader>(&mut recv).await {
+        Ok(Some(h)) => h,
+        _ => return,
+    };
+    let path = header.path.clone();
+    match receive_body(&shared, recv, header).await {
+        Ok(body) => {
+            debug!(path, size = body.size, "push received");
+            shared.pushed.bodies.lock().expect("pushed lock").push(body);
+        }
+        Err(why) => debug!(path, "push not kept: {why}"),
+    }
+}
+
+/// The body of a push: written to a file of the store's `tmp/` while a blocking job hashes
+/// and writes each buffer as the next arrives.
+async fn receive_body(
+    shared: &Arc<Shared>,
+    recv: RecvStream,
+    header: PushHeader,
+) -> Result<PushedBody, String> {
+    let size = header.size;
+    if size > MAX_PUSH {
+        return Err(format!("{size} bytes announced"));
+    }
+    // Pushes never take more than a third of the free space: until an offer names them,
+    // they are only the parent's word (a parent with a stolen key could push forever).
+    let pending = &shared.pushed.pending;
+    let before = pending.fetch_add(size, Ordering::Relaxed);
+    let counted = Pending(pending, size);
+    if let Some(free) = short_of_room(shared.store.objects(), 2 * (before + size)) {
+        return Err(format!(
+            "{size} bytes more than the {before} pushed do not fit ({free} free)"
+        ));
+    }
+    let arrived = Arrived {
+        release: Arc::new(AtomicU64::new(0)),
+        total: shared.metrics.received_bytes.clone(),
+    };
+    let mut incoming = Incoming::new(recv, shared.compress, arrived).map_err(|e| e.to_string())?;
+    let (file, out) = shared.store.push_file().map_err(|e| e.to_string())?;
+    let removed = Remove(Some(file.clone()));
+    let mut state = Some((BodyHasher::new(true, false), out));
+    let mut job: Option<tokio::task::JoinHandle<std::io::Result<_>>> = None;
+    let mut spare = Vec::with_capacity(STREAM_ABOVE);
+    let mut received = 0u64;
+    let mut eof = false;
+    while !eof {
+        let mut buf = std::mem::take(&mut spare);
+        buf.clear();
+        eof = incoming
+            .read_up_to(&mut buf, STREAM_ABOVE)
+            .await
+            .map_err(|_| "the stream was cut short".to_owned())?;
+        received += buf.len() as u64;
+        if received > size {
+            return Err(format!("more than the {size} bytes announced"));
+        }
+        if let Some(j) = job.take() {
+            let (s, b) = j
+                .await
+                .expect("writing a push does not panic")
+                .map_err(|e| e.to_string())?;
+            state = Some(s);
+            spare = b;
+        }
+        let (mut hasher, mut out) = state.take().expect("the hasher is back from its job");
+        // Written on a thread of its own while it is hashed (MD5 and BLAKE3 run on two more).
+        job = Some(tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let written = std::thread::scope(|s| {
+                let w = s.spawn(|| out.write_all(&buf));
+                hasher.update(&buf);
+                w.join().expect("writing a push does not panic")
+            });
+            written?;
+            Ok(((hasher, out), buf))
+        }));
+    }
+    if let Some(j) = job {
+        state = Some(
+            j.await
+                .expect("writing a push does not panic")
+                .map_err(|e| e.to_string())?
+                .0,
+        );
+    }
+    if received != size {
+        return Err(format!("{received} of the {size} bytes announced"));
+    }
+    let (hasher, _) = state.expect("no job holds the hasher");
+    let body = hasher.finish();
+    let file = removed.keep();
+    std::mem::forget(counted);
+    Ok(PushedBody {
+        file,
+        size,
+        md5: body.md5,
+        blake3: body.blake3,
+    })
+}
+
+/// Bytes counted as pending, uncounted when dropped (a push not kept).
+struct Pending<'a>(&'a AtomicU64, u64);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
+
+/// A file removed when dropped, unless kept.
+struct Remove(Option<PathBuf>);
+
+impl Remove {
+    fn keep(mut self) -> PathBuf {
+        self.0.take().expect("kept once")
+    }
+}
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Before a child works out what to fetch for `release`: waits for pushes still arriving
+/// (at most [`SETTLE`]), then takes into the store each pushed body that `release` names by
+/// the same size, MD5 and BLAKE3, and deletes the others. Returns how many were taken.
+pub async fn take(shared: &Arc<Shared>, release: &Release) -> Result<u64, SyncError> {
+    let mut arriving = shared.pushed.arriving.subscribe();
+    if *arriving.borrow() > 0 {
+        let waited = Instant::now();
+        let _ = tokio::time::timeout(SETTLE, arriving.wait_for(|&n| n == 0)).await;
+        debug!(
+            ms = waited.elapsed().as_millis() as u64,
+            "waited for pushes"
+        );
+    }
+    let bodies = std::mem::take(&mut *shared.pushed.bodies.lock().expect("pushed lock"));
+    if bodies.is_empty() {
+        return Ok(0);
+    }
+    let bytes: u64 = bodies.iter().map(|b| b.size).sum();
+    shared.pushed.pending.fetch_sub(bytes, Ordering::Relaxed);
+    let (me, manifest) = (shared.clone(), release.manifest.clone());
+    let taken = tokio::task::spawn_blocking(move || {
+        let mut left: std::collections::HashMap<Blake3, PushedBody> =
+            bodies.into_iter().map(|b| (b.blake3, b)).collect();
+        let mut taken = 0u64;
+        me.store.begin_batch()?;
+        for e in manifest.entries() {
+            let EntryKind::File {
+                size, md5, blake3, ..
+            } = &e.kind
+            else {
+                continue;
+            };
+            let Some(b) = left.get(blake3) else { continue };
+            if b.size != *size || b.md5 != *md5 {
+                continue;
+            }
+            let b = left.remove(blake3).expect("looked up just now");
+            me.store.take_pushed(&b.file, blake3)?;
+            taken += 1;
+            if left.is_empty() {
+                break;
+            }
+        }
+        for b in left.into_values() {
+            let _ = std::fs::remove_file(&b.file);
+        }
+        Ok::<_, SyncError>(taken)
+    })
+    .await
+    .expect("taking pushed bodies does not panic")?;
+    if taken > 0 {
+        info!(
+            bodies = taken,
+            "took bodies pushed during the parent's scan"
+        );
+    }
+    Ok(taken)
+}
