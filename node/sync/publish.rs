@@ -336,8 +336,13 @@ impl Publisher {
                 writing: Some(&batch.writing),
                 // The other bodies stay in `dir`, served from there.
                 stored: Stored::Only(&hot),
-                // Large new files go to the children as they are read.
-                tee: Some(&tee),
+                // Large new files go to the children as they are read; not under an upload
+                // limit, where the link decides the time and cut-through at the relays
+                // (which a pushed body does not have) matters more.
+                tee: me
+                    .upload
+                    .is_none()
+                    .then_some(&tee as &dyn crate::dir::scan::Tee),
             };
             // Only copies need flushing (a copy of a file that changes is worth keeping).
             let copies = !hot.is_empty();
