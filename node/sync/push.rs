@@ -321,6 +321,7 @@ async fn send(
         let _ = stream.reset(VarInt::from_u32(ErrorCode::Abandoned.code()));
     } else {
         stream.finish().map_err(LinkError::from)?;
+        shared.metrics.bodies_to(&link.name).inc();
     }
     Ok(())
 }
@@ -576,6 +577,7 @@ pub async fn take(shared: &Arc<Shared>, release: &Release) -> Result<u64, SyncEr
     .await
     .expect("taking pushed bodies does not panic")?;
     if taken > 0 {
+        shared.metrics.received_files.inc_by(taken);
         info!(
             bodies = taken,
             "took bodies pushed during the parent's scan"
