@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info};
 
-use super::bodies::ask::{Arrived, Incoming};
+use super::bodies::ask::{pipeline, Arrived, Incoming, Piped};
 use super::bodies::STREAM_ABOVE;
 use super::shared::Shared;
 use super::SyncError;
@@ -440,55 +440,27 @@ async fn receive_body(
     let mut incoming = Incoming::new(recv, shared.compress, arrived).map_err(|e| e.to_string())?;
     let (file, out) = shared.store.push_file().map_err(|e| e.to_string())?;
     let removed = Remove(Some(file.clone()));
-    let mut state = Some((BodyHasher::new(true, false), out));
-    let mut job: Option<tokio::task::JoinHandle<std::io::Result<_>>> = None;
-    let mut spare = Vec::with_capacity(STREAM_ABOVE);
-    let mut received = 0u64;
-    let mut eof = false;
-    while !eof {
-        let mut buf = std::mem::take(&mut spare);
-        buf.clear();
-        eof = incoming
-            .read_up_to(&mut buf, STREAM_ABOVE)
-            .await
-            .map_err(|_| "the stream was cut short".to_owned())?;
-        received += buf.len() as u64;
-        if received > size {
-            return Err(format!("more than the {size} bytes announced"));
-        }
-        if let Some(j) = job.take() {
-            let (s, b) = j
-                .await
-                .expect("writing a push does not panic")
-                .map_err(|e| e.to_string())?;
-            state = Some(s);
-            spare = b;
-        }
-        let (mut hasher, mut out) = state.take().expect("the hasher is back from its job");
-        // Written on a thread of its own while it is hashed (MD5 and BLAKE3 run on two more).
-        job = Some(tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            let written = std::thread::scope(|s| {
-                let w = s.spawn(|| out.write_all(&buf));
-                hasher.update(&buf);
-                w.join().expect("writing a push does not panic")
-            });
-            written?;
-            Ok(((hasher, out), buf))
-        }));
-    }
-    if let Some(j) = job {
-        state = Some(
-            j.await
-                .expect("writing a push does not panic")
-                .map_err(|e| e.to_string())?
-                .0,
-        );
-    }
+    // Each buffer is written on a thread of its own while it is hashed (MD5 and BLAKE3 run
+    // on two more).
+    let land = |(hasher, out): &mut (BodyHasher, fs_err::File), buf: &[u8]| {
+        use std::io::Write;
+        std::thread::scope(|s| {
+            let w = s.spawn(|| out.write_all(buf));
+            hasher.update(buf);
+            w.join().expect("writing a push does not panic")
+        })
+    };
+    let state = (BodyHasher::new(true, false), out);
+    let ((hasher, _), received) = pipeline(&mut incoming, state, 0, size, land, |_| {})
+        .await
+        .map_err(|e| match e {
+            Piped::Read(_) => "the stream was cut short".to_owned(),
+            Piped::TooLong(_) => format!("more than the {size} bytes announced"),
+            Piped::Land(e) => e.to_string(),
+        })?;
     if received != size {
         return Err(format!("{received} of the {size} bytes announced"));
     }
-    let (hasher, _) = state.expect("no job holds the hasher");
     let body = hasher.finish();
     let file = removed.keep();
     std::mem::forget(counted);

@@ -303,48 +303,89 @@ impl Asker {
         size: u64,
         flight: Option<&FlightHandle>,
     ) -> Result<BodyWriter, SyncError> {
-        type Written = Result<(BodyWriter, Vec<u8>), StoreError>;
-        let landed = |(w, b): (BodyWriter, Vec<u8>)| {
+        let received = writer.written();
+        let landed = |w: &BodyWriter| {
             if let Some(f) = flight {
                 f.progress(w.verified());
             }
-            (w, b)
         };
-        let mut received = writer.written();
-        let mut spare = Vec::with_capacity(STREAM_ABOVE);
-        let mut job: Option<JoinHandle<Written>> = None;
-        let mut writer = Some(writer);
-        let mut eof = false;
-        while !eof {
-            let mut buf = std::mem::take(&mut spare);
-            buf.clear();
-            eof = recv
-                .read_up_to(&mut buf, STREAM_ABOVE)
-                .await
-                .map_err(|e| e.for_body(id))?;
-            received += buf.len() as u64;
-            if received > size {
-                return Err(SyncError::TooLong {
-                    id,
-                    size,
-                    got: received,
-                });
-            }
-            if let Some(j) = job.take() {
-                let (w, b) = landed(j.await.expect("writing a batch does not panic")?);
-                writer = Some(w);
-                spare = b;
-            }
-            let mut w = writer.take().expect("the writer is back from its last job");
-            job = Some(tokio::task::spawn_blocking(move || {
-                w.write(&buf).map(|()| (w, buf))
-            }));
-        }
-        match job {
-            Some(j) => Ok(landed(j.await.expect("writing a batch does not panic")?).0),
-            None => Ok(writer.expect("no job holds the writer")),
-        }
+        let (writer, _) = pipeline(recv, writer, received, size, |w, buf| w.write(buf), landed)
+            .await
+            .map_err(|e| match e {
+                Piped::Read(e) => e.for_body(id),
+                Piped::TooLong(got) => SyncError::TooLong { id, size, got },
+                Piped::Land(e) => e.into(),
+            })?;
+        Ok(writer)
     }
+}
+
+/// Why [`pipeline`] stopped.
+pub(in crate::sync) enum Piped<E> {
+    Read(ReadFail),
+    /// More than the size expected arrived (this many bytes so far).
+    TooLong(u64),
+    Land(E),
+}
+
+/// Receives `recv` into `state`, `received` bytes in already, at most `size` in all: one
+/// buffer of up to [`STREAM_ABOVE`] fills from the network while a short blocking job passes
+/// the last one to `land` (which hashes and writes it; no thread waits on the network), and
+/// `landed` sees the state after each. Returns the state and the bytes received.
+pub(in crate::sync) async fn pipeline<S, E>(
+    recv: &mut Incoming,
+    state: S,
+    mut received: u64,
+    size: u64,
+    land: impl Fn(&mut S, &[u8]) -> Result<(), E> + Send + Sync + Copy + 'static,
+    mut landed: impl FnMut(&S),
+) -> Result<(S, u64), Piped<E>>
+where
+    S: Send + 'static,
+    E: Send + 'static,
+{
+    type Job<S, E> = JoinHandle<Result<(S, Vec<u8>), E>>;
+    let mut spare = Vec::with_capacity(STREAM_ABOVE);
+    let mut job: Option<Job<S, E>> = None;
+    let mut state = Some(state);
+    let mut eof = false;
+    while !eof {
+        let mut buf = std::mem::take(&mut spare);
+        buf.clear();
+        eof = recv
+            .read_up_to(&mut buf, STREAM_ABOVE)
+            .await
+            .map_err(Piped::Read)?;
+        received += buf.len() as u64;
+        if received > size {
+            return Err(Piped::TooLong(received));
+        }
+        if let Some(j) = job.take() {
+            let (s, b) = j
+                .await
+                .expect("landing a buffer does not panic")
+                .map_err(Piped::Land)?;
+            landed(&s);
+            state = Some(s);
+            spare = b;
+        }
+        let mut s = state.take().expect("the state is back from its last job");
+        job = Some(tokio::task::spawn_blocking(move || {
+            land(&mut s, &buf).map(|()| (s, buf))
+        }));
+    }
+    let state = match job {
+        Some(j) => {
+            let (s, _) = j
+                .await
+                .expect("landing a buffer does not panic")
+                .map_err(Piped::Land)?;
+            landed(&s);
+            s
+        }
+        None => state.expect("no job holds the state"),
+    };
+    Ok((state, received))
 }
 
 impl SyncError {
