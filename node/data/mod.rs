@@ -18,7 +18,7 @@ pub use lock::{DataLock, LockError};
 pub use stage::Stage;
 pub use state::StateError;
 pub use store::{Store, StoreError};
-pub use writer::{BodyWriter, Expected};
+pub use writer::{BodyWriter, Expected, FlushAhead};
 
 /// The free bytes of `path`'s filesystem when they are too few for `need` more bytes, with
 /// room for metadata and rounding to blocks (1% and 1 MiB more); `None` when they suffice or

@@ -448,7 +448,8 @@ enum KindRecord<'a> {
         md5: [u8; 16],
         blake3: [u8; 32],
         mtime: i64,
-        /// MD5 and BLAKE3 chaining value of each chunk.
+        /// MD5 (zero since protocol 7: see [`crate::tree::Sums`]) and BLAKE3 chaining value of
+        /// each chunk.
         chunks: Vec<([u8; 16], [u8; 32])>,
     },
     Dir,

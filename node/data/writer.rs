@@ -23,7 +23,7 @@ pub struct Expected {
     /// The manifest's chunk digests (empty for a body of at most one chunk, or where nothing
     /// is forwarded before the body is complete). Each chunk is checked against its BLAKE3
     /// chaining value as it completes, so the verified prefix can be forwarded before the
-    /// rest comes; the chunk MD5s are not computed again (the whole MD5 covers every byte).
+    /// rest comes (the whole MD5 covers every byte).
     pub chunks: Vec<Sums>,
 }
 
@@ -74,15 +74,44 @@ pub struct BodyWriter {
     /// The temporary file is gone (renamed under the body's name, or removed): nothing to
     /// clean up when dropped.
     tmp_gone: bool,
-    /// Where the last early flush began (see [`FLUSH_AHEAD`]), and the thread running it.
-    flushed_at: u64,
-    flushing: Option<std::thread::JoinHandle<()>>,
+    ahead: FlushAhead,
 }
 
 /// A large body is flushed to disk in the background every this many bytes while it arrives,
 /// so the flush of the release at the end (one `syncfs`) waits only for its tail instead of
 /// writing the whole body back then.
 const FLUSH_AHEAD: u64 = 64 * 1024 * 1024;
+
+/// Flushes a file being written in the background, every [`FLUSH_AHEAD`] bytes, one flush
+/// at a time. Its outcome does not matter: the release's flush at the end is what says
+/// whether the body is on disk.
+#[derive(Debug, Default)]
+pub struct FlushAhead {
+    /// Where the last flush began, and the thread running it.
+    flushed_at: u64,
+    flushing: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FlushAhead {
+    /// Call after each write: `written` bytes of `file` are written so far.
+    pub fn wrote(&mut self, file: &std::fs::File, written: u64) {
+        if written < self.flushed_at + FLUSH_AHEAD
+            || self.flushing.as_ref().is_some_and(|t| !t.is_finished())
+        {
+            return;
+        }
+        let Ok(file) = file.try_clone() else {
+            return;
+        };
+        self.flushed_at = written;
+        self.flushing = std::thread::Builder::new()
+            .name("flush-ahead".into())
+            .spawn(move || {
+                let _ = file.sync_data();
+            })
+            .ok();
+    }
+}
 
 impl BodyWriter {
     /// A writer of `expected` into `file` (at `tmp`), moved to `dest` when it checks out.
@@ -106,30 +135,8 @@ impl BodyWriter {
             verified: 0,
             keep_partial,
             tmp_gone: false,
-            flushed_at: 0,
-            flushing: None,
+            ahead: FlushAhead::default(),
         }
-    }
-
-    /// Starts flushing what was written so far in the background, every [`FLUSH_AHEAD`]
-    /// bytes, one flush at a time. Its outcome does not matter: the release's flush at the
-    /// end is what says whether the body is on disk.
-    fn flush_ahead(&mut self) {
-        if self.written < self.flushed_at + FLUSH_AHEAD
-            || self.flushing.as_ref().is_some_and(|t| !t.is_finished())
-        {
-            return;
-        }
-        let Ok(file) = self.file.file().try_clone() else {
-            return;
-        };
-        self.flushed_at = self.written;
-        self.flushing = std::thread::Builder::new()
-            .name("flush-ahead".into())
-            .spawn(move || {
-                let _ = file.sync_data();
-            })
-            .ok();
     }
 
     /// Re-reads the bytes a resumed file already holds to rebuild the hash state, a block at
@@ -190,7 +197,7 @@ impl BodyWriter {
             data = rest;
         }
         if append {
-            self.flush_ahead();
+            self.ahead.wrote(self.file.file(), self.written);
         }
         Ok(())
     }

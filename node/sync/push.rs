@@ -32,7 +32,7 @@ use super::bodies::ask::{pipeline, Arrived, Incoming, Piped};
 use super::bodies::STREAM_ABOVE;
 use super::shared::Shared;
 use super::SyncError;
-use crate::data::short_of_room;
+use crate::data::{short_of_room, FlushAhead};
 use crate::dir::scan::{Tee, TeeSink};
 use crate::net::{self, LinkError};
 use crate::tree::hash::BodyHasher;
@@ -441,17 +441,19 @@ async fn receive_body(
     let (file, out) = shared.store.push_file().map_err(|e| e.to_string())?;
     let removed = Remove(Some(file.clone()));
     // Each buffer is written on a thread of its own while it is hashed (MD5 and BLAKE3 run
-    // on two more).
-    let land = |(hasher, out): &mut (BodyHasher, fs_err::File), buf: &[u8]| {
+    // on two more), and flushed ahead as a fetched body is.
+    let land = |(hasher, out, ahead): &mut (BodyHasher, fs_err::File, FlushAhead), buf: &[u8]| {
         use std::io::Write;
         std::thread::scope(|s| {
             let w = s.spawn(|| out.write_all(buf));
             hasher.update(buf);
             w.join().expect("writing a push does not panic")
-        })
+        })?;
+        ahead.wrote(out.file(), hasher.len());
+        Ok::<_, std::io::Error>(())
     };
-    let state = (BodyHasher::new(true, false), out);
-    let ((hasher, _), received) = pipeline(&mut incoming, state, 0, size, land, |_| {})
+    let state = (BodyHasher::new(true, false), out, FlushAhead::default());
+    let ((hasher, ..), received) = pipeline(&mut incoming, state, 0, size, land, |_| {})
         .await
         .map_err(|e| match e {
             Piped::Read(_) => "the stream was cut short".to_owned(),

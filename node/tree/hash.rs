@@ -103,21 +103,27 @@ impl Blake3 {
     }
 }
 
-/// The two digests of one chunk of a large body: its MD5, and the BLAKE3 chaining value of
-/// the chunk as a subtree of the whole body's BLAKE3 tree (so the whole BLAKE3 follows from
-/// the chunks' without hashing the bytes again; see [`BodyHasher`]).
+/// The digests of one chunk of a large body: the BLAKE3 chaining value of the chunk as a
+/// subtree of the whole body's BLAKE3 tree (so the whole BLAKE3 follows from the chunks'
+/// without hashing the bytes again; see [`BodyHasher`]), which a relay checks each chunk by.
+///
+/// `md5` is zero in what this version makes. Chunks were checked by their MD5 until protocol
+/// 4 brought BLAKE3; since then nothing read it, and computing it cost the origin a second
+/// MD5 pass over every byte of a large file (1.6 s of a core per GiB here). The field stays,
+/// so that manifests and saved releases keep their layout; a release made by an older origin
+/// may still carry real ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sums {
     pub md5: Md5,
     pub blake3: Blake3,
 }
 
-/// Bytes per chunk of a large body. A body larger than one chunk carries the MD5 of each
-/// chunk (the last may be short), so a relay can verify and forward it chunk by chunk while
-/// the rest is still arriving.
+/// Bytes per chunk of a large body. A body larger than one chunk carries the BLAKE3 chaining
+/// value of each chunk (the last may be short), so a relay can verify and forward it chunk by
+/// chunk while the rest is still arriving.
 pub const CHUNK: u64 = 4 * 1024 * 1024;
 
-/// How many chunk MD5s a body of `size` bytes carries: none when it fits in one chunk.
+/// How many chunks a body of `size` bytes lists: none when it fits in one chunk.
 pub fn chunk_count(size: u64) -> u64 {
     if size <= CHUNK {
         0
@@ -144,25 +150,17 @@ pub const IO_BUF: usize = 1024 * 1024;
 pub(crate) const PARALLEL_MIN: usize = 512 * 1024;
 
 /// The digests of a body in one pass over its bytes: its BLAKE3 (always: it names the body),
-/// its whole MD5 and its chunk MD5s (each if wanted), and for a body larger than [`CHUNK`] the
-/// chunk BLAKE3 chaining values, from which the whole BLAKE3 is merged at the end (BLAKE3 is a
-/// tree: hashing by chunks costs nothing over hashing the whole).
+/// its whole MD5 (if wanted), and for a body larger than [`CHUNK`] the chunk BLAKE3 chaining
+/// values, from which the whole BLAKE3 is merged at the end (BLAKE3 is a tree: hashing by
+/// chunks costs nothing over hashing the whole).
 #[derive(Clone)]
 pub struct BodyHasher {
     /// MD5 of the whole body (not needed by a relay that verifies chunks).
     whole: Option<Md5Hasher>,
-    /// MD5 of each chunk.
-    chunk_md5: Option<ChunkMd5>,
+    /// Whether [`BodyHasher::finish`] lists the chunks.
+    chunks: bool,
     b3: ChunkBlake3,
     len: u64,
-}
-
-#[derive(Clone, Default)]
-struct ChunkMd5 {
-    hasher: Md5Hasher,
-    /// Bytes hashed into the current chunk.
-    in_chunk: u64,
-    done: Vec<Md5>,
 }
 
 /// Feeds `data` to `hasher` in pieces that end at chunk boundaries (`in_chunk` bytes of the
@@ -183,23 +181,6 @@ fn by_chunk<H>(
             complete(hasher);
             *in_chunk = 0;
         }
-    }
-}
-
-impl ChunkMd5 {
-    fn update(&mut self, data: &[u8]) {
-        let ChunkMd5 {
-            hasher,
-            in_chunk,
-            done,
-        } = self;
-        by_chunk(
-            in_chunk,
-            data,
-            hasher,
-            |h, piece| h.update(piece),
-            |h| done.push(Md5(h.finalize_reset().into())),
-        );
     }
 }
 
@@ -301,51 +282,28 @@ pub fn blake3_root(chunks: &[Blake3], len: u64) -> Blake3 {
     Blake3(*root.as_bytes())
 }
 
-/// Feeds `data` to each digest wanted, on two threads if it is large.
-fn feed(
-    whole: Option<&mut Md5Hasher>,
-    chunk_md5: Option<&mut ChunkMd5>,
-    b3: &mut ChunkBlake3,
-    data: &[u8],
-) {
-    if data.is_empty() {
-        return;
-    }
-    let heavy = data.len() >= PARALLEL_MIN;
-    match (whole, chunk_md5) {
-        (Some(w), Some(c)) if heavy => std::thread::scope(|s| {
-            s.spawn(|| {
-                w.update(data);
-                b3.update(data);
-            });
-            c.update(data);
-        }),
-        (Some(w), None) if heavy => std::thread::scope(|s| {
+/// Feeds `data` to each digest wanted, the MD5 on a thread of its own if `data` is large.
+fn feed(whole: Option<&mut Md5Hasher>, b3: &mut ChunkBlake3, data: &[u8]) {
+    match whole {
+        Some(w) if data.len() >= PARALLEL_MIN => std::thread::scope(|s| {
             s.spawn(|| w.update(data));
             b3.update(data);
         }),
-        (None, Some(c)) if heavy => std::thread::scope(|s| {
-            s.spawn(|| c.update(data));
-            b3.update(data);
-        }),
-        (w, c) => {
-            if let Some(w) = w {
-                w.update(data);
-            }
-            if let Some(c) = c {
-                c.update(data);
-            }
+        Some(w) => {
+            w.update(data);
             b3.update(data);
         }
+        None => b3.update(data),
     }
 }
 
 impl BodyHasher {
-    /// A hasher computing the BLAKE3, and the whole MD5 and/or the chunk MD5s.
+    /// A hasher computing the BLAKE3, the whole MD5 if `want_whole`, and the list of chunks
+    /// if `want_chunks`.
     pub fn new(want_whole: bool, want_chunks: bool) -> Self {
         BodyHasher {
             whole: want_whole.then(Md5Hasher::new),
-            chunk_md5: want_chunks.then(ChunkMd5::default),
+            chunks: want_chunks,
             b3: ChunkBlake3::default(),
             len: 0,
         }
@@ -353,46 +311,23 @@ impl BodyHasher {
 
     /// Hashes `data`; returns the indexes of the chunks it completed. A large `data` is hashed
     /// on two threads (MD5 is the slowest step of moving a body, and the digests are
-    /// independent): the whole MD5 and BLAKE3 on one, the chunk MD5s on the other.
-    ///
-    /// With both MD5s wanted, the first chunk is hashed once: its MD5 is the whole MD5's state
-    /// at the chunk's end. Hashing it twice doubled the MD5 work of every body of at most one
-    /// chunk, which is most files of a tree (and a publish hashes with chunks).
+    /// independent): the MD5 on one, the BLAKE3 on the other.
     pub fn update(&mut self, data: &[u8]) -> std::ops::Range<usize> {
         let first = self.b3.done.len();
-        let before = self.len;
         self.len += data.len() as u64;
-        let BodyHasher {
-            whole,
-            chunk_md5,
-            b3,
-            ..
-        } = self;
-        let shared = match (whole.as_mut(), chunk_md5.as_mut()) {
-            (Some(w), Some(c)) if before < CHUNK => {
-                let shared = ((CHUNK - before) as usize).min(data.len());
-                feed(Some(&mut *w), None, b3, &data[..shared]);
-                if before + shared as u64 == CHUNK {
-                    c.done.push(Md5(w.clone().finalize().into()));
-                }
-                shared
-            }
-            _ => 0,
-        };
-        feed(whole.as_mut(), chunk_md5.as_mut(), b3, &data[shared..]);
+        if !data.is_empty() {
+            feed(self.whole.as_mut(), &mut self.b3, data);
+        }
         first..self.b3.done.len()
     }
 
-    /// The digests of chunk `index`, once it is complete (the MD5 only if chunk MD5s are
-    /// wanted; zero otherwise).
+    /// The digests of chunk `index`, once it is complete (see [`Sums`]: its MD5 is zero).
     pub fn chunk(&self, index: usize) -> Option<Sums> {
         let blake3 = *self.b3.done.get(index)?;
-        let md5 = self
-            .chunk_md5
-            .as_ref()
-            .and_then(|c| c.done.get(index).copied())
-            .unwrap_or(Md5([0; 16]));
-        Some(Sums { md5, blake3 })
+        Some(Sums {
+            md5: Md5([0; 16]),
+            blake3,
+        })
     }
 
     pub fn len(&self) -> u64 {
@@ -404,25 +339,22 @@ impl BodyHasher {
     }
 
     /// The digests as a manifest carries them: the whole MD5 (zero if not wanted), the
-    /// BLAKE3, and the chunk list (empty for a body of at most one chunk, or if chunk MD5s were
-    /// not wanted).
+    /// BLAKE3, and the chunk list (empty for a body of at most one chunk, or if the chunks
+    /// were not wanted).
     pub fn finish(self) -> Body {
         let size = self.len;
         let md5 = self
             .whole
             .map_or(Md5([0; 16]), |w| Md5(w.finalize().into()));
         let (blake3, cvs) = self.b3.finish(size);
-        let chunks = match self.chunk_md5 {
-            Some(mut c) if size > CHUNK => {
-                if c.in_chunk > 0 {
-                    c.done.push(Md5(c.hasher.finalize().into()));
-                }
-                c.done
-                    .into_iter()
-                    .zip(cvs)
-                    .map(|(md5, blake3)| Sums { md5, blake3 })
-                    .collect()
-            }
+        let chunks = match self.chunks {
+            true if size > CHUNK => cvs
+                .into_iter()
+                .map(|blake3| Sums {
+                    md5: Md5([0; 16]),
+                    blake3,
+                })
+                .collect(),
             _ => Vec::new(),
         };
         Body {
@@ -510,7 +442,7 @@ fn gone(path: &Path, why: &str) -> io::Error {
 mod tests {
     use super::*;
 
-    /// The digests of each chunk, computed on its own (MD5) and as a subtree (BLAKE3).
+    /// The digests of each chunk, computed on its own as a subtree (BLAKE3; the MD5 is zero).
     fn chunk_sums(body: &[u8]) -> Vec<Sums> {
         body.chunks(CHUNK as usize)
             .enumerate()
@@ -519,7 +451,7 @@ mod tests {
                 h.set_input_offset(i as u64 * CHUNK);
                 h.update(c);
                 Sums {
-                    md5: Md5::of(c),
+                    md5: Md5([0; 16]),
                     blake3: Blake3(h.finalize_non_root()),
                 }
             })
@@ -576,7 +508,7 @@ mod tests {
                     Blake3::of(bytes),
                     "{chunks} chunks, tail {tail}"
                 );
-                // Without the chunk MD5s (a leaf checking the whole body only).
+                // Without the chunk list (a leaf checking the whole body only).
                 let mut h = BodyHasher::new(true, false);
                 h.update(bytes);
                 let got = h.finish();

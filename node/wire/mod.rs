@@ -50,10 +50,11 @@
 //!   point: the child then asks for the body as usual.
 //!
 //! # Chunks
-//! A body larger than [`crate::tree::CHUNK`] (4 MiB) carries the MD5 and BLAKE3 chaining
-//! value of each chunk in its manifest entry. A relay checks each chunk as it completes and
-//! forwards only checked chunks; a node that applies the body to its directory also checks
-//! the whole MD5. The whole BLAKE3 follows from the chunks' and is always checked.
+//! A body larger than [`crate::tree::CHUNK`] (4 MiB) carries the BLAKE3 chaining value of
+//! each chunk in its manifest entry (and a chunk MD5 that an origin of version 7 leaves zero:
+//! see [`crate::tree::Sums`]). A relay checks each chunk as it completes and forwards only
+//! checked chunks; a node that applies the body to its directory also checks the whole MD5.
+//! The whole BLAKE3 follows from the chunks' and is always checked.
 //!
 //! # Trust
 //! Every release carries the origin's Ed25519 signature over its version and its manifest's
