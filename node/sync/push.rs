@@ -43,8 +43,9 @@ use crate::wire::{Compress, ErrorCode, PushHeader};
 /// Files larger than this are pushed; smaller ones are fetched in batches as before (a
 /// stream per small file would cost more than the round trip it saves).
 pub const PUSH_ABOVE: u64 = STREAM_ABOVE as u64;
-/// Blocks (of up to 1 MiB) queued for one child's push before the scan waits for it.
-const QUEUE: usize = 16;
+/// Blocks (of up to 1 MiB) queued for one child's push before the scan waits for it: with
+/// the scan's 4 threads, at most 16 MiB per child, besides what the link's send window holds.
+const QUEUE: usize = 4;
 /// How long the scan of a file may wait for a child beyond the time it spent reading.
 const GRACE: Duration = Duration::from_secs(1);
 /// Largest push a child takes (a sanity bound: the disk decides long before).
