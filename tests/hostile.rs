@@ -406,6 +406,26 @@ impl FakeParent {
         self.serve_with(l, |_| answer.to_vec())
     }
 
+    /// [`FakeParent::serve_with`], if the leaf asks within 2 s.
+    fn try_serve_with(
+        &self,
+        l: &FakeLink,
+        answer: impl FnOnce(&cascade::wire::BodyRequest) -> Vec<u8>,
+    ) -> Option<cascade::wire::BodyRequest> {
+        self.rt.block_on(async {
+            let (mut send, mut recv) =
+                tokio::time::timeout(Duration::from_secs(2), l.conn.accept_bi())
+                    .await
+                    .ok()?
+                    .unwrap();
+            let req = net::recv(&mut recv).await.unwrap().unwrap();
+            let _ = send.write_all(&answer(&req)).await;
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(10), send.stopped()).await;
+            Some(req)
+        })
+    }
+
     /// Accepts the leaf's next body stream, answers it with what `answer` makes of the
     /// request, and returns the request.
     fn serve_with(
@@ -488,6 +508,8 @@ impl FakeParent {
             net::send(&mut s, &header).await.unwrap();
             let _ = s.write_all(body).await;
             if reset {
+                // What was written arrives first (a reset drops what is still unsent).
+                tokio::time::sleep(Duration::from_millis(300)).await;
                 let _ = s.reset(quinn::VarInt::from_u32(ErrorCode::Abandoned.code()));
             } else {
                 let _ = s.finish();
@@ -510,7 +532,8 @@ fn pushed_bodies_are_kept_only_if_the_signed_release_names_them() {
     fake.push(&l, "a/named.bin", named.len() as u64, &named, false);
     // Same path and size as a file of the release, other bytes: not taken.
     fake.push(&l, "b/forged.bin", forged.len() as u64, &forged, false);
-    // The release's third body, but cut short, and then longer than announced: not kept.
+    // The release's third body, given up by the parent after its first MiB: resumed after
+    // what arrived. Then the same path, longer than it announced: not kept.
     fake.push(
         &l,
         "c/other.bin",
@@ -519,6 +542,16 @@ fn pushed_bodies_are_kept_only_if_the_signed_release_names_them() {
         true,
     );
     fake.push(&l, "c/other.bin", 1 << 20, &other, false);
+    // A fourth body's push given up after a MiB of other bytes: the resumed fetch finds the
+    // body wrong as a whole, and fetches it again from its start.
+    let fourth = noise(2 << 20, 5);
+    fake.push(
+        &l,
+        "d/wrong.bin",
+        fourth.len() as u64,
+        &forged[..1 << 20],
+        true,
+    );
     let real = noise(3 << 20, 4);
     let entries = vec![
         dir("a"),
@@ -527,27 +560,50 @@ fn pushed_bodies_are_kept_only_if_the_signed_release_names_them() {
         file_of("b/forged.bin", &real),
         dir("c"),
         file_of("c/other.bin", &other),
+        dir("d"),
+        file_of("d/wrong.bin", &fourth),
     ];
     fake.offer(&mut l, 1, entries);
-    // The leaf asks for the two bodies it was not given whole and right, one stream each.
+    // The leaf asks for what it was not given whole and right, each from where it stands.
+    let bodies = [&real, &other, &fourth, &named];
     let mut asked = Vec::new();
-    for _ in 0..2 {
-        let req = fake.serve_with(&l, |req| match &req.bodies {
-            Bodies::One { id, offset: 0 } if *id == Blake3::of(&real) => real.clone(),
-            Bodies::One { id, offset: 0 } if *id == Blake3::of(&other) => other.clone(),
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while c.status_of("leaf-1-1", "leaf-1-1").and_then(|s| s.applied) != Some(1) {
+        assert!(std::time::Instant::now() < deadline, "asked {asked:?}");
+        let req = fake.try_serve_with(&l, |req| match &req.bodies {
+            Bodies::One { id, offset } => {
+                let body = bodies.iter().find(|b| Blake3::of(b) == *id).unwrap();
+                body[*offset as usize..].to_vec()
+            }
             other => panic!("unexpected request {other:?}"),
         });
-        asked.push(req.bodies);
+        asked.extend(req.map(|r| r.bodies));
     }
+    let for_body = |b: &[u8]| -> Vec<u64> {
+        asked
+            .iter()
+            .filter_map(|r| match r {
+                Bodies::One { id, offset } if *id == Blake3::of(b) => Some(*offset),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(for_body(&named).is_empty(), "{asked:?}");
+    assert_eq!(for_body(&real), [0], "{asked:?}");
+    // The pushed MiB that arrived before the reset is not asked for again.
+    let resumed = for_body(&other);
+    assert!(
+        resumed.len() == 1 && resumed[0] > 0 && resumed[0] <= 1 << 20,
+        "{asked:?}"
+    );
+    // The wrong prefix was resumed from, found wrong, and the body fetched whole.
+    assert_eq!(for_body(&fourth).last(), Some(&0), "{asked:?}");
     c.wait_holds("leaf-1-1", 1);
     let d = c.dir("leaf-1-1");
     assert_eq!(fs::read(d.join("a/named.bin")).unwrap(), named);
     assert_eq!(fs::read(d.join("b/forged.bin")).unwrap(), real);
     assert_eq!(fs::read(d.join("c/other.bin")).unwrap(), other);
-    assert!(!asked.contains(&Bodies::One {
-        id: Blake3::of(&named),
-        offset: 0
-    }));
+    assert_eq!(fs::read(d.join("d/wrong.bin")).unwrap(), fourth);
     let log = c.log("leaf-1-1");
     assert!(
         log.contains("took bodies pushed during the parent's scan bodies=1"),

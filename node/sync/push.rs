@@ -12,8 +12,8 @@
 //!
 //! A child never holds the scan up for long: the scan of a file may wait for a child's link
 //! at most as long as it has spent reading the file, plus [`GRACE`] (a child at a third of
-//! the scan's speed is dropped from that push, not followed). A push given up is reset; the
-//! child deletes what it got and fetches the body as usual.
+//! the scan's speed is dropped from that push, not followed). A push given up is reset; what
+//! the child got becomes the partial body its fetch resumes after ([`take`]).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info};
 
-use super::bodies::ask::{pipeline, Arrived, Incoming, Piped};
+use super::bodies::ask::{pipeline, Arrived, Incoming, Piped, ReadFail};
 use super::bodies::STREAM_ABOVE;
 use super::shared::Shared;
 use super::SyncError;
@@ -327,11 +327,13 @@ async fn send(
     Ok(())
 }
 
-/// The child's side: pushed bodies received whole and hashed, waiting for an offer to name
-/// them, and how many are still arriving.
+/// The child's side: pushed bodies received whole and hashed, or cut off, waiting for an
+/// offer to name them, and how many are still arriving.
 #[derive(Debug)]
 pub struct Received {
     bodies: Mutex<Vec<PushedBody>>,
+    /// Pushes the parent gave up: their first bytes, by the path and size they were for.
+    cut: Mutex<Vec<CutPush>>,
     arriving: Arc<watch::Sender<usize>>,
     /// Bytes of the pushes kept and of those arriving (as announced).
     pending: AtomicU64,
@@ -341,6 +343,7 @@ impl Default for Received {
     fn default() -> Self {
         Received {
             bodies: Mutex::new(Vec::new()),
+            cut: Mutex::new(Vec::new()),
             arriving: Arc::new(watch::Sender::new(0)),
             pending: AtomicU64::new(0),
         }
@@ -354,6 +357,16 @@ struct PushedBody {
     size: u64,
     md5: Md5,
     blake3: Blake3,
+}
+
+/// The first bytes of a push the parent gave up (reset the stream). If the next offer has a
+/// file of that path and size whose body is not held, they become the partial body that its
+/// fetch resumes after (and checks again, byte for byte, as it rebuilds its hash state).
+#[derive(Debug)]
+struct CutPush {
+    file: PathBuf,
+    path: String,
+    size: u64,
 }
 
 /// One of a count (pushes being written, or arriving), uncounted when dropped.
@@ -396,7 +409,8 @@ pub async fn accept(shared: &Arc<Shared>, conn: &Connection) -> Result<(), SyncE
 }
 
 /// Receives one pushed body, hashing it as it arrives, and keeps it for [`take`] if it came
-/// whole. A push cut short (given up by the parent, too long, no room) is deleted.
+/// whole, or its first bytes if the parent gave it up. A push too long, broken off with the
+/// link, or with no room for it is deleted.
 async fn receive(shared: Arc<Shared>, mut recv: RecvStream, arriving: Counted) {
     let _arriving = arriving;
     let header = match net::recv::<_, PushHeader>(&mut recv).await {
@@ -405,21 +419,29 @@ async fn receive(shared: Arc<Shared>, mut recv: RecvStream, arriving: Counted) {
     };
     let path = header.path.clone();
     match receive_body(&shared, recv, header).await {
-        Ok(body) => {
+        Ok(Ok(body)) => {
             debug!(path, size = body.size, "push received");
             shared.pushed.bodies.lock().expect("pushed lock").push(body);
+        }
+        Ok(Err(cut)) => {
+            debug!(
+                path,
+                "push given up by the parent: its first bytes are kept"
+            );
+            shared.pushed.cut.lock().expect("pushed lock").push(cut);
         }
         Err(why) => debug!(path, "push not kept: {why}"),
     }
 }
 
 /// The body of a push: written to a file of the store's `tmp/` while a blocking job hashes
-/// and writes each buffer as the next arrives.
+/// and writes each buffer as the next arrives. A push the parent reset after some bytes is
+/// kept as a [`CutPush`].
 async fn receive_body(
     shared: &Arc<Shared>,
     recv: RecvStream,
     header: PushHeader,
-) -> Result<PushedBody, String> {
+) -> Result<Result<PushedBody, CutPush>, String> {
     let size = header.size;
     if size > MAX_PUSH {
         return Err(format!("{size} bytes announced"));
@@ -454,25 +476,39 @@ async fn receive_body(
         Ok::<_, std::io::Error>(())
     };
     let state = (BodyHasher::new(true, false), out, FlushAhead::default());
-    let ((hasher, ..), received) = pipeline(&mut incoming, state, 0, size, land, |_| {})
-        .await
-        .map_err(|e| match e {
-            Piped::Read(_) => "the stream was cut short".to_owned(),
-            Piped::TooLong(_) => format!("more than the {size} bytes announced"),
-            Piped::Land(e) => e.to_string(),
-        })?;
+    let ((hasher, ..), received) = match pipeline(&mut incoming, state, 0, size, land, |_| {}).await
+    {
+        Ok(done) => done,
+        Err(Piped::Read(ReadFail::Read(quinn::ReadError::Reset(_)))) => {
+            // Kept as it is: the partial body a fetch resumes from rebuilds its hash state
+            // from the bytes themselves, and is flushed like any.
+            std::mem::forget(counted);
+            return Ok(Err(CutPush {
+                file: removed.keep(),
+                path: header.path,
+                size,
+            }));
+        }
+        Err(e) => {
+            return Err(match e {
+                Piped::Read(_) => "the stream broke off".to_owned(),
+                Piped::TooLong(_) => format!("more than the {size} bytes announced"),
+                Piped::Land(e) => e.to_string(),
+            })
+        }
+    };
     if received != size {
         return Err(format!("{received} of the {size} bytes announced"));
     }
     let body = hasher.finish();
     let file = removed.keep();
     std::mem::forget(counted);
-    Ok(PushedBody {
+    Ok(Ok(PushedBody {
         file,
         size,
         md5: body.md5,
         blake3: body.blake3,
-    })
+    }))
 }
 
 /// Bytes counted as pending, uncounted when dropped (a push not kept).
@@ -503,7 +539,9 @@ impl Drop for Remove {
 
 /// Before a child works out what to fetch for `release`: waits for pushes still arriving
 /// (at most [`SETTLE`]), then takes into the store each pushed body that `release` names by
-/// the same size, MD5 and BLAKE3, and deletes the others. Returns how many were taken.
+/// the same size, MD5 and BLAKE3, makes the first bytes of each push given up the partial
+/// body of the file at its path (if that file has its size and its body is still to fetch),
+/// and deletes the others. Returns how many bodies were taken.
 pub async fn take(shared: &Arc<Shared>, release: &Release) -> Result<u64, SyncError> {
     let mut arriving = shared.pushed.arriving.subscribe();
     if *arriving.borrow() > 0 {
@@ -515,10 +553,12 @@ pub async fn take(shared: &Arc<Shared>, release: &Release) -> Result<u64, SyncEr
         );
     }
     let bodies = std::mem::take(&mut *shared.pushed.bodies.lock().expect("pushed lock"));
-    if bodies.is_empty() {
+    let cut = std::mem::take(&mut *shared.pushed.cut.lock().expect("pushed lock"));
+    if bodies.is_empty() && cut.is_empty() {
         return Ok(0);
     }
-    let bytes: u64 = bodies.iter().map(|b| b.size).sum();
+    let bytes: u64 =
+        bodies.iter().map(|b| b.size).sum::<u64>() + cut.iter().map(|c| c.size).sum::<u64>();
     shared.pushed.pending.fetch_sub(bytes, Ordering::Relaxed);
     let (me, manifest) = (shared.clone(), release.manifest.clone());
     let taken = tokio::task::spawn_blocking(move || {
@@ -546,6 +586,26 @@ pub async fn take(shared: &Arc<Shared>, release: &Release) -> Result<u64, SyncEr
         }
         for b in left.into_values() {
             let _ = std::fs::remove_file(&b.file);
+        }
+        // A cut push resumes as the partial body of the file it was for, if that body is
+        // still to fetch and nothing else was kept of it.
+        for c in cut {
+            let resume = match manifest.get(&c.path).and_then(|(e, _)| e.body()) {
+                Some((size, id)) if size == c.size => {
+                    !me.store.has(&id)
+                        && !me.store.partial_path(&id).exists()
+                        && std::fs::rename(&c.file, me.store.partial_path(&id)).is_ok()
+                }
+                _ => false,
+            };
+            if resume {
+                debug!(
+                    path = c.path,
+                    "a push given up becomes a partial body to resume"
+                );
+            } else {
+                let _ = std::fs::remove_file(&c.file);
+            }
         }
         Ok::<_, SyncError>(taken)
     })

@@ -331,7 +331,8 @@ pub(in crate::sync) enum Piped<E> {
 /// Receives `recv` into `state`, `received` bytes in already, at most `size` in all: one
 /// buffer of up to [`STREAM_ABOVE`] fills from the network while a short blocking job passes
 /// the last one to `land` (which hashes and writes it; no thread waits on the network), and
-/// `landed` sees the state after each. Returns the state and the bytes received.
+/// `landed` sees the state after each. Returns the state and the bytes received. A stream
+/// that breaks off leaves every buffer received before it landed.
 pub(in crate::sync) async fn pipeline<S, E>(
     recv: &mut Incoming,
     state: S,
@@ -352,10 +353,16 @@ where
     while !eof {
         let mut buf = std::mem::take(&mut spare);
         buf.clear();
-        eof = recv
-            .read_up_to(&mut buf, STREAM_ABOVE)
-            .await
-            .map_err(Piped::Read)?;
+        eof = match recv.read_up_to(&mut buf, STREAM_ABOVE).await {
+            Ok(eof) => eof,
+            Err(e) => {
+                // What was received stays whole on disk: the last buffer is written first.
+                if let Some(j) = job.take() {
+                    let _ = j.await;
+                }
+                return Err(Piped::Read(e));
+            }
+        };
         received += buf.len() as u64;
         if received > size {
             return Err(Piped::TooLong(received));
