@@ -103,7 +103,7 @@ async fn handle(
             net::close(&old, ErrorCode::Replaced, "replaced by a new connection");
         }
         info!(child = %name, have = ?have, "child connected");
-        let _pushing = push.map(|c| shared.pusher.register(&shared, &conn, &name, c));
+        let _pushing = push.map(|c| shared.pusher.register(&conn, &name, c));
         let result = serve_child(&shared, &conn, &name, have, have.zip(root), send, recv)
             .instrument(tracing::info_span!("child", child = %name))
             .await;

@@ -25,6 +25,7 @@ pub mod layout;
 pub mod parent;
 pub mod publish;
 pub mod push;
+pub mod pushed;
 pub mod reload;
 pub mod role;
 pub mod session;

@@ -326,9 +326,7 @@ impl Publisher {
         let (me, dir, exclude) = (shared.clone(), self.dir.clone(), self.exclude.clone());
         let hot = self.hot_paths();
         let scanned = tokio::task::spawn_blocking(move || {
-            let tee = me
-                .pusher
-                .for_scan(held.as_ref().map(|h| &h.release.manifest));
+            let tee = super::push::for_scan(&me, held.as_ref().map(|h| &h.release.manifest));
             let scope = Scope {
                 exclude: Some(&exclude),
                 prev: held.as_ref().map(|h| &h.release.manifest),

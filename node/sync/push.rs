@@ -4,7 +4,7 @@
 //! signs names each body by its digests. Without pushes a child starts fetching only then,
 //! so a large new file is read and hashed twice in a row, once by the origin's scan and
 //! once by the child as it arrives. With them, the scan hands each large file it reads to
-//! every child that asked for pushes ([`Pusher`], a [`Tee`] of the scan), and the child
+//! every child that asked for pushes ([`for_scan`], a [`Tee`] of the scan), and the child
 //! hashes and writes it at the same time ([`receive`]). The child trusts none of it: a pushed
 //! body stays outside its store, unnamed, until an offer names a body with the same size,
 //! MD5 and BLAKE3 ([`take`]); then it is taken into the store instead of being fetched. What
@@ -18,25 +18,25 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn::{Connection, RecvStream, VarInt};
-use tokio::runtime::Handle;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, info};
 
 use super::bodies::ask::{pipeline, Arrived, Incoming, Piped, ReadFail};
 use super::bodies::STREAM_ABOVE;
+use super::pushed::{Counted, CutPush, Link, PushedBody};
 use super::shared::Shared;
 use super::SyncError;
 use crate::data::{short_of_room, FlushAhead};
 use crate::dir::scan::{Tee, TeeSink};
 use crate::net::{self, LinkError};
 use crate::tree::hash::BodyHasher;
-use crate::tree::{Blake3, EntryKind, Manifest, Md5, Release};
+use crate::tree::{Blake3, EntryKind, Manifest, Release};
 use crate::wire::blocks::Packer;
 use crate::wire::{Compress, ErrorCode, PushHeader};
 
@@ -57,103 +57,34 @@ pub const WRITTEN: Duration = Duration::from_secs(5);
 /// How long a child waits, when offered a release, for pushes still arriving.
 const SETTLE: Duration = Duration::from_secs(30);
 
-/// The parent's side: the children's links that take pushes, and a [`Tee`] for the scan.
-#[derive(Debug)]
-pub struct Pusher {
-    links: Mutex<Vec<Link>>,
-    /// Push streams still being written.
-    sending: Arc<watch::Sender<usize>>,
+/// What one scan of `shared`'s `dir` pushes: large files, except those whose size and mtime
+/// a file of the `last` release has (a file renamed, or copied with its time: the children
+/// hold its body already, and a pushed body is not known to be held until all of it was sent).
+pub fn for_scan<'a>(shared: &'a Arc<Shared>, last: Option<&Manifest>) -> ForScan<'a> {
+    let linked = !shared
+        .pusher
+        .links
+        .lock()
+        .expect("push links lock")
+        .is_empty();
+    let held = match last {
+        Some(m) if linked => m
+            .entries()
+            .iter()
+            .filter_map(|e| match e.kind {
+                EntryKind::File { size, mtime, .. } if size > PUSH_ABOVE => Some((size, mtime)),
+                _ => None,
+            })
+            .collect(),
+        _ => HashSet::new(),
+    };
+    ForScan { shared, held }
 }
 
-impl Default for Pusher {
-    fn default() -> Self {
-        Pusher {
-            links: Mutex::new(Vec::new()),
-            sending: Arc::new(watch::Sender::new(0)),
-        }
-    }
-}
-
-/// A child that asked for pushes.
-#[derive(Debug, Clone)]
-struct Link {
-    conn: Connection,
-    name: String,
-    compress: Compress,
-    shared: Arc<Shared>,
-    runtime: Handle,
-}
-
-/// Keeps a child registered with its [`Pusher`] while the link lasts.
-pub struct Registered<'a> {
-    pusher: &'a Pusher,
-    id: usize,
-}
-
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        let mut links = self.pusher.links.lock().expect("push links lock");
-        links.retain(|l| l.conn.stable_id() != self.id);
-    }
-}
-
-impl Pusher {
-    /// Waits (at most `limit`) until every push stream begun has been written out, so that
-    /// a child opens it before it reads the offer that follows (and waits for it then).
-    pub async fn written(&self, limit: Duration) {
-        let mut sending = self.sending.subscribe();
-        let _ = tokio::time::timeout(limit, sending.wait_for(|&n| n == 0)).await;
-    }
-
-    /// Pushes large bodies to child `name` over `conn`, packed as `compress` says, until the
-    /// returned guard is dropped. Call from the runtime (the link's task).
-    pub fn register<'a>(
-        &'a self,
-        shared: &Arc<Shared>,
-        conn: &Connection,
-        name: &str,
-        compress: Compress,
-    ) -> Registered<'a> {
-        let link = Link {
-            conn: conn.clone(),
-            name: name.to_owned(),
-            compress,
-            shared: shared.clone(),
-            runtime: Handle::current(),
-        };
-        self.links.lock().expect("push links lock").push(link);
-        Registered {
-            pusher: self,
-            id: conn.stable_id(),
-        }
-    }
-}
-
-impl Pusher {
-    /// What one scan pushes: large files, except those whose size and mtime a file of the
-    /// `last` release has (a file renamed, or copied with its time: the children hold its body
-    /// already, and a pushed body is not known to be held until all of it was sent).
-    pub fn for_scan(&self, last: Option<&Manifest>) -> ForScan<'_> {
-        let linked = !self.links.lock().expect("push links lock").is_empty();
-        let held = match last {
-            Some(m) if linked => m
-                .entries()
-                .iter()
-                .filter_map(|e| match e.kind {
-                    EntryKind::File { size, mtime, .. } if size > PUSH_ABOVE => Some((size, mtime)),
-                    _ => None,
-                })
-                .collect(),
-            _ => HashSet::new(),
-        };
-        ForScan { pusher: self, held }
-    }
-}
-
-/// The [`Tee`] of one scan (see [`Pusher::for_scan`]).
+/// The [`Tee`] of one scan (see [`for_scan`]).
 #[derive(Debug)]
 pub struct ForScan<'a> {
-    pusher: &'a Pusher,
+    shared: &'a Arc<Shared>,
     /// Size and mtime of each large file of the last release.
     held: HashSet<(u64, i64)>,
 }
@@ -163,7 +94,13 @@ impl Tee for ForScan<'_> {
         if size <= PUSH_ABOVE || self.held.contains(&(size, mtime)) {
             return None;
         }
-        let links = self.pusher.links.lock().expect("push links lock").clone();
+        let links = self
+            .shared
+            .pusher
+            .links
+            .lock()
+            .expect("push links lock")
+            .clone();
         if links.is_empty() {
             return None;
         }
@@ -173,7 +110,7 @@ impl Tee for ForScan<'_> {
         };
         let children = links
             .into_iter()
-            .filter_map(|l| Child::start(l, header.clone(), &self.pusher.sending))
+            .filter_map(|l| Child::start(self.shared, l, header.clone()))
             .collect();
         Some(Box::new(Push {
             children,
@@ -203,7 +140,7 @@ struct Child {
 }
 
 impl Child {
-    fn start(link: Link, header: PushHeader, sending: &Arc<watch::Sender<usize>>) -> Option<Child> {
+    fn start(shared: &Arc<Shared>, link: Link, header: PushHeader) -> Option<Child> {
         let packer = match link.compress {
             Compress::Off => None,
             c => Some(Packer::new(c).ok()?),
@@ -216,11 +153,12 @@ impl Child {
             packer,
             abandoned: abandoned.clone(),
         };
-        let sending = Counted::new(sending);
+        let sending = Counted::new(&shared.pusher.sending);
+        let shared = shared.clone();
         link.runtime.clone().spawn(async move {
             let _sending = sending;
             let (name, path) = (link.name.clone(), header.path.clone());
-            if let Err(e) = send(link, header, rx, abandoned).await {
+            if let Err(e) = send(&shared, link, header, rx, abandoned).await {
                 debug!(child = %name, path, "push ended: {e}");
             }
         });
@@ -239,7 +177,9 @@ impl TeeSink for Push {
         if data.is_empty() {
             return;
         }
-        let raw = Bytes::copy_from_slice(data);
+        // One copy of the scan's buffer, shared by the children that take it raw (none is
+        // made if every child packs it).
+        let mut raw: Option<Bytes> = None;
         let Push {
             children,
             started,
@@ -254,7 +194,9 @@ impl TeeSink for Push {
                     p.pack(data, &mut out);
                     Bytes::from(out)
                 }
-                None => raw.clone(),
+                None => raw
+                    .get_or_insert_with(|| Bytes::copy_from_slice(data))
+                    .clone(),
             };
             match tx.try_send(bytes) {
                 Ok(()) => {}
@@ -294,12 +236,12 @@ impl TeeSink for Push {
 /// Writes one push stream: the header, then each block as the scan reads it; resets it if
 /// the push was given up.
 async fn send(
+    shared: &Shared,
     link: Link,
     header: PushHeader,
     mut rx: mpsc::Receiver<Bytes>,
     abandoned: Arc<AtomicBool>,
 ) -> Result<(), LinkError> {
-    let shared = &link.shared;
     let sent = shared.metrics.sent_to(&link.name);
     let mut stream = link.conn.open_uni().await?;
     net::send(&mut stream, &header).await?;
@@ -325,64 +267,6 @@ async fn send(
         shared.metrics.bodies_to(&link.name).inc();
     }
     Ok(())
-}
-
-/// The child's side: pushed bodies received whole and hashed, or cut off, waiting for an
-/// offer to name them, and how many are still arriving.
-#[derive(Debug)]
-pub struct Received {
-    bodies: Mutex<Vec<PushedBody>>,
-    /// Pushes the parent gave up: their first bytes, by the path and size they were for.
-    cut: Mutex<Vec<CutPush>>,
-    arriving: Arc<watch::Sender<usize>>,
-    /// Bytes of the pushes kept and of those arriving (as announced).
-    pending: AtomicU64,
-}
-
-impl Default for Received {
-    fn default() -> Self {
-        Received {
-            bodies: Mutex::new(Vec::new()),
-            cut: Mutex::new(Vec::new()),
-            arriving: Arc::new(watch::Sender::new(0)),
-            pending: AtomicU64::new(0),
-        }
-    }
-}
-
-/// A pushed body received whole, and what it hashed to.
-#[derive(Debug)]
-struct PushedBody {
-    file: PathBuf,
-    size: u64,
-    md5: Md5,
-    blake3: Blake3,
-}
-
-/// The first bytes of a push the parent gave up (reset the stream). If the next offer has a
-/// file of that path and size whose body is not held, they become the partial body that its
-/// fetch resumes after (and checks again, byte for byte, as it rebuilds its hash state).
-#[derive(Debug)]
-struct CutPush {
-    file: PathBuf,
-    path: String,
-    size: u64,
-}
-
-/// One of a count (pushes being written, or arriving), uncounted when dropped.
-struct Counted(Arc<watch::Sender<usize>>);
-
-impl Counted {
-    fn new(count: &Arc<watch::Sender<usize>>) -> Self {
-        count.send_modify(|n| *n += 1);
-        Counted(count.clone())
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
-    }
 }
 
 /// On a parent: ends the link to a child that opens a push stream (only parents push).

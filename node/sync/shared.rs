@@ -62,9 +62,9 @@ pub struct Shared {
     /// What the node counts for Prometheus.
     pub metrics: crate::metrics::Metrics,
     /// The children that take bodies pushed while this node scans (the origin).
-    pub pusher: super::push::Pusher,
+    pub pusher: super::pushed::Pusher,
     /// Bodies the parent pushed, waiting for an offer to name them.
-    pub pushed: super::push::Received,
+    pub pushed: super::pushed::Received,
 }
 
 /// The node's hooks and what they need.
