@@ -1153,8 +1153,16 @@ async fn million(o: &Opts, base: &Path) -> Result<()> {
     let t = chain(2);
     let mut c = Cluster::new(&base.join("cascade"), &t, &src, None)?;
     c.start().await?;
+    // Each node's peak so far after each step: where it peaks.
+    let peaks = |c: &Cluster| {
+        ["origin", "relay-1", "leaf"]
+            .map(|n| mib(c.peak_rss(n)))
+            .join(" / ")
+    };
     let first = c.publish(&["relay-1", "leaf"]).await?;
+    let after_first = peaks(&c);
     let nothing = c.publish(&["relay-1", "leaf"]).await?;
+    let after_nothing = peaks(&c);
     if nothing.changed {
         bail!("a publish with nothing changed cut a new release");
     }
@@ -1174,19 +1182,23 @@ async fn million(o: &Opts, base: &Path) -> Result<()> {
         o.million_files,
         o.million_files.div_ceil(per_dir)
     );
-    println!("| step | origin's publish (scan + release) | → leaf | offer bytes origin → relay / relay → leaf |\n|---|---|---|---|");
+    println!("| step | origin's publish (scan + release) | → leaf | offer bytes origin → relay / relay → leaf | peak RSS so far, origin / relay / leaf |\n|---|---|---|---|---|");
     println!(
-        "| first sync | {} | {} | - |",
+        "| first sync | {} | {} | - | {after_first} |",
         secs(first.scan),
         secs(first.reached[1])
     );
-    println!("| nothing changed | {} | - | 0 |", secs(nothing.scan));
     println!(
-        "| one file changed | {} | {} | {} / {} |",
+        "| nothing changed | {} | - | 0 | {after_nothing} |",
+        secs(nothing.scan)
+    );
+    println!(
+        "| one file changed | {} | {} | {} / {} | {} |",
         secs(one.scan),
         secs(one.reached[1]),
         offered.0,
-        offered.1
+        offered.1,
+        peaks(&c)
     );
     println!("{}", chain_rss(&c));
     Ok(())

@@ -122,7 +122,7 @@ fn verify(dep: &Deployment) -> Result<bool> {
         let same = got.root_digest() == want.root_digest();
         let files_ok = want
             .files()
-            .all(|(e, ..)| got.get(&e.path).is_some_and(|(g, _)| g.kind == e.kind));
+            .all(|(e, ..)| got.get(&e.path).is_some_and(|g| g.kind == e.kind));
         println!(
             "  {:<10} {} ({} files, tree digest {})",
             cfg.name,

@@ -308,7 +308,7 @@ fn new_top(
                 Found::There
             } else if manifest
                 .get(prefix)
-                .is_some_and(|(e, _)| matches!(e.kind, EntryKind::Dir))
+                .is_some_and(|e| matches!(e.kind, EntryKind::Dir))
             {
                 tops.push(prefix.to_owned());
                 Found::Top

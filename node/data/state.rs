@@ -47,9 +47,12 @@ const MAX_PAYLOAD: u64 = 1 << 32;
 #[repr(u8)]
 pub enum Kind {
     Release = 1,
-    /// Aligned with the entries of the release it was saved for (kind 2 was keyed by path:
-    /// such a file is refused, and the cache rebuilt).
-    StatCache = 3,
+    /// A stat cache of whole stats, aligned with the entries of the release it was saved for
+    /// (kind 2 was keyed by path: such a file is refused, and the cache rebuilt). Read, not
+    /// written.
+    FullStatCache = 3,
+    /// A stat cache of stat digests, aligned the same way.
+    StatCache = 4,
 }
 
 #[derive(Debug, thiserror::Error)]

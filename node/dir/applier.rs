@@ -588,7 +588,7 @@ mod tests {
         assert_eq!(stats.written, 304);
         assert_eq!(fingerprint(&dst).unwrap().root_digest(), m.root_digest());
         // Each body left the store for its last use; the shared one was copied for the first.
-        let body = |p: &str| match m.get(p).unwrap().0.kind {
+        let body = |p: &str| match m.get(p).unwrap().kind {
             EntryKind::File { blake3, .. } => blake3,
             _ => unreachable!(),
         };
@@ -604,8 +604,8 @@ mod tests {
             "{e}"
         );
         assert_eq!(fs::read_to_string(dst.join("c.bin")).unwrap(), "tampered");
-        assert!(held_in_place(&dst, m.get("a.txt").unwrap().0));
-        assert!(!held_in_place(&dst, m.get("c.bin").unwrap().0));
+        assert!(held_in_place(&dst, m.get("a.txt").unwrap()));
+        assert!(!held_in_place(&dst, m.get("c.bin").unwrap()));
         // Once the body is back, the repair restores the file.
         let mut w = store
             .writer(crate::data::Expected::whole(

@@ -150,13 +150,13 @@ impl How<'_> {
 /// Whether `old` has entry `e` at the same path with the same content, type and mode.
 fn same_as_old(old: Option<&Manifest>, e: &Entry) -> bool {
     old.and_then(|o| o.get(&e.path))
-        .is_some_and(|(oe, _)| oe.kind == e.kind && oe.mode == e.mode)
+        .is_some_and(|oe| oe.kind == e.kind && oe.mode == e.mode)
 }
 
 /// The entry `old` has at `e`'s path, if it is a file with `e`'s body: then `e` differs from
 /// it only in mode or mtime (an upgrade that rewrote a file with the same bytes).
 fn same_body_in_old<'o>(old: Option<&'o Manifest>, e: &Entry) -> Option<&'o Entry> {
-    let (oe, _) = old?.get(&e.path)?;
+    let oe = old?.get(&e.path)?;
     match (&oe.kind, &e.kind) {
         (
             EntryKind::File {
@@ -776,12 +776,10 @@ fn extraneous(
             let listed = if is_tmp(&name) {
                 None
             } else {
-                manifest.get(&rel_path)
+                manifest.position(&rel_path)
             };
-            if let Some((entry, digest)) = listed {
-                let same = unchanged_since
-                    .and_then(|o| o.get(&rel_path))
-                    .is_some_and(|(oe, od)| od == digest && oe.kind == entry.kind);
+            if let Some(i) = listed {
+                let same = unchanged_since.is_some_and(|o| manifest.unchanged_in(i, o));
                 if ft.is_dir() && !same && !made.contains(rel_path.as_str()) {
                     stack.push(rel_path);
                 }
@@ -1133,7 +1131,7 @@ mod tests {
             "new directories are renamed into dst whole"
         );
         assert_eq!((s.written, s.deleted), (8, 1), "{s:?}");
-        let body = |p: &str| m2.get(p).unwrap().0.body().unwrap().1;
+        let body = |p: &str| m2.get(p).unwrap().body().unwrap().1;
         for p in staged {
             assert!(
                 !leaf.has(&body(p)),

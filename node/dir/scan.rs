@@ -2,8 +2,8 @@
 //! leaving its body in `dir` to be served from there: see [`Stored`]), and build the manifest
 //! of the release to publish.
 //!
-//! A [`StatCache`] remembers, per entry of the last scan's manifest, the file's size, mtime,
-//! ctime and inode, so a publish reads only files whose metadata changed (the others take
+//! A [`StatCache`] remembers, per entry of the last scan's manifest, a digest of the file's
+//! size, mtime, ctime and inode ([`Seen`]), so a publish reads only files whose metadata changed (the others take
 //! their body from that manifest): an unchanged tree costs one walk of `lstat` calls. Entries written within [`RACY_WINDOW`] of the scan are not cached, since a
 //! later write in the same timestamp tick could go unnoticed ("racily clean", as in git).
 
@@ -45,7 +45,8 @@ pub enum ScanError {
 
 /// What a file looked like when it was last hashed: its size, mtime and ctime (nanoseconds
 /// since the Unix epoch) and inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct Stat {
     size: u64,
     mtime: i64,
@@ -54,14 +55,6 @@ struct Stat {
 }
 
 impl Stat {
-    /// The stat of an entry the cache does not vouch for (no file has inode 0).
-    const UNKNOWN: Stat = Stat {
-        size: 0,
-        mtime: 0,
-        ctime: 0,
-        ino: 0,
-    };
-
     fn of(m: &std::fs::Metadata) -> Self {
         let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
         Stat {
@@ -72,8 +65,39 @@ impl Stat {
         }
     }
 
-    fn known(&self) -> bool {
-        self.ino != 0
+    /// What the cache keeps of this stat.
+    fn seen(&self) -> Seen {
+        // Two 128-bit products of the fields (each moved off zero by an odd constant), folded
+        // to 64 bits, then mixed once more: any one field changing changes the result but for
+        // a chance of one in 2^64. (Constants from wyhash.)
+        const K: [u64; 5] = [
+            0xa076_1d64_78bd_642f,
+            0xe703_7ed1_a0b4_28db,
+            0x8ebc_6af0_9c88_c6e3,
+            0x5899_65cc_7537_4cc3,
+            0x1d8e_4e27_c47d_124f,
+        ];
+        let mum = |a: u64, b: u64| {
+            let r = u128::from(a) * u128::from(b);
+            (r as u64) ^ ((r >> 64) as u64)
+        };
+        let h = mum(self.size ^ K[0], self.mtime as u64 ^ K[1])
+            ^ mum(self.ctime as u64 ^ K[2], self.ino ^ K[3]).rotate_left(32);
+        Seen(mum(h ^ K[4], K[1]).max(1))
+    }
+}
+
+/// What the stat cache keeps of a file's [`Stat`]: a 64-bit digest of it, 8 bytes a file
+/// instead of 32 (at a million files, the cache and the scan's new one are two of the largest
+/// things an origin holds while it publishes). Zero for an entry the cache does not vouch for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Seen(u64);
+
+impl Seen {
+    const UNKNOWN: Seen = Seen(0);
+
+    fn known(self) -> bool {
+        self != Self::UNKNOWN
     }
 }
 
@@ -83,9 +107,9 @@ impl Stat {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatCache {
     manifest: Manifest,
-    /// One per entry of `manifest`: [`Stat::UNKNOWN`] for directories, symlinks and files
+    /// One per entry of `manifest`: [`Seen::UNKNOWN`] for directories, symlinks and files
     /// not trusted to the cache.
-    stats: Vec<Stat>,
+    stats: Vec<Seen>,
 }
 
 impl Default for StatCache {
@@ -102,7 +126,15 @@ impl Default for StatCache {
 #[derive(Serialize, Deserialize)]
 struct CacheRecord<'a> {
     root: Blake3,
-    stats: std::borrow::Cow<'a, [Stat]>,
+    stats: std::borrow::Cow<'a, [Seen]>,
+}
+
+/// A stat cache as saved before [`Seen`] (state kind 3): whole stats, read and digested so an
+/// upgrade reads no file again.
+#[derive(Deserialize)]
+struct FullCacheRecord {
+    root: Blake3,
+    stats: Vec<Stat>,
 }
 
 impl StatCache {
@@ -113,14 +145,28 @@ impl StatCache {
         let Some(manifest) = manifest else {
             return Self::default();
         };
-        match state::read::<CacheRecord>(path, Kind::StatCache) {
-            Ok(Some(r))
-                if r.root == manifest.root_digest()
-                    && r.stats.len() == manifest.entries().len() =>
+        let saved = match state::read::<CacheRecord>(path, Kind::StatCache) {
+            Ok(Some(r)) => Some((r.root, r.stats.into_owned())),
+            Ok(None) => None,
+            Err(_) => state::read::<FullCacheRecord>(path, Kind::FullStatCache)
+                .ok()
+                .flatten()
+                .map(|r| {
+                    // (No file has inode 0: that was the stat of an entry not vouched for.)
+                    let seen = |s: Stat| match s.ino {
+                        0 => Seen::UNKNOWN,
+                        _ => s.seen(),
+                    };
+                    (r.root, r.stats.into_iter().map(seen).collect())
+                }),
+        };
+        match saved {
+            Some((root, stats))
+                if root == manifest.root_digest() && stats.len() == manifest.entries().len() =>
             {
                 StatCache {
                     manifest: manifest.clone(),
-                    stats: r.stats.into_owned(),
+                    stats,
                 }
             }
             _ => Self::default(),
@@ -150,7 +196,7 @@ impl StatCache {
     }
 
     pub fn is_empty(&self) -> bool {
-        !self.stats.iter().any(Stat::known)
+        !self.stats.iter().any(|s| s.known())
     }
 }
 
@@ -348,7 +394,7 @@ struct ToRead {
 /// What the threads reading files change in the walk, one file at a time.
 struct Landing<'w> {
     entries: &'w mut Vec<Arc<Entry>>,
-    cache_at: &'w mut Vec<Stat>,
+    cache_at: &'w mut Vec<Seen>,
     dropped: &'w mut HashSet<usize>,
     stats: &'w mut ScanStats,
     unsettled: &'w mut Vec<String>,
@@ -380,7 +426,7 @@ enum Found {
     Entry {
         /// The cache's manifest's own entry when it is the same (shared, not copied).
         entry: Arc<Entry>,
-        cache_at: Stat,
+        cache_at: Seen,
         from: u32,
         read: Option<Box<ReadHow>>,
         /// For a directory: what is done below it, and where it is.
@@ -437,7 +483,7 @@ impl Ctx<'_> {
             let mode = meta.permissions().mode() & 0o7777;
             // Where the last scan had this name (the entry must still be the same to count).
             let was = old.find(name);
-            let (mut cache_at, mut read, mut below) = (Stat::UNKNOWN, None, None);
+            let (mut cache_at, mut read, mut below) = (Seen::UNKNOWN, None, None);
             let mut from = was.map_or(NEW, |k| k as u32);
             let kind = if ft.is_dir() {
                 below = Some((self.below(&rel_path, depth), path()));
@@ -462,7 +508,7 @@ impl Ctx<'_> {
                     chunks,
                 } = match cached {
                     Some(body) => {
-                        cache_at = stat;
+                        cache_at = stat.seen();
                         body
                     }
                     None => {
@@ -563,7 +609,7 @@ impl Ctx<'_> {
     /// file itself).
     fn cached(&self, k: usize, stat: Stat, copy: bool) -> Option<Body> {
         let store = self.store?;
-        if !self.old.stats[k].known() || self.old.stats[k] != stat {
+        if !self.old.stats[k].known() || self.old.stats[k] != stat.seen() {
             return None;
         }
         let EntryKind::File {
@@ -649,8 +695,8 @@ struct Walk<'a> {
     /// When the scan started, in nanoseconds since the Unix epoch.
     now: i128,
     entries: Vec<Arc<Entry>>,
-    /// Per entry: the stat to cache it at ([`Stat::UNKNOWN`]: not cached).
-    cache_at: Vec<Stat>,
+    /// Per entry: the stat to cache it at ([`Seen::UNKNOWN`]: not cached).
+    cache_at: Vec<Seen>,
     /// Per entry: its index in the cache's manifest when it is the same entry there (its
     /// digest is then known), else [`NEW`].
     from: Vec<u32>,
@@ -787,15 +833,15 @@ impl<'a> Walk<'a> {
             .and_then(|p| p.shared(rel))
             .filter(|e| matches!(e.kind, EntryKind::File { .. }));
         if let Some(e) = prev {
-            self.push(e.clone(), Stat::UNKNOWN, NEW);
+            self.push(e.clone(), Seen::UNKNOWN, NEW);
         }
     }
 
     /// Adds `entry` to the manifest, to be cached at `stat`; `from` is where the cache's
     /// manifest has the same entry.
-    fn push(&mut self, entry: Arc<Entry>, stat: Stat, from: u32) {
+    fn push(&mut self, entry: Arc<Entry>, seen: Seen, from: u32) {
         self.entries.push(entry);
-        self.cache_at.push(stat);
+        self.cache_at.push(seen);
         self.from.push(from);
     }
 
@@ -809,7 +855,7 @@ impl<'a> Walk<'a> {
             self.from.extend(range.map(|k| k as u32));
         } else {
             let n = range.len();
-            self.cache_at.extend(std::iter::repeat_n(Stat::UNKNOWN, n));
+            self.cache_at.extend(std::iter::repeat_n(Seen::UNKNOWN, n));
             self.from.extend(std::iter::repeat_n(NEW, n));
         }
     }
@@ -906,6 +952,8 @@ impl<'a> Walk<'a> {
                 known.keep(i, k as usize);
             }
             drop(from);
+            // Directories whose whole subtree is unchanged keep their digests unhashed.
+            known.find_subtrees(&entries);
             // The walk lists each directory sorted: its entries come in order.
             Manifest::from_sorted_known(entries, Some(&known))?
         };
@@ -984,7 +1032,7 @@ impl Landing<'_> {
             RACY_WINDOW_FINE
         };
         if caching && now - i128::from(stat.mtime) > window {
-            self.cache_at[at] = stat;
+            self.cache_at[at] = stat.seen();
         }
     }
 }
@@ -1079,6 +1127,54 @@ mod tests {
     }
 
     #[test]
+    fn a_cache_of_whole_stats_saved_before_digests_still_serves() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("src");
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        let old = SystemTime::now() - std::time::Duration::from_secs(60);
+        for (p, body) in [("a.txt", "a"), ("sub/b.txt", "b")] {
+            fs::write(dir.join(p), body).unwrap();
+            set_mtime(&dir.join(p), old);
+        }
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let s1 = scan_with(&dir, &store, StatCache::default(), Scope::default()).unwrap();
+        // The cache as an older Cascade saved it: every entry's whole stat (zero where it
+        // vouched for nothing), state kind 3.
+        let stats: Vec<Stat> = (s1.manifest.entries().iter())
+            .map(|e| match e.kind {
+                EntryKind::File { .. } => {
+                    Stat::of(&fs::symlink_metadata(dir.join(&e.path)).unwrap())
+                }
+                _ => Stat {
+                    size: 0,
+                    mtime: 0,
+                    ctime: 0,
+                    ino: 0,
+                },
+            })
+            .collect();
+        #[derive(Serialize)]
+        struct Old {
+            root: Blake3,
+            stats: Vec<Stat>,
+        }
+        let path = t.path().join("statcache.bin");
+        let record = Old {
+            root: s1.manifest.root_digest(),
+            stats,
+        };
+        state::write(&path, Kind::FullStatCache, &record).unwrap();
+        let loaded = StatCache::load(&path, Some(&s1.manifest));
+        assert_eq!(loaded, s1.cache);
+        let scope = Scope {
+            prev: Some(&s1.manifest),
+            ..Scope::default()
+        };
+        let s2 = scan_with(&dir, &store, loaded, scope).unwrap();
+        assert_eq!((s2.stats.hashed, s2.stats.cached), (0, 2));
+    }
+
+    #[test]
     fn digests_taken_from_the_last_scan_equal_a_fresh_hash() {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("src");
@@ -1143,7 +1239,7 @@ mod tests {
         assert_ne!(m3.root_digest(), m2.root_digest());
         assert_eq!(
             m3.get("a.txt")
-                .map(|(e, _)| e.kind.clone())
+                .map(|e| e.kind.clone())
                 .map(|k| matches!(k, EntryKind::File { md5, .. } if md5 == Md5::of(b"A"))),
             Some(true)
         );
@@ -1181,8 +1277,8 @@ mod tests {
             stop.store(true, Ordering::Relaxed);
             assert_eq!(s.unsettled, ["log.bin"]);
             assert_eq!(
-                s.manifest.get("log.bin").unwrap().0,
-                first.manifest.get("log.bin").unwrap().0
+                s.manifest.get("log.bin").unwrap(),
+                first.manifest.get("log.bin").unwrap()
             );
             assert!(s.cache.is_empty(), "nothing half-read is cached");
         });

@@ -624,8 +624,8 @@ mod tests {
         let s = scan_with(&src, &store, first.cache, scope).unwrap();
         // The old big.bin, no new.bin yet, and the finished file.
         assert_eq!(
-            s.manifest.get("big.bin").unwrap().0,
-            first.manifest.get("big.bin").unwrap().0
+            s.manifest.get("big.bin").unwrap(),
+            first.manifest.get("big.bin").unwrap()
         );
         assert!(s.manifest.get("new.bin").is_none());
         assert!(s.manifest.get("done.txt").is_some());

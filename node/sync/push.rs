@@ -474,7 +474,7 @@ pub async fn take(shared: &Arc<Shared>, release: &Release) -> Result<u64, SyncEr
         // A cut push resumes as the partial body of the file it was for, if that body is
         // still to fetch and nothing else was kept of it.
         for c in cut {
-            let resume = match manifest.get(&c.path).and_then(|(e, _)| e.body()) {
+            let resume = match manifest.get(&c.path).and_then(|e| e.body()) {
                 Some((size, id)) if size == c.size => {
                     !me.store.has(&id)
                         && !me.store.partial_path(&id).exists()

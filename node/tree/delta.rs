@@ -105,7 +105,6 @@ pub fn splice_known(
         base: Some(base.clone()),
         ..Known::default()
     };
-    let mut whole = Vec::new();
     let mut next = 0u64;
     for run in runs {
         match run {
@@ -116,32 +115,12 @@ pub fn splice_known(
                 if end > start {
                     known.runs.push((at, start, end - start));
                 }
-                for (k, e) in b.iter().enumerate().take(end).skip(start) {
-                    if matches!(e.kind, EntryKind::Dir) {
-                        let sub_end = base.subtree_end(k);
-                        if sub_end <= end {
-                            whole.push((at + k - start, at + sub_end - start));
-                        }
-                    }
-                }
                 next = end as u64;
             }
             Run::New(entries) => out.extend(entries.into_iter().map(Arc::new)),
         }
     }
-    // Entries right after a kept subtree may still lie below its directory (added by the
-    // next run): then that directory changed.
-    known.subtrees = whole
-        .into_iter()
-        .filter(|&(s, e)| {
-            out.get(e).is_none_or(|next| {
-                let dir = &out[s].path;
-                !(next.path.len() > dir.len()
-                    && next.path.starts_with(dir.as_str())
-                    && next.path.as_bytes()[dir.len()] == b'/')
-            })
-        })
-        .collect();
+    known.find_subtrees(&out);
     Ok((out, known))
 }
 

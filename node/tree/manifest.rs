@@ -106,7 +106,10 @@ pub enum ManifestError {
     TooMany(usize),
 }
 
-/// A validated, ordered list of entries with a digest per entry and for the whole tree.
+/// A validated, ordered list of entries with a digest per entry and for the whole tree. Only
+/// directories' digests are kept (36 bytes a directory): a file's or symlink's follows from
+/// its entry alone and is computed when asked, where keeping it would take 32 bytes a file in
+/// every manifest held (two at once while a node moves from one release to the next).
 /// Never changed once made, so a copy shares the entries: a release is held, offered,
 /// fetched and applied at once without a copy of its entries each (about 150 bytes a file).
 /// Each entry is shared too: a manifest made from another (a delta, a scan that found one
@@ -115,8 +118,8 @@ pub enum ManifestError {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Manifest {
     entries: Arc<Vec<Arc<Entry>>>,
-    /// Per entry: a file's or symlink's own hash, a directory's subtree digest.
-    digests: Arc<Vec<Blake3>>,
+    /// Each directory's subtree digest, by index, ascending.
+    dirs: Arc<Vec<(u32, Blake3)>>,
     root: Blake3,
 }
 
@@ -239,12 +242,12 @@ impl Manifest {
                 dirs.push(&e.path);
             }
         }
-        let (digests, root) = hash_tree(&entries, known);
+        let (dirs, root) = hash_tree(&entries, known);
         // Kept as long as the release is: without the slack of a vector grown by pushes.
         entries.shrink_to_fit();
         Ok(Manifest {
             entries: Arc::new(entries),
-            digests: Arc::new(digests),
+            dirs: Arc::new(dirs),
             root,
         })
     }
@@ -264,12 +267,9 @@ impl Manifest {
         self.root
     }
 
-    /// The entry at `path` and its digest.
-    pub fn get(&self, path: &str) -> Option<(&Entry, Blake3)> {
-        self.entries
-            .binary_search_by(|e| path_order(&e.path, path))
-            .ok()
-            .map(|i| (&*self.entries[i], self.digests[i]))
+    /// The entry at `path`.
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.position(path).map(|i| &*self.entries[i])
     }
 
     /// The entry at `path`, shared.
@@ -279,7 +279,28 @@ impl Manifest {
 
     /// Entry `i`'s digest: a file's or symlink's own, a directory's whole subtree's.
     pub fn digest(&self, i: usize) -> Blake3 {
-        self.digests[i]
+        match self.entries[i].kind {
+            EntryKind::Dir => self.dir_digest(i),
+            _ => entry_digest(&self.entries[i], &[]),
+        }
+    }
+
+    /// The subtree digest of directory `i`.
+    fn dir_digest(&self, i: usize) -> Blake3 {
+        let at = self.dirs.partition_point(|&(k, _)| (k as usize) < i);
+        match self.dirs.get(at) {
+            Some(&(k, d)) if k as usize == i => d,
+            _ => unreachable!("entry {i} is no directory of this manifest"),
+        }
+    }
+
+    /// Whether entry `i` of `self` and entry `j` of `other` are the same, and for a directory
+    /// everything below it too (the same digest, without computing a file's).
+    fn same_as(&self, i: usize, other: &Manifest, j: usize) -> bool {
+        let (a, b) = (&self.entries[i], &other.entries[j]);
+        a.mode == b.mode
+            && a.kind == b.kind
+            && (!matches!(a.kind, EntryKind::Dir) || self.dir_digest(i) == other.dir_digest(j))
     }
 
     /// The index of the entry at `path`.
@@ -337,9 +358,7 @@ impl Manifest {
         let mut i = 0;
         while i < self.entries.len() {
             let e = &self.entries[i];
-            let same = old
-                .get(&e.path)
-                .is_some_and(|(oe, od)| od == self.digests[i] && oe.kind == e.kind);
+            let same = self.unchanged_in(i, old);
             match &e.kind {
                 EntryKind::Dir if same => i = self.subtree_end(i),
                 EntryKind::File { .. } => {
@@ -373,7 +392,7 @@ impl Manifest {
                 let in_b = b.get(&e.path);
                 let report = match &e.kind {
                     EntryKind::Dir => false,
-                    _ if deleted => in_b.is_none_or(|(be, _)| matches!(be.kind, EntryKind::Dir)),
+                    _ if deleted => in_b.is_none_or(|be| matches!(be.kind, EntryKind::Dir)),
                     _ => true,
                 };
                 if report {
@@ -387,9 +406,8 @@ impl Manifest {
 
     /// Whether entry `i` (with everything below it, for a directory) is identical in `old`.
     pub fn unchanged_in(&self, i: usize, old: &Manifest) -> bool {
-        let e = &self.entries[i];
-        old.get(&e.path)
-            .is_some_and(|(oe, od)| od == self.digests[i] && oe.kind == e.kind)
+        old.position(&self.entries[i].path)
+            .is_some_and(|j| self.same_as(i, old, j))
     }
 
     /// Index just past entry `i` and, for a directory, everything below it.
@@ -411,10 +429,8 @@ pub struct Known {
     /// The manifest the kept entries come from.
     pub base: Option<Manifest>,
     /// Runs of kept entries, ascending: `(start, base_start, len)` says that entries
-    /// `start..start + len` are the base's from `base_start` on, and have the digests they
-    /// had there (a few runs, where a digest per entry would take 33 bytes a file). A file's
-    /// or symlink's digest depends on the entry alone, so it holds as it is; a directory's
-    /// only for the directories in `subtrees`.
+    /// `start..start + len` are the base's from `base_start` on. A file's or symlink's digest
+    /// depends on the entry alone; a directory keeps its digest only if it is in `subtrees`.
     pub runs: Vec<(usize, usize, usize)>,
     /// Kept directories whose whole subtree is kept as it was, as index ranges `start..end`
     /// (the directory first), ascending by start.
@@ -433,23 +449,70 @@ impl Known {
         self.runs.push((at, base_at, 1));
     }
 
-    /// The digest entry `i` had in the base, if it is a kept one.
-    pub fn digest(&self, i: usize) -> Option<Blake3> {
-        let base = self.base.as_ref()?;
-        let run = self
-            .runs
-            .partition_point(|&(start, ..)| start <= i)
-            .checked_sub(1)?;
-        let (start, base_start, len) = self.runs[run];
-        (i < start + len).then(|| base.digest(base_start + i - start))
+    /// Finds the kept directories whose whole subtree is kept ([`Known::subtrees`]) in
+    /// `entries`, the list the runs describe.
+    pub fn find_subtrees(&mut self, entries: &[Arc<Entry>]) {
+        let Some(base) = &self.base else {
+            return;
+        };
+        let b = base.entries();
+        let mut whole = Vec::new();
+        for &(at, start, len) in &self.runs {
+            let end = start + len;
+            for (k, e) in b.iter().enumerate().take(end).skip(start) {
+                if matches!(e.kind, EntryKind::Dir) {
+                    let sub_end = base.subtree_end(k);
+                    if sub_end <= end {
+                        whole.push((at + k - start, at + sub_end - start));
+                    }
+                }
+            }
+        }
+        // Entries right after a kept subtree may still lie below its directory (added after
+        // the run): then that directory changed.
+        self.subtrees = whole
+            .into_iter()
+            .filter(|&(s, e)| {
+                entries.get(e).is_none_or(|next| {
+                    let dir = &entries[s].path;
+                    !(next.path.len() > dir.len()
+                        && next.path.starts_with(dir.as_str())
+                        && next.path.as_bytes()[dir.len()] == b'/')
+                })
+            })
+            .collect();
+    }
+
+    /// Appends the digests of the directories in `start..end` (kept entries) to `out`, last
+    /// first, as they were in the base.
+    fn copy_dirs_rev(&self, start: usize, end: usize, out: &mut Vec<(u32, Blake3)>) {
+        let Some(base) = &self.base else {
+            return;
+        };
+        let first = self.runs.partition_point(|&(s, _, len)| s + len <= start);
+        let last = first + self.runs[first..].partition_point(|r| r.0 < end);
+        for &(s, base_start, len) in self.runs[first..last].iter().rev() {
+            let (lo, hi) = (start.max(s), end.min(s + len));
+            let (blo, bhi) = (base_start + lo - s, base_start + hi - s);
+            let from = base.dirs.partition_point(|&(k, _)| (k as usize) < blo);
+            let to = base.dirs.partition_point(|&(k, _)| (k as usize) < bhi);
+            // (A manifest has at most `u32::MAX` entries.)
+            out.extend(
+                base.dirs[from..to]
+                    .iter()
+                    .rev()
+                    .map(|&(k, d)| ((k as usize - base_start + s) as u32, d)),
+            );
+        }
     }
 }
 
 /// Computes per-entry digests and the root digest, bottom-up over the pre-order list. Digests
 /// `known` are taken as they are: a known file's is not hashed again, and a whole kept
 /// subtree is skipped at once (its digests copied, nothing below its directory hashed).
-fn hash_tree(entries: &[Arc<Entry>], known: Option<&Known>) -> (Vec<Blake3>, Blake3) {
-    let mut digests = vec![Blake3([0; 32]); entries.len()];
+fn hash_tree(entries: &[Arc<Entry>], known: Option<&Known>) -> (Vec<(u32, Blake3)>, Blake3) {
+    // The directories' digests, last first.
+    let mut dirs: Vec<(u32, Blake3)> = Vec::new();
     // The outermost whole kept subtrees, by their last index.
     let mut skip: HashMap<usize, usize> = HashMap::new();
     if let Some(k) = known {
@@ -461,40 +524,47 @@ fn hash_tree(entries: &[Arc<Entry>], known: Option<&Known>) -> (Vec<Blake3>, Bla
             }
         }
     }
-    let known_digest = |i: usize| known.and_then(|k| k.digest(i));
     // Per directory path: the serialized (name, digest) of its children, in reverse order.
     let mut children: HashMap<&str, Vec<u8>> = HashMap::new();
     let mut next = entries.len();
     while next > 0 {
         let mut i = next - 1;
         next = i;
-        if let Some(&start) = skip.get(&i) {
-            let copied = (start..=i).map(known_digest);
-            for (slot, d) in digests[start..=i].iter_mut().zip(copied) {
-                *slot = d.expect("every entry of a kept subtree is kept");
+        let e = &entries[i];
+        let digest = match (skip.get(&i), known) {
+            (Some(&start), Some(k)) => {
+                let had = dirs.len();
+                k.copy_dirs_rev(start, i + 1, &mut dirs);
+                i = start;
+                next = start;
+                match dirs.last() {
+                    Some(&(at, d)) if dirs.len() > had && at as usize == start => d,
+                    _ => unreachable!("a kept subtree begins with its directory"),
+                }
             }
-            i = start;
-            next = start;
-        } else if let Some(d) =
-            known_digest(i).filter(|_| !matches!(entries[i].kind, EntryKind::Dir))
-        {
-            digests[i] = d;
-        } else {
-            digests[i] = entry_digest(&entries[i], &mut children);
-        }
+            _ if matches!(e.kind, EntryKind::Dir) => {
+                let d = entry_digest(e, &children.remove(e.path.as_str()).unwrap_or_default());
+                // (A manifest has at most `u32::MAX` entries.)
+                dirs.push((i as u32, d));
+                d
+            }
+            _ => entry_digest(e, &[]),
+        };
         let e = &entries[i];
         let acc = children.entry(e.parent()).or_default();
         acc.extend((e.name().len() as u64).to_le_bytes());
         acc.extend(e.name().as_bytes());
-        acc.extend(digests[i].0);
+        acc.extend(digest.0);
     }
     let root = Blake3::of(&children.remove("").unwrap_or_default());
-    (digests, root)
+    dirs.reverse();
+    dirs.shrink_to_fit();
+    (dirs, root)
 }
 
 /// The digest of one entry: of its own fields, and for a directory of its children's names
-/// and digests, taken from `children` (gathered by [`hash_tree`]).
-fn entry_digest(e: &Entry, children: &mut HashMap<&str, Vec<u8>>) -> Blake3 {
+/// and digests (`children`, gathered by [`hash_tree`]; ignored for any other entry).
+fn entry_digest(e: &Entry, children: &[u8]) -> Blake3 {
     let mut h = blake3::Hasher::new();
     h.update(&e.mode.to_le_bytes());
     match &e.kind {
@@ -522,7 +592,7 @@ fn entry_digest(e: &Entry, children: &mut HashMap<&str, Vec<u8>>) -> Blake3 {
         }
         EntryKind::Dir => {
             h.update(b"d");
-            h.update(&children.remove(e.path.as_str()).unwrap_or_default());
+            h.update(children);
         }
     }
     Blake3(*h.finalize().as_bytes())
@@ -661,8 +731,9 @@ mod tests {
         let c = tree(b"THREE");
         assert_eq!(a.root_digest(), b.root_digest());
         assert_ne!(a.root_digest(), c.root_digest());
-        assert_eq!(a.get("a").unwrap().1, c.get("a").unwrap().1);
-        assert_ne!(a.get("z").unwrap().1, c.get("z").unwrap().1);
+        let digest = |m: &Manifest, p: &str| m.digest(m.position(p).unwrap());
+        assert_eq!(digest(&a, "a"), digest(&c, "a"));
+        assert_ne!(digest(&a, "z"), digest(&c, "z"));
         // A rename changes the tree digest.
         let owned = || {
             a.entries()
