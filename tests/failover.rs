@@ -23,6 +23,9 @@ fn children_of_a_killed_relay_fail_over_to_their_backup_and_return() {
     let mut c = fast_healing_cluster();
     c.add_backups("leaf-1-1", &["relay-2", "origin"]);
     c.add_backups("leaf-1-2", &["relay-2"]);
+    // relay-1's children fetch the large file from it as it arrives (under an upload limit
+    // a relay does not push it on while the origin scans), for long enough to be cut off.
+    c.configure("relay-1", "upload_limit = \"48MiB/s\"\n");
     c.start_all();
     write(&c.dir("origin"), "v1.txt", b"one");
     c.publish_wait();

@@ -146,6 +146,9 @@ fn sigkill_mid_apply_atomic_serves_old_or_new_never_a_mix() {
 #[test]
 fn a_body_interrupted_by_sigkill_resumes_where_it_stopped() {
     let mut c = Cluster::new(1, 1);
+    // The leaf fetches the large body from the relay (under an upload limit a relay does not
+    // push it on while the origin scans: a push cut by the child's own death is not resumed).
+    c.configure("relay-1", "upload_limit = \"64MiB/s\"\n");
     c.start_all();
     write(&c.dir("origin"), "v1.txt", b"one");
     c.publish_wait();

@@ -493,9 +493,14 @@ fn the_origin_serves_from_dir_never_sends_a_changed_file_and_copies_it_from_then
 fn a_large_new_file_travels_while_the_origin_scans_and_is_not_asked_for_again() {
     let mut c = Cluster::new(1, 1);
     c.start_all();
-    // Pushes go to the children linked when the scan reads the file.
+    // Pushes go to the children linked when the scan reads the file (and a relay pushes
+    // them on to its own).
     c.wait("relay-1 to be linked", Duration::from_secs(30), || {
         c.status_of("origin", "relay-1")
+            .is_some_and(|s| s.connected)
+    });
+    c.wait("leaf-1-1 to be linked", Duration::from_secs(30), || {
+        c.status_of("relay-1", "leaf-1-1")
             .is_some_and(|s| s.connected)
     });
     let d = c.dir("origin");
@@ -509,15 +514,18 @@ fn a_large_new_file_travels_while_the_origin_scans_and_is_not_asked_for_again() 
             "{out}"
         );
         c.assert_same_as_origin("leaf-1-1");
-        // The relay hashed and stored the body as the origin read it: it fetched only the
-        // small file, and took the pushed body once the signed release named it.
-        let relay = c.status_of("relay-1", "relay-1").unwrap();
-        assert!(
-            relay.fetched_bytes < 1 << 20,
-            "release {version}: relay-1 fetched {} bytes\n{}",
-            relay.fetched_bytes,
-            c.log("relay-1")
-        );
+        // The relay hashed and stored the body as the origin read it, and the leaf as the
+        // relay got it: each fetched only the small file, and took the pushed body once the
+        // signed release named it.
+        for node in ["relay-1", "leaf-1-1"] {
+            let status = c.status_of(node, node).unwrap();
+            assert!(
+                status.fetched_bytes < 1 << 20,
+                "release {version}: {node} fetched {} bytes\n{}",
+                status.fetched_bytes,
+                c.log(node)
+            );
+        }
         if version == 1 {
             // The next release changes the large file in its middle (and its mtime, which
             // could otherwise stay within the same second).
@@ -536,17 +544,19 @@ fn a_large_new_file_travels_while_the_origin_scans_and_is_not_asked_for_again() 
     let out = c.publish_wait();
     assert!(out.contains("all 3 nodes hold release 3"), "{out}");
     c.assert_same_as_origin("leaf-1-1");
-    let log = c.log("relay-1");
-    assert_eq!(
-        log.matches("took bodies pushed during the parent's scan bodies=1")
-            .count(),
-        2,
-        "{log}"
-    );
-    assert!(!log.contains("path=\"media/moved.bin\""), "{log}");
-    // Nothing pushed is left outside the store.
-    let tmp = c.data("relay-1").join("store/tmp");
-    let left: Vec<_> = fs::read_dir(&tmp).unwrap().flatten().collect();
-    assert!(left.is_empty(), "{left:?}");
+    for node in ["relay-1", "leaf-1-1"] {
+        let log = c.log(node);
+        assert_eq!(
+            log.matches("took bodies pushed during the parent's scan bodies=1")
+                .count(),
+            2,
+            "{node}: {log}"
+        );
+        assert!(!log.contains("path=\"media/moved.bin\""), "{node}: {log}");
+        // Nothing pushed is left outside the store.
+        let tmp = c.data(node).join("store/tmp");
+        let left: Vec<_> = fs::read_dir(&tmp).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{node}: {left:?}");
+    }
     assert!(!c.all_logs().contains("WARN"), "{}", c.all_logs());
 }

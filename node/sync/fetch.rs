@@ -33,6 +33,9 @@ pub async fn release(
     let version = release.version;
     let old = shared.held.current();
     super::push::take(shared, release).await?;
+    // What this node pushed on to its children goes out before they are offered the
+    // release, so that they wait for it (as the origin's pushes do).
+    shared.pusher.written(super::push::WRITTEN).await;
     let (wanted, shared_bodies) = wanted(shared, release, old.as_ref())?;
     let wanted = match (&shared.applier, &old) {
         (Some(a), Some(old)) if a.dir_is_only_copy() => {

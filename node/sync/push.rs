@@ -5,7 +5,9 @@
 //! so a large new file is read and hashed twice in a row, once by the origin's scan and
 //! once by the child as it arrives. With them, the scan hands each large file it reads to
 //! every child that asked for pushes ([`for_scan`], a [`Tee`] of the scan), and the child
-//! hashes and writes it at the same time ([`receive`]). The child trusts none of it: a pushed
+//! hashes and writes it at the same time ([`receive`]); a relay pushes it on to its own
+//! children as it arrives, so that a leaf several hops down has it about when the release is
+//! signed, instead of one hop after the other. The child trusts none of it: a pushed
 //! body stays outside its store, unnamed, until an offer names a body with the same size,
 //! MD5 and BLAKE3 ([`take`]); then it is taken into the store instead of being fetched. What
 //! no offer names is deleted.
@@ -52,7 +54,7 @@ const GRACE: Duration = Duration::from_secs(1);
 const MAX_PUSH: u64 = 1 << 50;
 /// How often the scan looks again at a child's full queue.
 const POLL: Duration = Duration::from_millis(1);
-/// How long an origin waits, before it offers a release, for its pushes to be written out.
+/// How long a node waits, before it offers a release, for its pushes to be written out.
 pub const WRITTEN: Duration = Duration::from_secs(5);
 /// How long a child waits, when offered a release, for pushes still arriving.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -94,30 +96,11 @@ impl Tee for ForScan<'_> {
         if size <= PUSH_ABOVE || self.held.contains(&(size, mtime)) {
             return None;
         }
-        let links = self
-            .shared
-            .pusher
-            .links
-            .lock()
-            .expect("push links lock")
-            .clone();
-        if links.is_empty() {
-            return None;
-        }
         let header = PushHeader {
             size,
             path: rel.to_owned(),
         };
-        let children = links
-            .into_iter()
-            .filter_map(|l| Child::start(self.shared, l, header.clone()))
-            .collect();
-        Some(Box::new(Push {
-            children,
-            started: Instant::now(),
-            waited: Duration::ZERO,
-            path: rel.to_owned(),
-        }))
+        Some(Box::new(Push::start(self.shared, header)?))
     }
 }
 
@@ -128,6 +111,47 @@ struct Push {
     /// Time the scan spent waiting for children's links.
     waited: Duration,
     path: String,
+    /// Bytes announced, and bytes given so far: a push dropped short is given up.
+    size: u64,
+    given: u64,
+}
+
+impl Push {
+    /// A push of the body `header` announces to every child registered now (`None` if no
+    /// child is).
+    fn start(shared: &Arc<Shared>, header: PushHeader) -> Option<Push> {
+        let links = shared.pusher.links.lock().expect("push links lock").clone();
+        if links.is_empty() {
+            return None;
+        }
+        let (path, size) = (header.path.clone(), header.size);
+        let children = links
+            .into_iter()
+            .filter_map(|l| Child::start(shared, l, header.clone()))
+            .collect();
+        Some(Push {
+            children,
+            started: Instant::now(),
+            waited: Duration::ZERO,
+            path,
+            size,
+            given: 0,
+        })
+    }
+}
+
+impl Drop for Push {
+    fn drop(&mut self) {
+        // Short of what was announced (the file changed as it was read, or the push this
+        // relay forwards broke off): reset, so a child keeps what it got as a cut push.
+        if self.given != self.size {
+            for c in &mut self.children {
+                if c.tx.is_some() {
+                    c.give_up(&self.path, "its source ended short");
+                }
+            }
+        }
+    }
 }
 
 /// One file's push to one child: the queue to the task that writes its stream.
@@ -180,11 +204,13 @@ impl TeeSink for Push {
         // One copy of the scan's buffer, shared by the children that take it raw (none is
         // made if every child packs it).
         let mut raw: Option<Bytes> = None;
+        self.given += data.len() as u64;
         let Push {
             children,
             started,
             waited,
             path,
+            ..
         } = self;
         for c in children.iter_mut() {
             let Some(tx) = c.tx.clone() else { continue };
@@ -347,9 +373,15 @@ async fn receive_body(
     let mut incoming = Incoming::new(recv, shared.compress, arrived).map_err(|e| e.to_string())?;
     let (file, out) = shared.store.push_file().map_err(|e| e.to_string())?;
     let removed = Remove(Some(file.clone()));
+    // A relay pushes it on to its own children as it arrives, as the origin's scan does
+    // (not under an upload limit, as there).
+    let onward = match shared.upload {
+        None => Push::start(shared, header.clone()),
+        Some(_) => None,
+    };
     // Each buffer is written on a thread of its own while it is hashed (MD5 and BLAKE3 run
     // on two more), and flushed ahead as a fetched body is.
-    let land = |(hasher, out, ahead): &mut (BodyHasher, fs_err::File, FlushAhead), buf: &[u8]| {
+    let land = |(hasher, out, ahead, onward): &mut Landing, buf: &[u8]| {
         use std::io::Write;
         std::thread::scope(|s| {
             let w = s.spawn(|| out.write_all(buf));
@@ -357,9 +389,17 @@ async fn receive_body(
             w.join().expect("writing a push does not panic")
         })?;
         ahead.wrote(out.file(), hasher.len());
+        if let Some(p) = onward {
+            p.block(buf);
+        }
         Ok::<_, std::io::Error>(())
     };
-    let state = (BodyHasher::new(true, false), out, FlushAhead::default());
+    let state = (
+        BodyHasher::new(true, false),
+        out,
+        FlushAhead::default(),
+        onward,
+    );
     let ((hasher, ..), received) = match pipeline(&mut incoming, state, 0, size, land, |_| {}).await
     {
         Ok(done) => done,
@@ -394,6 +434,10 @@ async fn receive_body(
         blake3: body.blake3,
     }))
 }
+
+/// Where a push lands: its hashes, its file, the file's flush, the push on to this node's
+/// children.
+type Landing = (BodyHasher, fs_err::File, FlushAhead, Option<Push>);
 
 /// Bytes counted as pending, uncounted when dropped (a push not kept).
 struct Pending<'a>(&'a AtomicU64, u64);
