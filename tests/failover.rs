@@ -3,7 +3,8 @@
 
 mod common;
 
-use std::time::Duration;
+use std::fs;
+use std::time::{Duration, Instant};
 
 use cascade::status::NodeState;
 use cascade::testkit::noise;
@@ -85,6 +86,67 @@ fn children_of_a_killed_relay_fail_over_to_their_backup_and_return() {
     write(&c.dir("origin"), "v3.txt", b"three");
     let out = c.publish_wait();
     assert!(out.contains("all 7 nodes hold release 3"), "{out}");
+}
+
+#[test]
+fn a_leaf_keeps_what_its_relay_pushed_on_before_dying_and_resumes_after_it_from_the_backup() {
+    let mut c = fast_healing_cluster();
+    c.add_backups("leaf-1-1", &["relay-2"]);
+    c.start_all();
+    write(&c.dir("origin"), "v1.txt", b"one");
+    c.publish_wait();
+
+    // A large file: relay-1 pushes it on to leaf-1-1 as the origin's scan pushes it to
+    // relay-1, and is killed partway.
+    const SIZE: u64 = 160 * 1024 * 1024;
+    write(&c.dir("origin"), "large.bin", &noise(SIZE as usize, 7));
+    let config = c.config("origin");
+    let publish = std::thread::spawn(move || {
+        common::cascade(&["publish", "--config", config.to_str().unwrap()])
+    });
+    let tmp = c.data("leaf-1-1").join("store/tmp");
+    let pushed = || {
+        (fs::read_dir(&tmp).into_iter().flatten().flatten())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("push"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0)
+    };
+    let started = Instant::now();
+    let at_kill = loop {
+        let n = pushed();
+        if n >= 8 << 20 {
+            break n;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no push reached leaf-1-1\n{}",
+            c.all_logs()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    c.kill("relay-1");
+    assert!(at_kill < SIZE, "the push completed before the kill");
+    assert!(publish.join().unwrap().status.success());
+
+    // It fails over to relay-2, and fetches only what the push had not brought.
+    c.wait_holds("leaf-1-1", 2);
+    c.assert_same_as_origin("leaf-1-1");
+    let log = c.log("leaf-1-1");
+    assert!(
+        log.contains("failing over to backup parent relay-2"),
+        "{log}"
+    );
+    assert!(
+        log.contains("a push given up becomes a partial body to resume"),
+        "{log}"
+    );
+    let fetched = c.status_of("leaf-1-1", "leaf-1-1").unwrap().fetched_bytes;
+    assert!(
+        fetched <= SIZE - at_kill + (4 << 20),
+        "fetched {fetched} bytes; {at_kill} of {SIZE} had been pushed\n{log}"
+    );
 }
 
 #[test]

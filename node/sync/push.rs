@@ -305,12 +305,19 @@ pub async fn refuse(conn: &Connection) -> LinkError {
     }
 }
 
-/// Takes the pushes the parent opens on `conn` until the link ends (which drops those still
-/// arriving: their files go).
+/// Takes the pushes the parent opens on `conn` until the link ends. Those still arriving
+/// then end by themselves, keeping what they got (see [`receive`]): the next parent's fetch
+/// resumes after it.
 pub async fn accept(shared: &Arc<Shared>, conn: &Connection) -> Result<(), SyncError> {
     let mut receiving = JoinSet::new();
     loop {
-        let recv = conn.accept_uni().await.map_err(LinkError::from)?;
+        let recv = match conn.accept_uni().await {
+            Ok(recv) => recv,
+            Err(e) => {
+                receiving.detach_all();
+                return Err(LinkError::from(e).into());
+            }
+        };
         // Counted at once: an offer read from now on waits for it.
         let arriving = Counted::new(&shared.pushed.arriving);
         receiving.spawn(receive(shared.clone(), recv, arriving));
@@ -336,7 +343,7 @@ async fn receive(shared: Arc<Shared>, mut recv: RecvStream, arriving: Counted) {
         Ok(Err(cut)) => {
             debug!(
                 path,
-                "push given up by the parent: its first bytes are kept"
+                "push given up by the parent, or cut off with its link: its first bytes are kept"
             );
             shared.pushed.cut.lock().expect("pushed lock").push(cut);
         }
@@ -345,8 +352,8 @@ async fn receive(shared: Arc<Shared>, mut recv: RecvStream, arriving: Counted) {
 }
 
 /// The body of a push: written to a file of the store's `tmp/` while a blocking job hashes
-/// and writes each buffer as the next arrives. A push the parent reset after some bytes is
-/// kept as a [`CutPush`].
+/// and writes each buffer as the next arrives. A push the parent reset after some bytes, or
+/// whose link was lost (a relay that died as it pushed on), is kept as a [`CutPush`].
 async fn receive_body(
     shared: &Arc<Shared>,
     recv: RecvStream,
@@ -403,7 +410,9 @@ async fn receive_body(
     let ((hasher, ..), received) = match pipeline(&mut incoming, state, 0, size, land, |_| {}).await
     {
         Ok(done) => done,
-        Err(Piped::Read(ReadFail::Read(quinn::ReadError::Reset(_)))) => {
+        Err(Piped::Read(ReadFail::Read(
+            quinn::ReadError::Reset(_) | quinn::ReadError::ConnectionLost(_),
+        ))) => {
             // Kept as it is: the partial body a fetch resumes from rebuilds its hash state
             // from the bytes themselves, and is flushed like any.
             std::mem::forget(counted);
