@@ -1093,8 +1093,8 @@ mod tests {
         assert!(store.has(&Blake3::of(b"cold")));
     }
 
-    #[test]
-    fn a_saved_cache_serves_only_the_release_it_was_saved_with() {
+    /// Two files modified a minute ago (old enough to be cached), scanned once.
+    fn two_old_files_scanned() -> (tempfile::TempDir, PathBuf, Store, Scanned) {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("src");
         fs::create_dir_all(dir.join("sub")).unwrap();
@@ -1105,6 +1105,12 @@ mod tests {
         }
         let store = Store::open(&t.path().join("store")).unwrap();
         let s1 = scan_with(&dir, &store, StatCache::default(), Scope::default()).unwrap();
+        (t, dir, store, s1)
+    }
+
+    #[test]
+    fn a_saved_cache_serves_only_the_release_it_was_saved_with() {
+        let (t, dir, store, s1) = two_old_files_scanned();
         assert!(s1.cache_changed);
         let path = t.path().join("statcache.bin");
         s1.cache.save(&path).unwrap();
@@ -1128,16 +1134,7 @@ mod tests {
 
     #[test]
     fn a_cache_of_whole_stats_saved_before_digests_still_serves() {
-        let t = tempfile::tempdir().unwrap();
-        let dir = t.path().join("src");
-        fs::create_dir_all(dir.join("sub")).unwrap();
-        let old = SystemTime::now() - std::time::Duration::from_secs(60);
-        for (p, body) in [("a.txt", "a"), ("sub/b.txt", "b")] {
-            fs::write(dir.join(p), body).unwrap();
-            set_mtime(&dir.join(p), old);
-        }
-        let store = Store::open(&t.path().join("store")).unwrap();
-        let s1 = scan_with(&dir, &store, StatCache::default(), Scope::default()).unwrap();
+        let (t, dir, store, s1) = two_old_files_scanned();
         // The cache as an older Cascade saved it: every entry's whole stat (zero where it
         // vouched for nothing), state kind 3.
         let stats: Vec<Stat> = (s1.manifest.entries().iter())
