@@ -507,9 +507,10 @@ impl Known {
     }
 }
 
-/// Computes per-entry digests and the root digest, bottom-up over the pre-order list. Digests
-/// `known` are taken as they are: a known file's is not hashed again, and a whole kept
-/// subtree is skipped at once (its digests copied, nothing below its directory hashed).
+/// Computes the directories' digests and the root digest, bottom-up over the pre-order list
+/// (each file's or symlink's digest is hashed on the way, from its entry). A whole kept
+/// subtree in `known` is skipped at once: its directories' digests are copied from the base,
+/// and nothing below its directory is hashed.
 fn hash_tree(entries: &[Arc<Entry>], known: Option<&Known>) -> (Vec<(u32, Blake3)>, Blake3) {
     // The directories' digests, last first.
     let mut dirs: Vec<(u32, Blake3)> = Vec::new();
