@@ -246,6 +246,7 @@ impl RunningNode {
         if me.role == Role::Origin {
             sign_held(&shared)?;
         }
+        crate::sync::push::left_by_last_run(&shared);
         let publisher = match (me.role, &cfg.dir) {
             (Role::Origin, Some(dir)) => Some(Arc::new(Publisher::new(
                 shared.clone(),

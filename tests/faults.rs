@@ -147,7 +147,7 @@ fn sigkill_mid_apply_atomic_serves_old_or_new_never_a_mix() {
 fn a_body_interrupted_by_sigkill_resumes_where_it_stopped() {
     let mut c = Cluster::new(1, 1);
     // The leaf fetches the large body from the relay (under an upload limit a relay does not
-    // push it on while the origin scans: a push cut by the child's own death is not resumed).
+    // push it on while the origin scans; `a_push_interrupted_by_sigkill_...` kills a push).
     c.configure("relay-1", "upload_limit = \"64MiB/s\"\n");
     c.start_all();
     write(&c.dir("origin"), "v1.txt", b"one");
@@ -182,6 +182,66 @@ fn a_body_interrupted_by_sigkill_resumes_where_it_stopped() {
         "fetched {} bytes after restart; {at_kill} of {SIZE} were already received",
         s.fetched_bytes
     );
+}
+
+#[test]
+fn a_push_interrupted_by_sigkill_resumes_where_it_stopped() {
+    let mut c = Cluster::new(1, 1);
+    c.start_all();
+    write(&c.dir("origin"), "v1.txt", b"one");
+    c.publish_wait();
+
+    // The relay pushes the file on to the leaf as the origin's scan pushes it to the relay;
+    // the leaf is killed partway.
+    const SIZE: u64 = 160 * 1024 * 1024;
+    write(&c.dir("origin"), "large.bin", &noise(SIZE as usize, 12));
+    let config = c.config("origin");
+    let publish = std::thread::spawn(move || {
+        common::cascade(&["publish", "--config", config.to_str().unwrap()])
+    });
+    let tmp = c.data("leaf-1-1").join("store/tmp");
+    let pushed = || {
+        (fs::read_dir(&tmp).into_iter().flatten().flatten())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".pushed"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0)
+    };
+    let started = Instant::now();
+    let at_kill = loop {
+        let n = pushed();
+        if n >= 8 << 20 {
+            break n;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no push reached leaf-1-1\n{}",
+            c.all_logs()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    c.kill("leaf-1-1");
+    assert!(at_kill < SIZE, "the push completed before the kill");
+    assert!(publish.join().unwrap().status.success());
+
+    // Restarted, it resumes the body after what the push had brought.
+    c.start("leaf-1-1");
+    c.wait_holds("leaf-1-1", 2);
+    c.assert_same_as_origin("leaf-1-1");
+    let log = c.log("leaf-1-1");
+    assert!(
+        log.contains("a push cut by the last stop is kept to resume"),
+        "{log}"
+    );
+    let fetched = c.status_of("leaf-1-1", "leaf-1-1").unwrap().fetched_bytes;
+    assert!(
+        fetched <= SIZE - at_kill + (4 << 20),
+        "fetched {fetched} bytes after restart; {at_kill} of {SIZE} had been pushed\n{log}"
+    );
+    // Nothing pushed is left outside the store.
+    let left: Vec<_> = fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// Unmounts (lazily) when dropped.

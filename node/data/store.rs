@@ -34,6 +34,10 @@ use crate::tree::{Blake3, Body, BodySet};
 
 /// Suffix of a partially received body in `tmp/`.
 const PARTIAL: &str = ".partial";
+/// Suffixes, in `tmp/`, of a body the parent pushes and of what its push announced (the
+/// caller's encoding): both outlive a crash, so that a push cut by one is resumed.
+const PUSHED: &str = ".pushed";
+const PUSHED_HEAD: &str = ".pushed-head";
 /// Prefix of a body being written under `objects/`: never a digest (not hex).
 const WRITING: &str = ".tmp-";
 
@@ -101,6 +105,13 @@ pub struct Store {
     pid: u32,
 }
 
+/// Where what a push announced is kept beside its body.
+fn pushed_head(body: &Path) -> PathBuf {
+    let mut p = body.as_os_str().to_owned();
+    p.push("-head");
+    p.into()
+}
+
 impl Store {
     /// Opens (creating) the store in `root` and removes leftover temporary files.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
@@ -122,9 +133,15 @@ impl Store {
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
         }
-        // Leftovers of a crash go, except partial bodies, which later fetches resume.
+        // Leftovers of a crash go, except partial bodies, which later fetches resume, and
+        // pushed ones (see `Store::leftover_pushes`).
         for e in fs::read_dir(&tmp)?.flatten() {
-            if !e.file_name().to_string_lossy().ends_with(PARTIAL) {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if ![PARTIAL, PUSHED, PUSHED_HEAD]
+                .iter()
+                .any(|s| name.ends_with(s))
+            {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -403,12 +420,40 @@ impl Store {
     }
 
     /// Creates the file a body pushed by the parent is written to (see
-    /// [`crate::sync::push`]): in `tmp/`, so whatever a crash leaves goes at [`Store::open`].
-    /// Nothing names it yet: it enters the store only through [`Store::take_pushed`].
-    pub fn push_file(&self) -> Result<(PathBuf, fs::File), StoreError> {
-        let path = self.tmp_path("push");
+    /// [`crate::sync::push`]), in `tmp/`, with `head` (what the push announced) beside it, so
+    /// that what a crash cuts off is found again ([`Store::leftover_pushes`]). Nothing names
+    /// it yet: it enters the store only through [`Store::take_pushed`].
+    pub fn push_file(&self, head: &[u8]) -> Result<(PathBuf, fs::File), StoreError> {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let path = self.tmp.join(format!("push.{}.{n}{PUSHED}", self.pid));
+        fs::write(pushed_head(&path), head)?;
         let file = fs::File::create(&path)?;
         Ok((path, file))
+    }
+
+    /// Removes a pushed body (see [`Store::push_file`]) and what its push announced.
+    pub fn remove_pushed(&self, path: &Path) {
+        let _ = fs::remove_file(path);
+        let _ = fs::remove_file(pushed_head(path));
+    }
+
+    /// The pushed bodies an earlier run of this node was receiving when it stopped, each
+    /// with what its push announced. One without its announcement is removed.
+    pub fn leftover_pushes(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mine = format!("push.{}.", self.pid);
+        let mut out = Vec::new();
+        for e in fs::read_dir(&self.tmp).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if !name.ends_with(PUSHED) || name.starts_with(&mine) {
+                continue;
+            }
+            match fs::read(pushed_head(&e.path())) {
+                Ok(head) => out.push((e.path(), head)),
+                Err(_) => self.remove_pushed(&e.path()),
+            }
+        }
+        out
     }
 
     /// Takes a pushed body (written by [`Store::push_file`]'s caller) into the store as
@@ -416,12 +461,22 @@ impl Store {
     /// release names. Call inside a batch ([`Store::begin_batch`]): it is flushed with it.
     pub fn take_pushed(&self, path: &Path, id: &Blake3) -> Result<(), StoreError> {
         if self.has(id) {
-            let _ = fs::remove_file(path);
+            self.remove_pushed(path);
             return Ok(());
         }
-        Ok(self
-            .objects
-            .rename(&Spot::Path(path.to_owned()), &rel(id))?)
+        self.objects
+            .rename(&Spot::Path(path.to_owned()), &rel(id))?;
+        let _ = fs::remove_file(pushed_head(path));
+        Ok(())
+    }
+
+    /// Makes a pushed body cut off early the partial body of `id`, which its fetch resumes
+    /// after (checking it again as it does); false if it could not.
+    pub fn resume_pushed(&self, path: &Path, id: &Blake3) -> bool {
+        let partial = self.partial_path(id);
+        let moved = !self.has(id) && !partial.exists() && fs::rename(path, &partial).is_ok();
+        self.remove_pushed(path);
+        moved
     }
 
     /// Copies a local file into the store as body `expected` if it is exactly that body

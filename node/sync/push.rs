@@ -34,7 +34,7 @@ use super::bodies::STREAM_ABOVE;
 use super::pushed::{Counted, CutPush, Link, PushedBody};
 use super::shared::Shared;
 use super::SyncError;
-use crate::data::{short_of_room, FlushAhead};
+use crate::data::{short_of_room, FlushAhead, Store};
 use crate::dir::scan::{Tee, TeeSink};
 use crate::net::{self, LinkError};
 use crate::tree::hash::BodyHasher;
@@ -378,8 +378,9 @@ async fn receive_body(
         total: shared.metrics.received_bytes.clone(),
     };
     let mut incoming = Incoming::new(recv, shared.compress, arrived).map_err(|e| e.to_string())?;
-    let (file, out) = shared.store.push_file().map_err(|e| e.to_string())?;
-    let removed = Remove(Some(file.clone()));
+    let head = crate::wire::encode(&header);
+    let (file, out) = (shared.store.push_file(&head)).map_err(|e| e.to_string())?;
+    let removed = Remove(&shared.store, Some(file.clone()));
     // A relay pushes it on to its own children as it arrives, as the origin's scan does
     // (not under an upload limit, as there).
     let onward = match shared.upload {
@@ -457,19 +458,41 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// A file removed when dropped, unless kept.
-struct Remove(Option<PathBuf>);
+/// A pushed body removed when dropped, unless kept.
+struct Remove<'a>(&'a Store, Option<PathBuf>);
 
-impl Remove {
+impl Remove<'_> {
     fn keep(mut self) -> PathBuf {
-        self.0.take().expect("kept once")
+        self.1.take().expect("kept once")
     }
 }
 
-impl Drop for Remove {
+impl Drop for Remove<'_> {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
+        if let Some(p) = self.1.take() {
+            self.0.remove_pushed(&p);
+        }
+    }
+}
+
+/// At start: the pushes an earlier run of this node was receiving when it stopped become
+/// cut pushes, which the next offer naming their files resumes (see [`take`]).
+pub fn left_by_last_run(shared: &Shared) {
+    for (file, head) in shared.store.leftover_pushes() {
+        match crate::wire::decode_frame::<PushHeader>(&head) {
+            Ok(h) if h.size <= MAX_PUSH => {
+                debug!(
+                    path = h.path,
+                    "a push cut by the last stop is kept to resume"
+                );
+                shared.pushed.pending.fetch_add(h.size, Ordering::Relaxed);
+                (shared.pushed.cut.lock().expect("pushed lock")).push(CutPush {
+                    file,
+                    path: h.path,
+                    size: h.size,
+                });
+            }
+            _ => shared.store.remove_pushed(&file),
         }
     }
 }
@@ -522,26 +545,23 @@ pub async fn take(shared: &Arc<Shared>, release: &Release) -> Result<u64, SyncEr
             }
         }
         for b in left.into_values() {
-            let _ = std::fs::remove_file(&b.file);
+            me.store.remove_pushed(&b.file);
         }
         // A cut push resumes as the partial body of the file it was for, if that body is
         // still to fetch and nothing else was kept of it.
         for c in cut {
             let resume = match manifest.get(&c.path).and_then(|e| e.body()) {
-                Some((size, id)) if size == c.size => {
-                    !me.store.has(&id)
-                        && !me.store.partial_path(&id).exists()
-                        && std::fs::rename(&c.file, me.store.partial_path(&id)).is_ok()
+                Some((size, id)) if size == c.size => me.store.resume_pushed(&c.file, &id),
+                _ => {
+                    me.store.remove_pushed(&c.file);
+                    false
                 }
-                _ => false,
             };
             if resume {
                 debug!(
                     path = c.path,
                     "a push given up becomes a partial body to resume"
                 );
-            } else {
-                let _ = std::fs::remove_file(&c.file);
             }
         }
         Ok::<_, SyncError>(taken)
