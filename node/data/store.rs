@@ -424,11 +424,17 @@ impl Store {
     /// that what a crash cuts off is found again ([`Store::leftover_pushes`]). Nothing names
     /// it yet: it enters the store only through [`Store::take_pushed`].
     pub fn push_file(&self, head: &[u8]) -> Result<(PathBuf, fs::File), StoreError> {
-        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let path = self.tmp.join(format!("push.{}.{n}{PUSHED}", self.pid));
-        fs::write(pushed_head(&path), head)?;
-        let file = fs::File::create(&path)?;
-        Ok((path, file))
+        // A new name: one an earlier run left may have this run's process id.
+        loop {
+            let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+            let path = self.tmp.join(format!("push.{}.{n}{PUSHED}", self.pid));
+            let file = match fs::File::options().write(true).create_new(true).open(&path) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                opened => opened?,
+            };
+            fs::write(pushed_head(&path), head)?;
+            return Ok((path, file));
+        }
     }
 
     /// Removes a pushed body (see [`Store::push_file`]) and what its push announced.
@@ -438,14 +444,14 @@ impl Store {
     }
 
     /// The pushed bodies an earlier run of this node was receiving when it stopped, each
-    /// with what its push announced. One without its announcement is removed.
+    /// with what its push announced; call at start, before this run receives any (a node in
+    /// a container often has the same process id each run). One without its announcement is
+    /// removed.
     pub fn leftover_pushes(&self) -> Vec<(PathBuf, Vec<u8>)> {
-        let mine = format!("push.{}.", self.pid);
         let mut out = Vec::new();
         for e in fs::read_dir(&self.tmp).into_iter().flatten().flatten() {
             let name = e.file_name();
-            let name = name.to_string_lossy();
-            if !name.ends_with(PUSHED) || name.starts_with(&mine) {
+            if !name.to_string_lossy().ends_with(PUSHED) {
                 continue;
             }
             match fs::read(pushed_head(&e.path())) {
@@ -788,6 +794,37 @@ mod tests {
             assert!(!many.has(&absent), "round {round}");
         }
         assert!(many.listed.get().is_some());
+    }
+
+    #[test]
+    fn pushed_bodies_outlive_a_restart_with_what_they_announced_and_are_never_clobbered() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        let (body, mut f) = store.push_file(b"announced").unwrap();
+        f.write_all(b"first bytes").unwrap();
+        drop(f);
+        // Left without its announcement: not a push to resume.
+        let orphan = store.tmp.join(format!("push.1.9{PUSHED}"));
+        fs::write(&orphan, b"x").unwrap();
+        drop(store);
+        // The next run (here with the same process id, as in a container) finds the push.
+        let store = Store::open(t.path()).unwrap();
+        let left = store.leftover_pushes();
+        assert_eq!(left, [(body.clone(), b"announced".to_vec())]);
+        assert!(!orphan.exists());
+        // A new push takes a name of its own.
+        let (again, _) = store.push_file(b"new").unwrap();
+        assert_ne!(again, body);
+        assert_eq!(fs::read(&body).unwrap(), b"first bytes");
+        // Taken as a partial body: it leaves nothing behind under push names.
+        let id = Blake3::of(b"whole body");
+        assert!(store.resume_pushed(&body, &id));
+        store.remove_pushed(&again);
+        assert_eq!(fs::read(store.partial_path(&id)).unwrap(), b"first bytes");
+        let names: Vec<String> = (fs::read_dir(&store.tmp).unwrap().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [format!("{}{PARTIAL}", id.hex())]);
     }
 
     #[test]
