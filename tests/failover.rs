@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::fs;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cascade::status::NodeState;
 use cascade::testkit::noise;
@@ -100,32 +99,8 @@ fn a_leaf_keeps_what_its_relay_pushed_on_before_dying_and_resumes_after_it_from_
     // relay-1, and is killed partway.
     const SIZE: u64 = 160 * 1024 * 1024;
     write(&c.dir("origin"), "large.bin", &noise(SIZE as usize, 7));
-    let config = c.config("origin");
-    let publish = std::thread::spawn(move || {
-        common::cascade(&["publish", "--config", config.to_str().unwrap()])
-    });
-    let tmp = c.data("leaf-1-1").join("store/tmp");
-    let pushed = || {
-        (fs::read_dir(&tmp).into_iter().flatten().flatten())
-            .filter(|e| e.file_name().to_string_lossy().starts_with("push"))
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
-            .max()
-            .unwrap_or(0)
-    };
-    let started = Instant::now();
-    let at_kill = loop {
-        let n = pushed();
-        if n >= 8 << 20 {
-            break n;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no push reached leaf-1-1\n{}",
-            c.all_logs()
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let publish = c.publish_in_background();
+    let at_kill = c.wait_for_push("leaf-1-1", 8 << 20);
     c.kill("relay-1");
     assert!(at_kill < SIZE, "the push completed before the kill");
     assert!(publish.join().unwrap().status.success());

@@ -195,32 +195,8 @@ fn a_push_interrupted_by_sigkill_resumes_where_it_stopped() {
     // the leaf is killed partway.
     const SIZE: u64 = 160 * 1024 * 1024;
     write(&c.dir("origin"), "large.bin", &noise(SIZE as usize, 12));
-    let config = c.config("origin");
-    let publish = std::thread::spawn(move || {
-        common::cascade(&["publish", "--config", config.to_str().unwrap()])
-    });
-    let tmp = c.data("leaf-1-1").join("store/tmp");
-    let pushed = || {
-        (fs::read_dir(&tmp).into_iter().flatten().flatten())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".pushed"))
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
-            .max()
-            .unwrap_or(0)
-    };
-    let started = Instant::now();
-    let at_kill = loop {
-        let n = pushed();
-        if n >= 8 << 20 {
-            break n;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no push reached leaf-1-1\n{}",
-            c.all_logs()
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let publish = c.publish_in_background();
+    let at_kill = c.wait_for_push("leaf-1-1", 8 << 20);
     c.kill("leaf-1-1");
     assert!(at_kill < SIZE, "the push completed before the kill");
     assert!(publish.join().unwrap().status.success());
@@ -240,6 +216,7 @@ fn a_push_interrupted_by_sigkill_resumes_where_it_stopped() {
         "fetched {fetched} bytes after restart; {at_kill} of {SIZE} had been pushed\n{log}"
     );
     // Nothing pushed is left outside the store.
+    let tmp = c.data("leaf-1-1").join("store/tmp");
     let left: Vec<_> = fs::read_dir(&tmp).unwrap().flatten().collect();
     assert!(left.is_empty(), "{left:?}");
 }

@@ -187,6 +187,41 @@ impl Cluster {
         cascade(&args)
     }
 
+    /// Starts `cascade publish` on the origin without waiting for it, so that a test can act
+    /// while the origin scans; join the handle for its outcome.
+    pub fn publish_in_background(&self) -> std::thread::JoinHandle<Output> {
+        let config = self.config("origin");
+        std::thread::spawn(move || cascade(&["publish", "--config", config.to_str().unwrap()]))
+    }
+
+    /// Waits until a body pushed to `name` has at least `bytes` in its store's `tmp/`, and
+    /// returns how many it had then.
+    pub fn wait_for_push(&self, name: &str, bytes: u64) -> u64 {
+        let tmp = self.data(name).join("store/tmp");
+        let pushed = || {
+            (fs::read_dir(&tmp).into_iter().flatten().flatten())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".pushed"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .max()
+                .unwrap_or(0)
+        };
+        let started = Instant::now();
+        loop {
+            let n = pushed();
+            if n >= bytes {
+                return n;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                panic!(
+                    "no push of {bytes} bytes reached {name}\n{}",
+                    self.all_logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// `publish --wait`, asserting success.
     pub fn publish_wait(&self) -> String {
         let out = self.publish(&["--wait", "--timeout", "60"]);
