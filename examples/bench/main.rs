@@ -14,7 +14,9 @@
 //! upgraded to nightly's, origin → relay → leaf against one rsync hop), `wan` (that site's
 //! first sync over a link capped with `tc tbf` in a network namespace, per `compress` setting,
 //! against `rsync -a` and `-az`; needs root) and, opt-in, `million` (a million small files:
-//! RSS, a nothing-changed publish, offer bytes per hop for a one-file change). Each prints a
+//! RSS, a nothing-changed publish, offer bytes per hop for a one-file change), and `md5` (the
+//! MD5s of that site's bodies, in memory, one at a time against several side by side, as the
+//! scan and a batch of fetched bodies compute them). Each prints a
 //! markdown table with medians of `--runs` runs (3 by default) and the peak RSS of the nodes.
 //!
 //! Nodes are separate processes (this executable started as `__node CONFIG`) on 127.0.0.x.
@@ -157,9 +159,9 @@ fn parse(args: Vec<String>) -> Result<Opts> {
                 o.million_files = it.next().context("--million-files N")?.parse()?
             }
             "big" | "small" | "fanout" | "depth" | "rss" | "watch" | "topology" | "docs"
-            | "wan" | "million" => o.workloads.push(a),
+            | "wan" | "million" | "md5" => o.workloads.push(a),
             "-h" | "--help" => {
-                println!("usage: bench [--runs N] [--base DIR] [--smoke] [--keep] [--warm-gib N] [--fanout-mib N] [--cap-mib N] [--watch-changes N] [--docs-from DIR] [--docs-to DIR] [--wan-mbit N] [--million-files N] [big|small|fanout|depth|rss|watch|topology|docs|wan|million]...\n(million is opt-in: not run by default)");
+                println!("usage: bench [--runs N] [--base DIR] [--smoke] [--keep] [--warm-gib N] [--fanout-mib N] [--cap-mib N] [--watch-changes N] [--docs-from DIR] [--docs-to DIR] [--wan-mbit N] [--million-files N] [big|small|fanout|depth|rss|watch|topology|docs|wan|million|md5]...\n(million is opt-in: not run by default)");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -167,7 +169,7 @@ fn parse(args: Vec<String>) -> Result<Opts> {
     }
     if o.workloads.is_empty() {
         o.workloads = [
-            "big", "small", "fanout", "depth", "rss", "watch", "topology", "docs", "wan",
+            "big", "small", "fanout", "depth", "rss", "watch", "topology", "docs", "wan", "md5",
         ]
         .map(String::from)
         .to_vec();
@@ -208,6 +210,7 @@ fn run(o: Opts) -> Result<()> {
             "docs" => rt.block_on(docs(&o, &base))?,
             "wan" => rt.block_on(wan(&o, &base))?,
             "million" => rt.block_on(million(&o, &base))?,
+            "md5" => md5(&o, &base)?,
             _ => unreachable!("checked when parsing"),
         }
         if !o.keep {
@@ -999,6 +1002,70 @@ fn mirror(from: &Path, to: &Path) -> Result<()> {
     if !ok {
         bail!("copying {} to {} failed", from.display(), to.display());
     }
+    Ok(())
+}
+
+/// Workload `md5`: the MD5 of every body of the docs site, read into memory first (no I/O
+/// timed), one body at a time ([`Md5::of`]) against the batches a node hashes side by side
+/// ([`Md5::of_many`]): the scan's groups of small files, a fetched batch of small bodies.
+fn md5(o: &Opts, base: &Path) -> Result<()> {
+    use cascade::tree::Md5;
+    use std::time::Instant;
+    let (site, _, what) = sites(o, base)?;
+    let mut bodies = Vec::new();
+    let mut dirs = vec![site.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d)? {
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                dirs.push(e.path());
+            } else if t.is_file() {
+                bodies.push(fs::read(e.path())?);
+            }
+        }
+    }
+    let at_most = |max: usize| -> Vec<&[u8]> {
+        (bodies.iter())
+            .filter(|b| b.len() <= max)
+            .map(|b| b.as_slice())
+            .collect()
+    };
+    println!(
+        "## MD5 of many bodies, one core\n\nThe bodies of {}.\n",
+        what.split(" upgraded").next().unwrap_or(&what)
+    );
+    println!("| bodies | count | MB | one at a time | side by side, groups of 256 | side by side, batches of 1024 |");
+    println!("|---|---|---|---|---|---|");
+    for (name, max) in [
+        ("at most 256 KiB", 256 << 10),
+        ("at most 1 MiB", 1 << 20),
+        ("all", usize::MAX),
+    ] {
+        let set = at_most(max);
+        let mb = set.iter().map(|b| b.len()).sum::<usize>() as f64 / 1e6;
+        let rate = |f: &dyn Fn() -> Vec<Md5>| {
+            let mut best = f64::MAX;
+            let mut out = Vec::new();
+            for _ in 0..o.runs.max(1) {
+                let t = Instant::now();
+                out = f();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            (format!("{:.0} MB/s", mb / best), out)
+        };
+        let (one, a) = rate(&|| set.iter().map(|b| Md5::of(b)).collect());
+        let (groups, b) = rate(&|| set.chunks(256).flat_map(Md5::of_many).collect());
+        let (batches, c) = rate(&|| set.chunks(1024).flat_map(Md5::of_many).collect());
+        if a != b || a != c {
+            bail!("the MD5s side by side differ from one at a time");
+        }
+        println!(
+            "| {name} | {} | {mb:.0} | {one} | {groups} | {batches} |",
+            set.len()
+        );
+    }
+    println!("\n(Best of {} run(s) each.)\n", o.runs.max(1));
     Ok(())
 }
 

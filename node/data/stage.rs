@@ -213,9 +213,18 @@ impl Stage {
     }
 
     /// Writes `body` as file `i` (entry `e`) at its path below the stage, checks it against
-    /// the entry, and gives it `mode` (the mode this node applies) and the entry's mtime. A
-    /// body that fails its check is deleted and reported as [`StoreError::Mismatch`].
-    pub fn write(&self, i: u32, e: &Entry, mode: u32, body: &[u8]) -> Result<(), StoreError> {
+    /// the entry, and gives it `mode` (the mode this node applies) and the entry's mtime.
+    /// `body_md5` is the MD5 of `body`, computed by the caller with others' (see
+    /// [`crate::tree::Md5::of_many`]). A body that fails its check is deleted and reported as
+    /// [`StoreError::Mismatch`].
+    pub fn write(
+        &self,
+        i: u32,
+        e: &Entry,
+        mode: u32,
+        body: &[u8],
+        body_md5: crate::tree::Md5,
+    ) -> Result<(), StoreError> {
         let (
             Ok(k),
             EntryKind::File {
@@ -248,7 +257,7 @@ impl Stage {
             file,
             false,
         );
-        w.write(body)?;
+        w.write_whole(body, body_md5)?;
         w.finish_in_place(mode, *mtime)?;
         self.mark(k);
         Ok(())

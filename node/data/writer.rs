@@ -67,6 +67,9 @@ pub struct BodyWriter {
     hasher: BodyHasher,
     /// Bytes known good: whole checked chunks.
     verified: u64,
+    /// The MD5 of the first this many bytes written, computed by the caller (see
+    /// [`BodyWriter::write_whole`]): the hasher then hashes only the BLAKE3.
+    md5_given: Option<(Md5, u64)>,
     /// The hasher's state at `verified`, to go back to when a chunk fails.
     at_verified: BodyHasher,
     /// Keep the bytes if dropped unfinished (a network transfer to resume later).
@@ -133,6 +136,7 @@ impl BodyWriter {
             expected,
             written: 0,
             verified: 0,
+            md5_given: None,
             keep_partial,
             tmp_gone: false,
             ahead: FlushAhead::default(),
@@ -160,6 +164,19 @@ impl BodyWriter {
     /// Writes and hashes `data`. A chunk that fails its check is cut off (the writer is back
     /// at [`BodyWriter::verified`]) and reported as [`StoreError::ChunkMismatch`].
     pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.absorb(data, true)
+    }
+
+    /// Writes `data`, the whole body, whose MD5 the caller has computed (many small bodies
+    /// are hashed together: see [`Md5::of_many`]); only its BLAKE3 is hashed here. The body
+    /// is checked against both in [`BodyWriter::finish`], as any other.
+    pub fn write_whole(&mut self, data: &[u8], md5: Md5) -> Result<(), StoreError> {
+        if self.written > 0 || !self.expected.chunks.is_empty() {
+            // Not a whole body received at once: hash it here, as written.
+            return self.write(data);
+        }
+        self.hasher = BodyHasher::new(false, false);
+        self.md5_given = Some((md5, data.len() as u64));
         self.absorb(data, true)
     }
 
@@ -246,8 +263,15 @@ impl BodyWriter {
     /// Checks size, chunks, BLAKE3 and the whole MD5; a mismatch deletes the body.
     fn check(&mut self) -> Result<(), StoreError> {
         let size_ok = self.written == self.expected.size;
-        let got = self.hasher.clone().finish();
-        let md5_ok = got.md5 == self.expected.md5;
+        let mut got = self.hasher.clone().finish();
+        // A given MD5 covers only the bytes it came with: anything written after is unknown.
+        let md5_ok = match self.md5_given {
+            Some((md5, len)) => {
+                got.md5 = md5;
+                len == self.written && md5 == self.expected.md5
+            }
+            None => got.md5 == self.expected.md5,
+        };
         // Every chunk but a short last one was checked as it completed; the BLAKE3 covers
         // every byte.
         if !size_ok || !md5_ok || got.blake3 != self.expected.blake3 {

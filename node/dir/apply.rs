@@ -860,6 +860,7 @@ mod tests {
     use super::*;
     use crate::data::StoreError;
     use crate::dir::scan::{fingerprint, scan};
+    use crate::tree::Md5;
 
     fn write(p: &Path, body: &str) {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -1094,7 +1095,15 @@ mod tests {
         // A body that does not match is refused and leaves nothing behind.
         let x = index("new/x.txt");
         let entry = |i: u32| m2.entries()[i as usize].clone();
-        let wrong = stage.write(x, &entry(x), 0o640, b"not x");
+        let wrong = stage.write(x, &entry(x), 0o640, b"not x", Md5::of(b"not x"));
+        assert!(
+            matches!(wrong, Err(StoreError::Mismatch { .. })),
+            "{wrong:?}"
+        );
+        assert!(!stage.staged(x));
+        // So is the right body with an MD5 that is not its own (the MD5 is the caller's).
+        let x_body = fs::read(src.join("new/x.txt")).unwrap();
+        let wrong = stage.write(x, &entry(x), 0o640, &x_body, Md5::of(b"not x"));
         assert!(
             matches!(wrong, Err(StoreError::Mismatch { .. })),
             "{wrong:?}"
@@ -1103,7 +1112,9 @@ mod tests {
         for p in staged {
             let e = entry(index(p));
             let body = fs::read(src.join(p)).unwrap();
-            stage.write(index(p), &e, e.mode, &body).unwrap();
+            stage
+                .write(index(p), &e, e.mode, &body, Md5::of(&body))
+                .unwrap();
         }
         assert_eq!(stage.count(), staged.len());
         leaf.ingest(&src.join("new/shared.txt"), None).unwrap();
@@ -1160,7 +1171,7 @@ mod tests {
             .unwrap();
         for (i, e, ..) in m.indexed_files() {
             let body = fs::read(src.join(&e.path)).unwrap();
-            stage.write(i, e, e.mode, &body).unwrap();
+            stage.write(i, e, e.mode, &body, Md5::of(&body)).unwrap();
         }
         // The node died mid-apply; one staged file was changed since.
         write(&t.path().join("leaf/stage/v7/a/y"), "Y");

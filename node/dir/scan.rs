@@ -391,6 +391,130 @@ struct ToRead {
     how: ReadHow,
 }
 
+/// Files at most this large (left in `dir`) are read [`Group::Together`].
+const TOGETHER: u64 = 1024 * 1024;
+/// Most files, and most bytes, in one group read together.
+const GROUP_FILES: usize = 256;
+const GROUP_BYTES: u64 = 8 * 1024 * 1024;
+
+/// What reading a file gave: its body, and its stat right after (`None`: not taken).
+type FileRead = (Body, Option<Stat>);
+
+/// Files to read as one job on the file pool.
+enum Group {
+    One(ToRead),
+    /// Small files, read into one buffer and hashed together (their MD5s side by side).
+    Together(Vec<ToRead>),
+}
+
+/// `jobs` in groups, in order: runs of files `together` says may go together (up to
+/// [`GROUP_FILES`] files and [`GROUP_BYTES`] bytes), every other file alone.
+fn groups(jobs: Vec<ToRead>, together: impl Fn(&ToRead) -> bool) -> Vec<Group> {
+    let mut out = Vec::new();
+    let mut run: Vec<ToRead> = Vec::new();
+    let mut bytes = 0;
+    for job in jobs {
+        if !together(&job) {
+            out.push(Group::One(job));
+            continue;
+        }
+        if run.len() == GROUP_FILES || bytes + job.how.stat.size > GROUP_BYTES {
+            out.push(Group::Together(std::mem::take(&mut run)));
+            bytes = 0;
+        }
+        bytes += job.how.stat.size;
+        run.push(job);
+    }
+    if !run.is_empty() {
+        out.push(Group::Together(run));
+    }
+    out
+}
+
+/// Reads and hashes one file; with the store, with its stat taken right after reading it,
+/// through the descriptor read (no walk of the path), to tell whether it changed meanwhile.
+fn read_one(
+    root: &Path,
+    store: Option<&Store>,
+    tee: Option<&dyn Tee>,
+    job: &ToRead,
+) -> Result<Option<FileRead>, ScanError> {
+    let path = root.join(&job.file.path);
+    let how = &job.how;
+    let body = match store {
+        Some(store) if how.copy => store
+            .ingest(&path, Some((how.dev, how.stat.ino)))
+            .map(|b| (b, None))
+            .map_err(|e| match e {
+                StoreError::Io(e) => ScanError::Io(e),
+                e => ScanError::Store(e),
+            }),
+        Some(_) => open_regular(&path, Some((how.dev, how.stat.ino)))
+            .and_then(|(mut f, len)| {
+                let mut sink = tee.and_then(|t| t.open(&job.file.path, len, mtime_of(job)));
+                let body = hash_reader(&mut f, len, true, |block| {
+                    if let Some(s) = sink.as_mut() {
+                        s.block(block);
+                    }
+                    Ok(())
+                })?;
+                drop(sink);
+                Ok((body, Some(Stat::of(&f.metadata()?))))
+            })
+            .map_err(ScanError::Io),
+        None => hash_file(&path, true)
+            .map(|b| (b, None))
+            .map_err(ScanError::Io),
+    }?;
+    Ok(Some(match body {
+        (b, Some(after)) => (b, Some(after)),
+        (b, None) => (b, fs::symlink_metadata(&path).map(|m| Stat::of(&m)).ok()),
+    }))
+}
+
+/// Reads small files `jobs` (left in `dir`) one after the other into one buffer; returns it
+/// and, per file, where its bytes are in it and its stat right after the read, or why it
+/// could not be read. A file is read up to one byte past the size the walk saw (a file that
+/// grew is seen to differ, and cannot fill memory).
+#[allow(clippy::type_complexity)]
+fn read_together(
+    root: &Path,
+    tee: Option<&dyn Tee>,
+    jobs: &[ToRead],
+) -> (
+    Vec<u8>,
+    Vec<Result<Option<(std::ops::Range<usize>, Stat)>, ScanError>>,
+) {
+    use std::io::Read as _;
+    let total: u64 = jobs.iter().map(|j| j.how.stat.size + 1).sum();
+    let mut buf = Vec::with_capacity(total as usize);
+    let reads = (jobs.iter())
+        .map(|job| {
+            let path = root.join(&job.file.path);
+            let how = &job.how;
+            let (f, len) = open_regular(&path, Some((how.dev, how.stat.ino)))?;
+            let start = buf.len();
+            let mut limited = f.take(how.stat.size + 1);
+            limited.read_to_end(&mut buf)?;
+            let f = limited.into_inner();
+            if let Some(mut sink) = tee.and_then(|t| t.open(&job.file.path, len, mtime_of(job))) {
+                sink.block(&buf[start..]);
+            }
+            Ok(Some((start..buf.len(), Stat::of(&f.metadata()?))))
+        })
+        .map(|r: io::Result<_>| r.map_err(ScanError::Io))
+        .collect();
+    (buf, reads)
+}
+
+/// The mtime a walk saw for a file entry (0 for anything else).
+fn mtime_of(job: &ToRead) -> i64 {
+    match job.file.kind {
+        EntryKind::File { mtime, .. } => mtime,
+        _ => 0,
+    }
+}
+
 /// What the threads reading files change in the walk, one file at a time.
 struct Landing<'w> {
     entries: &'w mut Vec<Arc<Entry>>,
@@ -862,7 +986,8 @@ impl<'a> Walk<'a> {
 
     /// Reads the files the walk could not take from the cache, on several threads
     /// (into the store when scanning for a publish), and fills in their entries as each is
-    /// read: nothing is gathered per file meanwhile (a first scan reads every file).
+    /// read: nothing is gathered per file meanwhile (a first scan reads every file). Small
+    /// files left in `dir` are read in groups, whose MD5s are computed side by side.
     fn read_files(&mut self) -> Result<(), ScanError> {
         let jobs = std::mem::take(&mut self.to_read);
         if jobs.is_empty() {
@@ -878,43 +1003,9 @@ impl<'a> Walk<'a> {
             stats: &mut self.stats,
             unsettled: &mut self.unsettled,
         });
-        super::par_each(jobs, |job| {
-            let path = root.join(&job.file.path);
-            let how = &job.how;
-            // With the file's stat taken right after reading it, to tell whether it changed
-            // meanwhile: through the descriptor read (no walk of the path) where there is one.
-            let body = match store {
-                Some(store) if how.copy => store
-                    .ingest(&path, Some((how.dev, how.stat.ino)))
-                    .map(|b| (b, None))
-                    .map_err(|e| match e {
-                        StoreError::Io(e) => ScanError::Io(e),
-                        e => ScanError::Store(e),
-                    }),
-                Some(_) => open_regular(&path, Some((how.dev, how.stat.ino)))
-                    .and_then(|(mut f, len)| {
-                        let mtime = match job.file.kind {
-                            EntryKind::File { mtime, .. } => mtime,
-                            _ => 0,
-                        };
-                        let mut sink = tee.and_then(|t| t.open(&job.file.path, len, mtime));
-                        let body = hash_reader(&mut f, len, true, |block| {
-                            if let Some(s) = sink.as_mut() {
-                                s.block(block);
-                            }
-                            Ok(())
-                        })?;
-                        drop(sink);
-                        Ok((body, Some(Stat::of(&f.metadata()?))))
-                    })
-                    .map_err(ScanError::Io),
-                None => hash_file(&path, true)
-                    .map(|b| (b, None))
-                    .map_err(ScanError::Io),
-            };
-            let read = match body {
-                Ok((b, Some(after))) => Some((b, Some(after))),
-                Ok((b, None)) => Some((b, fs::symlink_metadata(&path).map(|m| Stat::of(&m)).ok())),
+        let land = |job: ToRead, read: Result<Option<FileRead>, ScanError>| {
+            let read = match read {
+                Ok(read) => read,
                 // Deleted since it was listed: it is gone from this scan too.
                 Err(ScanError::Io(e)) if e.kind() == io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e),
@@ -922,6 +1013,40 @@ impl<'a> Walk<'a> {
             let mut landing = landing.lock().expect("scan landing lock");
             landing.land(job, read, prev, store.is_some(), now);
             Ok(())
+        };
+        let together =
+            |job: &ToRead| store.is_some() && !job.how.copy && job.how.stat.size <= TOGETHER;
+        super::par_each(groups(jobs, together), |group| match group {
+            Group::One(job) => {
+                let read = read_one(root, store, tee, &job);
+                land(job, read)
+            }
+            Group::Together(jobs) => {
+                let (buf, reads) = read_together(root, tee, &jobs);
+                let ok: Vec<&std::ops::Range<usize>> = reads
+                    .iter()
+                    .filter_map(|r| r.as_ref().ok()?.as_ref())
+                    .map(|(r, _)| r)
+                    .collect();
+                let slices: Vec<&[u8]> = ok.iter().map(|r| &buf[(*r).clone()]).collect();
+                let mut md5s = Md5::of_many(&slices).into_iter();
+                for (job, read) in jobs.into_iter().zip(reads) {
+                    let read = read.map(|r| {
+                        r.map(|(range, after)| {
+                            let data = &buf[range];
+                            let body = Body {
+                                md5: md5s.next().expect("an MD5 for each file read"),
+                                blake3: Blake3::of(data),
+                                size: data.len() as u64,
+                                chunks: Vec::new(),
+                            };
+                            (body, Some(after))
+                        })
+                    });
+                    land(job, read)?;
+                }
+                Ok(())
+            }
         })
     }
 
@@ -980,7 +1105,7 @@ impl Landing<'_> {
     fn land(
         &mut self,
         job: ToRead,
-        read: Option<(Body, Option<Stat>)>,
+        read: Option<FileRead>,
         prev: Option<&Manifest>,
         caching: bool,
         now: i128,
@@ -1283,45 +1408,58 @@ mod tests {
 
     #[test]
     fn a_file_swapped_for_a_symlink_or_fifo_after_the_walk_is_never_read_through() {
-        let t = tempfile::tempdir().unwrap();
-        let dir = t.path().join("src");
-        fs::create_dir_all(&dir).unwrap();
-        let secret = t.path().join("shadow");
-        fs::write(&secret, "root:secret-hash").unwrap();
-        fs::write(dir.join("page.html"), "page").unwrap();
-        fs::write(dir.join("pipe"), "was a file").unwrap();
-        fs::write(dir.join("other.html"), "other").unwrap();
-        let store = Store::open(&t.path().join("store")).unwrap();
-        let mut w = Walk::new(
-            &dir,
-            Some(&store),
-            None,
-            StatCache::default(),
-            Scope::default(),
-            0,
-        );
-        w.walk("", Depth::All).unwrap();
-        // Between the walk's lstat and the read: a symlink to a secret, a FIFO, and a file
-        // replaced by another one.
-        fs::remove_file(dir.join("page.html")).unwrap();
-        std::os::unix::fs::symlink(&secret, dir.join("page.html")).unwrap();
-        fs::remove_file(dir.join("pipe")).unwrap();
-        rustix::fs::mkfifoat(
-            rustix::fs::CWD,
-            dir.join("pipe"),
-            rustix::fs::Mode::from(0o644),
-        )
-        .unwrap();
-        fs::write(dir.join("other.html.new"), "replaced").unwrap();
-        fs::rename(dir.join("other.html.new"), dir.join("other.html")).unwrap();
-        w.read_files().unwrap();
-        let s = w.finish().unwrap();
-        assert!(
-            !store.has(&Blake3::of(b"root:secret-hash")),
-            "the secret was read"
-        );
-        for gone in ["page.html", "pipe", "other.html"] {
-            assert!(s.manifest.get(gone).is_none(), "{gone} published");
+        // Copied into the store (read alone), and left in `dir` (small files read together).
+        let none = HashSet::new();
+        for stored in [Stored::Every, Stored::Only(&none)] {
+            let t = tempfile::tempdir().unwrap();
+            let dir = t.path().join("src");
+            fs::create_dir_all(&dir).unwrap();
+            let secret = t.path().join("shadow");
+            fs::write(&secret, "root:secret-hash").unwrap();
+            let files = ["page.html", "pipe", "other.html", "gone.html", "grown.html"];
+            for f in files {
+                fs::write(dir.join(f), format!("{f} as listed")).unwrap();
+            }
+            fs::write(dir.join("kept.html"), "kept").unwrap();
+            let store = Store::open(&t.path().join("store")).unwrap();
+            let scope = Scope {
+                stored,
+                ..Scope::default()
+            };
+            let mut w = Walk::new(&dir, Some(&store), None, StatCache::default(), scope, 0);
+            w.walk("", Depth::All).unwrap();
+            // Between the walk's lstat and the read: a symlink to a secret, a FIFO, a file
+            // replaced by another one, one deleted, one that grew.
+            fs::remove_file(dir.join("page.html")).unwrap();
+            std::os::unix::fs::symlink(&secret, dir.join("page.html")).unwrap();
+            fs::remove_file(dir.join("pipe")).unwrap();
+            rustix::fs::mkfifoat(
+                rustix::fs::CWD,
+                dir.join("pipe"),
+                rustix::fs::Mode::from(0o644),
+            )
+            .unwrap();
+            fs::write(dir.join("other.html.new"), "replaced").unwrap();
+            fs::rename(dir.join("other.html.new"), dir.join("other.html")).unwrap();
+            fs::remove_file(dir.join("gone.html")).unwrap();
+            fs::write(dir.join("grown.html"), "grown.html as listed, and more").unwrap();
+            w.read_files().unwrap();
+            let s = w.finish().unwrap();
+            assert!(
+                !store.has(&Blake3::of(b"root:secret-hash")),
+                "the secret was read"
+            );
+            for gone in files {
+                assert!(s.manifest.get(gone).is_none(), "{gone} published");
+            }
+            assert_eq!(s.unsettled, ["grown.html"]);
+            // What was read is hashed right, MD5 included.
+            match &s.manifest.get("kept.html").unwrap().kind {
+                EntryKind::File { md5, blake3, .. } => {
+                    assert_eq!((*md5, *blake3), (Md5::of(b"kept"), Blake3::of(b"kept")))
+                }
+                k => panic!("{k:?}"),
+            }
         }
     }
 }

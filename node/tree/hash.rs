@@ -89,6 +89,15 @@ impl Md5 {
     pub fn of(data: &[u8]) -> Self {
         Md5(Md5Hasher::digest(data).into())
     }
+
+    /// The MD5 of each of `bodies`, several at a time (see [`super::md5_lanes`]): for many
+    /// small bodies several times faster than [`Md5::of`] on each.
+    pub fn of_many(bodies: &[&[u8]]) -> Vec<Self> {
+        super::md5_lanes::md5_many(bodies)
+            .into_iter()
+            .map(Md5)
+            .collect()
+    }
 }
 
 impl Blake3 {

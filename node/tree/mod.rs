@@ -10,6 +10,7 @@ pub mod bodies;
 pub mod delta;
 pub mod hash;
 pub mod manifest;
+mod md5_lanes;
 pub mod release;
 
 pub use bodies::{body_order, runs_by_body, sort_by_body, BodySet, ByBody};

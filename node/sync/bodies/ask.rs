@@ -19,7 +19,7 @@ use crate::net::{self, LinkError};
 use crate::status::rate::Rate;
 use crate::status::render::bytes;
 use crate::status::NodeState;
-use crate::tree::{Blake3, Manifest, Release};
+use crate::tree::{Blake3, Manifest, Md5, Release};
 use crate::wire::blocks::{parse_header, Unpacker, BLOCK_HEADER};
 use crate::wire::{Bodies, BodyRequest, Compress, ErrorCode, WireError};
 
@@ -238,17 +238,24 @@ impl Asker {
         let me = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let mut at = 0usize;
-            for (i, e) in missing {
-                let body = data.get(at..at + e.size as usize).unwrap_or(&data[at..]);
-                at += body.len();
+            let slices: Vec<&[u8]> = (missing.iter())
+                .map(|(_, e)| {
+                    let body = data.get(at..at + e.size as usize).unwrap_or(&data[at..]);
+                    at += body.len();
+                    body
+                })
+                .collect();
+            // Every MD5 of the batch at once, several bodies side by side.
+            let md5s = Md5::of_many(&slices);
+            for (((i, e), body), md5) in missing.into_iter().zip(slices).zip(md5s) {
                 match (&stage, &me.applier) {
                     (Some((stage, manifest)), Some(applier)) if stage.wants(i) => {
                         let entry = &manifest.entries()[i as usize];
-                        stage.write(i, entry, applier.mode_of(entry), body)?;
+                        stage.write(i, entry, applier.mode_of(entry), body, md5)?;
                     }
                     _ => {
                         let mut w = me.store.writer(e)?;
-                        w.write(body)?;
+                        w.write_whole(body, md5)?;
                         w.finish()?;
                     }
                 }
