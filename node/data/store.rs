@@ -656,6 +656,30 @@ mod tests {
     }
 
     #[test]
+    fn a_body_written_whole_is_checked_against_the_md5_it_came_with() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("store")).unwrap();
+        let body = b"a small body";
+        // The MD5 the caller computed is what the manifest says: stored.
+        let mut w = s.writer(whole(body)).unwrap();
+        w.write_whole(body, Md5::of(body)).unwrap();
+        w.finish().unwrap();
+        assert!(s.has(&Blake3::of(body)));
+        // A given MD5 that is not the manifest's: refused, nothing kept.
+        let other = b"another body";
+        let mut w = s.writer(whole(other)).unwrap();
+        w.write_whole(other, Md5::of(b"not it")).unwrap();
+        assert!(matches!(w.finish(), Err(StoreError::Mismatch { .. })));
+        assert!(!s.has(&Blake3::of(other)));
+        // The right MD5 for only the first bytes written: the rest is unchecked, so refused.
+        let mut w = s.writer(whole(other)).unwrap();
+        w.write_whole(&other[..5], Md5::of(other)).unwrap();
+        w.write(&other[5..]).unwrap();
+        assert!(matches!(w.finish(), Err(StoreError::Mismatch { .. })));
+        assert!(!s.has(&Blake3::of(other)));
+    }
+
+    #[test]
     fn verified_bodies_only() {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(&d.path().join("store")).unwrap();

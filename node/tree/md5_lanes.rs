@@ -249,4 +249,32 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        /// Any number of bodies of any lengths (often equal, often one block apart, some
+        /// long) come out as MD5 computes each alone.
+        #[test]
+        fn any_bodies_match_md5_one_at_a_time(
+            lens in proptest::collection::vec(
+                proptest::prop_oneof![0usize..200, 0usize..5000, proptest::prelude::Just(64), proptest::prelude::Just(55), proptest::prelude::Just(56)],
+                0..40,
+            ),
+            seed in 0u64..1000,
+        ) {
+            let noise = crate::testkit::noise(lens.iter().sum::<usize>() + 1, seed);
+            let mut at = 0;
+            let bodies: Vec<&[u8]> = lens
+                .iter()
+                .map(|&n| {
+                    at += n;
+                    &noise[at - n..at]
+                })
+                .collect();
+            let got = md5_many(&bodies);
+            proptest::prop_assert_eq!(got.len(), bodies.len());
+            for (b, g) in bodies.iter().zip(got) {
+                proptest::prop_assert_eq!(&g[..], &Md5::digest(b)[..]);
+            }
+        }
+    }
 }
