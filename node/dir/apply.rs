@@ -779,8 +779,13 @@ fn extraneous(
                 manifest.position(&rel_path)
             };
             if let Some(i) = listed {
-                let same = unchanged_since.is_some_and(|o| manifest.unchanged_in(i, o));
-                if ft.is_dir() && !same && !made.contains(rel_path.as_str()) {
+                // Below a directory the release did not change, nothing is extraneous that
+                // was not before (asked of directories only: each answer is a search of the
+                // old manifest, and a file's is not needed).
+                let walk_below = ft.is_dir()
+                    && !made.contains(rel_path.as_str())
+                    && !unchanged_since.is_some_and(|o| manifest.unchanged_in(i, o));
+                if walk_below {
                     stack.push(rel_path);
                 }
                 continue;

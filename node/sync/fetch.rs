@@ -36,14 +36,25 @@ pub async fn release(
     // What this node pushed on to its children goes out before they are offered the
     // release, so that they wait for it (as the origin's pushes do).
     shared.pusher.written(super::push::WRITTEN).await;
+    // How long each step before the first request takes (a node whose `dir` is its only
+    // copy checks each changed file there).
+    let planning = Instant::now();
     let (wanted, shared_bodies) = wanted(shared, release, old.as_ref())?;
+    let found = Instant::now();
     let wanted = match (&shared.applier, &old) {
         (Some(a), Some(old)) if a.dir_is_only_copy() => {
             adopt_moved(shared, a, old, release, wanted).await?
         }
         _ => wanted,
     };
+    let adopted = Instant::now();
     let stage = stage(shared, release, &wanted, shared_bodies).await?;
+    debug!(
+        wanted_ms = (found - planning).as_millis() as u64,
+        adopt_ms = (adopted - found).as_millis() as u64,
+        stage_ms = adopted.elapsed().as_millis() as u64,
+        "planned"
+    );
     let size = |&i: &u32| release.manifest.body_size(i);
     let mut files = wanted.len() as u64;
     let mut total: u64 = wanted.iter().map(size).sum();
