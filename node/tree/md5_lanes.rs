@@ -8,8 +8,8 @@
 //! `md5_mb` hash many objects at once.
 //!
 //! A lane that finishes its body takes the next one; bodies go longest first, so the lanes
-//! run out at about the same time, and once fewer than half the lanes have work the rest is
-//! finished one body at a time.
+//! run out at about the same time, and once fewer than a quarter of the lanes have work the
+//! rest is finished one body at a time (a single body as the md-5 crate hashes it).
 
 /// Bodies hashed side by side: 8 keeps each of the four state words in two SSE registers.
 const LANES: usize = 16;
@@ -144,8 +144,13 @@ fn digest(state: [u32; 4]) -> [u8; 16] {
     out
 }
 
-/// Hashes `job`'s remaining blocks alone, from `state`.
+/// Hashes `job`'s remaining blocks alone, from `state`: a body not begun by the md-5 crate
+/// (its assembly is faster than one lane of [`compress`]), the rest of one begun by one lane.
 fn finish_alone(mut job: Job<'_>, state: [u32; 4]) -> [u8; 16] {
+    if job.done == 0 {
+        use md5::Digest;
+        return md5::Md5::digest(job.body).into();
+    }
     let mut s = state.map(|w| [w]);
     while job.done < job.blocks {
         let mut x = [[0u32; 1]; 16];
@@ -188,7 +193,9 @@ pub fn md5_many(bodies: &[&[u8]]) -> Vec<[u8; 16]> {
     let mut x = [[0u32; LANES]; 16];
     loop {
         let busy = lanes.iter().filter(|j| j.is_some()).count();
-        if queued == 0 && busy < LANES / 2 {
+        // A step costs the same however many lanes are busy: with fewer than a quarter of
+        // them it is slower than hashing what is left one body at a time.
+        if queued == 0 && busy < LANES / 4 {
             break;
         }
         for (l, job) in lanes.iter().enumerate() {
