@@ -472,23 +472,19 @@ fn read_one(
     }))
 }
 
-/// Reads small files `jobs` (left in `dir`) one after the other into one buffer; returns it
-/// and, per file, where its bytes are in it and its stat right after the read, or why it
-/// could not be read. A file is read up to one byte past the size the walk saw (a file that
-/// grew is seen to differ, and cannot fill memory).
-#[allow(clippy::type_complexity)]
+/// Reads small files `jobs` (left in `dir`) one after the other into one buffer and hashes
+/// them, their MD5s side by side: per file, its body and its stat right after the read, or
+/// why it could not be read. A file is read up to one byte past the size the walk saw (a
+/// file that grew is seen to differ, and cannot fill memory).
 fn read_together(
     root: &Path,
     tee: Option<&dyn Tee>,
     jobs: &[ToRead],
-) -> (
-    Vec<u8>,
-    Vec<Result<Option<(std::ops::Range<usize>, Stat)>, ScanError>>,
-) {
+) -> Vec<Result<Option<FileRead>, ScanError>> {
     use std::io::Read as _;
     let total: u64 = jobs.iter().map(|j| j.how.stat.size + 1).sum();
     let mut buf = Vec::with_capacity(total as usize);
-    let reads = (jobs.iter())
+    let reads: Vec<io::Result<(std::ops::Range<usize>, Stat)>> = (jobs.iter())
         .map(|job| {
             let path = root.join(&job.file.path);
             let how = &job.how;
@@ -500,11 +496,27 @@ fn read_together(
             if let Some(mut sink) = tee.and_then(|t| t.open(&job.file.path, len, mtime_of(job))) {
                 sink.block(&buf[start..]);
             }
-            Ok(Some((start..buf.len(), Stat::of(&f.metadata()?))))
+            Ok((start..buf.len(), Stat::of(&f.metadata()?)))
         })
-        .map(|r: io::Result<_>| r.map_err(ScanError::Io))
         .collect();
-    (buf, reads)
+    let slices: Vec<&[u8]> = (reads.iter())
+        .filter_map(|r| r.as_ref().ok())
+        .map(|(range, _)| &buf[range.clone()])
+        .collect();
+    let mut md5s = Md5::of_many(&slices).into_iter();
+    (reads.into_iter())
+        .map(|r| {
+            let (range, after) = r.map_err(ScanError::Io)?;
+            let data = &buf[range];
+            let body = Body {
+                md5: md5s.next().expect("an MD5 for each file read"),
+                blake3: Blake3::of(data),
+                size: data.len() as u64,
+                chunks: Vec::new(),
+            };
+            Ok(Some((body, Some(after))))
+        })
+        .collect()
 }
 
 /// The mtime a walk saw for a file entry (0 for anything else).
@@ -1022,30 +1034,10 @@ impl<'a> Walk<'a> {
                 land(job, read)
             }
             Group::Together(jobs) => {
-                let (buf, reads) = read_together(root, tee, &jobs);
-                let ok: Vec<&std::ops::Range<usize>> = reads
-                    .iter()
-                    .filter_map(|r| r.as_ref().ok()?.as_ref())
-                    .map(|(r, _)| r)
-                    .collect();
-                let slices: Vec<&[u8]> = ok.iter().map(|r| &buf[(*r).clone()]).collect();
-                let mut md5s = Md5::of_many(&slices).into_iter();
-                for (job, read) in jobs.into_iter().zip(reads) {
-                    let read = read.map(|r| {
-                        r.map(|(range, after)| {
-                            let data = &buf[range];
-                            let body = Body {
-                                md5: md5s.next().expect("an MD5 for each file read"),
-                                blake3: Blake3::of(data),
-                                size: data.len() as u64,
-                                chunks: Vec::new(),
-                            };
-                            (body, Some(after))
-                        })
-                    });
-                    land(job, read)?;
-                }
-                Ok(())
+                let reads = read_together(root, tee, &jobs);
+                jobs.into_iter()
+                    .zip(reads)
+                    .try_for_each(|(job, read)| land(job, read))
             }
         })
     }
