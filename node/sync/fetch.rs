@@ -39,7 +39,12 @@ pub async fn release(
     // How long each step before the first request takes (a node whose `dir` is its only
     // copy checks each changed file there).
     let planning = Instant::now();
-    let (wanted, shared_bodies) = wanted(shared, release, old.as_ref())?;
+    // (Off the async threads: on a node whose `dir` is its only copy, an `lstat` per file.)
+    let (me, rel, prev) = (shared.clone(), release.clone(), old.clone());
+    let (wanted, shared_bodies) =
+        tokio::task::spawn_blocking(move || wanted(&me, &rel, prev.as_ref()))
+            .await
+            .expect("planning a fetch does not panic")?;
     let found = Instant::now();
     let wanted = match (&shared.applier, &old) {
         (Some(a), Some(old)) if a.dir_is_only_copy() => {
