@@ -23,8 +23,8 @@ use fs_err as fs;
 use super::beneath::Beneath;
 use super::rules::Rules;
 use crate::data::{short_of_room, Stage, Store};
-use crate::tree::hash::hash_file;
-use crate::tree::{runs_by_body, sort_by_body, Blake3, Entry, EntryKind, Manifest};
+use crate::tree::hash::{groups, hash_file, hash_together, ToHash};
+use crate::tree::{runs_by_body, sort_by_body, Blake3, Body, Entry, EntryKind, Manifest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -833,23 +833,48 @@ pub fn drift(
         }
         Ok(())
     })?;
-    let differs = super::par_map(&to_hash, |&i| {
-        let e = &entries[i];
-        let EntryKind::File { md5, blake3, .. } = &e.kind else {
-            return Ok(false);
-        };
-        match hash_file(&dir.join(&e.path), false) {
-            Ok(b) => Ok((b.md5, b.blake3) != (*md5, *blake3)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
-            Err(e) => Err(ApplyError::Io(e)),
-        }
-    })?;
+    // Small files in groups read together (their MD5s side by side), larger ones alone.
+    let digests = |i: usize| match &entries[i].kind {
+        EntryKind::File {
+            md5, blake3, size, ..
+        } => (*md5, *blake3, *size),
+        _ => unreachable!("only files are hashed"),
+    };
+    let differs = |i: usize, got: io::Result<Body>| match got {
+        Ok(b) => Ok(((b.md5, b.blake3) != (digests(i).0, digests(i).1)).then_some(i)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some(i)),
+        Err(e) => Err(ApplyError::Io(e)),
+    };
+    let differing = super::par_map(
+        &groups(to_hash, |&i| Some(digests(i).2)),
+        |(together, group)| {
+            let got: Vec<io::Result<Body>> = match together {
+                true => {
+                    let files: Vec<ToHash> = (group.iter())
+                        .map(|&i| ToHash {
+                            path: dir.join(&entries[i].path),
+                            size: digests(i).2,
+                            expect: None,
+                        })
+                        .collect();
+                    (hash_together(&files, |_, _| {}).into_iter())
+                        .map(|r| r.map(|(b, _)| b))
+                        .collect()
+                }
+                false => (group.iter())
+                    .map(|&i| hash_file(&dir.join(&entries[i].path), false))
+                    .collect(),
+            };
+            (group.iter().zip(got))
+                .filter_map(|(&i, r)| differs(i, r).transpose())
+                .collect::<Result<Vec<usize>, ApplyError>>()
+        },
+    )?;
     out.extend(
-        to_hash
-            .iter()
-            .zip(differs)
-            .filter(|(_, d)| *d)
-            .map(|(&i, _)| entries[i].path.clone()),
+        differing
+            .into_iter()
+            .flatten()
+            .map(|i| entries[i].path.clone()),
     );
     out.extend(
         extraneous(dir, manifest, None, keep, &HashSet::new())?
@@ -865,6 +890,7 @@ mod tests {
     use super::*;
     use crate::data::StoreError;
     use crate::dir::scan::{fingerprint, scan};
+    use crate::tree::hash::TOGETHER;
     use crate::tree::Md5;
 
     fn write(p: &Path, body: &str) {
@@ -1248,6 +1274,44 @@ mod tests {
         sync(&src, &dst, &store, None);
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
         assert!(fs::symlink_metadata(dst.join("sub")).unwrap().is_dir());
+    }
+
+    #[test]
+    fn a_full_drift_check_finds_same_size_edits_under_the_old_mtime_small_or_large() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        let store = Store::open(&t.path().join("data")).unwrap();
+        // Small files (read in a group, hashed side by side) and one above the group bound
+        // (hashed alone).
+        let large = crate::testkit::noise(TOGETHER as usize + 7, 4);
+        for k in 0..40 {
+            write(&src.join(format!("d/{k}.html")), &format!("page {k}"));
+        }
+        fs::write(src.join("big.bin"), &large).unwrap();
+        let (m, _) = sync(&src, &dst, &store, None);
+        assert!(drift(&dst, &m, None, true).unwrap().is_empty());
+        // Same size, same mtime, other bytes: only a full check sees them.
+        let same_stat_edit = |rel: &str, body: &[u8]| {
+            let path = dst.join(rel);
+            let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+            fs::write(&path, body).unwrap();
+            fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
+        };
+        same_stat_edit("d/17.html", b"PAGE 17");
+        let mut edited = large.clone();
+        edited[TOGETHER as usize] ^= 1;
+        same_stat_edit("big.bin", &edited);
+        fs::remove_file(dst.join("d/3.html")).unwrap();
+        assert_eq!(drift(&dst, &m, None, false).unwrap(), ["d/3.html"]);
+        assert_eq!(
+            drift(&dst, &m, None, true).unwrap(),
+            ["big.bin", "d/17.html", "d/3.html"]
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::rules::Rules;
 use crate::data::state::{self, Kind};
 use crate::data::{Store, StoreError};
-use crate::tree::hash::{hash_file, hash_reader, open_regular};
+use crate::tree::hash::{groups, hash_file, hash_reader, hash_together, open_regular, ToHash};
 use crate::tree::{Blake3, Body, BodySet, Entry, EntryKind, Known, Manifest, ManifestError, Md5};
 
 /// Files modified this recently before a scan (nanoseconds) are re-hashed on the next one: a
@@ -391,45 +391,8 @@ struct ToRead {
     how: ReadHow,
 }
 
-/// Files at most this large (left in `dir`) are read [`Group::Together`].
-const TOGETHER: u64 = 1024 * 1024;
-/// Most files, and most bytes, in one group read together.
-const GROUP_FILES: usize = 256;
-const GROUP_BYTES: u64 = 8 * 1024 * 1024;
-
 /// What reading a file gave: its body, and its stat right after (`None`: not taken).
 type FileRead = (Body, Option<Stat>);
-
-/// Files to read as one job on the file pool.
-enum Group {
-    One(ToRead),
-    /// Small files, read into one buffer and hashed together (their MD5s side by side).
-    Together(Vec<ToRead>),
-}
-
-/// `jobs` in groups, in order: runs of files `together` says may go together (up to
-/// [`GROUP_FILES`] files and [`GROUP_BYTES`] bytes), every other file alone.
-fn groups(jobs: Vec<ToRead>, together: impl Fn(&ToRead) -> bool) -> Vec<Group> {
-    let mut out = Vec::new();
-    let mut run: Vec<ToRead> = Vec::new();
-    let mut bytes = 0;
-    for job in jobs {
-        if !together(&job) {
-            out.push(Group::One(job));
-            continue;
-        }
-        if run.len() == GROUP_FILES || bytes + job.how.stat.size > GROUP_BYTES {
-            out.push(Group::Together(std::mem::take(&mut run)));
-            bytes = 0;
-        }
-        bytes += job.how.stat.size;
-        run.push(job);
-    }
-    if !run.is_empty() {
-        out.push(Group::Together(run));
-    }
-    out
-}
 
 /// Reads and hashes one file; with the store, with its stat taken right after reading it,
 /// through the descriptor read (no walk of the path), to tell whether it changed meanwhile.
@@ -472,50 +435,33 @@ fn read_one(
     }))
 }
 
-/// Reads small files `jobs` (left in `dir`) one after the other into one buffer and hashes
-/// them, their MD5s side by side: per file, its body and its stat right after the read, or
-/// why it could not be read. A file is read up to one byte past the size the walk saw (a
-/// file that grew is seen to differ, and cannot fill memory).
+/// Reads and hashes small files `jobs` (left in `dir`) together ([`hash_together`]): per
+/// file, its body and its stat right after the read, or why it could not be read.
 fn read_together(
     root: &Path,
     tee: Option<&dyn Tee>,
     jobs: &[ToRead],
 ) -> Vec<Result<Option<FileRead>, ScanError>> {
-    use std::io::Read as _;
-    let total: u64 = jobs.iter().map(|j| j.how.stat.size + 1).sum();
-    let mut buf = Vec::with_capacity(total as usize);
-    let reads: Vec<io::Result<(std::ops::Range<usize>, Stat)>> = (jobs.iter())
-        .map(|job| {
-            let path = root.join(&job.file.path);
-            let how = &job.how;
-            let (f, len) = open_regular(&path, Some((how.dev, how.stat.ino)))?;
-            let start = buf.len();
-            let mut limited = f.take(how.stat.size + 1);
-            limited.read_to_end(&mut buf)?;
-            let f = limited.into_inner();
-            if let Some(mut sink) = tee.and_then(|t| t.open(&job.file.path, len, mtime_of(job))) {
-                sink.block(&buf[start..]);
-            }
-            Ok((start..buf.len(), Stat::of(&f.metadata()?)))
+    let files: Vec<ToHash> = (jobs.iter())
+        .map(|j| ToHash {
+            path: root.join(&j.file.path),
+            size: j.how.stat.size,
+            expect: Some((j.how.dev, j.how.stat.ino)),
         })
         .collect();
-    let slices: Vec<&[u8]> = (reads.iter())
-        .filter_map(|r| r.as_ref().ok())
-        .map(|(range, _)| &buf[range.clone()])
-        .collect();
-    let mut md5s = Md5::of_many(&slices).into_iter();
-    (reads.into_iter())
+    let tee_each = |i: usize, data: &[u8]| {
+        let job = &jobs[i];
+        let sink = tee.and_then(|t| t.open(&job.file.path, data.len() as u64, mtime_of(job)));
+        if let Some(mut sink) = sink {
+            sink.block(data);
+        }
+    };
+    (hash_together(&files, tee_each).into_iter())
         .map(|r| {
-            let (range, after) = r.map_err(ScanError::Io)?;
-            let data = &buf[range];
-            let body = Body {
-                md5: md5s.next().expect("an MD5 for each file read"),
-                blake3: Blake3::of(data),
-                size: data.len() as u64,
-                chunks: Vec::new(),
-            };
-            Ok(Some((body, Some(after))))
+            let (body, f) = r?;
+            Ok(Some((body, Some(Stat::of(&f.metadata()?)))))
         })
+        .map(|r: io::Result<_>| r.map_err(ScanError::Io))
         .collect()
 }
 
@@ -1026,19 +972,14 @@ impl<'a> Walk<'a> {
             landing.land(job, read, prev, store.is_some(), now);
             Ok(())
         };
-        let together =
-            |job: &ToRead| store.is_some() && !job.how.copy && job.how.stat.size <= TOGETHER;
-        super::par_each(groups(jobs, together), |group| match group {
-            Group::One(job) => {
-                let read = read_one(root, store, tee, &job);
-                land(job, read)
-            }
-            Group::Together(jobs) => {
-                let reads = read_together(root, tee, &jobs);
-                jobs.into_iter()
-                    .zip(reads)
-                    .try_for_each(|(job, read)| land(job, read))
-            }
+        // Small files left in `dir` are read and hashed in groups, the others alone.
+        let small = |job: &ToRead| (store.is_some() && !job.how.copy).then_some(job.how.stat.size);
+        super::par_each(groups(jobs, small), |(together, jobs)| {
+            let reads = match together {
+                true => read_together(root, tee, &jobs),
+                false => jobs.iter().map(|j| read_one(root, store, tee, j)).collect(),
+            };
+            (jobs.into_iter().zip(reads)).try_for_each(|(job, read)| land(job, read))
         })
     }
 

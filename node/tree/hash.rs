@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use blake3::hazmat::{self, HasherExt};
 use md5::{Digest, Md5 as Md5Hasher};
@@ -406,6 +406,92 @@ pub fn hash_reader(
 pub fn hash_file(path: &Path, chunks: bool) -> io::Result<Body> {
     let (mut file, len) = open_regular(path, None)?;
     hash_reader(&mut file, len, chunks, |_| Ok(()))
+}
+
+/// Files read and hashed by [`hash_together`] are at most this large: above it, a file is
+/// hashed alone as it is read ([`hash_reader`]), not held whole in memory.
+pub const TOGETHER: u64 = 1024 * 1024;
+
+/// Most files, and most bytes, read together by one [`hash_together`].
+pub const GROUP_FILES: usize = 256;
+pub const GROUP_BYTES: u64 = 8 * 1024 * 1024;
+
+/// `items` in order, in groups for [`hash_together`]: runs of those `small` gives a size
+/// for (at most [`TOGETHER`]) go together, up to [`GROUP_FILES`] items and [`GROUP_BYTES`]
+/// bytes (`true`), every other item alone (`false`).
+pub fn groups<T>(
+    items: impl IntoIterator<Item = T>,
+    small: impl Fn(&T) -> Option<u64>,
+) -> Vec<(bool, Vec<T>)> {
+    let mut out = Vec::new();
+    let mut run: Vec<T> = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let Some(size) = small(&item).filter(|&s| s <= TOGETHER) else {
+            out.push((false, vec![item]));
+            continue;
+        };
+        if run.len() == GROUP_FILES || bytes + size > GROUP_BYTES {
+            out.push((true, std::mem::take(&mut run)));
+            bytes = 0;
+        }
+        bytes += size;
+        run.push(item);
+    }
+    if !run.is_empty() {
+        out.push((true, run));
+    }
+    out
+}
+
+/// A file for [`hash_together`]: where it is, the size a listing saw (it is read up to one
+/// byte past it, so one that grew is seen to differ and cannot fill memory) and, as for
+/// [`open_regular`], the very file (device, inode) the listing saw there.
+pub struct ToHash {
+    pub path: PathBuf,
+    pub size: u64,
+    pub expect: Option<(u64, u64)>,
+}
+
+/// Reads `files` one after the other into one buffer and hashes them, their MD5s side by
+/// side ([`Md5::of_many`]). `seen` gets each file's bytes as read, by its index. Per file:
+/// its digests (no chunk list) and the file, open, for a stat after the read; or why it
+/// could not be read.
+pub fn hash_together(
+    files: &[ToHash],
+    mut seen: impl FnMut(usize, &[u8]),
+) -> Vec<io::Result<(Body, fs_err::File)>> {
+    let total: u64 = files.iter().map(|f| f.size + 1).sum();
+    let mut buf = Vec::with_capacity(total as usize);
+    let reads: Vec<io::Result<(std::ops::Range<usize>, fs_err::File)>> = (files.iter())
+        .enumerate()
+        .map(|(i, ToHash { path, size, expect })| {
+            let (f, _) = open_regular(path, *expect)?;
+            let start = buf.len();
+            let mut limited = f.take(size + 1);
+            limited.read_to_end(&mut buf)?;
+            seen(i, &buf[start..]);
+            Ok((start..buf.len(), limited.into_inner()))
+        })
+        .collect();
+    let slices: Vec<&[u8]> = (reads.iter())
+        .filter_map(|r| r.as_ref().ok())
+        .map(|(range, _)| &buf[range.clone()])
+        .collect();
+    let mut md5s = Md5::of_many(&slices).into_iter();
+    (reads.into_iter())
+        .map(|r| {
+            let (range, file) = r?;
+            let data = &buf[range];
+            let body = Body {
+                md5: md5s.next().expect("an MD5 for each file read"),
+                blake3: Blake3::of(data),
+                size: data.len() as u64,
+                chunks: Vec::new(),
+            };
+            Ok((body, file))
+        })
+        .collect()
 }
 
 /// Opens `path` for reading only if it is a regular file, and (with `expect`) the very file
