@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quinn::{Connection, RecvStream, VarInt};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tracing::{debug, info};
 
 use super::bodies::ask::{pipeline, Arrived, Incoming, Piped, ReadFail};
@@ -305,23 +304,17 @@ pub async fn refuse(conn: &Connection) -> LinkError {
     }
 }
 
-/// Takes the pushes the parent opens on `conn` until the link ends. Those still arriving
-/// then end by themselves, keeping what they got (see [`receive`]): the next parent's fetch
-/// resumes after it.
+/// Takes the pushes the parent opens on `conn` until the link ends. Each is received by a
+/// task of its own that outlives this future: when the link ends, those still arriving end
+/// by themselves, keeping what they got (see [`receive`]), so that the next parent's fetch
+/// resumes after it, whichever part of the session noticed the lost link first (the
+/// session drops this future then).
 pub async fn accept(shared: &Arc<Shared>, conn: &Connection) -> Result<(), SyncError> {
-    let mut receiving = JoinSet::new();
     loop {
-        let recv = match conn.accept_uni().await {
-            Ok(recv) => recv,
-            Err(e) => {
-                receiving.detach_all();
-                return Err(LinkError::from(e).into());
-            }
-        };
+        let recv = conn.accept_uni().await.map_err(LinkError::from)?;
         // Counted at once: an offer read from now on waits for it.
         let arriving = Counted::new(&shared.pushed.arriving);
-        receiving.spawn(receive(shared.clone(), recv, arriving));
-        while receiving.try_join_next().is_some() {}
+        tokio::spawn(receive(shared.clone(), recv, arriving));
     }
 }
 
