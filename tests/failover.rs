@@ -98,12 +98,7 @@ fn a_leaf_keeps_what_its_relay_pushed_on_before_dying_and_resumes_after_it_from_
     // A large file: relay-1 pushes it on to leaf-1-1 as the origin's scan pushes it to
     // relay-1, and is killed partway.
     const SIZE: u64 = 160 * 1024 * 1024;
-    write(&c.dir("origin"), "large.bin", &noise(SIZE as usize, 7));
-    let publish = c.publish_in_background();
-    let at_kill = c.wait_for_push("leaf-1-1", 8 << 20);
-    c.kill("relay-1");
-    assert!(at_kill < SIZE, "the push completed before the kill");
-    assert!(publish.join().unwrap().status.success());
+    let at_kill = c.kill_during_push("leaf-1-1", "relay-1", &noise(SIZE as usize, 7));
 
     // It fails over to relay-2, and fetches only what the push had not brought.
     c.wait_holds("leaf-1-1", 2);

@@ -194,12 +194,7 @@ fn a_push_interrupted_by_sigkill_resumes_where_it_stopped() {
     // The relay pushes the file on to the leaf as the origin's scan pushes it to the relay;
     // the leaf is killed partway.
     const SIZE: u64 = 160 * 1024 * 1024;
-    write(&c.dir("origin"), "large.bin", &noise(SIZE as usize, 12));
-    let publish = c.publish_in_background();
-    let at_kill = c.wait_for_push("leaf-1-1", 8 << 20);
-    c.kill("leaf-1-1");
-    assert!(at_kill < SIZE, "the push completed before the kill");
-    assert!(publish.join().unwrap().status.success());
+    let at_kill = c.kill_during_push("leaf-1-1", "leaf-1-1", &noise(SIZE as usize, 12));
 
     // Restarted, it resumes the body after what the push had brought.
     c.start("leaf-1-1");

@@ -187,16 +187,27 @@ impl Cluster {
         cascade(&args)
     }
 
-    /// Starts `cascade publish` on the origin without waiting for it, so that a test can act
-    /// while the origin scans; join the handle for its outcome.
-    pub fn publish_in_background(&self) -> std::thread::JoinHandle<Output> {
+    /// Writes `body` as `large.bin` on the origin and publishes it; kills node `killed` once
+    /// the push of it reaching `watched` (through the relays that push it on) has 8 MiB in
+    /// `watched`'s store, short of all of it. Returns how many bytes `watched` had then.
+    pub fn kill_during_push(&mut self, watched: &str, killed: &str, body: &[u8]) -> u64 {
+        fs::write(self.dir("origin").join("large.bin"), body).unwrap();
         let config = self.config("origin");
-        std::thread::spawn(move || cascade(&["publish", "--config", config.to_str().unwrap()]))
+        let publish =
+            std::thread::spawn(move || cascade(&["publish", "--config", config.to_str().unwrap()]));
+        let at_kill = self.wait_for_push(watched, 8 << 20);
+        self.kill(killed);
+        assert!(
+            at_kill < body.len() as u64,
+            "the push completed before the kill"
+        );
+        assert!(publish.join().unwrap().status.success());
+        at_kill
     }
 
     /// Waits until a body pushed to `name` has at least `bytes` in its store's `tmp/`, and
     /// returns how many it had then.
-    pub fn wait_for_push(&self, name: &str, bytes: u64) -> u64 {
+    fn wait_for_push(&self, name: &str, bytes: u64) -> u64 {
         let tmp = self.data(name).join("store/tmp");
         let pushed = || {
             (fs::read_dir(&tmp).into_iter().flatten().flatten())
