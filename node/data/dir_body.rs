@@ -8,10 +8,10 @@
 //! (what the manifest's signature covers through the body's BLAKE3), so memory stays at one
 //! chunk whatever the file's size.
 
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use crate::tree::hash::{chunk_matches, open_regular};
+use crate::tree::hash::{chunk_matches, open_regular, read_onto};
 use crate::tree::{Blake3, Sums, CHUNK};
 
 /// Why a body could not be read from its file.
@@ -85,13 +85,8 @@ impl DirBody {
     /// Reads the next piece into `piece` (its allocation reused) and checks it; returns
     /// where in the body it starts, or `None` at the end.
     pub fn next_piece(&mut self, piece: &mut Vec<u8>) -> Result<Option<u64>, DirBodyError> {
-        let Some((at, len)) = self.next_range() else {
-            return Ok(None);
-        };
-        // Not cleared first: only a longer piece than the last is zeroed.
-        piece.resize(len as usize, 0);
-        self.fill(piece, at)?;
-        Ok(Some(at))
+        piece.clear();
+        self.append_piece(piece)
     }
 
     /// Reads the next piece onto the end of `out` and checks it, as [`DirBody::next_piece`];
@@ -101,8 +96,13 @@ impl DirBody {
             return Ok(None);
         };
         let start = out.len();
-        out.resize(start + len as usize, 0);
-        if let Err(e) = self.fill(&mut out[start..], at) {
+        if let Err(e) = read_onto(self.file.file(), len, out) {
+            return Err(match e.kind() {
+                io::ErrorKind::UnexpectedEof => self.changed("it got shorter".into()),
+                _ => e.into(),
+            });
+        }
+        if let Err(e) = self.check(&out[start..], at) {
             out.truncate(start);
             return Err(e);
         }
@@ -123,14 +123,8 @@ impl DirBody {
         Some((self.next, len))
     }
 
-    /// Reads the piece at `at` into `piece` (its length) and checks it.
-    fn fill(&mut self, piece: &mut [u8], at: u64) -> Result<(), DirBodyError> {
-        if let Err(e) = self.file.read_exact(piece) {
-            return Err(match e.kind() {
-                io::ErrorKind::UnexpectedEof => self.changed("it got shorter".into()),
-                _ => e.into(),
-            });
-        }
+    /// Checks the piece at `at`, just read, against the manifest.
+    fn check(&mut self, piece: &[u8], at: u64) -> Result<(), DirBodyError> {
         let good = if self.wanted.chunks.is_empty() {
             Blake3::of(piece) == self.wanted.blake3
         } else {

@@ -468,10 +468,11 @@ pub fn hash_together(
         .map(|(i, ToHash { path, size, expect })| {
             let (f, _) = open_regular(path, *expect)?;
             let start = buf.len();
-            let mut limited = f.take(size + 1);
-            limited.read_to_end(&mut buf)?;
+            // Through the std file, which reads into the buffer's spare room as it is
+            // (fs_err's would have it zeroed first).
+            f.file().take(size + 1).read_to_end(&mut buf)?;
             seen(i, &buf[start..]);
-            Ok((start..buf.len(), limited.into_inner()))
+            Ok((start..buf.len(), f))
         })
         .collect();
     let slices: Vec<&[u8]> = (reads.iter())
@@ -492,6 +493,28 @@ pub fn hash_together(
             Ok((body, file))
         })
         .collect()
+}
+
+/// Reads exactly `len` bytes of `file` onto the end of `out`, into its spare room as it is
+/// (not zeroed first: every byte is read over). Fewer bytes is `UnexpectedEof`, and `out`
+/// is then as it was.
+pub fn read_onto(mut file: &std::fs::File, len: u64, out: &mut Vec<u8>) -> io::Result<()> {
+    let start = out.len();
+    out.reserve(len as usize);
+    match (&mut file).take(len).read_to_end(out) {
+        Ok(n) if n as u64 == len => Ok(()),
+        Ok(n) => {
+            out.truncate(start);
+            Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{n} of {len} bytes"),
+            ))
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
 }
 
 /// Opens `path` for reading only if it is a regular file, and (with `expect`) the very file

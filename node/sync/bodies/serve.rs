@@ -7,6 +7,7 @@ use std::io::SeekFrom;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -18,7 +19,7 @@ use super::super::shared::Shared;
 use super::in_dir::Found;
 use crate::data::dir_body::{self, DirBody, DirBodyError};
 use crate::net::{self, LinkError};
-use crate::tree::hash::IO_BUF;
+use crate::tree::hash::{read_onto, IO_BUF};
 use crate::tree::Blake3;
 use crate::wire::blocks::{Packer, BLOCK};
 use crate::wire::{Bodies, BodyRequest, Compress, ErrorCode, MAX_BATCH};
@@ -115,20 +116,25 @@ impl Out {
         Ok(Out { mode, sent })
     }
 
-    /// Sends `data` (raw), or gathers it into blocks and sends each one that fills.
+    /// Sends `data` (raw: handed to the stream as it is, not copied), or gathers it into
+    /// blocks and sends each one that fills.
     async fn put(
         &mut self,
         shared: &Shared,
         send: &mut SendStream,
-        mut data: &[u8],
+        data: Bytes,
     ) -> Result<(), LinkError> {
-        while !data.is_empty() {
-            let Mode::Packed { pending, .. } = &mut self.mode else {
-                return wire_out(shared, send, data, &self.sent).await;
-            };
-            let take = (BLOCK - pending.len()).min(data.len());
-            pending.extend_from_slice(&data[..take]);
-            data = &data[take..];
+        if let Mode::Raw = self.mode {
+            return wire_out(shared, send, data, &self.sent).await;
+        }
+        let mut rest = &data[..];
+        while let Mode::Packed { pending, .. } = &mut self.mode {
+            if rest.is_empty() {
+                break;
+            }
+            let take = (BLOCK - pending.len()).min(rest.len());
+            pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
             if pending.len() == BLOCK {
                 self.flush(shared, send).await?;
             }
@@ -156,7 +162,7 @@ impl Out {
         *packer = Some(p);
         raw.clear();
         *pending = raw;
-        wire_out(shared, send, &block, &self.sent).await
+        wire_out(shared, send, Bytes::from(block), &self.sent).await
     }
 }
 
@@ -164,17 +170,18 @@ impl Out {
 async fn wire_out(
     shared: &Shared,
     send: &mut SendStream,
-    bytes: &[u8],
+    bytes: Bytes,
     sent: &Counter,
 ) -> Result<(), LinkError> {
+    let n = bytes.len() as u64;
     if let Some(limit) = &shared.upload {
-        limit.acquire(bytes.len() as u64).await;
+        limit.acquire(n).await;
     }
-    send.write_all(bytes)
+    send.write_chunk(bytes)
         .await
         .map_err(|e| LinkError::Io(e.into()))?;
-    shared.board.add_sent(bytes.len() as u64);
-    sent.inc_by(bytes.len() as u64);
+    shared.board.add_sent(n);
+    sent.inc_by(n);
     Ok(())
 }
 
@@ -200,7 +207,7 @@ async fn send_many(
             .expect("reading bodies does not panic")
             .map_err(LinkError::Io)?;
         if !bytes.is_empty() {
-            out.put(shared, send, &bytes).await?;
+            out.put(shared, send, Bytes::from(bytes)).await?;
         }
         list = &list[n..];
         if let Some(id) = list.first() {
@@ -244,8 +251,7 @@ fn read_stored(shared: &Shared, ids: &[Blake3]) -> std::io::Result<(usize, Vec<u
 
 /// Appends body `id` from the store to `bytes` if it is there and small: whether it was.
 fn read_one_stored(shared: &Shared, id: &Blake3, bytes: &mut Vec<u8>) -> std::io::Result<bool> {
-    use std::io::Read;
-    let mut file = match shared.store.open_body(id) {
+    let file = match shared.store.open_body(id) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
@@ -255,11 +261,8 @@ fn read_one_stored(shared: &Shared, id: &Blake3, bytes: &mut Vec<u8>) -> std::io
         return Ok(false);
     }
     // One read of the length it has (`read_to_end` would ask for its size twice more and
-    // read once more to find the end).
-    let at = bytes.len();
-    bytes.resize(at + size as usize, 0);
-    if let Err(e) = file.read_exact(&mut bytes[at..]) {
-        bytes.truncate(at);
+    // read once more to find the end), into room not zeroed first.
+    if let Err(e) = read_onto(&file, size, bytes) {
         // Stored bodies are never rewritten: a shorter one is a broken store.
         return Err(std::io::Error::new(
             e.kind(),
@@ -399,7 +402,8 @@ async fn send_body(
             return Ok(());
         }
         pos += n as u64;
-        out.put(shared, send, &buf[..n]).await?;
+        out.put(shared, send, Bytes::copy_from_slice(&buf[..n]))
+            .await?;
         if limit.is_some() {
             // A body still arriving: what is verified goes out now, not once a block fills.
             out.flush(shared, send).await?;
@@ -429,19 +433,19 @@ async fn send_from_dir(
             (body, piece, at)
         })
     };
-    // Two buffers of one piece each: one being sent, one being read.
+    // The next piece is read while the last is sent; each piece is handed to the stream as
+    // it is (a buffer of its own, not copied again).
     let mut next = read(body, Vec::new());
-    let mut spare = Vec::new();
     loop {
         let (body, piece, at) = next.await.expect("reading a body does not panic");
         let at = at.map_err(|e| LinkError::Io(refused_from_dir(shared, &found, e)))?;
         let Some(at) = at else {
             return Ok(());
         };
-        next = read(body, std::mem::take(&mut spare));
+        next = read(body, Vec::new());
         let skip = offset.saturating_sub(at).min(piece.len() as u64) as usize;
-        out.put(shared, send, &piece[skip..]).await?;
-        spare = piece;
+        out.put(shared, send, Bytes::from(piece).slice(skip..))
+            .await?;
     }
 }
 
