@@ -376,13 +376,20 @@ async fn big(o: &Opts, base: &Path) -> Result<()> {
     let daemon = rsync::Daemon::start(&base.join("rsyncd"), &src)?;
     let (mut total, mut transfer, mut plain, mut md5, mut synced) =
         (vec![], vec![], vec![], vec![], vec![]);
+    // CPU time of the origin and the leaf, and of rsync md5's sender and client (last run).
+    let (mut cpu, mut rs_cpu) = ([Duration::ZERO; 2], rsync::Cpu::default());
     for run in 0..o.runs {
         write_noise(&src.join("big.bin"), o.big, run as u64 + 1)?;
+        let before = ["origin", "leaf"].map(|n| c.cpu_time(n));
         let p = c.publish(&["leaf"]).await?;
+        cpu = [0, 1].map(|k| c.cpu_time(["origin", "leaf"][k]) - before[k]);
         total.push(p.reached[0]);
         transfer.push(p.reached[0] - p.scan);
         plain.push(daemon.pull(&rsync::fresh(&base.join("r1"))?, &[])?);
-        md5.push(daemon.pull(&rsync::fresh(&base.join("r2"))?, &["--checksum-choice=md5"])?);
+        let (t, used) =
+            daemon.pull_timed(&rsync::fresh(&base.join("r2"))?, &["--checksum-choice=md5"])?;
+        md5.push(t);
+        rs_cpu = used;
         // Flushed to disk before it ends, as every Cascade node flushes what it stores.
         synced.push(daemon.pull(
             &rsync::fresh(&base.join("r3"))?,
@@ -418,7 +425,15 @@ async fn big(o: &Opts, base: &Path) -> Result<()> {
         );
     }
     println!(
-        "\nPeak RSS: origin {}, leaf {}.\n",
+        "\nCPU time (last run): Cascade's origin {} and leaf {} (publish → leaf), rsync md5's sender {} and client {}: {} of rsync's.\n",
+        secs(cpu[0]),
+        secs(cpu[1]),
+        secs(rs_cpu.sender),
+        secs(rs_cpu.client),
+        ratio(cpu[0] + cpu[1], rs_cpu.sender + rs_cpu.client),
+    );
+    println!(
+        "Peak RSS: origin {}, leaf {}.\n",
         mib(c.peak_rss("origin")),
         mib(c.peak_rss("leaf"))
     );
@@ -1073,41 +1088,63 @@ fn md5(o: &Opts, base: &Path) -> Result<()> {
 async fn docs(o: &Opts, base: &Path) -> Result<()> {
     let (from, to, what) = sites(o, base)?;
     let src = base.join("src");
-    let t = chain(2);
     let steps = ["first sync", "upgrade"];
-    let mut times: Vec<[Vec<Duration>; 4]> = steps.iter().map(|_| Default::default()).collect();
-    // CPU time each node used per step (last run).
+    // Per step: origin → relay → leaf and its rsync hop, then origin → leaf and its rsync hop.
+    let mut two: Vec<[Vec<Duration>; 4]> = steps.iter().map(|_| Default::default()).collect();
+    let mut one: Vec<[Vec<Duration>; 3]> = steps.iter().map(|_| Default::default()).collect();
+    // CPU time each node, and rsync, used per step (last run).
     let mut cpu = vec![[Duration::ZERO; 3]; steps.len()];
-    let names = ["origin", "relay-1", "leaf"];
+    let mut one_cpu = vec![([Duration::ZERO; 2], rsync::Cpu::default()); steps.len()];
     let mut rss = String::new();
     for _ in 0..o.runs {
-        let _ = fs::remove_dir_all(&src);
-        mirror(&from, &src)?;
-        let mut c = Cluster::new(&base.join("cascade"), &t, &src, None)?;
-        c.start().await?;
-        let daemon = rsync::Daemon::start(&base.join("rsyncd"), &src)?;
-        let dest = rsync::fresh(&base.join("rsync-dest"))?;
-        for (i, _) in steps.iter().enumerate() {
-            if i == 1 {
-                mirror(&to, &src)?;
+        for hops in [2, 1] {
+            let _ = fs::remove_dir_all(&src);
+            mirror(&from, &src)?;
+            let mut c = Cluster::new(&base.join("cascade"), &chain(hops), &src, None)?;
+            c.start().await?;
+            let names: &[&str] = match hops {
+                2 => &["origin", "relay-1", "leaf"],
+                _ => &["origin", "leaf"],
+            };
+            let daemon = rsync::Daemon::start(&base.join("rsyncd"), &src)?;
+            let dest = rsync::fresh(&base.join("rsync-dest"))?;
+            for (i, _) in steps.iter().enumerate() {
+                if i == 1 {
+                    mirror(&to, &src)?;
+                }
+                let before: Vec<_> = names.iter().map(|n| c.cpu_time(n)).collect();
+                let p = c.publish(&names[1..]).await?;
+                let used: Vec<_> = names
+                    .iter()
+                    .zip(&before)
+                    .map(|(n, b)| c.cpu_time(n) - *b)
+                    .collect();
+                let (rs, rs_cpu) = daemon.pull_timed(&dest, &["--delete"])?;
+                if hops == 2 {
+                    cpu[i] = [used[0], used[1], used[2]];
+                    two[i][0].push(p.reached[0]);
+                    two[i][1].push(p.reached[1]);
+                    two[i][2].push(rs);
+                    two[i][3].push(p.scan);
+                } else {
+                    one_cpu[i] = ([used[0], used[1]], rs_cpu);
+                    one[i][0].push(p.reached[0]);
+                    one[i][1].push(rs);
+                    one[i][2].push(p.scan);
+                }
             }
-            let before = names.map(|n| c.cpu_time(n));
-            let p = c.publish(&["relay-1", "leaf"]).await?;
-            cpu[i] = [0, 1, 2].map(|k| c.cpu_time(names[k]) - before[k]);
-            times[i][0].push(p.reached[0]);
-            times[i][1].push(p.reached[1]);
-            times[i][2].push(daemon.pull(&dest, &["--delete"])?);
-            times[i][3].push(p.scan);
+            check_same(&src, &c.dir("leaf"))?;
+            check_same(&src, &dest)?;
+            if hops == 2 {
+                rss = chain_rss(&c);
+            }
         }
-        check_same(&src, &c.dir("leaf"))?;
-        check_same(&src, &dest)?;
-        rss = chain_rss(&c);
     }
     println!("## 8. A real site upgrade, origin → relay → leaf\n");
     println!("{what}.\n");
     println!("| step | origin's publish (scan) | Cascade → relay (1 hop) | Cascade → leaf (2 hops) | rsync `-a --delete` (1 hop) | leaf ÷ rsync | CPU origin / relay / leaf |\n|---|---|---|---|---|---|---|");
     for (i, step) in steps.iter().enumerate() {
-        let [relay, leaf, rs, scan] = std::mem::take(&mut times[i]).map(median);
+        let [relay, leaf, rs, scan] = std::mem::take(&mut two[i]).map(median);
         println!(
             "| {step} | {} | {} | {} | {} | {} | {} / {} / {} |",
             secs(scan),
@@ -1121,6 +1158,25 @@ async fn docs(o: &Opts, base: &Path) -> Result<()> {
         );
     }
     println!("{rss}");
+    println!("One hop as rsync makes it: the origin straight to a leaf, which writes `dir`. CPU is each side's CPU time for the step: Cascade's origin and leaf, rsync's daemon (the sender) and client.\n");
+    println!("| step | origin's publish (scan) | Cascade origin → leaf | rsync `-a --delete` | Cascade ÷ rsync | CPU origin / leaf | rsync CPU sender / client | CPU ÷ rsync's |\n|---|---|---|---|---|---|---|---|");
+    for (i, step) in steps.iter().enumerate() {
+        let [leaf, rs, scan] = std::mem::take(&mut one[i]).map(median);
+        let ([origin, leaf_cpu], r) = one_cpu[i];
+        println!(
+            "| {step} | {} | {} | {} | {} | {} / {} | {} / {} | {} |",
+            secs(scan),
+            secs(leaf),
+            secs(rs),
+            ratio(leaf, rs),
+            secs(origin),
+            secs(leaf_cpu),
+            secs(r.sender),
+            secs(r.client),
+            ratio(origin + leaf_cpu, r.sender + r.client),
+        );
+    }
+    println!();
     Ok(())
 }
 

@@ -119,6 +119,44 @@ impl Daemon {
         }
         Ok(took)
     }
+
+    /// [`Daemon::pull`], and the CPU time rsync used for it: the client's, and the daemon's
+    /// (the process it forks per connection, counted once the daemon has reaped it).
+    pub fn pull_timed(&self, dest: &Path, extra: &[&str]) -> Result<(Duration, Cpu)> {
+        let daemon = self.process.id();
+        let before = (children_cpu(std::process::id()), children_cpu(daemon));
+        let took = self.pull(dest, extra)?;
+        let client = children_cpu(std::process::id()) - before.0;
+        // The daemon's side ends just after the client's, and counts once reaped.
+        let waiting = Instant::now();
+        let children = format!("/proc/{daemon}/task/{daemon}/children");
+        while fs::read_to_string(&children).is_ok_and(|c| !c.trim().is_empty())
+            && waiting.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let sender = children_cpu(daemon) - before.1;
+        Ok((took, Cpu { sender, client }))
+    }
+}
+
+/// CPU time rsync used for one pull: the daemon's side (the sender) and the client's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu {
+    pub sender: Duration,
+    pub client: Duration,
+}
+
+/// The CPU time of process `pid`'s children that it has waited for (`cutime` and `cstime`
+/// of `/proc/PID/stat`, in clock ticks of 1/100 s).
+fn children_cpu(pid: u32) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    Duration::from_millis((f.get(13).copied().unwrap_or(0) + f.get(14).copied().unwrap_or(0)) * 10)
 }
 
 impl Drop for Daemon {
