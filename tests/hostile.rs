@@ -240,6 +240,24 @@ fn malformed_frames_close_the_link_with_a_reason_and_the_leaf_reconnects() {
     fake.raw(&mut l, &frame);
     assert_protocol_close(&fake.closed(&l), "malformed");
 
+    // A packed offer that holds another packed message, and one that unpacks to more than
+    // any frame may hold (a few hundred bytes on the wire): refused, never followed.
+    use cascade::wire::blocks::{Packer, BLOCK};
+    use cascade::wire::{Compress, Down};
+    let packed = |blocks: Vec<u8>| cascade::wire::encode(&Down::Packed(blocks));
+    let mut packer = Packer::new(Compress::Zstd).unwrap();
+    let mut twice = Vec::new();
+    packer.pack(&packed(b"anything".to_vec())[4..], &mut twice);
+    let mut bomb = Vec::new();
+    for _ in 0..=cascade::wire::MAX_FRAME / BLOCK {
+        packer.pack(&vec![0; BLOCK], &mut bomb);
+    }
+    for (blocks, why) in [(twice, "packed again"), (bomb, "exceeds the limit")] {
+        let mut l = fake.accept();
+        fake.raw(&mut l, &packed(blocks));
+        assert_protocol_close(&fake.closed(&l), why);
+    }
+
     // After all that the leaf is still up and takes a valid release.
     let mut l = fake.accept();
     fake.offer(&mut l, 1, vec![file("fine")]);

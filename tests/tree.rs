@@ -364,6 +364,19 @@ fn compressed_links_carry_text_in_a_fraction_of_its_bytes_and_noise_as_it_is() {
     assert!(out.contains("all 3 nodes hold release 1"), "{out}");
     c.assert_same_as_origin("leaf-1-1");
 
+    // Each hop offered the manifest packed: its paths and sizes compressed, its digests not
+    // (`release.bin` holds the release as an offer encodes it, and a few bytes more).
+    let raw = fs::metadata(c.data("origin").join("release.bin"))
+        .unwrap()
+        .len();
+    for hop in ["origin", "relay-1"] {
+        let sent = offered(&c, hop);
+        assert!(
+            sent > raw / 3 && sent < raw * 17 / 20,
+            "{hop} offered {sent} bytes for a release of {raw}"
+        );
+    }
+
     // Each hop sent the noise whole and the text in under a quarter of its size.
     for hop in ["origin", "relay-1"] {
         let sent = c.status_of(hop, hop).unwrap().sent_bytes as usize;

@@ -14,12 +14,13 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
 use super::bodies::serve_body;
+use super::held::Offer;
 use super::layout::Layout;
 use super::shared::Shared;
 use crate::net::{self, LinkError};
 use crate::status::now_ms;
 use crate::tree::{newer, Blake3};
-use crate::wire::{ErrorCode, Up};
+use crate::wire::{Compress, ErrorCode, Up};
 
 /// Time a new connection has to send its `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,7 +93,7 @@ async fn handle(
         };
         if let Err(reason) = admit(&shared, &conn, &name) {
             warn!("refused {addr}: {reason}");
-            redirect(&shared, &conn, &name, have.zip(root), send).await;
+            redirect(&shared, &conn, &name, have.zip(root), push, send).await;
             return net::close(&conn, ErrorCode::NotAllowed, &reason);
         }
         if let Some(old) = links
@@ -104,7 +105,7 @@ async fn handle(
         }
         info!(child = %name, have = ?have, "child connected");
         let _pushing = push.map(|c| shared.pusher.register(&conn, &name, c));
-        let result = serve_child(&shared, &conn, &name, have, have.zip(root), send, recv)
+        let result = serve_child(&shared, &conn, &name, (have, root, push), send, recv)
             .instrument(tracing::info_span!("child", child = %name))
             .await;
         match result {
@@ -151,6 +152,7 @@ async fn redirect(
     conn: &Connection,
     name: &str,
     has: Option<(u64, Blake3)>,
+    compress: Option<Compress>,
     mut send: SendStream,
 ) {
     let certified =
@@ -162,7 +164,7 @@ async fn redirect(
     else {
         return;
     };
-    let (frame, _) = offer.frame_for(has);
+    let (frame, _) = offer_frame(offer.clone(), has, compress).await;
     if net::send_frame(&mut send, &frame).await.is_ok() {
         shared.board.add_offered(frame.len() as u64);
         let _ = send.finish();
@@ -228,15 +230,30 @@ async fn no_longer_a_child(shared: &Shared, conn: &Connection, name: &str) -> Li
     LinkError::Refused(why)
 }
 
+/// The frame that offers `offer` to a child known to hold `has`, packed if its hello asked
+/// for compressed pushes (see [`Offer::frame_for`]), and whether it is a delta.
+async fn offer_frame(
+    offer: Arc<Offer>,
+    has: Option<(u64, Blake3)>,
+    compress: Option<Compress>,
+) -> (Arc<[u8]>, bool) {
+    let compress = compress.unwrap_or_default();
+    tokio::task::spawn_blocking(move || offer.frame_for(has, compress))
+        .await
+        .expect("encoding an offer does not panic")
+}
+
+/// Serves one child: offers, its reports, its body requests. The triple is what its hello
+/// said: the release it holds (version and root) and how it takes pushes.
 async fn serve_child(
     shared: &Arc<Shared>,
     conn: &Connection,
     name: &str,
-    have: Option<u64>,
-    has: Option<(u64, Blake3)>,
+    (have, root, compress): (Option<u64>, Option<Blake3>, Option<Compress>),
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), LinkError> {
+    let has = have.zip(root);
     // Reports may come for any node that can attach through this child (backups included),
     // in the topology of the moment.
     let subtree_of = |layout: &Layout| -> HashSet<String> {
@@ -255,7 +272,7 @@ async fn serve_child(
         loop {
             let current = offered.borrow_and_update().clone();
             if let Some(o) = current.filter(|o| newer(o.version(), sent)) {
-                let (frame, delta) = o.frame_for(known);
+                let (frame, delta) = offer_frame(o.clone(), known, compress).await;
                 net::send_frame(&mut send, &frame).await?;
                 shared.board.add_offered(frame.len() as u64);
                 shared.metrics.offered_bytes.inc_by(frame.len() as u64);

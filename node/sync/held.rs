@@ -6,34 +6,33 @@
 //! whose apply may be unfinished is saved in `pending.bin` until it is held.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tokio::sync::watch;
 
 use crate::data::state::{self, Loaded};
 use crate::data::{DataDir, StateError};
 use crate::tree::{newer, Blake3, Release};
-use crate::wire::{self, Delta, Down};
+use crate::wire::{self, Compress, Delta, Down};
 
 /// A release with its offer frames: the whole release (when a child first needs it) and,
-/// when it follows another release, a delta against that. The delta is kept; the whole frame
-/// (some 80 bytes a file) only while it is being sent: children that ask at once share one
-/// encoding, and a release held for days does not keep a copy nobody needs.
+/// when it follows another release, a delta against that; each also packed, for children
+/// whose links compress. The delta is kept; the whole frame (some 80 bytes a file) only while
+/// it is being sent: children that ask at once share one encoding, and a release held for
+/// days does not keep a copy nobody needs.
 #[derive(Debug)]
 pub struct Offer {
     pub release: Release,
     whole: Mutex<Option<Weak<[u8]>>>,
+    packed_whole: Mutex<Option<Weak<[u8]>>>,
     /// The previous release's version and root, and the delta frame against it.
     delta: Option<(u64, Blake3, Arc<[u8]>)>,
+    packed_delta: OnceLock<Arc<[u8]>>,
 }
 
 impl Offer {
     pub fn new(release: Release) -> Arc<Self> {
-        Arc::new(Offer {
-            release,
-            whole: Mutex::new(None),
-            delta: None,
-        })
+        Self::with_delta(release, None)
     }
 
     /// `release`, with a delta against `previous` if that is an older release.
@@ -43,10 +42,16 @@ impl Offer {
                 wire::encode_shared(&Down::OfferDelta(Delta::between(&p.release, &release)));
             (p.version(), p.root(), frame)
         });
+        Self::with_delta(release, delta)
+    }
+
+    fn with_delta(release: Release, delta: Option<(u64, Blake3, Arc<[u8]>)>) -> Arc<Self> {
         Arc::new(Offer {
             release,
             whole: Mutex::new(None),
+            packed_whole: Mutex::new(None),
             delta,
+            packed_delta: OnceLock::new(),
         })
     }
 
@@ -60,11 +65,29 @@ impl Offer {
 
     /// The frame to send a child known to hold the release `has` (version and root), and
     /// whether it is a delta: the delta against that release when there is one, the whole
-    /// release otherwise.
-    pub fn frame_for(&self, has: Option<(u64, Blake3)>) -> (Arc<[u8]>, bool) {
+    /// release otherwise; packed if the child's link compresses (`compress`) and that makes
+    /// it smaller. Encoding and packing a large manifest takes a while: call it off the
+    /// async threads.
+    pub fn frame_for(&self, has: Option<(u64, Blake3)>, compress: Compress) -> (Arc<[u8]>, bool) {
+        let pack =
+            |frame: &Arc<[u8]>| wire::pack_down(frame, compress).unwrap_or_else(|_| frame.clone());
         match &self.delta {
-            Some((v, root, frame)) if has == Some((*v, *root)) => (frame.clone(), true),
-            _ => (self.whole(), false),
+            Some((v, root, frame)) if has == Some((*v, *root)) => match compress {
+                Compress::Off => (frame.clone(), true),
+                _ => (self.packed_delta.get_or_init(|| pack(frame)).clone(), true),
+            },
+            _ => match compress {
+                Compress::Off => (self.whole(), false),
+                _ => {
+                    let mut cached = self.packed_whole.lock().expect("offer frame lock");
+                    if let Some(frame) = cached.as_ref().and_then(Weak::upgrade) {
+                        return (frame, false);
+                    }
+                    let frame = pack(&self.whole());
+                    *cached = Some(Arc::downgrade(&frame));
+                    (frame, false)
+                }
+            },
         }
     }
 

@@ -16,7 +16,7 @@ use crate::dir::ApplyError;
 use crate::net::{self, LinkError};
 use crate::status::NodeState;
 use crate::tree::{newer, DeltaError, Release};
-use crate::wire::{ErrorCode, RawDown, Up, WireError};
+use crate::wire::{ErrorCode, Offered, RawDown, Up, WireError};
 
 /// Least time between two status reports to the parent.
 const REPORT_INTERVAL: Duration = Duration::from_millis(20);
@@ -83,9 +83,9 @@ async fn take_offers(
     offers: &watch::Sender<Option<Arc<Release>>>,
 ) -> Result<(), SyncError> {
     while let Some(msg) = net::recv::<_, RawDown>(recv).await? {
-        let raw = match msg {
-            RawDown::Offer(raw) => raw,
-            RawDown::OfferDelta(delta) => {
+        let raw = match msg.offered().map_err(LinkError::Wire)? {
+            Offered::Whole(raw) => raw,
+            Offered::Delta(delta) => {
                 let (last, held) = (offers.borrow().clone(), shared.held.current());
                 let base = match (&last, &held) {
                     (Some(l), _) if l.version == delta.base => Some(&**l),

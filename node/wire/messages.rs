@@ -1,4 +1,4 @@
-//! The messages of protocol version 7, as serde types. Variants are append-only (the
+//! The messages of protocol version 8, as serde types. Variants are append-only (the
 //! variant index is the tag on the wire). Each message type has its own frame limit
 //! ([`Message::MAX`]): a peer can make a node allocate at most that much per frame.
 
@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::blocks::Compress;
+use super::blocks::{parse_header, Compress, Packer, Unpacker, BLOCK, BLOCK_HEADER};
+use super::WireError;
 
 use crate::status::view::TreeView;
 use crate::status::NodeStatus;
@@ -40,6 +41,31 @@ pub enum Down {
     /// The same, its manifest given as runs of a release the child has (the one it said it
     /// holds in its hello, or the last one offered on this link).
     OfferDelta(Delta),
+    /// Another message (never `Packed` itself), its encoding cut into blocks as a body
+    /// stream is ([`super::blocks`]): sent to a child whose hello asked for compressed
+    /// pushes, when it is smaller so (see [`pack_down`]). A manifest's paths, sizes and
+    /// times compress; its digests do not.
+    Packed(Vec<u8>),
+}
+
+/// The frame of [`Down::Packed`] holding `frame` (the frame of another [`Down`]) in blocks
+/// packed as `compress` asks; `frame` itself when that is no smaller.
+pub fn pack_down(frame: &Arc<[u8]>, compress: Compress) -> std::io::Result<Arc<[u8]>> {
+    let payload = &frame[super::HEADER_LEN..];
+    if compress == Compress::Off || payload.is_empty() {
+        return Ok(frame.clone());
+    }
+    let mut packer = Packer::new(compress)?;
+    let mut blocks = Vec::with_capacity(payload.len() / 2);
+    for raw in payload.chunks(BLOCK) {
+        packer.pack(raw, &mut blocks);
+    }
+    let packed = super::encode_shared(&Down::Packed(blocks));
+    Ok(if packed.len() < frame.len() {
+        packed
+    } else {
+        frame.clone()
+    })
 }
 
 /// A release whose manifest is given as [`Run`]s of the manifest of release `base` (whose
@@ -106,6 +132,49 @@ pub fn encode_offer(release: &Release) -> std::sync::Arc<[u8]> {
 pub enum RawDown {
     Offer(RawRelease),
     OfferDelta(Delta),
+    Packed(Vec<u8>),
+}
+
+/// What a parent offers, as [`RawDown::offered`] gives it.
+#[derive(Debug)]
+pub enum Offered {
+    Whole(RawRelease),
+    Delta(Delta),
+}
+
+impl RawDown {
+    /// The offer this message makes, unpacked if it came packed (to at most
+    /// [`super::MAX_FRAME`] bytes, which must not be packed again).
+    pub fn offered(self) -> Result<Offered, WireError> {
+        let blocks = match self {
+            RawDown::Offer(r) => return Ok(Offered::Whole(r)),
+            RawDown::OfferDelta(d) => return Ok(Offered::Delta(d)),
+            RawDown::Packed(blocks) => blocks,
+        };
+        let mut unpacker = Unpacker::new().map_err(|e| WireError::Malformed(e.to_string()))?;
+        let mut payload = Vec::new();
+        let mut rest = &blocks[..];
+        while !rest.is_empty() {
+            let header = rest
+                .get(..BLOCK_HEADER)
+                .and_then(|h| h.try_into().ok())
+                .ok_or(WireError::Truncated)?;
+            let header = parse_header(header)?;
+            let stored = (rest.get(BLOCK_HEADER..BLOCK_HEADER + header.stored))
+                .ok_or(WireError::Truncated)?;
+            unpacker.unpack(header, stored, &mut payload)?;
+            if payload.len() > super::MAX_FRAME {
+                return Err(WireError::TooLarge(payload.len(), super::MAX_FRAME));
+            }
+            rest = &rest[BLOCK_HEADER + header.stored..];
+        }
+        drop(blocks);
+        match super::decode::<RawDown>(&payload)? {
+            RawDown::Offer(r) => Ok(Offered::Whole(r)),
+            RawDown::OfferDelta(d) => Ok(Offered::Delta(d)),
+            RawDown::Packed(_) => Err(WireError::Malformed("a packed message packed again".into())),
+        }
+    }
 }
 
 /// A release as received: version, entries, revocations and signature, before any check.

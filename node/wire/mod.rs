@@ -1,7 +1,7 @@
-//! The Cascade wire protocol, version 7. This module is the spec; it has no sockets.
+//! The Cascade wire protocol, version 8. This module is the spec; it has no sockets.
 //!
 //! # Links
-//! A child dials its parent over QUIC with mutual TLS 1.3; the ALPN is [`ALPN`] (`cascade/7`),
+//! A child dials its parent over QUIC with mutual TLS 1.3; the ALPN is [`ALPN`] (`cascade/8`),
 //! so a peer speaking another protocol version fails the handshake instead of misreading bytes.
 //! Both sides present certificates from the deployment CA; the parent accepts only the names of
 //! its own children, the child only its parent's name.
@@ -30,6 +30,13 @@
 //!   checks it exactly as a whole manifest (order, paths, hash tree, signature); a delta it
 //!   cannot rebuild (another base, a run outside it) closes the link as a protocol error, and
 //!   the next link's hello gets it a whole manifest.
+//! - **Packed offers**: to a child whose hello asked for compressed pushes ([`Compress::Zstd`]
+//!   or [`Compress::Auto`]), an offer (whole or delta) may come as [`Down::Packed`]: the
+//!   offer's encoding cut into blocks exactly as a compressed body stream is ([`blocks`]),
+//!   sent only when that is smaller. A manifest's paths, sizes and times compress, its
+//!   digests do not: about half the bytes on a slow link before the first body. The child
+//!   unpacks it (at most [`MAX_FRAME`] bytes, each block at most [`blocks::BLOCK`]) and
+//!   checks what it holds as any offer; a packed message packed again is refused.
 //! - **Body** (one bidirectional stream per request, opened by the child): the child sends one
 //!   [`BodyRequest`] frame and finishes its side; the parent answers with the bytes asked
 //!   for and finishes, or resets the stream with [`ErrorCode::NotFound`]. For
@@ -59,7 +66,7 @@
 //! # Trust
 //! Every release carries the origin's Ed25519 signature over its version and its manifest's
 //! root digest (BLAKE3 over every entry); every node checks it before it stores, forwards or
-//! applies anything (see [`crate::sync::trust`]). Version 7 added push streams; version 6 added compressed body streams;
+//! applies anything (see [`crate::sync::trust`]). Version 8 added packed offers; version 7 added push streams; version 6 added compressed body streams;
 //! version 5 added manifest deltas (and the root in the hello); version 4 added BLAKE3 (version 3 trusted
 //! MD5 alone, and named bodies by it) and moved from bincode to postcard.
 //!
@@ -76,8 +83,8 @@ pub use frame::{
 };
 pub use messages::*;
 
-/// ALPN of protocol version 7: a peer of another version fails the handshake.
-pub const ALPN: &[u8] = b"cascade/7";
+/// ALPN of protocol version 8: a peer of another version fails the handshake.
+pub const ALPN: &[u8] = b"cascade/8";
 
 /// Most bodies in one [`Bodies::Many`].
 pub const MAX_BATCH: usize = 4096;

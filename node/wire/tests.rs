@@ -254,7 +254,7 @@ fn every_message_round_trips_and_survives_corruption() {
 
 #[test]
 fn golden_bytes() {
-    // Wire compatibility: these bytes must never change within protocol version 7.
+    // Wire compatibility: these bytes must never change within protocol version 8.
     let hello = encode(&Up::Hello {
         name: "ab".into(),
         have: Some(300),
@@ -307,6 +307,110 @@ fn golden_bytes() {
     want.push(2);
     assert_eq!(req, want);
     assert_eq!(encode(&AdminRequest::Status), vec![0, 0, 0, 1, 1]);
+}
+
+/// A release of `n` pages in 20 directories, as a site's manifest looks.
+fn site_release(n: usize) -> Release {
+    let mut entries: Vec<Entry> = (0..20)
+        .map(|d| crate::tree::manifest::fixtures::dir(&format!("section-{d:02}")))
+        .collect();
+    for i in 0..n {
+        entries.push(file(
+            &format!("section-{:02}/page-{i:05}.html", i % 20),
+            format!("<p>page {i}</p>").as_bytes(),
+        ));
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Release {
+        manifest: Manifest::from_entries(entries).unwrap(),
+        ..sample_release()
+    }
+}
+
+/// What a child makes of one offer frame.
+fn offered(frame: &[u8]) -> Result<Offered, WireError> {
+    decode_frame::<RawDown>(frame)?.offered()
+}
+
+#[test]
+fn a_packed_offer_is_smaller_and_unpacks_to_the_same_offer() {
+    let r = site_release(2000);
+    let frame = encode_offer(&r);
+    for compress in [Compress::Zstd, Compress::Auto] {
+        let packed = pack_down(&frame, compress).unwrap();
+        assert!(
+            packed.len() < frame.len() * 3 / 4,
+            "{compress:?}: {} bytes packed, {} raw",
+            packed.len(),
+            frame.len()
+        );
+        let Ok(Offered::Whole(back)) = offered(&packed) else {
+            panic!("a packed offer unpacks to the offer")
+        };
+        assert_eq!(back.validate().unwrap(), r);
+    }
+    // Off, or a frame that does not shrink: the frame as it is.
+    assert_eq!(pack_down(&frame, Compress::Off).unwrap()[..], frame[..]);
+    let noisy = Delta {
+        runs: Vec::new(),
+        revoked: Vec::new(),
+        signature: crate::testkit::noise(4096, 1),
+        topology: None,
+        ..sample_delta()
+    };
+    let delta = encode_shared(&Down::OfferDelta(noisy.clone()));
+    assert_eq!(pack_down(&delta, Compress::Zstd).unwrap()[..], delta[..]);
+    // A delta that shrinks is packed, and unpacks to itself.
+    let delta = encode_shared(&Down::OfferDelta(sample_delta()));
+    let packed = pack_down(&delta, Compress::Zstd).unwrap();
+    assert!(packed.len() < delta.len());
+    let Ok(Offered::Delta(d)) = offered(&packed) else {
+        panic!("a delta stays a delta")
+    };
+    assert_eq!(d, sample_delta());
+    let Ok(Offered::Delta(d)) = offered(&pack_down(&delta, Compress::Off).unwrap()) else {
+        panic!("a delta stays a delta")
+    };
+    assert_eq!(d, sample_delta());
+}
+
+#[test]
+fn a_packed_offer_that_is_broken_or_packed_twice_or_too_large_is_refused() {
+    let frame = encode_offer(&site_release(2000));
+    let packed = pack_down(&frame, Compress::Zstd).unwrap();
+    let RawDown::Packed(blocks) = decode_frame::<RawDown>(&packed).unwrap() else {
+        panic!("a large manifest is packed")
+    };
+    // Cut short, inside a block's header and inside its bytes.
+    for cut in [2, blocks.len() - 1] {
+        let short = encode(&Down::Packed(blocks[..cut].to_vec()));
+        assert_eq!(
+            offered(&short).unwrap_err(),
+            WireError::Truncated,
+            "cut at {cut}"
+        );
+    }
+    // A block whose header claims more than a block may hold.
+    let mut bad = blocks.clone();
+    bad[..4].copy_from_slice(&(u32::MAX >> 1).to_be_bytes());
+    assert!(offered(&encode(&Down::Packed(bad))).is_err());
+    // Packed twice.
+    let mut again = Vec::new();
+    let mut packer = blocks::Packer::new(Compress::Zstd).unwrap();
+    packer.pack(&packed[HEADER_LEN..], &mut again);
+    let err = offered(&encode(&Down::Packed(again))).unwrap_err();
+    assert!(err.to_string().contains("packed again"), "{err}");
+    // Blocks that unpack to more than any frame may hold: refused once past the limit.
+    let mut bomb = Vec::new();
+    let zeros = vec![0u8; blocks::BLOCK];
+    for _ in 0..=MAX_FRAME / blocks::BLOCK {
+        packer.pack(&zeros, &mut bomb);
+    }
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    assert!(matches!(
+        offered(&encode(&Down::Packed(bomb))),
+        Err(WireError::TooLarge(..))
+    ));
 }
 
 #[test]
