@@ -11,7 +11,8 @@
 //! closed file to the deepest leaf of origin → relay → leaf, p50/p99 over 100 single-file
 //! changes; and CPU and memory at rest with 100,000 watched files), `topology` (leaves moved
 //! between relays of a running 20-node tree), `docs` (a real site, Rust's HTML docs 1.95,
-//! upgraded to nightly's, origin → relay → leaf against one rsync hop), `wan` (that site's
+//! upgraded to nightly's, origin → relay → leaf and origin → leaf against one rsync hop, with
+//! the CPU time of each side), `wan` (that site's
 //! first sync over a link capped with `tc tbf` in a network namespace, per `compress` setting,
 //! against `rsync -a` and `-az`; needs root) and, opt-in, `million` (a million small files:
 //! RSS, a nothing-changed publish, offer bytes per hop for a one-file change), and `md5` (the
