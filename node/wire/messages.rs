@@ -43,8 +43,8 @@ pub enum Down {
     OfferDelta(Delta),
     /// Another message (never `Packed` itself), its encoding cut into blocks as a body
     /// stream is ([`super::blocks`]): sent to a child whose hello asked for compressed
-    /// pushes, when it is smaller so (see [`pack_down`]). A manifest's paths, sizes and
-    /// times compress; its digests do not.
+    /// pushes, when packing makes it smaller (see [`pack_down`]). A manifest's paths, sizes
+    /// and times compress; its digests do not.
     Packed(Vec<u8>),
 }
 
@@ -152,7 +152,7 @@ impl RawDown {
             RawDown::Packed(blocks) => blocks,
         };
         let mut unpacker = Unpacker::new().map_err(|e| WireError::Malformed(e.to_string()))?;
-        let mut payload = Vec::new();
+        let (mut payload, mut block) = (Vec::new(), Vec::with_capacity(BLOCK));
         let mut rest = &blocks[..];
         while !rest.is_empty() {
             let header = rest
@@ -162,10 +162,14 @@ impl RawDown {
             let header = parse_header(header)?;
             let stored = (rest.get(BLOCK_HEADER..BLOCK_HEADER + header.stored))
                 .ok_or(WireError::Truncated)?;
-            unpacker.unpack(header, stored, &mut payload)?;
-            if payload.len() > super::MAX_FRAME {
-                return Err(WireError::TooLarge(payload.len(), super::MAX_FRAME));
+            block.clear();
+            unpacker.unpack(header, stored, &mut block)?;
+            // Refused before the payload grows past the limit (and its room doubles).
+            let len = payload.len() + block.len();
+            if len > super::MAX_FRAME {
+                return Err(WireError::TooLarge(len, super::MAX_FRAME));
             }
+            payload.extend_from_slice(&block);
             rest = &rest[BLOCK_HEADER + header.stored..];
         }
         drop(blocks);
