@@ -314,16 +314,8 @@ impl Cluster {
         let Some(p) = &self.node(name).process else {
             return Duration::ZERO;
         };
-        let stat = fs::read_to_string(format!("/proc/{}/stat", p.id())).unwrap_or_default();
-        // Fields after the command name (which may hold spaces) in parentheses; utime and
-        // stime are the 14th and 15th, in clock ticks of 1/100 s (USER_HZ).
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-        Duration::from_millis(ticks * 10)
+        // utime and stime, the 14th and 15th fields of /proc/PID/stat.
+        stat_time(p.id(), 14)
     }
 
     /// The version of the release `name` holds (`None` before the first).
@@ -357,4 +349,19 @@ impl Drop for Cluster {
 /// 1, as in the systemd unit (examples/deploy/cascade-node.service says why).
 pub fn malloc_arenas() -> String {
     std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "1".into())
+}
+
+/// The sum of the two clock-tick fields of `/proc/PID/stat` from field `first` (counted from
+/// 1: 14 and 15 are the process's own user and system time, 16 and 17 those of the children
+/// it has waited for), in ticks of 1/100 s (USER_HZ). Zero if the process is gone.
+pub fn stat_time(pid: u32, first: usize) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which may hold spaces, in parentheses (field 2).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let at = |field: usize| f.get(field - 3).copied().unwrap_or(0);
+    Duration::from_millis((at(first) + at(first + 1)) * 10)
 }

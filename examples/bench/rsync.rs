@@ -147,16 +147,9 @@ pub struct Cpu {
     pub client: Duration,
 }
 
-/// The CPU time of process `pid`'s children that it has waited for (`cutime` and `cstime`
-/// of `/proc/PID/stat`, in clock ticks of 1/100 s).
+/// The CPU time of process `pid`'s children that it has waited for (`cutime` and `cstime`).
 fn children_cpu(pid: u32) -> Duration {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    Duration::from_millis((f.get(13).copied().unwrap_or(0) + f.get(14).copied().unwrap_or(0)) * 10)
+    crate::cluster::stat_time(pid, 16)
 }
 
 impl Drop for Daemon {

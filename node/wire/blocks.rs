@@ -180,22 +180,36 @@ impl Unpacker {
     }
 }
 
+/// Unpacks a whole stream of blocks held in memory (a packed message), refusing it once it
+/// would unpack to more than `max` bytes, before that much is held.
+pub fn unpack_all(mut stream: &[u8], max: usize) -> Result<Vec<u8>, WireError> {
+    let mut unpacker = Unpacker::new().map_err(|e| WireError::Malformed(e.to_string()))?;
+    let (mut out, mut block) = (Vec::new(), Vec::with_capacity(BLOCK));
+    while !stream.is_empty() {
+        let header = (stream.get(..BLOCK_HEADER))
+            .and_then(|h| h.try_into().ok())
+            .ok_or(WireError::Truncated)?;
+        let header = parse_header(header)?;
+        let stored =
+            (stream.get(BLOCK_HEADER..BLOCK_HEADER + header.stored)).ok_or(WireError::Truncated)?;
+        block.clear();
+        unpacker.unpack(header, stored, &mut block)?;
+        let len = out.len() + block.len();
+        if len > max {
+            return Err(WireError::TooLarge(len, max));
+        }
+        out.extend_from_slice(&block);
+        stream = &stream[BLOCK_HEADER + header.stored..];
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn unpack_all(mut stream: &[u8]) -> Result<Vec<u8>, WireError> {
-        let mut u = Unpacker::new().unwrap();
-        let mut out = Vec::new();
-        while !stream.is_empty() {
-            let h = parse_header(stream[..BLOCK_HEADER].try_into().unwrap())?;
-            let stored = stream
-                .get(BLOCK_HEADER..BLOCK_HEADER + h.stored)
-                .ok_or(WireError::Truncated)?;
-            u.unpack(h, stored, &mut out)?;
-            stream = &stream[BLOCK_HEADER + h.stored..];
-        }
-        Ok(out)
+    fn unpack_all(stream: &[u8]) -> Result<Vec<u8>, WireError> {
+        super::unpack_all(stream, usize::MAX)
     }
 
     fn text(n: usize) -> Vec<u8> {

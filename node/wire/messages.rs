@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::blocks::{parse_header, Compress, Packer, Unpacker, BLOCK, BLOCK_HEADER};
+use super::blocks::{unpack_all, Compress, Packer, BLOCK};
 use super::WireError;
 
 use crate::status::view::TreeView;
@@ -151,27 +151,7 @@ impl RawDown {
             RawDown::OfferDelta(d) => return Ok(Offered::Delta(d)),
             RawDown::Packed(blocks) => blocks,
         };
-        let mut unpacker = Unpacker::new().map_err(|e| WireError::Malformed(e.to_string()))?;
-        let (mut payload, mut block) = (Vec::new(), Vec::with_capacity(BLOCK));
-        let mut rest = &blocks[..];
-        while !rest.is_empty() {
-            let header = rest
-                .get(..BLOCK_HEADER)
-                .and_then(|h| h.try_into().ok())
-                .ok_or(WireError::Truncated)?;
-            let header = parse_header(header)?;
-            let stored = (rest.get(BLOCK_HEADER..BLOCK_HEADER + header.stored))
-                .ok_or(WireError::Truncated)?;
-            block.clear();
-            unpacker.unpack(header, stored, &mut block)?;
-            // Refused before the payload grows past the limit (and its room doubles).
-            let len = payload.len() + block.len();
-            if len > super::MAX_FRAME {
-                return Err(WireError::TooLarge(len, super::MAX_FRAME));
-            }
-            payload.extend_from_slice(&block);
-            rest = &rest[BLOCK_HEADER + header.stored..];
-        }
+        let payload = unpack_all(&blocks, super::MAX_FRAME)?;
         drop(blocks);
         match super::decode::<RawDown>(&payload)? {
             RawDown::Offer(r) => Ok(Offered::Whole(r)),
